@@ -1,0 +1,371 @@
+"""Image augmentation ops for tf.data, one small op per transform of the reference recipe.
+
+Every random op is stateless: it takes a `seed` (int tensor of shape [2]) and the same seed gives
+the same result, eagerly or inside `tf.data`, whatever the parallelism. The pipeline derives one
+seed per example from (run seed, example index), which is what makes a run reproducible and lets
+a resumed run continue with the very batches it would have seen.
+
+Conventions: geometric and AutoAugment ops take and return uint8 HWC images, as the reference's
+PIL-based transforms do (each resize rounds back to 8 bits); `to_unit`, `pca_lighting`,
+`normalize` and `random_erasing` work on float32. Semantics follow torchvision's transforms that
+the reference used (RandomResizedCrop, RandomHorizontalFlip, AutoAugment(IMAGENET),
+RandomErasing) and the reference's PCA `Lighting`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# PCA of ImageNet RGB pixels (AlexNet lighting noise), columns are eigenvectors.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                   (-0.5808, -0.0045, -0.8140),
+                   (-0.5836, -0.6948, 0.4203))
+
+
+def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num)
+  return [seeds[i] for i in range(num)]
+
+
+def _uniform(seed, shape=(), minval=0.0, maxval=1.0) -> tf.Tensor:
+  return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval, dtype=tf.float32)
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing and cropping (uint8 -> uint8)
+
+
+def resize(image: tf.Tensor, size: Sequence[int] | int, method: str = 'bicubic') -> tf.Tensor:
+  """Resizes to exactly `size` (h, w); antialiased like PIL when shrinking."""
+  if isinstance(size, int):
+    size = (size, size)
+  out = tf.image.resize(tf.cast(image, tf.float32), size, method=method, antialias=True)
+  return _to_uint8(out)
+
+
+def resize_shorter(image: tf.Tensor, size: int | tf.Tensor, method: str = 'bicubic') -> tf.Tensor:
+  """Resizes so the shorter side is `size`, keeping the aspect ratio (torchvision Resize(int))."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  size_f = tf.cast(size, tf.float32)
+  scale = size_f / tf.minimum(h, w)
+  # torchvision: the short side is exactly `size`, the long side int(size * long / short).
+  new_h = tf.where(h <= w, size_f, tf.floor(h * scale))
+  new_w = tf.where(h <= w, tf.floor(w * scale), size_f)
+  new_size = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+  out = tf.image.resize(tf.cast(image, tf.float32), new_size, method=method, antialias=True)
+  return _to_uint8(out)
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Crops the central size x size window (the image must be at least that large)."""
+  shape = tf.shape(image)
+  top = (shape[0] - size) // 2
+  left = (shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> tf.Tensor:
+  """torchvision RandomResizedCrop: a random area/aspect window, resized (bicubic) to size x size.
+
+  Tries `attempts` windows at once and keeps the first that fits; if none does, falls back to
+  the centre crop with the aspect ratio clamped into `ratio`, as torchvision does.
+  """
+  s_area, s_ratio, s_top, s_left = _split(seed, 4)
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+  area = hf * wf
+  target = area * _uniform(s_area, [attempts], scale[0], scale[1])
+  log_r = _uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1]))
+  aspect = tf.exp(log_r)
+  cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  first = tf.argmax(tf.cast(ok, tf.int32))
+  any_ok = tf.reduce_any(ok)
+
+  in_ratio = wf / hf
+  fb_w = tf.where(in_ratio < ratio[0], w,
+                  tf.where(in_ratio > ratio[1], tf.cast(tf.round(hf * ratio[1]), tf.int32), w))
+  fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(wf / ratio[0]), tf.int32), h)
+  crop_w = tf.where(any_ok, cw[first], fb_w)
+  crop_h = tf.where(any_ok, ch[first], fb_h)
+  top_rand = tf.cast(tf.floor(_uniform(s_top) * tf.cast(h - crop_h + 1, tf.float32)), tf.int32)
+  left_rand = tf.cast(tf.floor(_uniform(s_left) * tf.cast(w - crop_w + 1, tf.float32)), tf.int32)
+  top = tf.where(any_ok, tf.minimum(top_rand, h - crop_h), (h - crop_h) // 2)
+  left = tf.where(any_ok, tf.minimum(left_rand, w - crop_w), (w - crop_w) // 2)
+  crop = image[top:top + crop_h, left:left + crop_w]
+  return resize(crop, (size, size))
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5) -> tf.Tensor:
+  """Mirrors left-right with probability p."""
+  return tf.cond(_uniform(seed) < p, lambda: image[:, ::-1], lambda: image)
+
+
+def random_shift(image: tf.Tensor, seed: tf.Tensor, max_shift: int) -> tf.Tensor:
+  """Translates by up to `max_shift` pixels each way, filling with 0 (the digits' background)."""
+  shape = tf.shape(image)
+  padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+  offs = tf.random.stateless_uniform([2], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
+  return padded[offs[0]:offs[0] + shape[0], offs[1]:offs[1] + shape[1]]
+
+
+# --------------------------------------------------------------------------------------------
+# AutoAugment, ImageNet policy (uint8 -> uint8)
+
+
+def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+  """Keeps the `bits` most significant bits of every channel value."""
+  drop = 8 - tf.cast(bits, tf.int32)
+  mask = tf.bitwise.left_shift(tf.constant(255, tf.int32), drop) & 255
+  return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
+
+
+def solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+  """Inverts every value at or above `threshold`."""
+  return tf.where(tf.cast(image, tf.float32) >= tf.cast(threshold, tf.float32), 255 - image, image)
+
+
+def invert(image: tf.Tensor) -> tf.Tensor:
+  return 255 - image
+
+
+def autocontrast(image: tf.Tensor) -> tf.Tensor:
+  """Stretches each channel so its minimum becomes 0 and its maximum 255."""
+  x = tf.cast(image, tf.float32)
+  lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+  hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+  scale = 255.0 / tf.maximum(hi - lo, 1.0)
+  out = tf.where(hi > lo, tf.clip_by_value((x - lo) * scale, 0.0, 255.0), x)
+  return tf.cast(tf.floor(out), tf.uint8)
+
+
+def _equalize_channel(ch: tf.Tensor) -> tf.Tensor:
+  ch = tf.cast(ch, tf.int32)
+  hist = tf.math.bincount(tf.reshape(ch, [-1]), minlength=256, maxlength=256)
+  last_nonzero = tf.gather(hist, tf.reduce_max(tf.where(hist > 0)))
+  step = (tf.reduce_sum(hist) - tf.cast(last_nonzero, tf.int32)) // 255
+  safe = tf.maximum(step, 1)
+  lut = tf.clip_by_value((tf.cumsum(hist, exclusive=True) + safe // 2) // safe, 0, 255)
+  return tf.where(step > 0, tf.gather(lut, ch), ch)
+
+
+def equalize(image: tf.Tensor) -> tf.Tensor:
+  """Histogram-equalises each channel (PIL ImageOps.equalize's lookup table)."""
+  chans = [_equalize_channel(image[..., c]) for c in range(3)]
+  return tf.cast(tf.stack(chans, axis=-1), tf.uint8)
+
+
+def _grey(x: tf.Tensor) -> tf.Tensor:
+  return 0.299 * x[..., 0:1] + 0.587 * x[..., 1:2] + 0.114 * x[..., 2:3]
+
+
+def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  x = tf.cast(image, tf.float32)
+  return _to_uint8(degenerate + tf.cast(factor, tf.float32) * (x - degenerate))
+
+
+def color(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Saturation: 0 gives grey, 1 the original."""
+  return _blend(tf.round(_grey(tf.cast(image, tf.float32))), image, factor)
+
+
+def contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Contrast around the mean grey level: 0 gives a flat grey image, 1 the original."""
+  mean = tf.reduce_mean(_grey(tf.cast(image, tf.float32)))
+  return _blend(mean, image, factor)
+
+
+def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Blends with PIL's SMOOTH-filtered image (border pixels unfiltered): 0 blurs, 1 is identity."""
+  x = tf.cast(image, tf.float32)
+  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+  smooth = tf.round(tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1], 'VALID')[0])
+  shape = tf.shape(x)
+  interior = tf.pad(tf.ones_like(smooth), [[1, 1], [1, 1], [0, 0]])
+  smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
+  degenerate = tf.where(interior > 0, smooth, x)
+  degenerate = tf.reshape(degenerate, shape)
+  return _blend(degenerate, image, factor)
+
+
+def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
+  """Nearest-neighbour projective warp; `transform` maps output (x, y) to input coordinates."""
+  shape = tf.shape(image)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=tf.cast(transform, tf.float32)[None],
+      output_shape=shape[:2], fill_value=0.0, interpolation='NEAREST', fill_mode='CONSTANT')
+  return out[0]
+
+
+def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
+  """Rotates counter-clockwise about the image centre, filling with black."""
+  theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+  shape = tf.shape(image)
+  cy = (tf.cast(shape[0], tf.float32) - 1.0) / 2.0
+  cx = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
+  c, s = tf.cos(theta), tf.sin(theta)
+  transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
+  return _transform(image, transform)
+
+
+def shear_x(image: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:
+  """Horizontal shear about the top-left corner: output (x, y) samples input (x + amount*y, y)."""
+  a = tf.cast(amount, tf.float32)
+  return _transform(image, tf.stack([1.0, a, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+
+
+# (name, op(image, magnitude), magnitudes for bins 0..9, signed)
+_BINS = np.arange(10)
+_AUTOAUGMENT_OPS = (
+    ('posterize', posterize, 8 - np.round(_BINS / (9 / 4)), False),
+    ('rotate', rotate, np.linspace(0.0, 30.0, 10), True),
+    ('solarize', solarize, np.linspace(255.0, 0.0, 10), False),
+    ('autocontrast', lambda im, m: autocontrast(im), np.zeros(10), False),
+    ('equalize', lambda im, m: equalize(im), np.zeros(10), False),
+    ('color', lambda im, m: color(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+    ('contrast', lambda im, m: contrast(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+    ('invert', lambda im, m: invert(im), np.zeros(10), False),
+    ('sharpness', lambda im, m: sharpness(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+    ('shear_x', shear_x, np.linspace(0.0, 0.3, 10), True),
+)
+_OP_INDEX = {name: i for i, (name, *_rest) in enumerate(_AUTOAUGMENT_OPS)}
+
+# The ImageNet policy of AutoAugment (Cubuk et al. 2019): 25 sub-policies of two
+# (op, probability, magnitude bin) steps; one sub-policy is drawn per image.
+IMAGENET_POLICY = (
+    (('posterize', 0.4, 8), ('rotate', 0.6, 9)),
+    (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
+    (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
+    (('posterize', 0.6, 7), ('posterize', 0.6, 6)),
+    (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
+    (('equalize', 0.4, 0), ('rotate', 0.8, 8)),
+    (('solarize', 0.6, 3), ('equalize', 0.6, 0)),
+    (('posterize', 0.8, 5), ('equalize', 1.0, 0)),
+    (('rotate', 0.2, 3), ('solarize', 0.6, 8)),
+    (('equalize', 0.6, 0), ('posterize', 0.4, 6)),
+    (('rotate', 0.8, 8), ('color', 0.4, 0)),
+    (('rotate', 0.4, 9), ('equalize', 0.6, 0)),
+    (('equalize', 0.0, 0), ('equalize', 0.8, 0)),
+    (('invert', 0.6, 0), ('equalize', 1.0, 0)),
+    (('color', 0.6, 4), ('contrast', 1.0, 8)),
+    (('rotate', 0.8, 8), ('color', 1.0, 2)),
+    (('color', 0.8, 8), ('solarize', 0.8, 7)),
+    (('sharpness', 0.4, 7), ('invert', 0.6, 0)),
+    (('shear_x', 0.6, 5), ('equalize', 1.0, 0)),
+    (('color', 0.4, 0), ('equalize', 0.6, 0)),
+    (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
+    (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
+    (('invert', 0.6, 0), ('equalize', 1.0, 0)),
+    (('color', 0.6, 4), ('contrast', 1.0, 8)),
+    (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
+)
+
+
+def _policy_tables(policy):
+  ops = np.array([[_OP_INDEX[name] for name, _, _ in sub] for sub in policy], np.int32)
+  probs = np.array([[p for _, p, _ in sub] for sub in policy], np.float32)
+  mags = np.array([[_AUTOAUGMENT_OPS[_OP_INDEX[name]][2][b] for name, _, b in sub] for sub in policy],
+                  np.float32)
+  signed = np.array([[_AUTOAUGMENT_OPS[_OP_INDEX[name]][3] for name, _, _ in sub] for sub in policy])
+  return ops, probs, mags, signed
+
+
+def apply_autoaugment_op(image: tf.Tensor, op_index: tf.Tensor, magnitude: tf.Tensor) -> tf.Tensor:
+  """Applies op number `op_index` of `_AUTOAUGMENT_OPS` with the given (signed) magnitude."""
+  branches = [lambda op=op: op(image, magnitude) for _, op, _, _ in _AUTOAUGMENT_OPS]
+  out = tf.switch_case(tf.cast(op_index, tf.int32), branches)
+  return tf.ensure_shape(out, image.shape)
+
+
+def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf.Tensor:
+  """Draws one sub-policy uniformly and applies each of its steps with the step's probability."""
+  ops, probs, mags, signed = (tf.constant(t) for t in _policy_tables(policy))
+  s_pick, s_apply, s_sign = _split(seed, 3)
+  k = tf.random.stateless_uniform([], s_pick, 0, len(policy), dtype=tf.int32)
+  apply = _uniform(s_apply, [2]) < probs[k]
+  negate = (_uniform(s_sign, [2]) < 0.5) & signed[k]
+  magnitude = tf.where(negate, -mags[k], mags[k])
+  for step in range(2):
+    image = tf.cond(apply[step],
+                    lambda step=step, image=image: apply_autoaugment_op(image, ops[k, step], magnitude[step]),
+                    lambda image=image: image)
+  return image
+
+
+def autoaugment_imagenet(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  return autoaugment(image, seed, IMAGENET_POLICY)
+
+
+# --------------------------------------------------------------------------------------------
+# Float ops
+
+
+def to_unit(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [0, 1] (torchvision ToTensor)."""
+  return tf.cast(image, tf.float32) / 255.0
+
+
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alphastd: float = 0.1) -> tf.Tensor:
+  """Adds eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, alphastd) (AlexNet lighting).
+
+  Works on [0, 1] images and, like the reference, does not clip.
+  """
+  if alphastd == 0:
+    return image
+  alpha = tf.random.stateless_normal([3], seed, stddev=alphastd, dtype=tf.float32)
+  rgb = tf.linalg.matvec(tf.constant(IMAGENET_EIGVEC, tf.float32),
+                         alpha * tf.constant(IMAGENET_EIGVAL, tf.float32))
+  return image + rgb
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
+  """(x - mean) / std per channel, x in [0, 1]."""
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5,
+                   scale: tuple[float, float] = (0.02, 0.33),
+                   ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0,
+                   attempts: int = 10) -> tf.Tensor:
+  """torchvision RandomErasing: with probability p, sets a random rectangle to `value`.
+
+  The rectangle's area is a uniform fraction `scale` of the image and its aspect log-uniform in
+  `ratio`; the first of `attempts` draws that fits strictly inside is used, else nothing is erased.
+  """
+  s_apply, s_area, s_ratio, s_top, s_left = _split(seed, 5)
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  area = tf.cast(h * w, tf.float32)
+  target = area * _uniform(s_area, [attempts], scale[0], scale[1])
+  aspect = tf.exp(_uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1])))
+  eh = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  ew = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+  first = tf.argmax(tf.cast(ok, tf.int32))
+  do = (_uniform(s_apply) < p) & tf.reduce_any(ok)
+  eh, ew = eh[first], ew[first]
+  top = tf.cast(tf.floor(_uniform(s_top) * tf.cast(h - eh + 1, tf.float32)), tf.int32)
+  left = tf.cast(tf.floor(_uniform(s_left) * tf.cast(w - ew + 1, tf.float32)), tf.int32)
+  rows = tf.range(h)[:, None]
+  cols = tf.range(w)[None, :]
+  inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew) & do
+  return tf.where(inside[:, :, None], tf.cast(value, image.dtype), image)

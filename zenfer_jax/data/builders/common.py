@@ -1,0 +1,113 @@
+"""What every zenfer-jax image builder shares: features, class-grouped writing, skip bookkeeping.
+
+Examples are written in a fixed order (TFDS shuffling disabled), grouped by class and sorted by
+file name within a class. The metadata records each class's [start, end) example range per split,
+so the input pipeline can read one class at a time (`train[a:b]`) for class-balanced or
+class-proportional sampling without filtering the whole dataset once per class.
+
+Metadata keys (saved to metadata.json beside the records): classes, class_ranges, split_sizes,
+skipped (list of {split, item, reason}), dropped (reason -> count), count_notes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import tensorflow_datasets as tfds
+from etils import epath
+from absl import logging
+
+from zenfer_jax.data import images
+
+
+class Candidate(NamedTuple):
+  """One labelled image named by the dataset's annotation or layout, not yet read."""
+
+  file_name: str
+  path: str
+  label: int
+  crop_box: tuple[float, float, float, float] | None = None
+
+
+def make_info(builder: tfds.core.GeneratorBasedBuilder, class_names: Sequence[str],
+              description: str, homepage: str | None = None) -> tfds.core.DatasetInfo:
+  metadata = tfds.core.MetadataDict()
+  metadata.update({'classes': list(class_names), 'class_ranges': {}, 'split_sizes': {},
+                   'skipped': [], 'dropped': {}, 'count_notes': []})
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.ClassLabel(names=list(class_names)),
+          'file_name': tfds.features.Text(),
+      }),
+      supervised_keys=('image', 'label'),
+      homepage=homepage,
+      disable_shuffling=True,
+      metadata=metadata,
+  )
+
+
+def require_dir(path: str, what: str) -> None:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'Expected {what} at {path!r}, but no such directory exists.')
+
+
+def require_file(path: str, what: str) -> None:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Expected {what} at {path!r}, but no such file exists.')
+
+
+def generate(builder: tfds.core.GeneratorBasedBuilder, split: str,
+             candidates: Iterable[Candidate], skips: images.SkipLog,
+             expected: int | None = None) -> Iterator[tuple[str, dict]]:
+  """Yields examples grouped by class, skipping (and recording) unreadable images.
+
+  Runs lazily inside TFDS's writer; the metadata it fills is saved after all splits are written.
+  """
+  num_classes = builder.info.features['label'].num_classes
+  ordered = sorted(candidates, key=lambda c: (c.label, c.file_name))
+  counts = [0] * num_classes
+  skipped_before = len(skips.entries)
+  for cand in ordered:
+    try:
+      encoded = images.read_image(cand.path, cand.crop_box)
+    except images.BadImage as e:
+      skips.add(split, cand.file_name, str(e))
+      continue
+    counts[cand.label] += 1
+    yield cand.file_name, {'image': encoded, 'label': cand.label, 'file_name': cand.file_name}
+  meta = builder.info.metadata
+  ranges, start = [], 0
+  for n in counts:
+    ranges.append([start, start + n])
+    start += n
+  meta['class_ranges'][split] = ranges
+  meta['split_sizes'][split] = start
+  meta['skipped'] = list(skips.entries)
+  logging.info('%s/%s: wrote %d examples, skipped %d', builder.name, split, start,
+               len(skips.entries) - skipped_before)
+  if expected is not None and start != expected:
+    note = (f'{split}: {start} examples prepared, the reference split has {expected} '
+            f'(difference {start - expected:+d})')
+    logging.warning('%s: %s', builder.name, note)
+    meta['count_notes'].append(note)
+
+
+class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of our builders: `_split_generators` returns ready generators from `generate`."""
+
+  # TFDS 4.9.10 finds a builder's source file through `importlib_resources`, which it does not
+  # install on Python >= 3.9; editable installs of this package take that code path. Our
+  # builders have no checksums or package data to find, so the plain module file is enough.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path | None:
+    return epath.Path(inspect.getfile(cls))
+
+  def _generate_examples(self, **kwargs):
+    raise NotImplementedError('zenfer-jax builders return generators from _split_generators.')
