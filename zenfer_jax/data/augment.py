@@ -70,29 +70,27 @@ def resize_shorter(image: tf.Tensor, size: int | tf.Tensor, method: str = 'bicub
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   """Crops the central size x size window (the image must be at least that large)."""
+  image = tf.convert_to_tensor(image)
   shape = tf.shape(image)
   top = (shape[0] - size) // 2
   left = (shape[1] - size) // 2
   return image[top:top + size, left:left + size]
 
 
-def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        attempts: int = 10) -> tf.Tensor:
-  """torchvision RandomResizedCrop: a random area/aspect window, resized (bicubic) to size x size.
+def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
+                               scale: tuple[float, float] = (0.08, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                               attempts: int = 10) -> tuple[tf.Tensor, ...]:
+  """The (top, left, height, width) window torchvision's RandomResizedCrop would cut.
 
-  Tries `attempts` windows at once and keeps the first that fits; if none does, falls back to
-  the centre crop with the aspect ratio clamped into `ratio`, as torchvision does.
+  Tries `attempts` random area/aspect windows at once and keeps the first that fits; if none
+  does, falls back to the centre crop with the aspect ratio clamped into `ratio`.
   """
   s_area, s_ratio, s_top, s_left = _split(seed, 4)
-  shape = tf.shape(image)
-  h, w = shape[0], shape[1]
+  h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
   hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-  area = hf * wf
-  target = area * _uniform(s_area, [attempts], scale[0], scale[1])
-  log_r = _uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1]))
-  aspect = tf.exp(log_r)
+  target = hf * wf * _uniform(s_area, [attempts], scale[0], scale[1])
+  aspect = tf.exp(_uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1])))
   cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
   ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
   ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
@@ -100,8 +98,7 @@ def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
   any_ok = tf.reduce_any(ok)
 
   in_ratio = wf / hf
-  fb_w = tf.where(in_ratio < ratio[0], w,
-                  tf.where(in_ratio > ratio[1], tf.cast(tf.round(hf * ratio[1]), tf.int32), w))
+  fb_w = tf.where(in_ratio > ratio[1], tf.cast(tf.round(hf * ratio[1]), tf.int32), w)
   fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(wf / ratio[0]), tf.int32), h)
   crop_w = tf.where(any_ok, cw[first], fb_w)
   crop_h = tf.where(any_ok, ch[first], fb_h)
@@ -109,8 +106,16 @@ def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
   left_rand = tf.cast(tf.floor(_uniform(s_left) * tf.cast(w - crop_w + 1, tf.float32)), tf.int32)
   top = tf.where(any_ok, tf.minimum(top_rand, h - crop_h), (h - crop_h) // 2)
   left = tf.where(any_ok, tf.minimum(left_rand, w - crop_w), (w - crop_w) // 2)
-  crop = image[top:top + crop_h, left:left + crop_w]
-  return resize(crop, (size, size))
+  return top, left, crop_h, crop_w
+
+
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+  """torchvision RandomResizedCrop: a random area/aspect window, resized (bicubic) to size x size."""
+  shape = tf.shape(image)
+  top, left, h, w = random_resized_crop_window(shape[0], shape[1], seed, scale, ratio)
+  return resize(image[top:top + h, left:left + w], (size, size))
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5) -> tf.Tensor:
@@ -139,11 +144,12 @@ def posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
 
 def solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
   """Inverts every value at or above `threshold`."""
+  image = tf.convert_to_tensor(image)
   return tf.where(tf.cast(image, tf.float32) >= tf.cast(threshold, tf.float32), 255 - image, image)
 
 
 def invert(image: tf.Tensor) -> tf.Tensor:
-  return 255 - image
+  return 255 - tf.convert_to_tensor(image)
 
 
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
