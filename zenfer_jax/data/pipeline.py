@@ -66,7 +66,9 @@ def default_recipe(name: str) -> str:
   return DEFAULT_RECIPE[name.split('/')[0]]
 
 
-def _recipe(recipe: str | None, name: str) -> Recipe:
+def _recipe(recipe: str | Recipe | None, name: str) -> Recipe:
+  if isinstance(recipe, Recipe):
+    return recipe
   key = recipe or default_recipe(name)
   if key not in RECIPES:
     raise ValueError(f'Unknown recipe {key!r}; expected one of {list(RECIPES)}.')
@@ -194,7 +196,13 @@ def _sampled_examples(builder, info, split, recipe: Recipe, seed: int, process_i
                      f'{process_count}.')
   seeds = _seeds(seed, process_index, len(ranges) + 2)
   if not recipe.balanced and shuffle_buffer >= total:
-    parts = [_read(builder, split, a, b) for a, b in ranges]
+    merged = []  # Adjacent class ranges (all of them, with one process) are read at once.
+    for a, b in ranges:
+      if merged and merged[-1][1] == a:
+        merged[-1] = (merged[-1][0], b)
+      else:
+        merged.append((a, b))
+    parts = [_read(builder, split, a, b) for a, b in merged]
     ds = parts[0]
     for p in parts[1:]:
       ds = ds.concatenate(p)
@@ -226,7 +234,7 @@ def _to_devices(batch: dict, devices: int, per_device: int) -> dict:
 
 
 def train_tf_dataset(name: str, data_dir: str, *, image_size: int, per_device_batch: int,
-                     num_local_devices: int, seed: int, recipe: str | None = None,
+                     num_local_devices: int, seed: int, recipe: str | Recipe | None = None,
                      process_index: int = 0, process_count: int = 1,
                      classes: Sequence[str] | None = None, shuffle_buffer: int = 16_384,
                      start_step: int = 0, split: str = 'train', prefetch: int = 2
@@ -271,7 +279,7 @@ def eval_num_batches(num_examples: int, local_batch: int, process_count: int) ->
 
 def eval_tf_dataset(name: str, data_dir: str, *, split: str = 'test', image_size: int,
                     per_device_batch: int, num_local_devices: int, process_index: int = 0,
-                    process_count: int = 1, recipe: str | None = None,
+                    process_count: int = 1, recipe: str | Recipe | None = None,
                     classes: Sequence[str] | None = None, prefetch: int = 2) -> tf.data.Dataset:
   """Every example of `split` exactly once, padded to whole batches, with a validity mask.
 
