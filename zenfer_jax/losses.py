@@ -1,0 +1,38 @@
+"""Training targets and loss: label smoothing, then mixup, then soft-target cross-entropy.
+
+The reference builds smoothed one-hot targets first and mixes them afterwards, so a mixed
+target is lam * smooth(y) + (1 - lam) * smooth(y[perm]); the loss is the cross-entropy against
+that soft distribution, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def smooth_one_hot(labels: jax.Array, num_classes: int, eps: float) -> jax.Array:
+  """One-hot targets with label smoothing: on-class 1 - eps + eps/K, off-class eps/K."""
+  on = 1.0 - eps + eps / num_classes
+  off = eps / num_classes
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (on - off) + off
+
+
+def mixup(lam_key: jax.Array, perm_key: jax.Array, images: jax.Array, targets: jax.Array,
+          alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Mixes each example with a partner from a random permutation of the batch.
+
+  One lambda ~ Beta(alpha, alpha) for the whole batch (`lam_key`); the permutation comes from
+  `perm_key`, so under pmap the lambda can be shared while each device permutes its own shard.
+  """
+  lam = jax.random.beta(lam_key, alpha, alpha)
+  perm = jax.random.permutation(perm_key, images.shape[0])
+  mixed_images = lam * images + (1.0 - lam) * images[perm]
+  mixed_targets = lam * targets + (1.0 - lam) * targets[perm]
+  return mixed_images.astype(images.dtype), mixed_targets
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean over the batch of -sum_k targets_k * log_softmax(logits)_k."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
