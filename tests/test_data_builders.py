@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def test_rafdb_counts_labels_and_names(rafdb):
 def test_rafdb_bad_data_is_skipped_counted_and_reported(rafdb):
   info, _, _ = rafdb
   assert info.skipped == 4
-  report = open(info.report_path).read()
+  report = pathlib.Path(info.report_path).read_text()
   for name in fx.RAFDB_BAD:
     assert name in report
   assert 'missing file' in report and 'not an image' in report and 'truncated' in report
@@ -109,7 +110,7 @@ def test_affectnet_drops_codes_outside_config(affectnet_manual, tmp_path, config
     assert collections.Counter(labels) == want
     assert info.split_sizes[split] == sum(want.values())
   assert info.skipped == 4  # A truncated image and a missing one in each csv.
-  meta = json.load(open(os.path.join(info.data_path, 'metadata.json')))
+  meta = json.loads(pathlib.Path(info.data_path, "metadata.json").read_text())
   dropped = sum(meta['dropped'].values())
   total = len(fx.AFFECTNET_CODES['train']) + len(fx.AFFECTNET_CODES['test'])
   assert dropped == total - sum(info.split_sizes.values())
@@ -135,7 +136,7 @@ def test_folders_class_order_is_the_given_one(tmp_path):
   assert info.class_names == classes
   assert info.split_sizes == {'train': 11, 'test': 5}
   assert info.skipped == 3
-  report = open(info.report_path).read()
+  report = pathlib.Path(info.report_path).read_text()
   assert 'sad/broken.jpg' in report and 'happy/notes.txt' in report and 'sad/half.jpg' in report
   for e in _examples('folders', str(tmp_path / 'd'), 'train'):
     assert fx.colour_label(e['image']) == e['label']

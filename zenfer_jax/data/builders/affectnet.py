@@ -78,7 +78,7 @@ class Affectnet(common.ImageBuilder):
     self.info.metadata['dropped'] = dict(dropped)
     expected = EXPECTED_SIZES[config.num_classes]
     return {split: common.generate(self, split, cands, skips, expected[split])
-            for split, cands in per_split.items()}
+            for split, cands in common.non_empty(self, per_split).items()}
 
   def _read_csv(self, path, csv_name, image_dir, split, skips, dropped):
     config = self.builder_config

@@ -62,6 +62,18 @@ def require_file(path: str, what: str) -> None:
     raise FileNotFoundError(f'Expected {what} at {path!r}, but no such file exists.')
 
 
+def non_empty(builder: tfds.core.GeneratorBasedBuilder,
+              per_split: dict[str, list[Candidate]]) -> dict[str, list[Candidate]]:
+  """Drops (with a warning) splits without a single labelled image: TFDS cannot write them."""
+  for split, cands in per_split.items():
+    if not cands:
+      logging.warning('%s: no labelled images for split %r; it is left out.', builder.name, split)
+  kept = {split: cands for split, cands in per_split.items() if cands}
+  if not kept:
+    raise ValueError(f'{builder.name}: found no labelled images at all; check the layout.')
+  return kept
+
+
 def generate(builder: tfds.core.GeneratorBasedBuilder, split: str,
              candidates: Iterable[Candidate], skips: images.SkipLog,
              expected: int | None = None) -> Iterator[tuple[str, dict]]:

@@ -74,4 +74,5 @@ class Folders(common.ImageBuilder):
           else:
             cands.append(common.Candidate(rel, path, label))
       per_split[split] = cands
-    return {split: common.generate(self, split, cands, skips) for split, cands in per_split.items()}
+    return {split: common.generate(self, split, cands, skips)
+            for split, cands in common.non_empty(self, per_split).items()}

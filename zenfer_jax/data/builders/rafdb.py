@@ -63,4 +63,4 @@ class Rafdb(common.ImageBuilder):
         path = os.path.join(image_dir, f'{stem}_aligned.jpg')
         per_split[split].append(common.Candidate(file_name, path, label))
     return {split: common.generate(self, split, cands, skips, EXPECTED_SIZES[split])
-            for split, cands in per_split.items()}
+            for split, cands in common.non_empty(self, per_split).items()}
