@@ -263,3 +263,13 @@ def test_random_erasing_affectnet_scale():
   assert len(boxes) > 50  # A 0.4 area rectangle fits within 10 attempts nearly always.
   area = np.array([h * w for h, w in boxes]) / (32 * 32)
   assert np.all(np.abs(area - 0.4) < 0.08)
+
+
+def test_batched_erase_matches_single_images():
+  imgs = np.ones((3, 10, 12, 3), np.float32)
+  boxes = np.array([[1, 2, 3, 4], [0, 0, 0, 0], [5, 6, 5, 6]], np.int32)
+  batched = A.erase(imgs, boxes).numpy()
+  for img, box, out in zip(imgs, boxes, batched):
+    np.testing.assert_array_equal(A.erase(img, box).numpy(), out)
+    t, l, h, w = box
+    assert (out == 0).sum() == 3 * h * w and (out[t:t + h, l:l + w] == 0).all()

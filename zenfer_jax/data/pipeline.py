@@ -108,26 +108,46 @@ def _as_rgb(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def preprocess_for_train(image: tf.Tensor, image_size: int, recipe: Recipe,
-                         seed: tf.Tensor) -> tf.Tensor:
-  """uint8 HWC -> float32 [size, size, 3], normalised, per the recipe's train chain."""
+def train_example(image: tf.Tensor, image_size: int, recipe: Recipe, seed: tf.Tensor) -> dict:
+  """The per-example part of the train chain: uint8 geometry and AutoAugment, plus the draws
+  (lighting offset, erasing box) that `finish_train_batch` applies after batching.
+
+  Float work is left to the batch so the shuffle/prefetch buffers hold uint8 and the cheap
+  elementwise ops run once per batch instead of once per image.
+  """
   s_crop, s_flip, s_aa, s_light, s_erase, s_shift = [
       tf.random.experimental.stateless_split(seed, 6)[i] for i in range(6)]
+  lighting = tf.zeros([3], tf.float32)
+  box = tf.zeros([4], tf.int32)
   if recipe.augment:
     image = augment.resize_shorter(image, round(image_size / recipe.resize_ratio))
     image = augment.random_resized_crop(image, image_size, s_crop, scale=recipe.crop_scale)
     image = augment.random_flip(image, s_flip)
     image = augment.autoaugment_imagenet(image, s_aa)
-    x = augment.pca_lighting(augment.to_unit(image), s_light, recipe.lighting_std)
-    x = augment.normalize(x)
-    x = augment.random_erasing(x, s_erase, p=recipe.erasing_p, scale=recipe.erasing_scale,
-                               ratio=recipe.erasing_ratio, value=0.0)
+    if recipe.lighting_std:
+      lighting = augment.lighting_offset(s_light, recipe.lighting_std)
+    box = augment.erasing_box(image_size, image_size, s_erase, p=recipe.erasing_p,
+                              scale=recipe.erasing_scale, ratio=recipe.erasing_ratio)
   else:
     image = augment.resize(image, image_size)
     if recipe.shift_fraction > 0:
       image = augment.random_shift(image, s_shift, max(1, round(image_size * recipe.shift_fraction)))
-    x = augment.normalize(augment.to_unit(image))
-  return tf.ensure_shape(x, [image_size, image_size, 3])
+  image = tf.ensure_shape(image, [image_size, image_size, 3])
+  return {'image': image, 'lighting': lighting, 'erase': box}
+
+
+def finish_train_batch(image: tf.Tensor, lighting: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+  """uint8 [..., H, W, 3] -> to [0, 1], PCA lighting, ImageNet normalisation, random erasing."""
+  x = augment.to_unit(image) + lighting[..., None, None, :]
+  return augment.erase(augment.normalize(x), box, 0.0)
+
+
+def preprocess_for_train(image: tf.Tensor, image_size: int, recipe: Recipe | str,
+                         seed: tf.Tensor) -> tf.Tensor:
+  """One uint8 HWC image -> float32 [size, size, 3], normalised, through the whole train chain."""
+  r = RECIPES[recipe] if isinstance(recipe, str) else recipe
+  ex = train_example(_as_rgb(image), image_size, r, tf.convert_to_tensor(seed, tf.int64))
+  return finish_train_batch(ex['image'], ex['lighting'], ex['erase'])
 
 
 def _eval_chain(image: tf.Tensor, image_size: int, recipe: Recipe) -> tf.Tensor:
@@ -257,12 +277,18 @@ def train_tf_dataset(name: str, data_dir: str, *, image_size: int, per_device_ba
 
   def _map(index, ex):
     example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
-    image = preprocess_for_train(decode(ex['image']), image_size, r, example_seed)
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+    out = train_example(decode(ex['image']), image_size, r, example_seed)
+    out['label'] = tf.cast(ex['label'], tf.int32)
+    return out
+
+  def _finish(batch):
+    image = finish_train_batch(batch['image'], batch['lighting'], batch['erase'])
+    return _to_devices({'image': image, 'label': batch['label']}, num_local_devices,
+                       per_device_batch)
 
   ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map(lambda b: _to_devices(b, num_local_devices, per_device_batch))
+  ds = ds.map(_finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(prefetch).with_options(_options())
 
 
