@@ -143,6 +143,7 @@ def test_folders_class_order_is_the_given_one(tmp_path):
     assert e['file_name'].decode().split('/')[0] == classes[e['label']]
   # Reopening without classes uses the recorded list; a different list is refused.
   assert data.load('folders', str(tmp_path / 'd'))[1].class_names == classes
+  assert data.load('folders', str(tmp_path / 'd'), 'sad,happy,angry')[1].class_names == classes
   with pytest.raises(ValueError, match=r"prepared with classes \['sad', 'happy', 'angry'\]"):
     data.prepare('folders', str(tmp_path / 'd'), classes=['angry', 'happy', 'sad'])
 

@@ -58,6 +58,8 @@ def builder(name: str, data_dir: str, classes: Sequence[str] | None = None
   """
   _check_name(name)
   data_dir = os.fspath(data_dir)
+  if isinstance(classes, str):  # 'a,b,c' as flags and configs spell it; '' means none.
+    classes = [c.strip() for c in classes.split(',') if c.strip()] or None
   if name == 'rafdb':
     b = Rafdb(data_dir=data_dir)
   elif name == 'digits':
