@@ -12,6 +12,7 @@ Pre-pooling features (for the Zen-score and distillation):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Optional, Union
@@ -276,10 +277,14 @@ def build_model(
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: ZenNet, shape: tuple):
+    return jax.jit(lambda r: model.init(r, jnp.zeros(shape, jnp.float32), train=False))
+
+
 def init_variables(model: ZenNet, rng: jax.Array, resolution: int = 224, batch_size: int = 1):
-    """Fresh variables for `model` (shape-only trace at `resolution`)."""
-    x = jnp.zeros((batch_size, resolution, resolution, 3), jnp.float32)
-    return model.init(rng, x, train=False)
+    """Fresh variables for `model`, initialised in one compiled call (cached per model and shape)."""
+    return _compiled_init(model, (batch_size, resolution, resolution, 3))(rng)
 
 
 def count_params(params) -> int:
