@@ -1,0 +1,433 @@
+"""Zen-score, computed exactly as one step of the reference evolutionary search.
+
+One draw builds a fresh network with every residual link removed, all conv
+weights N(0, 1), BatchNorm scale 1 / shift 0 / eps 1e-3 in training mode and
+fresh running statistics (mean 0, var 1). Two forward passes run, on x and on
+x + gamma * x2 (both N(0, 1)); after each, every BatchNorm updates its running
+variance with PyTorch's momentum 0.1 and the *unbiased* batch variance. Then
+
+    score = log(mean_b sum_{h,w,c} |f(x) - f(x + gamma x2)|)
+            + sum_{BN layers} log(sqrt(mean_c running_var))
+
+``bn_variance='batch'`` replaces the running variance by the (biased) batch
+variance of the first pass, the paper's formulation. The reference search
+builds this network without SA blocks whatever the training flags say
+(`compute_nas_score` creates its MasterNet without `argv`), so neither does
+this module.
+
+Why it is not a Flax model under one jit: a search scores thousands of
+different structures, and a whole-network jit costs many seconds of compile
+per structure on CPU, more than the scoring itself. Without residual links
+every network here is a plain chain of *units* (conv -> BatchNorm -> ReLU),
+so each unit is compiled on its own and reused by every later structure that
+contains a unit of the same shape. Channel widths are rounded up to a small
+set of buckets (`channel_bucket`) so that few distinct shapes exist at all;
+padded channels carry exact zeros (zero weights in, BatchNorm maps an
+all-zero channel to zero) and are left out of every statistic, so a padded
+score is the unpadded network's score. All draws run together under `vmap`.
+
+Weights are drawn on device: per draw one flat N(0, 1) buffer (fixed-size
+chunks, each from its own folded key, so its values do not depend on how long
+the buffer is), and unit `u` reads its HWIO kernel at
+``buffer[offset_u : offset_u + k*k*cin*cout]`` in the *unpadded* layout.
+`network_weights` returns exactly those kernels, which is how the tests load
+them into the Flax model and compare.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zenfer_jax import plan as plan_lib
+from zenfer_jax.layers.conv import default_depthwise_impl, depthwise_shift
+from zenfer_jax.structure import Structure, resolve
+
+__all__ = [
+    "ZenScore",
+    "ZenScorer",
+    "Unit",
+    "zen_score",
+    "network_units",
+    "network_weights",
+    "network_inputs",
+    "channel_bucket",
+    "BN_EPS",
+    "BN_MOMENTUM",
+]
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.1  # PyTorch convention: weight of the new batch statistic.
+_CHUNK = 1 << 16  # weight-buffer chunk length (values per folded key)
+BN_VARIANCES = ("running", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZenScore:
+    """Mean and (population) std over the draws, and every draw's score."""
+
+    mean: float
+    std: float
+    scores: Tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One conv -> BatchNorm (-> ReLU) of the residual-free network.
+
+    `offset` is where its kernel starts in the flat weight buffer; `conv_path`
+    and `bn_path` name the same layers in the Flax model's parameter tree.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int
+    depthwise: bool
+    relu: bool
+    offset: int
+    conv_path: Tuple[str, ...]
+    bn_path: Tuple[str, ...]
+
+    @property
+    def kernel_shape(self) -> Tuple[int, int, int, int]:
+        k = self.kernel_size
+        return (k, k, 1 if self.depthwise else self.in_channels, self.out_channels)
+
+    @property
+    def num_weights(self) -> int:
+        return int(np.prod(self.kernel_shape))
+
+
+def network_units(structure: Union[str, Structure]) -> Tuple[Unit, ...]:
+    """The residual-free network of `structure` as a chain of units, in forward order."""
+    s = resolve(structure)
+    flat = []
+
+    def walk(ops, prefix):
+        for op in ops:
+            if isinstance(op, plan_lib.ResidualOp):
+                walk(op.ops, prefix + (f"layer{op.index}",))
+            else:
+                flat.append((op, prefix))
+
+    for bp in plan_lib.expand(s, no_reslink=True):
+        walk(bp.ops, ("backbone", f"block{bp.index}"))
+
+    units, offset, i = [], 0, 0
+    while i < len(flat):
+        conv, prefix = flat[i]
+        if not isinstance(conv, plan_lib.ConvOp) or i + 1 >= len(flat) or not isinstance(flat[i + 1][0], plan_lib.BNOp):
+            raise AssertionError(f"residual-free plan of {s} is not a chain of conv -> BN units at op {i}: {conv}")
+        bn, bn_prefix = flat[i + 1]
+        relu = i + 2 < len(flat) and isinstance(flat[i + 2][0], plan_lib.ReLUOp)
+        if conv.groups != 1 and not conv.depthwise:
+            raise AssertionError(f"grouped (non-depthwise) conv is not in the structure language: {conv}")
+        u = Unit(
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            depthwise=conv.depthwise,
+            relu=relu,
+            offset=offset,
+            conv_path=prefix + (f"conv{conv.index}",),
+            bn_path=bn_prefix + (f"bn{bn.index}",),
+        )
+        units.append(u)
+        offset += u.num_weights
+        i += 3 if relu else 2
+    return tuple(units)
+
+
+def channel_bucket(channels: int, steps_per_octave: Optional[int] = 4) -> int:
+    """The padded width a unit with `channels` outputs is compiled for.
+
+    None keeps the width (exact shapes). Otherwise widths up to 32 round up to
+    a multiple of 8 and wider ones to one of `steps_per_octave` evenly spaced
+    multiples per octave (4: 40, 48, 56, 64, 80, 96, 112, 128, 160, ...), so a
+    whole search space needs only a few dozen distinct shapes.
+    """
+    if steps_per_octave is None or channels <= 8:
+        return channels
+    if channels <= 32:
+        return -(-channels // 8) * 8
+    octave = 1 << (channels - 1).bit_length() - 1  # largest power of two < channels
+    step = max(8, octave // steps_per_octave)
+    return -(-channels // step) * step
+
+
+def _draw_keys(seed, repeats: int) -> jax.Array:
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
+    return jax.random.split(key, repeats)
+
+
+# ---------------------------------------------------------------------------
+# Compiled pieces. Each is jitted once per static signature and shared by
+# every scorer in the process; TRACES counts traces per piece for the tests.
+# ---------------------------------------------------------------------------
+TRACES: collections.Counter = collections.Counter()
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "resolution"))
+def _inputs(keys, gamma, *, batch_size: int, resolution: int):
+    """Per draw the stacked batch [x; x + gamma * x2], shape (R, 2B, H, W, 3)."""
+    TRACES["inputs"] += 1
+
+    def one(key):
+        shape = (2, batch_size, resolution, resolution, 3)
+        x, x2 = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
+        return jnp.concatenate([x, x + gamma * x2], axis=0)
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("num_chunks",))
+def _weight_buffer(keys, *, num_chunks: int):
+    """Per draw a flat N(0, 1) buffer of num_chunks * _CHUNK values, shape (R, L)."""
+    TRACES["weights"] += 1
+
+    def one(key):
+        wkey = jax.random.fold_in(key, 2)
+        chunks = jax.vmap(lambda c: jax.random.normal(jax.random.fold_in(wkey, c), (_CHUNK,), jnp.float32))(
+            jnp.arange(num_chunks)
+        )
+        return chunks.reshape(-1)
+
+    return jax.vmap(one)(keys)
+
+
+def _gather_kernel(buf, offset, cin, cout, *, k: int, cin_pad: int, cout_pad: int, depthwise: bool):
+    """The unit's HWIO kernel from the flat buffer, zero-padded to (k, k, cin_pad|1, cout_pad)."""
+    i = jnp.arange(k)[:, None, None, None]
+    j = jnp.arange(k)[None, :, None, None]
+    co = jnp.arange(cout_pad)[None, None, None, :]
+    if depthwise:
+        idx = (i * k + j) * cout + co
+        valid = co < cout
+    else:
+        ci = jnp.arange(cin_pad)[None, None, :, None]
+        idx = ((i * k + j) * cin + ci) * cout + co
+        valid = (ci < cin) & (co < cout)
+    idx = jnp.where(valid, offset + idx, 0)
+    return jnp.where(valid, buf[idx], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel_size", "cin_pad", "cout_pad", "depthwise"))
+def _unit_kernel(buf, offset, cin, cout, *, kernel_size, cin_pad, cout_pad, depthwise):
+    """Per draw the unit's zero-padded HWIO kernel, shape (R, k, k, cin_pad | 1, cout_pad)."""
+    TRACES["kernel"] += 1
+    return jax.vmap(
+        lambda b: _gather_kernel(
+            b, offset, cin, cout, k=kernel_size, cin_pad=cin_pad, cout_pad=cout_pad, depthwise=depthwise
+        )
+    )(buf)
+
+
+@functools.partial(jax.jit, static_argnames=("stride", "depthwise", "depthwise_impl"))
+def _unit_conv(x, w, *, stride, depthwise, depthwise_impl):
+    """The unit's convolution for every draw: x (R, 2B, H, W, Cin), w (R, k, k, Cin | 1, Cout).
+
+    Depthwise kernels run as shifted multiply-adds on CPU (`depthwise_shift`)
+    and as XLA's grouped conv elsewhere. Dense kernels differ per draw, so a
+    plain `vmap` would turn them into one grouped conv over all draws, a slow
+    path on CPU; 1x1 kernels become a batched matmul and larger ones loop over
+    the draws instead.
+    """
+    TRACES["conv"] += 1
+    k = w.shape[1]
+    pad = k // 2
+
+    def conv(x, w):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=(stride, stride),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1] if depthwise else 1,
+        )
+
+    if depthwise:
+        if depthwise_impl == "shift":
+            return jax.vmap(lambda x, w: depthwise_shift(x, w, stride, pad))(x, w)
+        return jax.vmap(conv)(x, w)
+    if k == 1:
+        xs = x[:, :, ::stride, ::stride, :]
+        return jnp.einsum("rnhwc,rcd->rnhwd", xs, w[:, 0, 0])
+    if x.shape[0] == 1:
+        return conv(x[0], w[0])[None]
+    return lax.map(lambda xw: conv(*xw), (x, w))
+
+
+@functools.partial(jax.jit, static_argnames=("relu", "bn_variance"))
+def _unit_bn(y, cout, *, relu, bn_variance):
+    """Train-mode BatchNorm per pass (and ReLU) for every draw.
+
+    y: (R, 2B, H, W, C) with the two passes stacked on the batch axis. Returns
+    the output and per draw this layer's log(sqrt(mean over the `cout` real
+    channels of the variance the score reads)).
+    """
+    TRACES["bn"] += 1
+    r, n2, h, w, c = y.shape
+    yp = y.reshape(r, 2, n2 // 2, h, w, c)
+    mean = jnp.mean(yp, axis=(2, 3, 4), keepdims=True)
+    var = jnp.mean(jnp.square(yp - mean), axis=(2, 3, 4), keepdims=True)
+    out = (yp - mean) * lax.rsqrt(var + BN_EPS)
+    if relu:
+        out = jnp.maximum(out, 0.0)
+    var = var.reshape(r, 2, c)
+    if bn_variance == "running":
+        count = (n2 // 2) * h * w
+        unbiased = var * (count / max(count - 1, 1))
+        m = BN_MOMENTUM
+        read = (1 - m) * ((1 - m) * 1.0 + m * unbiased[:, 0]) + m * unbiased[:, 1]
+    else:
+        read = var[:, 0]
+    real = jnp.arange(c) < cout
+    mean_read = jnp.sum(jnp.where(real, read, 0.0), axis=-1) / cout
+    return out.reshape(y.shape), 0.5 * jnp.log(mean_read)
+
+
+@jax.jit
+def _log_delta(x):
+    """Per draw log(mean over the batch of sum |f(x) - f(x + gamma x2)|)."""
+    TRACES["delta"] += 1
+    n2 = x.shape[1]
+    diff = jnp.abs(x[:, : n2 // 2] - x[:, n2 // 2 :])
+    return jnp.log(jnp.mean(jnp.sum(diff, axis=(2, 3, 4)), axis=1))
+
+
+def _num_chunks(total: int) -> int:
+    """Chunks for `total` weights, rounded up to a power of two so few buffer shapes exist."""
+    need = max(1, -(-total // _CHUNK))
+    return 1 << (need - 1).bit_length()
+
+
+class ZenScorer:
+    """Scores structures with fixed settings; caches scores by structure string.
+
+    Every compiled piece is keyed by shape only, so a structure made of unit
+    shapes seen before costs no compile at all, and a structure seen before
+    costs nothing (its score is cached for each seed).
+    """
+
+    def __init__(
+        self,
+        *,
+        resolution: int = 224,
+        batch_size: int = 16,
+        repeats: int = 1,
+        mixup_gamma: float = 1e-2,
+        bn_variance: str = "running",
+        steps_per_octave: Optional[int] = 4,
+        depthwise_impl: str = "auto",
+    ):
+        if bn_variance not in BN_VARIANCES:
+            raise ValueError(f"bn_variance must be one of {BN_VARIANCES}, got {bn_variance!r}")
+        if depthwise_impl not in ("auto", "xla", "shift"):
+            raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
+        for name, v in (("resolution", resolution), ("batch_size", batch_size), ("repeats", repeats)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if batch_size < 2:
+            raise ValueError("batch_size must be at least 2: the unbiased batch variance needs two samples")
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.repeats = repeats
+        self.mixup_gamma = float(mixup_gamma)
+        self.bn_variance = bn_variance
+        self.steps_per_octave = steps_per_octave
+        self.depthwise_impl = default_depthwise_impl() if depthwise_impl == "auto" else depthwise_impl
+        self._cache: Dict[Tuple[str, object], ZenScore] = {}
+
+    def scores(self, structure: Union[str, Structure], seed: Union[int, jax.Array] = 0) -> jax.Array:
+        """Per-draw scores as a device array of shape (repeats,); nothing is cached."""
+        units = network_units(structure)
+        keys = _draw_keys(seed, self.repeats)
+        x = _inputs(keys, self.mixup_gamma, batch_size=self.batch_size, resolution=self.resolution)
+        total = units[-1].offset + units[-1].num_weights
+        buf = _weight_buffer(keys, num_chunks=_num_chunks(total))
+        log_bn = None
+        for u in units:
+            cout_pad = channel_bucket(u.out_channels, self.steps_per_octave)
+            w = _unit_kernel(
+                buf,
+                np.int32(u.offset),
+                np.int32(u.in_channels),
+                np.int32(u.out_channels),
+                kernel_size=u.kernel_size,
+                cin_pad=x.shape[-1],
+                cout_pad=cout_pad,
+                depthwise=u.depthwise,
+            )
+            y = _unit_conv(x, w, stride=u.stride, depthwise=u.depthwise, depthwise_impl=self.depthwise_impl)
+            x, term = _unit_bn(y, np.int32(u.out_channels), relu=u.relu, bn_variance=self.bn_variance)
+            log_bn = term if log_bn is None else log_bn + term
+        return _log_delta(x) + log_bn
+
+    def __call__(self, structure: Union[str, Structure], seed: int = 0) -> ZenScore:
+        s = resolve(structure)
+        cache_key = (str(s), seed if isinstance(seed, int) else tuple(np.asarray(jax.random.key_data(seed)).ravel()))
+        hit = self._cache.get(cache_key)
+        if hit is not None:
+            return hit
+        values = np.asarray(self.scores(s, seed), dtype=np.float64)
+        result = ZenScore(mean=float(values.mean()), std=float(values.std()), scores=tuple(float(v) for v in values))
+        self._cache[cache_key] = result
+        return result
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+
+_SCORERS: Dict[tuple, ZenScorer] = {}
+
+
+def zen_score(
+    structure: Union[str, Structure],
+    *,
+    resolution: int = 224,
+    batch_size: int = 16,
+    repeats: int = 1,
+    mixup_gamma: float = 1e-2,
+    seed: int = 0,
+    bn_variance: str = "running",
+) -> ZenScore:
+    """Zen-score of `structure` over `repeats` independent fresh networks (see the module docstring)."""
+    settings = (resolution, batch_size, repeats, float(mixup_gamma), bn_variance)
+    scorer = _SCORERS.get(settings)
+    if scorer is None:
+        scorer = _SCORERS[settings] = ZenScorer(
+            resolution=resolution, batch_size=batch_size, repeats=repeats, mixup_gamma=mixup_gamma, bn_variance=bn_variance
+        )
+    return scorer(structure, seed)
+
+
+def network_weights(structure: Union[str, Structure], seed: Union[int, jax.Array] = 0, *, repeats: int = 1):
+    """The conv kernels draw `d` of `zen_score(structure, seed=...)` uses: [{conv_path: kernel}] per draw."""
+    units = network_units(structure)
+    keys = _draw_keys(seed, repeats)
+    total = units[-1].offset + units[-1].num_weights
+    buf = np.asarray(_weight_buffer(keys, num_chunks=_num_chunks(total)))
+    return [
+        {u.conv_path: buf[d, u.offset : u.offset + u.num_weights].reshape(u.kernel_shape) for u in units}
+        for d in range(repeats)
+    ]
+
+
+def network_inputs(seed: Union[int, jax.Array] = 0, *, repeats: int = 1, batch_size: int = 16, resolution: int = 224,
+                   mixup_gamma: float = 1e-2):
+    """The (x, x + gamma * x2) batches of each draw, shape (R, 2, B, H, W, 3)."""
+    keys = _draw_keys(seed, repeats)
+    x = np.asarray(_inputs(keys, float(mixup_gamma), batch_size=batch_size, resolution=resolution))
+    return x.reshape(repeats, 2, batch_size, resolution, resolution, 3)
