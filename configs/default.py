@@ -1,0 +1,69 @@
+"""Base config: the published ZenNet-SA-FER training recipe (RECIPE.md, "Training").
+
+Every hyperparameter of a run lives here; dataset and model configs import this one and override
+a few fields. Override any field on the command line, e.g.
+
+  python -m zenfer_jax.main --config=configs/rafdb_m.py --workdir=runs/rafdb_m \
+      --config.data.manual_dir=/data/RAF-DB --config.num_epochs=100
+
+An unknown field is an error at flag parsing (the config is locked); a bad value is an error in
+`zenfer_jax.config_validation.validate_config` before any data is read or any array allocated.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # The network: a preset name ('zennet_m', 'zennet_r'), a structure string or a file path.
+  config.model = ml_collections.ConfigDict()
+  config.model.structure = 'zennet_m'
+  config.model.use_sa = True
+  config.model.use_lw_att = False
+  config.model.init = 'custom'
+  config.model.bn_momentum = 0.99  # Flax convention; the reference's PyTorch 0.01.
+  config.model.bn_eps = 1e-3
+  # False: each device normalises with its own batch statistics, as the reference does.
+  config.model.cross_device_bn = False
+  config.model.depthwise_impl = 'auto'
+  config.model.dtype = 'float32'  # 'bfloat16' for mixed precision on accelerators.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'rafdb'
+  config.data.data_dir = '~/tensorflow_datasets'  # Where the TFDS records are (or go).
+  # The raw download, read once to build the records when they are missing.
+  config.data.manual_dir = ''
+  config.data.classes = ''  # `folders` only: the class folder names in label order, a,b,c.
+  config.data.image_size = 224
+  config.data.recipe = ''  # '' = the dataset's own augmentation recipe.
+  config.data.shuffle_buffer = 16_384
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
+
+  # Global batch over all devices (the reference: 64 on its single GPU); the rate scales with it.
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_epochs = 400
+  config.warmup_epochs = 5
+  config.steps_per_epoch = -1  # -1: training examples // batch_size.
+
+  config.lr_per_256 = 0.1
+  config.target_lr_per_256 = 0.0
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4  # Conv and linear kernels only.
+  config.label_smoothing = 0.1
+  config.mixup_alpha = 0.2  # 0 turns mixup off.
+
+  # Initialisation from a model dir (torch_port.convert output) or another run's workdir.
+  config.init_from = ''
+  config.only_backbone = False  # Load the backbone only; the head starts fresh.
+  config.freeze_backbone = False  # Train only the classifier.
+
+  config.eval_every_epochs = 1
+  config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
+  config.log_every_steps = 100
+  config.progress_bar = True
+  return config

@@ -1,0 +1,76 @@
+"""Killed with SIGKILL at an arbitrary moment, a rerun ends exactly where an uninterrupted run does.
+
+Real subprocesses: an uninterrupted run, then a run killed -9 shortly after its first
+checkpoint and rerun in the same workdir. Parameters, optimizer state, BatchNorm statistics,
+metrics.jsonl and the best checkpoint must all be identical.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
+from zenfer_jax import checkpoint_io
+from zenfer_jax import workdir as wd
+
+# Three epochs of four steps, a checkpoint every three steps and at each epoch end, so the kill
+# lands mid-epoch and the resumed run must restore the epoch's running sums too.
+RUN = dict(num_epochs=3, steps_per_epoch=4, checkpoint_every_steps=3, log_every_steps=1)
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  from zenfer_jax import data
+  path = tmp_path_factory.mktemp('tfds')
+  data.prepare('digits', str(path))
+  return path
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  path = os.path.join(workdir, wd.LATEST)
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
+  cache = tmp_path / 'xla_cache'
+  ref_dir, run_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
+  run_main(ref_dir, digits_dir, cache_dir=cache, **RUN)
+
+  proc = subprocess.Popen(main_command(run_dir, digits_dir, **RUN), cwd=REPO,
+                          env=subprocess_env(cache_dir=cache), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while not _checkpoint_steps(run_dir) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(random.uniform(0.0, 0.2))  # Anywhere in the next steps, saves or evaluation.
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, f'the run ended before the kill:\n{err[-3000:]}'
+  killed_at = _checkpoint_steps(run_dir)
+  assert killed_at and killed_at[-1] < 12, killed_at
+
+  run_main(run_dir, digits_dir, cache_dir=cache, **RUN)
+
+  ref_state, ref_meta = latest_state(ref_dir)
+  state, meta = latest_state(run_dir)
+  assert int(state['step']) == int(ref_state['step']) == 12
+  ref_flat, got = flat(ref_state), flat(state)
+  assert sorted(got) == sorted(ref_flat)
+  for k in ref_flat:
+    np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
+  assert meta == ref_meta
+  assert wd.read_metrics(str(run_dir)) == wd.read_metrics(str(ref_dir))
+  assert [r['epoch'] for r in wd.read_metrics(str(run_dir))] == [1, 2, 3]
+  ref_best, _ = checkpoint_io.load_model_dir(str(ref_dir / wd.MODEL_BEST))
+  best, _ = checkpoint_io.load_model_dir(str(run_dir / wd.MODEL_BEST))
+  for k, v in flat(ref_best).items():
+    np.testing.assert_array_equal(flat(best)[k], v, err_msg=k)

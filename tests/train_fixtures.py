@@ -1,0 +1,85 @@
+"""Shared pieces of the training tests: a tiny ZenNet on 16x16 digits, and subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
+TINY_OVERRIDES = {
+    'model.structure': TINY, 'data.image_size': 16, 'batch_size': 16, 'eval_batch_size': 64,
+    'steps_per_epoch': 3, 'num_epochs': 2, 'warmup_epochs': 1, 'progress_bar': False,
+    'log_every_steps': 2,
+}
+
+
+def tiny_config(data_dir, **overrides):
+  """The demo config shrunk to seconds: tiny model, 16x16 digits, a few steps."""
+  sys.path.insert(0, str(REPO))
+  from configs import demo
+  config = demo.get_config()
+  for key, value in {**TINY_OVERRIDES, 'data.data_dir': str(data_dir), **overrides}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def main_command(workdir, data_dir, **overrides) -> list[str]:
+  """`python -m zenfer_jax.main --config=configs/demo.py ...` with the tiny overrides."""
+  args = [sys.executable, '-m', 'zenfer_jax.main', f'--config={REPO / "configs" / "demo.py"}',
+          f'--workdir={workdir}']
+  for key, value in {**TINY_OVERRIDES, 'data.data_dir': str(data_dir), **overrides}.items():
+    args.append(f'--config.{key}={str(value).lower() if isinstance(value, bool) else value}')
+  return args
+
+
+def subprocess_env(devices: int | None = None, cache_dir=None) -> dict:
+  """Environment of a training subprocess; `cache_dir` shares compiled steps between runs."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env.pop('XLA_FLAGS', None)
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  if cache_dir:
+    env['JAX_COMPILATION_CACHE_DIR'] = str(cache_dir)
+    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+def run_main(workdir, data_dir, devices: int | None = None, timeout: int = 400, cache_dir=None,
+             **overrides):
+  proc = subprocess.run(main_command(workdir, data_dir, **overrides), cwd=REPO,
+                        env=subprocess_env(devices, cache_dir), capture_output=True, text=True,
+                        timeout=timeout)
+  if proc.returncode != 0:
+    raise AssertionError(f'training failed ({proc.returncode}):\n{proc.stderr[-6000:]}')
+  return proc
+
+
+def latest_state(workdir) -> tuple[dict, dict]:
+  from zenfer_jax import workdir as wd
+  ckpts = wd.Checkpoints(str(workdir))
+  try:
+    return ckpts.restore_latest()
+  finally:
+    ckpts.close()
+
+
+def flat(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flat(v, f'{prefix}{k}/'))
+    else:
+      out[f'{prefix}{k}'] = np.asarray(v)
+  return out

@@ -1,0 +1,56 @@
+"""Data parallelism: the one place where per-device step functions become `jax.pmap`s.
+
+Step functions are written for one device and use `AXIS_NAME` for their collectives (gradient
+pmean, cross-device BatchNorm, metric reductions); the wrappers here map them over every local
+device. Under multi-host training `pmap` spans all processes' devices, so the same collectives
+reduce over the whole job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import numpy as np
+
+AXIS_NAME = 'batch'
+
+
+def pmap_train_step(step_fn: Callable) -> Callable:
+  """step_fn(state, batch, rng) -> (state, metrics), mapped; the state is donated."""
+  return jax.pmap(step_fn, axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def pmap_eval_step(step_fn: Callable) -> Callable:
+  """step_fn(state, batch) -> outputs, mapped (nothing donated: the state lives on)."""
+  return jax.pmap(step_fn, axis_name=AXIS_NAME)
+
+
+def _identity(x):
+  return x
+
+
+_p_identity = jax.pmap(_identity, axis_name=AXIS_NAME)
+
+
+def replicate(tree: Any) -> Any:
+  """One copy per local device, placed exactly as the mapped steps place their outputs.
+
+  (flax.jax_utils.replicate gives a differently named sharding, which makes the first and the
+  second call of a pmapped step compile separately.)
+  """
+  n = jax.local_device_count()
+  stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))),
+                                   tree)
+  return _p_identity(stacked)
+
+
+def unreplicate_to_host(tree: Any) -> Any:
+  """Device 0's copy as NumPy (replicas are identical: gradients and statistics are averaged)."""
+  return jax.device_get(flax.jax_utils.unreplicate(tree))
+
+
+def fetch(tree: Any) -> Any:
+  """One host transfer of device-sharded values; replicas of a reduced value are identical."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], jax.device_get(tree))

@@ -1,0 +1,191 @@
+"""What a training workdir holds, and loading a trained model from one or from a model dir.
+
+    WORKDIR/config.json          the run's full config (read back by evaluate/predict)
+    WORKDIR/model_card.json      the card of the model being trained (checkpoint_io format)
+    WORKDIR/checkpoints/<step>/  orbax: the latest full train state + loop bookkeeping
+    WORKDIR/best/<step>/         orbax: variables of the best test top-1 so far
+    WORKDIR/metrics.jsonl        one JSON object per evaluation
+    WORKDIR/model_best/          model dir exported at the end (checkpoint_io format)
+
+Saves are synchronous and atomic (orbax writes a temporary directory and renames it), so a
+process killed at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from zenfer_jax import checkpoint_io
+
+CONFIG = 'config.json'
+LATEST = 'checkpoints'
+BEST = 'best'
+METRICS = 'metrics.jsonl'
+MODEL_BEST = 'model_best'
+
+
+@contextlib.contextmanager
+def quiet():
+  """Orbax logs every file it touches at INFO; keep the run's log readable."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
+
+
+def _quietly(method):
+  @functools.wraps(method)
+  def wrapper(*args, **kwargs):
+    with quiet():
+      return method(*args, **kwargs)
+  return wrapper
+
+
+def _manager(path: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False,
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
+
+
+class Checkpoints:
+  """The latest train state (for resuming) and the best variables (by test top-1)."""
+
+  @_quietly
+  def __init__(self, workdir: str, keep: int = 1):
+    self.latest = _manager(os.path.join(os.path.abspath(workdir), LATEST), keep)
+    self.best = _manager(os.path.join(os.path.abspath(workdir), BEST), 1)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  @_quietly
+  def restore_latest(self) -> tuple[dict, dict] | None:
+    """(state dict, bookkeeping) of the latest checkpoint, or None when there is none."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    out = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  @_quietly
+  def save_latest(self, step: int, state: dict, meta: dict) -> None:
+    if step in self.latest.all_steps():  # Re-reached after a resume: identical content.
+      return
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self.latest.wait_until_finished()
+
+  @_quietly
+  def save_best(self, step: int, variables: dict, meta: dict) -> None:
+    if step in self.best.all_steps():
+      return
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
+    self.best.wait_until_finished()
+
+  @_quietly
+  def restore_best(self) -> tuple[dict, dict] | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    out = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  @_quietly
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def write_json(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, CONFIG), encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, CONFIG)) and os.path.isdir(os.path.join(path, LATEST))
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  with open(os.path.join(workdir, METRICS), 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:  # A line cut short by a kill: it is after the checkpoint.
+          break
+  return records
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops records written after the checkpoint being resumed (they will be written again)."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return
+  kept = [r for r in read_metrics(workdir) if r['step'] <= last_step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
+
+
+def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
+  """(variables, model card) from a training workdir or a model directory.
+
+  A workdir gives its best checkpoint (which='best'; the latest if no evaluation has run yet)
+  or its latest one (which='latest'); anything else is read as a checkpoint_io model dir.
+  """
+  path = os.fspath(path)
+  if not is_workdir(path):
+    if which != 'best':
+      raise ValueError(f'{path!r} is a model directory: it holds one set of weights, so '
+                       f'which={which!r} does not apply.')
+    with quiet():
+      return checkpoint_io.load_model_dir(path)
+  card = checkpoint_io.load_card(path)
+  ckpts = Checkpoints(path)
+  try:
+    restored = ckpts.restore_best() if which == 'best' else None
+    if restored is not None:
+      variables = restored[0]
+    else:
+      latest = ckpts.restore_latest()
+      if latest is None:
+        raise FileNotFoundError(f'{path!r} has no checkpoint yet.')
+      variables = {'params': latest[0]['params'], 'batch_stats': latest[0]['batch_stats']}
+  finally:
+    ckpts.close()
+  return variables, card
