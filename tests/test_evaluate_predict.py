@@ -1,0 +1,121 @@
+"""evaluate and predict on a model dir: files written, numbers consistent, bad images isolated."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from train_fixtures import TINY
+from zenfer_jax import checkpoint_io, evaluate, models, predict
+
+CLASSES = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  from zenfer_jax import data
+  path = tmp_path_factory.mktemp('tfds')
+  data.prepare('digits', str(path))
+  return path
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+  """A freshly initialised tiny model, with a random classifier so predictions vary."""
+  model = models.build_model(TINY, 10, use_sa=True)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(1), 16))
+  variables['params']['fc']['kernel'] = np.random.default_rng(0).normal(
+      size=variables['params']['fc']['kernel'].shape).astype(np.float32)
+  card = checkpoint_io.make_card(TINY, 10, use_sa=True, class_names=CLASSES, image_size=16,
+                                 recipe='digits', source='test')
+  path = tmp_path_factory.mktemp('models') / 'tiny'
+  checkpoint_io.save_model_dir(str(path), variables, card)
+  return path
+
+
+@pytest.fixture(scope='module')
+def test_images(tmp_path_factory):
+  """The first 6 test-split digits as PNG files, in the order the eval pipeline reads them."""
+  from zenfer_jax.data.builders import digits
+  imgs, labels = digits.digit_images()
+  idx = sorted((i for i in range(len(labels)) if digits.split_of(i) == 'test'),
+               key=lambda i: (labels[i], i))[:6]
+  out = tmp_path_factory.mktemp('images')
+  paths = []
+  for n, i in enumerate(idx):
+    p = out / f'{n}.png'
+    Image.fromarray(imgs[i]).save(p)
+    paths.append(str(p))
+  return paths
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(model_dir, digits_dir, tmp_path):
+  out = tmp_path / 'eval'
+  assert evaluate.main(['--checkpoint', str(model_dir), '--dataset', 'digits', '--data_dir',
+                        str(digits_dir), '--split', 'test', '--output_dir', str(out)]) == 0
+  m = json.loads((out / 'metrics.json').read_text())
+  assert {'top1', 'mean_class_accuracy', 'per_class_accuracy', 'confusion_matrix',
+          'class_names'} <= set(m)
+  cm = np.array(m['confusion_matrix'])
+  assert cm.shape == (10, 10) and cm.sum() == 360 and m['class_names'] == CLASSES
+  assert m['top1'] == pytest.approx(np.trace(cm) / 360)
+  per_class = np.diag(cm) / cm.sum(1)
+  assert m['mean_class_accuracy'] == pytest.approx(per_class.mean())
+  assert list(m['per_class_accuracy']) == CLASSES
+  png = out / 'confusion_matrix.png'
+  assert png.stat().st_size > 1000
+  assert Image.open(png).size[0] > 300
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path):
+  model = models.build_model(TINY, 3)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
+  card = checkpoint_io.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
+  checkpoint_io.save_model_dir(str(tmp_path / 'three'), variables, card)
+  with pytest.raises(ValueError, match='3 classes, digits has 10'):
+    evaluate.main(['--checkpoint', str(tmp_path / 'three'), '--dataset', 'digits',
+                   '--data_dir', str(digits_dir)])
+  with pytest.raises(SystemExit, match='--dataset'):
+    evaluate.main(['--checkpoint', str(model_dir)])
+
+
+def test_predict_preprocesses_as_evaluation_does(model_dir, digits_dir, test_images):
+  from zenfer_jax import data
+  batch = next(iter(data.pipeline.eval_dataset(
+      'digits', str(digits_dir), split='test', image_size=16, per_device_batch=6,
+      num_local_devices=1, recipe='digits')))
+  variables, card = checkpoint_io.load_model_dir(str(model_dir))
+  model = checkpoint_io.build_from_card(card)
+  expected = np.asarray(jax.nn.softmax(model.apply(variables, batch['image'][0], train=False)))
+  for path, image in zip(test_images, batch['image'][0]):
+    np.testing.assert_allclose(predict.load_image(path, 16, 'digits'), image, atol=1e-6)
+  results = predict.predict(str(model_dir), test_images, top_k=10)
+  for r, probs in zip(results, expected):
+    got = {p['class']: p['probability'] for p in r['predictions']}
+    np.testing.assert_allclose([got[c] for c in CLASSES], probs, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_path, capsys):
+  bad = tmp_path / 'bad.jpg'
+  bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  missing = tmp_path / 'missing.png'
+  images = [test_images[0], str(bad), str(missing), test_images[1]]
+  rc = predict.main(['--checkpoint', str(model_dir), *images, '--top-k', '3', '--json'])
+  assert rc == 1  # Some images failed; the others were still classified.
+  results = json.loads(capsys.readouterr().out)
+  assert [r['image'] for r in results] == images
+  for r in (results[0], results[3]):
+    probs = [p['probability'] for p in r['predictions']]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+    assert all(p['class'] in CLASSES for p in r['predictions']) and sum(probs) <= 1 + 1e-6
+  assert 'cannot read image' in results[1]['error'] and 'predictions' not in results[1]
+  assert 'No such file' in results[2]['error']
+
+  assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top-k', '2']) == 0
+  line = capsys.readouterr().out.strip()
+  assert line.startswith(test_images[2] + ': ') and line.count('%') == 2
