@@ -112,6 +112,9 @@ class _RunsCode:
 
 def test_pickles_that_need_code_are_refused(tmp_path):
     sd = _reference().state_dict()
+    # numpy scalars and arrays are data, not code: accepted.
+    torch.save({"state_dict": sd, "top1_acc": np.float64(80.5), "hist": np.arange(3.0)}, tmp_path / "np.pth")
+    torch_port.load_torch_checkpoint(tmp_path / "np.pth", TINY, 7, use_sa=True)
     torch.save({"state_dict": sd, "extra": _NotAllowed()}, tmp_path / "custom.pth")
     with pytest.raises(CheckpointFormatError, match="refused.*never done"):
         torch_port.load_torch_checkpoint(tmp_path / "custom.pth", TINY, 7, use_sa=True)

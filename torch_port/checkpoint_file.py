@@ -51,6 +51,24 @@ def _sniff(path: str) -> str:
     )
 
 
+def _numpy_data_globals() -> list:
+    """numpy scalars, dtypes and arrays: data-only constructors the weights_only unpickler may use.
+
+    The original's wrapper can hold numpy floats (accuracies, timings); these
+    build plain values and call nothing else, so they are safe to allow. Pickles
+    written under numpy 1 name the same objects numpy.core.*, hence the aliases.
+    """
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    allowed = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                               np.int64, np.uint8, np.bool_)]
+    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
+                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    return allowed
+
+
 def _load_torch(path: str, fmt: str) -> Any:
     import torch
 
@@ -63,7 +81,8 @@ def _load_torch(path: str, fmt: str) -> Any:
         if bad is not None:
             raise CheckpointFormatError(f"{path}: damaged checkpoint (member {bad!r} fails its CRC check)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "weights_only" in msg.lower() or "Unsupported global" in msg or "Weights only load failed" in msg:
