@@ -141,6 +141,13 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert card['class_names'] == [str(d) for d in range(10)] and card['recipe'] == 'digits'
   assert set(variables) == {'params', 'batch_stats'}
 
+  # evaluate --workdir reads the run's config and its best checkpoint.
+  from zenfer_jax import evaluate
+  assert evaluate.main(['--workdir', str(workdir)]) == 0
+  result = json.loads((workdir / 'eval_test' / 'metrics.json').read_text())
+  assert result['top1'] == pytest.approx(summary['best_test_top1'])
+  assert (workdir / 'eval_test' / 'confusion_matrix.png').exists()
+
   # Rerunning a finished workdir resumes at the end: nothing retrains, nothing is duplicated.
   train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
   assert wd.read_metrics(str(workdir)) == records

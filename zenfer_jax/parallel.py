@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax
 import jax
 import numpy as np
 
@@ -46,11 +45,23 @@ def replicate(tree: Any) -> Any:
   return _p_identity(stacked)
 
 
+def first_local(x) -> np.ndarray:
+  """This process's first device's copy of a mapped value, as NumPy.
+
+  Under multi-host pmap an output spans devices of other processes, which cannot be read
+  here; every process reads its own first device (replicas are identical).
+  """
+  if isinstance(x, jax.Array) and x.ndim >= 1:
+    local = np.asarray(x.addressable_data(0))
+    return local[0] if local.ndim == x.ndim else local
+  return np.asarray(x)[0]
+
+
 def unreplicate_to_host(tree: Any) -> Any:
-  """Device 0's copy as NumPy (replicas are identical: gradients and statistics are averaged)."""
-  return jax.device_get(flax.jax_utils.unreplicate(tree))
+  """One replica as NumPy (replicas are identical: gradients and statistics are averaged)."""
+  return jax.tree_util.tree_map(first_local, tree)
 
 
 def fetch(tree: Any) -> Any:
-  """One host transfer of device-sharded values; replicas of a reduced value are identical."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+  """One host transfer of mapped values whose replicas are identical (e.g. pmean'd metrics)."""
+  return jax.tree_util.tree_map(first_local, tree)

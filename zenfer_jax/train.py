@@ -73,7 +73,7 @@ def evaluate_split(p_eval, variables, batches: Iterable[dict], num_classes: int)
     total = cm if total is None else total + cm
   if total is None:
     return np.zeros((num_classes, num_classes), np.int64)
-  return np.asarray(jax.device_get(total))[0].astype(np.int64)
+  return parallel.first_local(total).astype(np.int64)
 
 
 @dataclasses.dataclass
