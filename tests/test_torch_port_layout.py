@@ -102,3 +102,19 @@ def test_depthwise_and_dense_layouts():
     assert flax_dw[1, 3, 0, 6] == dw[6, 0, 1, 3]
     fc = model.fc_linear.netblock.weight.detach().numpy()
     assert variables["params"]["fc"]["kernel"][4, 2] == fc[2, 4]
+
+
+def test_export_is_strict_about_the_variables_tree():
+    from zenfer_jax.checkpoint_io import MergeError
+
+    structure, classes, flags = _flags("mixed-families-SA")
+    variables = load_torch_checkpoint(_build("mixed-families-SA").state_dict(), structure, classes, **flags)
+    params = dict(variables["params"])
+    params["fc"] = {"kernel": np.zeros((256, 8), np.float32)}  # wrong head, bias missing
+    params["extra"] = {"w": np.zeros(3, np.float32)}
+    with pytest.raises(MergeError) as e:
+        export_state_dict({"params": params, "batch_stats": variables["batch_stats"]}, structure, classes, **flags)
+    assert e.value.missing == ["params/fc/bias"] and e.value.unexpected == ["params/extra/w"]
+    assert e.value.misshaped == [("params/fc/kernel", (256, 8), (256, 7))]
+    with pytest.raises(MergeError, match="variables tree has these"):
+        export_state_dict(variables, structure, classes, use_sa=False)

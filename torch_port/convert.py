@@ -51,7 +51,7 @@ class CheckpointMismatchError(checkpoint_io.MergeError):
     """A checkpoint whose keys or shapes do not fit the requested model (every problem listed)."""
 
     def __init__(self, missing, unexpected, misshaped, hints: Sequence[str] = (), what: str = "checkpoint"):
-        super().__init__(missing, unexpected, misshaped, what=what)
+        super().__init__(missing, unexpected, misshaped, what=what, source="checkpoint")
         self.hints = list(hints)
         if self.hints:
             self.args = (self.args[0] + "\n" + "\n".join(f"hint: {h}" for h in self.hints),)

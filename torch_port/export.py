@@ -56,7 +56,8 @@ def export_state_dict(variables: Mapping, structure, num_classes: int, *, use_sa
     if missing or unexpected or misshaped:
         raise checkpoint_io.MergeError(
             missing, unexpected, misshaped,
-            what=f"variables (for {s}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})")
+            what=f"variables (for {s}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})",
+            source="variables tree")
 
     out = collections.OrderedDict()
     for e in expected:

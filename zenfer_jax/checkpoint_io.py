@@ -69,19 +69,19 @@ class MergeError(ValueError):
     """Loaded variables that do not fit the model; lists every offending path."""
 
     def __init__(self, missing: Sequence[str], unexpected: Sequence[str], misshaped: Sequence[Tuple[str, tuple, tuple]],
-                 what: str = "loaded variables"):
+                 what: str = "loaded variables", source: str = "loaded tree"):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.misshaped = list(misshaped)
         lines = [f"{what} do not match the model:"]
         if self.missing:
-            lines.append(f"  missing ({len(self.missing)}): the model has these, the loaded tree does not")
+            lines.append(f"  missing ({len(self.missing)}): the model has these, the {source} does not")
             lines += [f"    {p}" for p in self.missing]
         if self.unexpected:
-            lines.append(f"  unexpected ({len(self.unexpected)}): the loaded tree has these, the model does not")
+            lines.append(f"  unexpected ({len(self.unexpected)}): the {source} has these, the model does not")
             lines += [f"    {p}" for p in self.unexpected]
         if self.misshaped:
-            lines.append(f"  mis-shaped ({len(self.misshaped)}): path, loaded shape, model shape")
+            lines.append(f"  mis-shaped ({len(self.misshaped)}): name, {source} shape, model shape")
             lines += [f"    {p}: {tuple(a)} vs {tuple(b)}" for p, a, b in self.misshaped]
         super().__init__("\n".join(lines))
 
