@@ -14,9 +14,7 @@ from zenfer_jax.models import build_model, init_variables
 
 torch.set_num_threads(1)
 
-_HERE = pathlib.Path(__file__).parent
-REF_DIR = _HERE / "reference" if (_HERE / "reference" / "model_facts.json").exists() else pathlib.Path(
-    "/work/shared/reference")
+REF_DIR = pathlib.Path(__file__).parent / "reference"
 FACTS = json.loads((REF_DIR / "model_facts.json").read_text())
 CONFIGS = sorted(FACTS)
 # state_dict_<file>.json -> model_facts entry it was measured on
