@@ -221,30 +221,24 @@ def _gather_kernel(buf, offset, cin, cout, *, k: int, cin_pad: int, cout_pad: in
     return jnp.where(valid, buf[idx], 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel_size", "cin_pad", "cout_pad", "depthwise"))
-def _unit_kernel(buf, offset, cin, cout, *, kernel_size, cin_pad, cout_pad, depthwise):
-    """Per draw the unit's zero-padded HWIO kernel, shape (R, k, k, cin_pad | 1, cout_pad)."""
-    TRACES["kernel"] += 1
-    return jax.vmap(
-        lambda b: _gather_kernel(
-            b, offset, cin, cout, k=kernel_size, cin_pad=cin_pad, cout_pad=cout_pad, depthwise=depthwise
-        )
-    )(buf)
+@functools.partial(jax.jit, static_argnames=("kernel_size", "stride", "depthwise", "cout_pad", "depthwise_impl"))
+def _unit_conv(x, buf, offset, cin, cout, *, kernel_size, stride, depthwise, cout_pad, depthwise_impl):
+    """The unit's convolution for every draw, its kernel read from the draw's weight buffer.
 
-
-@functools.partial(jax.jit, static_argnames=("stride", "depthwise", "depthwise_impl"))
-def _unit_conv(x, w, *, stride, depthwise, depthwise_impl):
-    """The unit's convolution for every draw: x (R, 2B, H, W, Cin), w (R, k, k, Cin | 1, Cout).
-
-    Depthwise kernels run as shifted multiply-adds on CPU (`depthwise_shift`)
-    and as XLA's grouped conv elsewhere. Dense kernels differ per draw, so a
-    plain `vmap` would turn them into one grouped conv over all draws, a slow
-    path on CPU; 1x1 kernels become a batched matmul and larger ones loop over
-    the draws instead.
+    x: (R, 2B, H, W, cin_pad), buf: (R, L). Depthwise kernels run as shifted
+    multiply-adds on CPU (`depthwise_shift`) and as XLA's grouped conv
+    elsewhere. Dense kernels differ per draw, so a plain `vmap` would make one
+    grouped conv over all draws, a slow path on CPU; 1x1 kernels become a
+    batched matmul and larger ones loop over the draws instead.
     """
     TRACES["conv"] += 1
-    k = w.shape[1]
+    k = kernel_size
     pad = k // 2
+    w = jax.vmap(
+        lambda b: _gather_kernel(
+            b, offset, cin, cout, k=k, cin_pad=x.shape[-1], cout_pad=cout_pad, depthwise=depthwise
+        )
+    )(buf)
 
     def conv(x, w):
         return lax.conv_general_dilated(
@@ -274,22 +268,27 @@ def _unit_bn(y, cout, *, relu, bn_variance):
 
     y: (R, 2B, H, W, C) with the two passes stacked on the batch axis. Returns
     the output and per draw this layer's log(sqrt(mean over the `cout` real
-    channels of the variance the score reads)).
+    channels of the variance the score reads)). The variance is taken in one
+    sweep around a per-channel shift (the channel's first value), which keeps
+    E[d^2] - E[d]^2 free of cancellation unless a channel's mean sits many
+    standard deviations away from its first value; padded channels are all
+    zero and stay zero.
     """
     TRACES["bn"] += 1
     r, n2, h, w, c = y.shape
-    yp = y.reshape(r, 2, n2 // 2, h, w, c)
-    mean = jnp.mean(yp, axis=(2, 3, 4), keepdims=True)
-    var = jnp.mean(jnp.square(yp - mean), axis=(2, 3, 4), keepdims=True)
-    out = (yp - mean) * lax.rsqrt(var + BN_EPS)
+    m = (n2 // 2) * h * w
+    yp = y.reshape(r, 2, m, c)
+    d = yp - yp[:, :, :1, :]
+    mean_d = jnp.mean(d, axis=2, keepdims=True)
+    var = jnp.maximum(jnp.mean(d * d, axis=2, keepdims=True) - mean_d * mean_d, 0.0)
+    out = (d - mean_d) * lax.rsqrt(var + BN_EPS)
     if relu:
         out = jnp.maximum(out, 0.0)
     var = var.reshape(r, 2, c)
     if bn_variance == "running":
-        count = (n2 // 2) * h * w
-        unbiased = var * (count / max(count - 1, 1))
-        m = BN_MOMENTUM
-        read = (1 - m) * ((1 - m) * 1.0 + m * unbiased[:, 0]) + m * unbiased[:, 1]
+        unbiased = var * (m / max(m - 1, 1))
+        mom = BN_MOMENTUM
+        read = (1 - mom) * ((1 - mom) * 1.0 + mom * unbiased[:, 0]) + mom * unbiased[:, 1]
     else:
         read = var[:, 0]
     real = jnp.arange(c) < cout
@@ -318,6 +317,12 @@ class ZenScorer:
     Every compiled piece is keyed by shape only, so a structure made of unit
     shapes seen before costs no compile at all, and a structure seen before
     costs nothing (its score is cached for each seed).
+
+    steps_per_octave: channel buckets (see `channel_bucket`; None: exact widths).
+    depthwise_impl: 'shift' (k*k shifted multiply-adds), 'xla' (grouped conv) or
+    'auto' ('shift' on CPU, where it is measured faster).
+    weight_capacity: weights per draw to allocate up front; the buffer grows by
+    doubling when a structure needs more, which recompiles every conv once.
     """
 
     def __init__(
@@ -330,6 +335,7 @@ class ZenScorer:
         bn_variance: str = "running",
         steps_per_octave: Optional[int] = 4,
         depthwise_impl: str = "auto",
+        weight_capacity: int = 0,
     ):
         if bn_variance not in BN_VARIANCES:
             raise ValueError(f"bn_variance must be one of {BN_VARIANCES}, got {bn_variance!r}")
@@ -348,6 +354,9 @@ class ZenScorer:
         self.steps_per_octave = steps_per_octave
         self.depthwise_impl = default_depthwise_impl() if depthwise_impl == "auto" else depthwise_impl
         self._cache: Dict[Tuple[str, object], ZenScore] = {}
+        # The weight buffer's length is part of every compiled conv's signature, so it only
+        # ever grows (doubling); values do not depend on it (see _weight_buffer).
+        self._num_chunks = _num_chunks(max(int(weight_capacity), 1))
 
     def scores(self, structure: Union[str, Structure], seed: Union[int, jax.Array] = 0) -> jax.Array:
         """Per-draw scores as a device array of shape (repeats,); nothing is cached."""
@@ -355,21 +364,22 @@ class ZenScorer:
         keys = _draw_keys(seed, self.repeats)
         x = _inputs(keys, self.mixup_gamma, batch_size=self.batch_size, resolution=self.resolution)
         total = units[-1].offset + units[-1].num_weights
-        buf = _weight_buffer(keys, num_chunks=_num_chunks(total))
+        self._num_chunks = max(self._num_chunks, _num_chunks(total))
+        buf = _weight_buffer(keys, num_chunks=self._num_chunks)
         log_bn = None
         for u in units:
-            cout_pad = channel_bucket(u.out_channels, self.steps_per_octave)
-            w = _unit_kernel(
+            y = _unit_conv(
+                x,
                 buf,
                 np.int32(u.offset),
                 np.int32(u.in_channels),
                 np.int32(u.out_channels),
                 kernel_size=u.kernel_size,
-                cin_pad=x.shape[-1],
-                cout_pad=cout_pad,
+                stride=u.stride,
                 depthwise=u.depthwise,
+                cout_pad=channel_bucket(u.out_channels, self.steps_per_octave),
+                depthwise_impl=self.depthwise_impl,
             )
-            y = _unit_conv(x, w, stride=u.stride, depthwise=u.depthwise, depthwise_impl=self.depthwise_impl)
             x, term = _unit_bn(y, np.int32(u.out_channels), relu=u.relu, bn_variance=self.bn_variance)
             log_bn = term if log_bn is None else log_bn + term
         return _log_delta(x) + log_bn
