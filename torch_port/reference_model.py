@@ -109,7 +109,7 @@ def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=momentum)
 
 
-def _make_ops(ops, momentum: float) -> nn.ModuleList:
+def _make_ops(ops, momentum: float, reslink: bool = True) -> nn.ModuleList:
     mods = []
     for op in ops:
         if len(mods) != op.index:  # pragma: no cover - plan invariant
@@ -124,15 +124,16 @@ def _make_ops(ops, momentum: float) -> nn.ModuleList:
         elif isinstance(op, plan_lib.SAOp):
             mods.append(_Leaf(ShuffleAttentionTorch(op.channels, op.groups)))
         elif isinstance(op, plan_lib.ResidualOp):
-            mods.append(_ResidualLayer(op, momentum))
+            mods.append(_ResidualLayer(op, momentum, reslink))
         else:  # pragma: no cover
             raise TypeError(op)
     return nn.ModuleList(mods)
 
 
 class _ResidualLayer(nn.Module):
-    def __init__(self, op: plan_lib.ResidualOp, momentum: float):
+    def __init__(self, op: plan_lib.ResidualOp, momentum: float, reslink: bool = True):
         super().__init__()
+        self.reslink = reslink
         self.module_list = _make_ops(op.ops, momentum)
         if op.projection:
             self.proj = nn.Sequential(
@@ -146,13 +147,15 @@ class _ResidualLayer(nn.Module):
         y = x
         for m in self.module_list:
             y = m(y)
+        if not self.reslink:  # the Zen-score network (the original's no_reslink)
+            return y
         return y + (self.proj(x) if self.proj is not None else x)
 
 
 class _SuperBlock(nn.Module):
-    def __init__(self, bp: plan_lib.BlockPlan, momentum: float):
+    def __init__(self, bp: plan_lib.BlockPlan, momentum: float, reslink: bool = True):
         super().__init__()
-        self.module_list = _make_ops(bp.ops, momentum)
+        self.module_list = _make_ops(bp.ops, momentum, reslink)
 
     def forward(self, x):
         for m in self.module_list:
@@ -168,15 +171,17 @@ class ReferenceZenNet(nn.Module):
     """
 
     def __init__(self, structure: Union[str, os.PathLike, Structure], num_classes: int, *,
-                 use_sa: bool = False, use_lw_att: bool = False, bn_momentum: float = 0.1):
+                 use_sa: bool = False, use_lw_att: bool = False, bn_momentum: float = 0.1,
+                 no_reslink: bool = False):
         super().__init__()
         s = resolve(structure)
         self.structure = s
         self.num_classes = num_classes
         self.use_sa = use_sa
         self.use_lw_att = use_lw_att
-        plan = plan_lib.expand(s, use_sa=use_sa)
-        self.module_list = nn.ModuleList([_SuperBlock(bp, bn_momentum) for bp in plan])
+        self.no_reslink = no_reslink
+        plan = plan_lib.expand(s, use_sa=use_sa, no_reslink=no_reslink)
+        self.module_list = nn.ModuleList([_SuperBlock(bp, bn_momentum, not no_reslink) for bp in plan])
         last = s.out_channels
         self.fc_linear = _Leaf(nn.Linear(last, num_classes, bias=True))
         if use_lw_att:
@@ -197,8 +202,9 @@ class ReferenceZenNet(nn.Module):
 
 
 def build_reference_model(structure, num_classes: int, *, use_sa: bool = False, use_lw_att: bool = False,
-                          bn_momentum: float = 0.1) -> ReferenceZenNet:
-    return ReferenceZenNet(structure, num_classes, use_sa=use_sa, use_lw_att=use_lw_att, bn_momentum=bn_momentum)
+                          bn_momentum: float = 0.1, no_reslink: bool = False) -> ReferenceZenNet:
+    return ReferenceZenNet(structure, num_classes, use_sa=use_sa, use_lw_att=use_lw_att, bn_momentum=bn_momentum,
+                           no_reslink=no_reslink)
 
 
 @torch.no_grad()
