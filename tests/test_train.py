@@ -143,6 +143,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
 
   # evaluate --workdir reads the run's config and its best checkpoint.
   from zenfer_jax import evaluate
+  chex.clear_trace_counter()
   assert evaluate.main(['--workdir', str(workdir)]) == 0
   result = json.loads((workdir / 'eval_test' / 'metrics.json').read_text())
   assert result['top1'] == pytest.approx(summary['best_test_top1'])
@@ -184,3 +185,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digi
   assert int(state['step']) == 3
   assert all(np.all(np.isfinite(v)) for v in flat(state['params']).values())
   assert [r['step'] for r in wd.read_metrics(str(workdir))] == [3]
+
+
+def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
+  import data_fixtures
+  root = tmp_path / 'faces'
+  data_fixtures.make_folders(str(root), classes=('neutral', 'smile'), train_counts=(24, 24),
+                             test_counts=(6, 6))
+  config = _load('folders')
+  overrides = tiny_config(tmp_path / 'tfds', num_epochs=4, steps_per_epoch=4, batch_size=8,
+                          eval_batch_size=8)
+  for key in ('model', 'batch_size', 'eval_batch_size', 'num_epochs', 'warmup_epochs',
+              'steps_per_epoch', 'progress_bar', 'log_every_steps'):
+    config[key] = overrides[key]
+  config.model.bn_momentum = 0.8  # 16 steps: let the running statistics catch up.
+  config.data.image_size = 16
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.manual_dir = str(root)
+  config.data.classes = 'neutral,smile'
+  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  records = wd.read_metrics(str(tmp_path / 'run'))
+  assert list(records[-1]['per_class_accuracy']) == ['neutral', 'smile']
+  assert summary['best_test_top1'] >= 0.75
