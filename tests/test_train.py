@@ -87,6 +87,14 @@ def test_bad_values_fail_naming_the_key(key, value, match):
     config_validation.validate_config(config)
 
 
+def test_a_model_that_cannot_be_built_fails_before_any_array():
+  config = _load('rafdb_m')
+  config.model.structure = 'SuperConvK3BNRELU(3,8,2,1)SuperConvK1BNRELU(8,40,1,1)'
+  config.model.use_lw_att = True
+  with pytest.raises(config_validation.ConfigError, match='(?s)use_lw_att=True.*multiple of 16'):
+    config_validation.validate_config(config)
+
+
 def test_batch_must_split_over_devices():
   config = _load('rafdb_m')
   config.batch_size = 66

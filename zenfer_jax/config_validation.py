@@ -50,6 +50,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(m.depthwise_impl in ('auto', 'xla', 'shift'), 'model.depthwise_impl', m.depthwise_impl,
          "'auto', 'xla' or 'shift'")
   _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
+  try:  # Widths that SA or lw_att cannot split fail here, before any array exists.
+    models.build_model(m.structure, 2, use_sa=m.use_sa, use_lw_att=m.use_lw_att, init=m.init,
+                       depthwise_impl=m.depthwise_impl)
+  except ValueError as e:
+    raise ConfigError(f'config.model.structure={m.structure!r} with use_sa={m.use_sa}, '
+                      f'use_lw_att={m.use_lw_att} cannot be built: {e}') from None
 
   _check(d.name in registry.ALL_DATASETS, 'data.name', d.name, f'one of {list(registry.ALL_DATASETS)}')
   _check(d.image_size >= 16, 'data.image_size', d.image_size, 'at least 16 pixels')

@@ -9,6 +9,7 @@ initialised first; see launch/.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,7 +44,13 @@ def main(argv):
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   from zenfer_jax import train
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from zenfer_jax.config_validation import ConfigError
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ConfigError, FileNotFoundError, train.NonFiniteLossError) as e:
+    # What to fix is in the message; a traceback would only bury it.
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
