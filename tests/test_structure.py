@@ -89,6 +89,15 @@ def test_errors_name_position_and_expectation(text, message, position):
     assert info.value.position == position
 
 
+def test_file_reads_first_structure_line_like_the_reference(tmp_path):
+    p = tmp_path / "s.txt"
+    p.write_text("\nSuperConvK3BNRELU(3,8,2,1)\nscore=12.5 found at iteration 300\n")
+    assert str(S.load(p)) == "SuperConvK3BNRELU(3,8,2,1)"
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(StructureError, match="empty structure file"):
+        S.load(tmp_path / "empty.txt")
+
+
 def test_file_errors_name_the_file(tmp_path):
     p = tmp_path / "bad.txt"
     p.write_text("SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(9,8,1,8,1)\n")

@@ -285,9 +285,12 @@ PRESETS = {"zennet_m": "zennet_m.txt", "zennet_r": "zennet_r.txt"}
 def load(path: Union[str, os.PathLike]) -> Structure:
     """Load a structure file (one structure on its first non-empty line)."""
     with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    if not lines:
+        raise StructureError(f"{os.fspath(path)}: empty structure file")
+    # Like the reference, only the first line is the structure (later lines may hold notes).
     try:
-        return parse(text)
+        return parse(lines[0])
     except StructureError as e:
         raise StructureError(f"{os.fspath(path)}: {e}") from None
 
