@@ -109,8 +109,8 @@ def test_sa_width_rule_is_checked_before_compute():
     from zenfer_jax.models import build_model
 
     with pytest.raises(StructureError, match="multiple of 8"):
-        build_model("SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,12,1,12,1)", 7, use_sa=True)
-    build_model("SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,12,1,12,1)", 7, use_sa=False)
+        build_model("SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,20,1,20,1)", 7, use_sa=True)
+    build_model("SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,20,1,20,1)", 7, use_sa=False)
 
 
 def test_smart_round():

@@ -74,8 +74,8 @@ class ShuffleAttentionTorch(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         xg = x.reshape(b * self.groups, c // self.groups, h, w)
-        half = xg.shape[1] // 2
-        x0, x1 = xg[:, :half], xg[:, half:]
+        first = xg.shape[1] - xg.shape[1] // 2  # torch.chunk's split: the first part takes the odd channel
+        x0, x1 = xg[:, :first], xg[:, first:]
         gate_c = torch.sigmoid(self.cweight * x0.mean(dim=(2, 3), keepdim=True) + self.cbias)
         gate_s = torch.sigmoid(self.sweight * self.gn(x1) + self.sbias)
         out = torch.cat([x0 * gate_c, x1 * gate_s], dim=1).reshape(b, c, h, w)
@@ -185,8 +185,8 @@ class ReferenceZenNet(nn.Module):
         last = s.out_channels
         self.fc_linear = _Leaf(nn.Linear(last, num_classes, bias=True))
         if use_lw_att:
-            if last % 16:
-                raise ValueError(f"lw_att applies SA with 8 groups to {last} channels; need a multiple of 16")
+            if not plan_lib.sa_width_ok(last, 8):
+                raise ValueError(f"lw_att applies SA with 8 groups to {last} channels; need a multiple of 16 (or 24)")
             self.lw_att = _WIRW(last, groups=8)
 
     def forward_pre_gap(self, x):

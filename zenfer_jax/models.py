@@ -256,9 +256,9 @@ def build_model(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if depthwise_impl not in ("auto", "xla", "shift"):
         raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
-    if use_lw_att and s.out_channels % 16:
+    if use_lw_att and not plan_lib.sa_width_ok(s.out_channels, 8):
         raise ValueError(
-            f"lw_att applies SA with 8 groups to the {s.out_channels}-channel pooled map; the width must be a multiple of 16"
+            f"lw_att applies SA with 8 groups to the {s.out_channels}-channel pooled map; the width must be a multiple of 16 (or 24)"
         )
     return ZenNet(
         structure_text=str(s),

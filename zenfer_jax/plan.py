@@ -88,6 +88,15 @@ def sa_groups(channels: int) -> int:
     return 4
 
 
+def sa_width_ok(channels: int, groups: int) -> bool:
+    """Widths the reference's SA runs on: an even split per group, or 3 per group (its chunk gives 2 + 1
+    and the single gate parameter broadcasts over the 2)."""
+    if channels % groups:
+        return False
+    per_group = channels // groups
+    return per_group % 2 == 0 or per_group == 3
+
+
 def _inner_ops(specs, use_sa: bool, no_bn: bool, last_bn_flag: bool, where: str) -> tuple:
     """Build a residual branch from (kind, ...) tuples, numbering ops as the reference does."""
     ops = []
@@ -109,10 +118,11 @@ def _inner_ops(specs, use_sa: bool, no_bn: bool, last_bn_flag: bool, where: str)
         elif kind == "sa":
             if use_sa:
                 groups = sa_groups(spec[1])
-                if spec[1] % (2 * groups):
+                if not sa_width_ok(spec[1], groups):
                     raise StructureError(
                         f"{where}: the SA block splits {spec[1]} channels into {groups} groups of two halves, "
-                        f"so the width must be a multiple of {2 * groups}"
+                        f"so the width must be a multiple of {2 * groups} (or exactly {3 * groups}, the one "
+                        f"uneven split the reference accepts)"
                     )
                 ops.append(SAOp(idx, spec[1], groups))
                 idx += 1

@@ -39,9 +39,13 @@ class ShuffleAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
         g = self.groups
-        if c % (2 * g):
-            raise ValueError(f"{self.name}: SA needs channels divisible by {2 * g}, got {c}")
-        half = c // (2 * g)
+        per_group = c // g
+        if c % g or not (per_group % 2 == 0 or per_group == 3):
+            raise ValueError(f"{self.name}: SA needs channels divisible by {2 * g} (or exactly {3 * g}), got {c}")
+        # The reference chunks each group in two (the first part takes the odd channel, as
+        # torch.chunk does) and holds per_group // 2 gate parameters per half.
+        half = per_group // 2
+        first = per_group - half
         cweight = self.param("cweight", nn.initializers.zeros, (half,), jnp.float32)
         cbias = self.param("cbias", nn.initializers.ones, (half,), jnp.float32)
         sweight = self.param("sweight", nn.initializers.zeros, (half,), jnp.float32)
@@ -50,8 +54,8 @@ class ShuffleAttention(nn.Module):
         gn_bias = self.param("gn_bias", nn.initializers.zeros, (half,), jnp.float32)
 
         dtype = x.dtype
-        xg = x.astype(jnp.float32).reshape(n, h, w, g, 2 * half)
-        x0, x1 = xg[..., :half], xg[..., half:]
+        xg = x.astype(jnp.float32).reshape(n, h, w, g, per_group)
+        x0, x1 = xg[..., :first], xg[..., first:]
 
         # Channel attention: global average per (sample, group, channel).
         pooled = jnp.mean(x0, axis=(1, 2), keepdims=True)
