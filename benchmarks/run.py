@@ -1,0 +1,488 @@
+"""JAX vs PyTorch, measured in one run: training, inference, Zen-score search, input pipeline.
+
+  python -m benchmarks.run                         # CPU, full (about 15 minutes on 2 cores)
+  python -m benchmarks.run --quick                 # smoke run: small images, few reps
+  python -m benchmarks.run --device gpu --out benchmarks/results/gpu.json   # see gpu.sh
+  python -m benchmarks.run --threads 1             # pin both frameworks to one core
+
+Writes a JSON report (`--out`, default benchmarks/results/<device>.json) and the markdown
+table beside it (same name, .md), and prints the table.
+
+What is compared (identical synthetic inputs on both sides):
+  * train: the full training step of ZenNet-M-SA and ZenNet-R-SA at 224 (forward, backward,
+    SGD Nesterov + masked weight decay, BatchNorm running statistics, label smoothing + mixup,
+    see `benchmarks.train_throughput`): JAX fp32 (and bf16 on GPU) vs torch_port's reference
+    model in PyTorch eager (and torch.compile where enabled);
+  * infer_b1: eval-mode latency at batch 1; infer_bN: throughput at a large batch;
+  * zen_search: Zen-score candidates/s (`benchmarks.search_throughput`, the NAS benchmark);
+  * input_pipeline: RAF-DB train-recipe images/s (`benchmarks.input_pipeline`; JAX side only).
+
+Honest timing (see `benchmarks.timing`): compile / first call timed and reported on its own;
+warm-up excluded; every timed call blocks until its results exist; sides alternate rep by
+rep; medians of >= 5 reps with min and max (--quick uses 3 and says so). On CPU both
+frameworks get the same cores: the process is pinned to --threads CPUs (default: all it may
+use) before JAX or PyTorch is imported, XLA sizes its intra-op pool from that affinity, and
+PyTorch gets torch.set_num_threads(--threads). The load average is recorded at the start and
+the end: on a shared machine it says how much the figures can be trusted.
+
+Ratios are JAX rate / PyTorch eager rate (images/s or candidates/s; for batch-1 latency the
+inverse ratio of latencies, the same thing): above 1 means JAX is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+from benchmarks import timing
+
+MODELS = {
+    "zennet_m_sa": dict(structure="zennet_m", use_sa=True, label="ZenNet-M-SA"),
+    "zennet_r_sa": dict(structure="zennet_r", use_sa=True, label="ZenNet-R-SA"),
+}
+SECTIONS = ("train", "infer_b1", "infer_bn", "zen_search", "input_pipeline")
+REQUIRED_RATIOS = ("train_zennet_m_sa", "train_zennet_r_sa", "infer_b1_zennet_m_sa", "zen_search")
+JAX_SIDES = ("jax_float32", "jax_bfloat16")
+TORCH_BASELINE = "torch_eager"
+
+
+# ----------------------------------------------------------------------------- pure reporting
+
+
+def _rate(entry: Optional[dict], side: str) -> Optional[float]:
+    if not entry:
+        return None
+    s = entry.get("sides", {}).get(side)
+    if not s or s.get("rate_median") is None:
+        return None
+    return float(s["rate_median"])
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def compute_ratios(results: dict) -> Dict[str, Optional[float]]:
+    """JAX/PyTorch speed ratios from the measured sections (above 1: JAX is faster).
+
+    The headline keys compare JAX fp32 with PyTorch eager; `_bf16` keys use JAX bf16 and
+    `_vs_compile` keys use torch.compile as the PyTorch side. A missing figure gives None.
+    """
+    ratios: Dict[str, Optional[float]] = {}
+    for section in ("train", "infer_b1", "infer_bn"):
+        for key, entry in (results.get(section) or {}).items():
+            base = f"{section}_{key}"
+            ratios[base] = _ratio(_rate(entry, "jax_float32"), _rate(entry, TORCH_BASELINE))
+            if _rate(entry, "jax_bfloat16") is not None:
+                ratios[base + "_bf16"] = _ratio(_rate(entry, "jax_bfloat16"), _rate(entry, TORCH_BASELINE))
+            if _rate(entry, "torch_compile") is not None:
+                ratios[base + "_vs_compile"] = _ratio(_rate(entry, "jax_float32"), _rate(entry, "torch_compile"))
+    zs = results.get("zen_search") or {}
+    ratios["zen_search"] = _ratio(_rate(zs, "jax"), _rate(zs, "torch"))
+    for k in REQUIRED_RATIOS:
+        ratios.setdefault(k, None)
+    return ratios
+
+
+def _fmt_num(v: Optional[float], digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _fmt_side(side: Optional[dict], latency: bool) -> str:
+    if not side:
+        return "—"
+    if side.get("status") and side.get("rate_median") is None:
+        return side["status"]
+    if latency:  # ms per image, median (min–max)
+        per = side["items_per_rep"]
+        med, lo, hi = (1000 * side[k] / per for k in ("seconds_median", "seconds_min", "seconds_max"))
+        return f"{med:.1f} ms ({lo:.1f}–{hi:.1f})"
+    return f"{_fmt_num(side['rate_median'])} ({_fmt_num(side['rate_min'])}–{_fmt_num(side['rate_max'])})"
+
+
+def _fmt_ratio(r: Optional[float]) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+COLUMNS = (("jax_float32", "JAX fp32"), ("jax_bfloat16", "JAX bf16"),
+           ("torch_eager", "PyTorch eager"), ("torch_compile", "torch.compile"))
+
+
+def to_markdown(report: dict) -> str:
+    """The README table: one row per measurement, JAX and PyTorch side by side, then the ratio."""
+    results, ratios = report["results"], report["ratios"]
+    cols = [c for c in COLUMNS if any(
+        c[0] in (e.get("sides") or {}) for sec in ("train", "infer_b1", "infer_bn")
+        for e in (results.get(sec) or {}).values())] or list(COLUMNS[::2])
+    head = "| Benchmark | " + " | ".join(name for _, name in cols) + " | JAX / PyTorch |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    titles = {
+        "train": "train step, {res}px, batch {batch} (images/s)",
+        "infer_b1": "inference latency, batch 1, {res}px (ms/image)",
+        "infer_bn": "inference, batch {batch}, {res}px (images/s)",
+    }
+    for section in ("train", "infer_b1", "infer_bn"):
+        for key, entry in (results.get(section) or {}).items():
+            title = f"{MODELS.get(key, {}).get('label', key)} " + titles[section].format(
+                res=entry.get("resolution"), batch=entry.get("batch"))
+            cells = [_fmt_side(entry["sides"].get(c), section == "infer_b1") for c, _ in cols]
+            lines.append(f"| {title} | " + " | ".join(cells) + f" | {_fmt_ratio(ratios.get(f'{section}_{key}'))} |")
+    zs = results.get("zen_search")
+    if zs:
+        j, t = (zs.get("sides") or {}).get("jax"), (zs.get("sides") or {}).get("torch")
+        cells = []
+        for c, _ in cols:
+            if c == "jax_float32":
+                cells.append(_fmt_side(j, False) if j else zs.get("status", "—"))
+            elif c == "torch_eager":
+                cells.append(_fmt_side(t, False) if t else zs.get("status", "—"))
+            else:
+                cells.append("—")
+        lines.append(f"| Zen-score search ({zs.get('unit', 'candidates/s')}) | " + " | ".join(cells)
+                     + f" | {_fmt_ratio(ratios.get('zen_search'))} |")
+    ip = results.get("input_pipeline")
+    if ip:
+        cells = [(_fmt_num(ip.get("images_per_s")) if ip.get("images_per_s") else ip.get("status", "—"))
+                 if c == "jax_float32" else "—" for c, _ in cols]
+        lines.append("| Input pipeline, RAF-DB train recipe 224 (images/s, tf.data) | " + " | ".join(cells) + " | — |")
+    lines.append("")
+    lines.append("Figures: median (min–max) over %s reps; ratio = JAX rate / PyTorch eager rate "
+                 "(above 1: JAX faster)." % report["settings"].get("reps"))
+    comp = []
+    for section in ("train", "infer_b1", "infer_bn"):
+        for key, entry in (results.get(section) or {}).items():
+            cs = ", ".join(f"{s} {v['compile_seconds']:.1f} s" for s, v in entry["sides"].items()
+                           if v.get("compile_seconds") is not None)
+            if cs:
+                comp.append(f"{section} {key}: {cs}")
+    if comp:
+        lines.append("Compile / first call (not in the figures): " + "; ".join(comp) + ".")
+    m, s = report["machine"], report["settings"]
+    lines.append(
+        f"Machine: {m.get('cpu_model')}, {m.get('cpus_available')} CPUs available"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + f"; device {report.get('device_name')}; threads per framework {s.get('threads')}; "
+        f"load average (1/5/15 min) at start {report.get('loadavg_start')}, at end {report.get('loadavg_end')}.")
+    v = report.get("versions", {})
+    lines.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".")
+    lines.append(f"Command: `{report.get('command')}`")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "numpy", "tensorflow-cpu", "tensorflow"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _measure_pair(cases: dict, *, reps: int, warmup: int, calls_per_rep: int, items_per_call: float) -> dict:
+    """Alternate the built cases, summarise each; a case that failed to build carries its error."""
+    live = {n: c for n, c in cases.items() if not isinstance(c, Exception)}
+    times = timing.time_alternating({n: c.run for n, c in live.items()}, reps=reps, warmup=warmup,
+                                    calls_per_rep=calls_per_rep, log=_log)
+    sides = {}
+    for n, c in cases.items():
+        if isinstance(c, Exception):
+            sides[n] = {"status": "failed", "error": f"{type(c).__name__}: {str(c)[:300]}"}
+            continue
+        s = timing.summarize(times[n], items=items_per_call * calls_per_rep)
+        s["compile_seconds"] = round(c.compile_seconds, 3)
+        s["times_s"] = [round(t, 5) for t in times[n]]
+        loss = getattr(c, "loss", None)
+        if loss is not None:
+            from benchmarks.train_throughput import check_finite
+            s["final_loss"] = check_finite(c)
+        sides[n] = s
+    return sides
+
+
+def _build(factory, name: str):
+    _log(f"  building {name} ...")
+    try:
+        case = factory()
+        _log(f"  {name}: compile/first call {case.compile_seconds:.1f} s")
+        return case
+    except Exception as e:  # noqa: BLE001 - one side failing (e.g. torch.compile) must not kill the run
+        _log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+        return e
+
+
+def run_train(cfg, key: str) -> dict:
+    from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
+
+    m = MODELS[key]
+    kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
+              steps_per_rep=cfg.train_steps_per_rep)
+    cases = {}
+    for dt in cfg.jax_dtypes:
+        cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
+    cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
+    if cfg.torch_compile:
+        cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
+                                        "torch_compile")
+    sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
+                          items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
+    return {"batch": cfg.train_batch, "resolution": cfg.resolution, "steps_per_rep": cfg.train_steps_per_rep,
+            "unit": "images/s", "sides": sides}
+
+
+def run_infer(cfg, key: str, batch: int, calls_per_rep: int) -> dict:
+    from benchmarks.inference import JaxInferCase, TorchInferCase
+
+    m = MODELS[key]
+    kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=batch, resolution=cfg.resolution)
+    cases = {}
+    for dt in cfg.jax_dtypes:
+        cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f"jax_{dt}")
+    cases["torch_eager"] = _build(lambda: TorchInferCase(device=cfg.torch_device, **kw), "torch_eager")
+    if cfg.torch_compile:
+        cases["torch_compile"] = _build(lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw),
+                                        "torch_compile")
+    sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=calls_per_rep, items_per_call=batch)
+    for s in sides.values():
+        if "seconds_median" in s:
+            s["latency_ms_median"] = 1000 * s["seconds_median"] / s["items_per_rep"] * batch
+    return {"batch": batch, "resolution": cfg.resolution, "calls_per_rep": calls_per_rep, "unit": "images/s",
+            "sides": sides}
+
+
+def run_zen_search(cfg) -> dict:
+    """Delegates to `benchmarks.search_throughput` (the NAS benchmark), never duplicates it.
+
+    Contract used here: a function `measure(device=..., quick=..., reps=...)` returning a dict
+    with `sides: {"jax": summary, "torch": summary}` (timing.summarize output, candidates as
+    items) and optional extra fields. If the module or the function is missing, the section
+    says so and its ratio is None.
+    """
+    try:
+        mod = importlib.import_module("benchmarks.search_throughput")
+    except ImportError as e:
+        return {"status": "unavailable", "reason": f"benchmarks.search_throughput: {e}", "unit": "candidates/s"}
+    fn = getattr(mod, "measure", None)
+    if fn is None:
+        return {"status": "unavailable", "reason": "benchmarks.search_throughput has no measure()",
+                "unit": "candidates/s"}
+    try:
+        out = dict(fn(device=cfg.device, quick=cfg.quick, reps=cfg.reps))
+    except Exception as e:  # noqa: BLE001
+        return {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}", "unit": "candidates/s"}
+    out.setdefault("unit", "candidates/s")
+    return out
+
+
+_RATE_RE = re.compile(r"([0-9.]+) images/s on (\d+) cores")
+_CPUSEC_RE = re.compile(r"([0-9.]+) images per CPU-second")
+
+
+def run_input_pipeline(cfg) -> dict:
+    """Runs `python -m benchmarks.input_pipeline` (absl flags: its own process) and parses it."""
+    args = [sys.executable, "-m", "benchmarks.input_pipeline",
+            f"--num_images={cfg.ip_images}", f"--batch={cfg.ip_batch}", f"--steps={cfg.ip_steps}",
+            f"--warmup={cfg.ip_warmup}", f"--image_size={224}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=cfg.ip_timeout, env=env,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "command": " ".join(args[1:])}
+    out = p.stdout + p.stderr
+    m, c = _RATE_RE.search(out), _CPUSEC_RE.search(out)
+    if p.returncode or not m:
+        return {"status": "failed", "returncode": p.returncode, "tail": out[-600:], "command": " ".join(args[1:])}
+    return {
+        "images_per_s": float(m.group(1)),
+        "cores": int(m.group(2)),
+        "images_per_cpu_second": float(c.group(1)) if c else None,
+        "batch": cfg.ip_batch, "steps": cfg.ip_steps, "num_images": cfg.ip_images,
+        "wall_seconds_incl_setup": round(time.perf_counter() - t0, 1),
+        "command": "python " + " ".join(args[1:]),
+        "note": "tf.data on CPU; no PyTorch counterpart measured",
+    }
+
+
+class Config(argparse.Namespace):
+    pass
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="smoke run: 64px, batch 4, 3 reps (not for the README)")
+    p.add_argument("--out", default=None, help="JSON path (the .md table is written beside it)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per framework (0: every CPU available)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {tuple(MODELS)}")
+    p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
+                   help="auto: on for GPU; off on CPU (inductor's C++ build of the train graph takes "
+                        "minutes on 2 cores, more than the whole run's budget)")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--train-batch", type=int, default=None)
+    p.add_argument("--infer-batch", type=int, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    cfg = p.parse_args(argv, namespace=Config())
+    gpu = cfg.device == "gpu"
+    if cfg.quick:
+        defaults = dict(resolution=64, train_batch=4, infer_batch=8, reps=3, train_steps_per_rep=1, b1_calls=2,
+                        ip_images=64, ip_batch=8, ip_steps=2, ip_warmup=1)
+    elif gpu:
+        defaults = dict(resolution=224, train_batch=128, infer_batch=256, reps=7, train_steps_per_rep=10,
+                        b1_calls=50, ip_images=2048, ip_batch=64, ip_steps=20, ip_warmup=3)
+    else:
+        defaults = dict(resolution=224, train_batch=8, infer_batch=32, reps=5, train_steps_per_rep=1, b1_calls=4,
+                        ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2)
+    for k, v in defaults.items():
+        if getattr(cfg, k, None) is None:
+            setattr(cfg, k, v)
+    if cfg.reps < timing.MIN_REPS and not cfg.quick:
+        p.error(f"--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)")
+    cfg.ip_timeout = 900
+    cfg.sections = [s for s in cfg.sections.split(",") if s]
+    cfg.models = [m for m in cfg.models.split(",") if m]
+    for s in cfg.sections:
+        if s not in SECTIONS:
+            p.error(f"unknown section {s!r}")
+    for m in cfg.models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}")
+    cfg.torch_compile = {"on": True, "off": False, "auto": gpu}[cfg.torch_compile]
+    cfg.jax_dtypes = ("float32", "bfloat16") if gpu else ("float32",)
+    cfg.torch_device = "cuda" if gpu else "cpu"
+    if cfg.out is None:
+        cfg.out = os.path.join("benchmarks", "results", f"{cfg.device}{'_quick' if cfg.quick else ''}.json")
+    return cfg
+
+
+def _pin_threads(cfg: Config) -> dict:
+    """Before JAX/PyTorch are imported: same CPU set and thread count for both frameworks."""
+    avail = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    n = cfg.threads or len(avail)
+    if n > len(avail):
+        raise SystemExit(f"--threads {n} > {len(avail)} CPUs available")
+    if hasattr(os, "sched_setaffinity") and n < len(avail):
+        os.sched_setaffinity(0, avail[:n])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cfg.threads = n
+    return {"cpus": avail[:n], "threads": n,
+            "method": "process affinity set to these CPUs before import (XLA sizes its intra-op pool "
+                      "from it); torch.set_num_threads(threads); OMP/MKL_NUM_THREADS=threads"}
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    cfg = parse_args(argv)
+    pinning = _pin_threads(cfg)
+    if cfg.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    if cfg.device == "gpu":
+        if jax.default_backend() != "gpu":
+            raise SystemExit(f"--device gpu but JAX's backend is {jax.default_backend()}")
+        if not torch.cuda.is_available():
+            raise SystemExit("--device gpu but torch.cuda is not available")
+        device_name = f"{jax.devices()[0].device_kind} (JAX) / {torch.cuda.get_device_name(0)} (PyTorch)"
+    else:
+        device_name = f"CPU x{cfg.threads} ({timing.cpu_model()})"
+    pinning["torch_num_threads"] = torch.get_num_threads()
+
+    report = {
+        "schema": 1,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": cfg.device,
+        "device_name": device_name,
+        "quick": cfg.quick,
+        "machine": timing.machine_info(),
+        "versions": _versions(),
+        "threading": pinning,
+        "settings": {k: getattr(cfg, k) for k in (
+            "resolution", "train_batch", "train_steps_per_rep", "infer_batch", "reps", "b1_calls",
+            "threads", "torch_compile", "jax_dtypes", "sections", "models")},
+        "loadavg_start": timing.loadavg(),
+        "results": {},
+    }
+    report["settings"]["depthwise_impl"] = (
+        __import__("zenfer_jax.layers.conv", fromlist=["x"]).default_depthwise_impl())
+    results = report["results"]
+    t_start = time.perf_counter()
+
+    def checkpoint():
+        report["ratios"] = compute_ratios(results)
+        report["loadavg_end"] = timing.loadavg()
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        write(report, cfg.out)
+
+    if "input_pipeline" in cfg.sections:  # first: its subprocess wants the cores to itself
+        _log("input pipeline ...")
+        results["input_pipeline"] = run_input_pipeline(cfg)
+        _log(f"  {results['input_pipeline']}")
+        checkpoint()
+    for section in ("train", "infer_b1", "infer_bn"):
+        if section not in cfg.sections:
+            continue
+        for key in cfg.models:
+            _log(f"{section} {key} (load {timing.loadavg()}) ...")
+            if section == "train":
+                entry = run_train(cfg, key)
+            elif section == "infer_b1":
+                entry = run_infer(cfg, key, 1, cfg.b1_calls)
+            else:
+                entry = run_infer(cfg, key, cfg.infer_batch, 1)
+            entry["loadavg"] = timing.loadavg()
+            results.setdefault(section, {})[key] = entry
+            gc.collect()
+            checkpoint()
+    if "zen_search" in cfg.sections:
+        _log("zen-score search ...")
+        results["zen_search"] = run_zen_search(cfg)
+        checkpoint()
+    checkpoint()
+    md = to_markdown(report)
+    print("\n" + md)
+    return report
+
+
+def write(report: dict, path: str) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    report = dict(report, ratios=compute_ratios(report["results"]))
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=False, default=str)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
