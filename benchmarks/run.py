@@ -14,12 +14,14 @@ What is compared (identical synthetic inputs on both sides):
     see `benchmarks.train_throughput`): JAX fp32 (and bf16 on GPU) vs torch_port's reference
     model in PyTorch eager (and torch.compile where enabled);
   * infer_b1: eval-mode latency at batch 1; infer_bN: throughput at a large batch;
-  * zen_search: Zen-score candidates/s (`benchmarks.search_throughput`, the NAS benchmark);
+  * zen_search: Zen-score candidates/s of the evolutionary search (`benchmarks.search_throughput`,
+    the NAS benchmark: whole search, compile included, one run per side);
   * input_pipeline: RAF-DB train-recipe images/s (`benchmarks.input_pipeline`; JAX side only).
 
 Honest timing (see `benchmarks.timing`): compile / first call timed and reported on its own;
 warm-up excluded; every timed call blocks until its results exist; sides alternate rep by
-rep; medians of >= 5 reps with min and max (--quick uses 3 and says so). On CPU both
+rep; medians of >= 5 reps with min and max (--quick uses 3 and says so); the search figure
+follows search_throughput's own method (above). On CPU both
 frameworks get the same cores: the process is pinned to --threads CPUs (default: all it may
 use) before JAX or PyTorch is imported, XLA sizes its intra-op pool from that affinity, and
 PyTorch gets torch.set_num_threads(--threads). The load average is recorded at the start and
@@ -154,7 +156,9 @@ def to_markdown(report: dict) -> str:
                 cells.append(_fmt_side(t, False) if t else zs.get("status", "—"))
             else:
                 cells.append("—")
-        lines.append(f"| Zen-score search ({zs.get('unit', 'candidates/s')}) | " + " | ".join(cells)
+        what = (f", {zs['iterations']} iterations at {zs.get('resolution')}px, compile incl., 1 run"
+                if zs.get("iterations") else "")
+        lines.append(f"| Zen-score search ({zs.get('unit', 'candidates/s')}{what}) | " + " | ".join(cells)
                      + f" | {_fmt_ratio(ratios.get('zen_search'))} |")
     ip = results.get("input_pipeline")
     if ip:
@@ -274,27 +278,41 @@ def run_infer(cfg, key: str, batch: int, calls_per_rep: int) -> dict:
 
 
 def run_zen_search(cfg) -> dict:
-    """Delegates to `benchmarks.search_throughput` (the NAS benchmark), never duplicates it.
+    """Runs `python -m benchmarks.search_throughput` (the NAS benchmark) and reads its JSON.
 
-    Contract used here: a function `measure(device=..., quick=..., reps=...)` returning a dict
-    with `sides: {"jax": summary, "torch": summary}` (timing.summarize output, candidates as
-    items) and optional extra fields. If the module or the function is missing, the section
-    says so and its ratio is None.
+    Its methodology, kept as is: each side runs the same evolutionary search (configs/search_m.py)
+    for the same number of iterations from an empty compilation cache, and the figure is
+    candidates scored per wall-clock second of the whole search, compile included, one run per
+    side (a second in-process run would reuse compiled pieces, so reps are not repeatable here).
+    Its own process inherits this one's CPU pinning and thread variables.
     """
+    import tempfile
+
+    out_json = tempfile.mktemp(suffix=".json", prefix="zen_search_")
+    args = [sys.executable, "-m", "benchmarks.search_throughput", f"--iterations={cfg.zs_iterations}",
+            f"--resolution={cfg.zs_resolution}", f"--batch-size={cfg.zs_batch}",
+            f"--torch-device={cfg.torch_device}", f"--json={out_json}"]
+    base = {"unit": "candidates/s", "command": "python " + " ".join(args[1:-1]),
+            "method": "whole search incl. compile from an empty cache, one run per side (search_throughput)"}
+    t0 = time.perf_counter()
     try:
-        mod = importlib.import_module("benchmarks.search_throughput")
-    except ImportError as e:
-        return {"status": "unavailable", "reason": f"benchmarks.search_throughput: {e}", "unit": "candidates/s"}
-    fn = getattr(mod, "measure", None)
-    if fn is None:
-        return {"status": "unavailable", "reason": "benchmarks.search_throughput has no measure()",
-                "unit": "candidates/s"}
-    try:
-        out = dict(fn(device=cfg.device, quick=cfg.quick, reps=cfg.reps))
-    except Exception as e:  # noqa: BLE001
-        return {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}", "unit": "candidates/s"}
-    out.setdefault("unit", "candidates/s")
-    return out
+        p = subprocess.run(args, capture_output=True, text=True, timeout=cfg.zs_timeout,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except subprocess.TimeoutExpired:
+        return dict(base, status="timeout")
+    if p.returncode or not os.path.exists(out_json):
+        return dict(base, status="failed", returncode=p.returncode, tail=(p.stdout + p.stderr)[-800:])
+    with open(out_json) as f:
+        data = json.load(f)
+    os.unlink(out_json)
+    sides = {}
+    for r in data.get("results", []):
+        s = timing.summarize([r["seconds"]], items=r["candidates"])
+        s.update({k: r.get(k) for k in ("device", "iterations", "candidates", "best_score", "loadavg_before",
+                                          "loadavg_after", "compiled_pieces") if r.get(k) is not None})
+        sides[r["side"]] = s
+    return dict(base, sides=sides, iterations=cfg.zs_iterations, resolution=cfg.zs_resolution,
+                batch=cfg.zs_batch, wall_seconds=round(time.perf_counter() - t0, 1))
 
 
 _RATE_RE = re.compile(r"([0-9.]+) images/s on (\d+) cores")
@@ -351,19 +369,23 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
     gpu = cfg.device == "gpu"
     if cfg.quick:
         defaults = dict(resolution=64, train_batch=4, infer_batch=8, reps=3, train_steps_per_rep=1, b1_calls=2,
-                        ip_images=64, ip_batch=8, ip_steps=2, ip_warmup=1)
+                        ip_images=64, ip_batch=8, ip_steps=2, ip_warmup=1,
+                        zs_iterations=3, zs_resolution=32, zs_batch=4)
     elif gpu:
         defaults = dict(resolution=224, train_batch=128, infer_batch=256, reps=7, train_steps_per_rep=10,
-                        b1_calls=50, ip_images=2048, ip_batch=64, ip_steps=20, ip_warmup=3)
+                        b1_calls=50, ip_images=2048, ip_batch=64, ip_steps=20, ip_warmup=3,
+                        zs_iterations=200, zs_resolution=224, zs_batch=16)
     else:
         defaults = dict(resolution=224, train_batch=8, infer_batch=32, reps=5, train_steps_per_rep=1, b1_calls=4,
-                        ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2)
+                        ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2,
+                        zs_iterations=40, zs_resolution=224, zs_batch=16)
     for k, v in defaults.items():
         if getattr(cfg, k, None) is None:
             setattr(cfg, k, v)
     if cfg.reps < timing.MIN_REPS and not cfg.quick:
         p.error(f"--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)")
     cfg.ip_timeout = 900
+    cfg.zs_timeout = 1800
     cfg.sections = [s for s in cfg.sections.split(",") if s]
     cfg.models = [m for m in cfg.models.split(",") if m]
     for s in cfg.sections:
