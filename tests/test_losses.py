@@ -34,10 +34,9 @@ def test_mixup_mixes_images_and_targets_with_one_lambda():
   assert 0.0 <= lam <= 1.0
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_beta_lambda_is_mostly_near_the_ends(seed):
+def test_beta_lambda_is_mostly_near_the_ends():
   # Beta(0.2, 0.2) is U-shaped: most draws are close to 0 or 1, as mixup intends.
-  lams = jax.random.beta(jax.random.PRNGKey(seed), 0.2, 0.2, (2000,))
+  lams = jax.random.beta(jax.random.PRNGKey(0), 0.2, 0.2, (2000,))
   near_ends = np.mean((np.asarray(lams) < 0.1) | (np.asarray(lams) > 0.9))
   assert near_ends > 0.5
 

@@ -139,7 +139,12 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
             'per_class_accuracy'} <= set(r)
     assert sorted(r['per_class_accuracy']) == [str(d) for d in range(10)]
     assert np.isfinite(r['train_loss']) and 0 <= r['test_top1'] <= 1
-  assert glob.glob(str(workdir / 'events.out.tfevents.*'))
+  events = glob.glob(str(workdir / 'events.out.tfevents.*'))
+  import tensorflow as tf
+  tags = {v.tag for f in events for e in tf.compat.v1.train.summary_iterator(f)
+          for v in e.summary.value}
+  assert {'train/loss', 'train/learning_rate', 'train/epoch_loss', 'test/top1',
+          'test/mean_class_accuracy', 'test/accuracy/7'} <= tags
   assert summary['best_test_top1'] == max(r['test_top1'] for r in records)
   state, meta = latest_state(workdir)
   assert int(state['step']) == 6 and meta['book']['epoch_steps'] == 0
