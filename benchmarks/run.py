@@ -177,6 +177,8 @@ def to_markdown(report: dict) -> str:
                 comp.append(f"{section} {key}: {cs}")
     if comp:
         lines.append("Compile / first call (not in the figures): " + "; ".join(comp) + ".")
+    if report.get("skipped"):
+        lines.append("Skipped (time budget): " + ", ".join(report["skipped"]) + ".")
     m, s = report["machine"], report["settings"]
     lines.append(
         f"Machine: {m.get('cpu_model')}, {m.get('cpus_available')} CPUs available"
@@ -248,7 +250,7 @@ def run_train(cfg, key: str) -> dict:
     for dt in cfg.jax_dtypes:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
-    if cfg.torch_compile:
+    if cfg.torch_compile and "train" in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
     sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
@@ -257,16 +259,16 @@ def run_train(cfg, key: str) -> dict:
             "unit": "images/s", "sides": sides}
 
 
-def run_infer(cfg, key: str, batch: int, calls_per_rep: int) -> dict:
+def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> dict:
     from benchmarks.inference import JaxInferCase, TorchInferCase
 
     m = MODELS[key]
     kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=batch, resolution=cfg.resolution)
     cases = {}
-    for dt in cfg.jax_dtypes:
+    for dt in cfg.infer_dtypes:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchInferCase(device=cfg.torch_device, **kw), "torch_eager")
-    if cfg.torch_compile:
+    if cfg.torch_compile and section in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
     sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=calls_per_rep, items_per_call=batch)
@@ -361,6 +363,11 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
     p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for GPU; off on CPU (inductor's C++ build of the train graph takes "
                         "minutes on 2 cores, more than the whole run's budget)")
+    p.add_argument("--torch-compile-sections", default="train",
+                   help="where torch.compile runs when enabled (comma list of train, infer_b1, infer_bn)")
+    p.add_argument("--infer-bf16", action="store_true", help="on GPU, also time JAX bf16 inference")
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="skip the sections not started after this many seconds (0: no limit)")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--train-batch", type=int, default=None)
     p.add_argument("--infer-batch", type=int, default=None)
@@ -373,19 +380,19 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
                         zs_iterations=3, zs_resolution=32, zs_batch=4)
     elif gpu:
         defaults = dict(resolution=224, train_batch=128, infer_batch=256, reps=7, train_steps_per_rep=10,
-                        b1_calls=50, ip_images=2048, ip_batch=64, ip_steps=20, ip_warmup=3,
+                        b1_calls=50, ip_images=1024, ip_batch=64, ip_steps=20, ip_warmup=3,
                         zs_iterations=200, zs_resolution=224, zs_batch=16)
     else:
         defaults = dict(resolution=224, train_batch=8, infer_batch=32, reps=5, train_steps_per_rep=1, b1_calls=4,
                         ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2,
-                        zs_iterations=40, zs_resolution=224, zs_batch=16)
+                        zs_iterations=30, zs_resolution=224, zs_batch=16)
     for k, v in defaults.items():
         if getattr(cfg, k, None) is None:
             setattr(cfg, k, v)
     if cfg.reps < timing.MIN_REPS and not cfg.quick:
         p.error(f"--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)")
-    cfg.ip_timeout = 900
-    cfg.zs_timeout = 1800
+    cfg.zs_timeout = 240 if gpu else 1800
+    cfg.ip_timeout = 150 if gpu else 900
     cfg.sections = [s for s in cfg.sections.split(",") if s]
     cfg.models = [m for m in cfg.models.split(",") if m]
     for s in cfg.sections:
@@ -396,6 +403,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
             p.error(f"unknown model {m!r}")
     cfg.torch_compile = {"on": True, "off": False, "auto": gpu}[cfg.torch_compile]
     cfg.jax_dtypes = ("float32", "bfloat16") if gpu else ("float32",)
+    cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ("float32",)
+    cfg.torch_compile_sections = [x for x in cfg.torch_compile_sections.split(",") if x]
     cfg.torch_device = "cuda" if gpu else "cpu"
     if cfg.out is None:
         cfg.out = os.path.join("benchmarks", "results", f"{cfg.device}{'_quick' if cfg.quick else ''}.json")
@@ -424,10 +433,15 @@ def main(argv: Optional[List[str]] = None) -> dict:
     pinning = _pin_threads(cfg)
     if cfg.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
+        # Both frameworks share the GPU: JAX must not grab 75% of its memory up front.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
     import torch
 
     torch.set_num_threads(cfg.threads)
+    if cfg.device == "gpu":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes its own
     if cfg.device == "gpu":
         if jax.default_backend() != "gpu":
             raise SystemExit(f"--device gpu but JAX's backend is {jax.default_backend()}")
@@ -450,7 +464,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "threading": pinning,
         "settings": {k: getattr(cfg, k) for k in (
             "resolution", "train_batch", "train_steps_per_rep", "infer_batch", "reps", "b1_calls",
-            "threads", "torch_compile", "jax_dtypes", "sections", "models")},
+            "threads", "torch_compile", "torch_compile_sections", "jax_dtypes", "infer_dtypes", "sections",
+            "models", "budget_s")},
+        "precision": ("fp32 on both sides; on GPU both default to TF32 for fp32 convolutions "
+                      "(XLA's default precision, torch.backends.cudnn.allow_tf32=%s); torch NCHW "
+                      "(the reference layout), JAX NHWC" % torch.backends.cudnn.allow_tf32),
         "loadavg_start": timing.loadavg(),
         "results": {},
     }
@@ -465,30 +483,45 @@ def main(argv: Optional[List[str]] = None) -> dict:
         report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         write(report, cfg.out)
 
-    if "input_pipeline" in cfg.sections:  # first: its subprocess wants the cores to itself
-        _log("input pipeline ...")
-        results["input_pipeline"] = run_input_pipeline(cfg)
-        _log(f"  {results['input_pipeline']}")
-        checkpoint()
+    def over_budget(name: str) -> bool:
+        if cfg.budget_s and time.perf_counter() - t_start > cfg.budget_s:
+            _log(f"{name}: skipped, time budget of {cfg.budget_s:.0f} s spent")
+            report.setdefault("skipped", []).append(name)
+            return True
+        return False
+
+    def do_input_pipeline():
+        if "input_pipeline" in cfg.sections and not over_budget("input_pipeline"):
+            _log("input pipeline ...")
+            results["input_pipeline"] = run_input_pipeline(cfg)
+            _log(f"  {results['input_pipeline']}")
+            checkpoint()
+
+    if cfg.device == "cpu":
+        do_input_pipeline()  # first on CPU: its own process wants the cores to itself
     for section in ("train", "infer_b1", "infer_bn"):
         if section not in cfg.sections:
             continue
         for key in cfg.models:
+            if over_budget(f"{section}/{key}"):
+                continue
             _log(f"{section} {key} (load {timing.loadavg()}) ...")
             if section == "train":
                 entry = run_train(cfg, key)
             elif section == "infer_b1":
-                entry = run_infer(cfg, key, 1, cfg.b1_calls)
+                entry = run_infer(cfg, key, 1, cfg.b1_calls, section)
             else:
-                entry = run_infer(cfg, key, cfg.infer_batch, 1)
+                entry = run_infer(cfg, key, cfg.infer_batch, 1, section)
             entry["loadavg"] = timing.loadavg()
             results.setdefault(section, {})[key] = entry
             gc.collect()
             checkpoint()
-    if "zen_search" in cfg.sections:
+    if "zen_search" in cfg.sections and not over_budget("zen_search"):
         _log("zen-score search ...")
         results["zen_search"] = run_zen_search(cfg)
         checkpoint()
+    if cfg.device == "gpu":
+        do_input_pipeline()
     checkpoint()
     md = to_markdown(report)
     print("\n" + md)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU benchmark: everything in one run, within 8 minutes on one H100 or H200.
+#
+#   bash benchmarks/gpu.sh                 # writes benchmarks/results/gpu.json and gpu.md
+#   PYTHON=/path/to/python bash benchmarks/gpu.sh
+#
+# Needs a Python with CUDA builds of JAX (jax[cuda12]) and PyTorch next to this project's
+# dependencies; the CPU-only .venv of `make install` cannot run it. Nothing is downloaded here.
+#
+# Budget (8 min = 480 s): the run itself is cut at `timeout 470`; inside it, run.py starts no new
+# section after --budget-s 400 s (sections are ordered by importance: training, batch-1 latency,
+# batch-256 throughput, Zen-score search, input pipeline), and the JSON and table are rewritten
+# after every section, so a cut run still leaves every finished figure on disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-.venv/bin/python}"
+OUT="${OUT:-benchmarks/results/gpu.json}"
+START=$(date +%s)
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+"$PYTHON" - <<'EOF'
+import sys
+import jax, torch
+ok = jax.default_backend() == "gpu" and torch.cuda.is_available()
+print(f"jax {jax.__version__} backend={jax.default_backend()} devices={jax.devices()}")
+print(f"torch {torch.__version__} cuda={torch.cuda.is_available()}")
+if not ok:
+    sys.exit("gpu.sh needs CUDA builds of both JAX and PyTorch (see the header of this script)")
+EOF
+
+# Both frameworks share the GPU in one process; JAX must not preallocate 75% of its memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export TF_CPP_MIN_LOG_LEVEL=2
+
+timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget-s 400 --out "$OUT" "$@" || {
+  rc=$?
+  echo "benchmarks.run exited with $rc (124: cut at 470 s); partial results are in $OUT" >&2
+}
+
+echo
+cat "${OUT%.json}.md"
+echo "gpu.sh: $(( $(date +%s) - START )) s in all"
