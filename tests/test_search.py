@@ -157,21 +157,53 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
     assert (tmp_path / "k" / BEST_FILE).read_text() == (tmp_path / "w" / BEST_FILE).read_text()
 
 
-def test_cli_bad_config_and_progress(tmp_path):
+def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    base = [sys.executable, "-m", "zenfer_jax.search", "--config=configs/search_r.py", f"--workdir={tmp_path}"]
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    base = [sys.executable, "-m", "zenfer_jax.search", "--config=configs/search_r.py", f"--workdir={work}"]
     bad = subprocess.run(base + ["--config.search.max_layers=2"], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2
     assert "config.search.max_layers=2 is below the initial structure's 6 layers" in bad.stderr
+    assert not work.exists() or not os.listdir(work)
     ok = subprocess.run(
-        base + ["--config.search.proxy=flops", "--config.search.max_iterations=60", "--config.search.compilation_cache_dir="],
+        base + ["--config.search.max_iterations=6", "--config.search.resolution=16", "--config.search.batch_size=2",
+                "--config.search.budget_flops=1e7", f"--config.search.compilation_cache_dir={cache}"],
         cwd=REPO, env=env, capture_output=True, text=True,
     )
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.returncode == 0, ok.stderr[-3000:]
     assert "cand_per_s=" in ok.stderr and "best=" in ok.stderr
-    best = (tmp_path / BEST_FILE).read_text().strip()
-    assert f"after 60 iterations: {best}" in ok.stdout
-    # With FLOPs as the fitness, the best is the largest network that fits the budget.
+    best = (work / BEST_FILE).read_text().strip()
+    assert f"after 6 iterations: {best}" in ok.stdout
+    log = _log(work)
+    assert max(r["score"] for r in log) == max(r["score"] for r in log if r["structure"] == best)
+    assert all(r["layers"] <= 10 and r["flops"] <= 1e7 for r in log)
+    # The persistent compilation cache kept the compiled pieces (zero minimum compile time).
+    assert len([p for p in cache.rglob("*") if p.is_file()]) >= 10
+
+
+def test_efficient_score_filter(tmp_path):
+    from zenfer_jax.nas.space import efficient_score
+
+    kw = dict(proxy="random", population_size=20, max_iterations=300, checkpoint_every=50)
+    state = evolution.run_search(_config(search_r, efficient_score=0.25, **kw), str(tmp_path / "f"), progress=False)
+    log = _log(tmp_path / "f")
+    assert state.num_scored == len(log) > 10
+    for rec in log:
+        assert rec["efficient_score"] <= 0.25
+        assert rec["efficient_score"] == pytest.approx(efficient_score(resolve(rec["structure"]), 224))
+    # Without the filter about half of these candidates score above 0.25.
+    unfiltered = evolution.run_search(_config(search_r, **kw), str(tmp_path / "u"), progress=False)
+    assert unfiltered.num_scored > state.num_scored + 10
+
+
+def test_latency_budget(tmp_path):
+    seconds = evolution.measure_latency(resolve(search_m.get_config().search.init_structure), batch_size=2,
+                                        resolution=16, num_classes=7, repeats=1)
+    assert 0 < seconds < 5
+    tiny = dict(resolution=16, batch_size=2, budget_flops=None, max_iterations=2)
+    with pytest.raises(evolution.SearchConfigError, match=r"budget_latency=1e-09 s is below the initial structure's"):
+        evolution.run_search(_fast_config(budget_latency=1e-9, **tiny), str(tmp_path), scorer=_never, progress=False)
+    state = evolution.run_search(_fast_config(budget_latency=60.0, **tiny), str(tmp_path), progress=False)
     log = _log(tmp_path)
-    assert max(r["score"] for r in log) == resolve(best).flops(224, num_classes=10) <= 400e6
-    assert all(r["layers"] <= 10 for r in log)
+    assert state.next_iteration == 2 and len(log) == state.num_scored >= 1
+    assert all(0 < rec["latency_s"] < 60 for rec in log)

@@ -178,3 +178,15 @@ def test_units_chain_matches_plan():
     for a, b in zip(units, units[1:]):
         assert b.in_channels == a.out_channels and b.offset == a.offset + a.num_weights
     assert all(u.relu for u in units)  # no residual links: every BN is followed by a ReLU
+
+
+def test_draws_in_groups_give_the_same_scores():
+    """Memory-bounded groups of draws (the last padded) score exactly what one vmapped call does."""
+    small = "SuperConvK3BNRELU(3,8,2,1)SuperResIDWE1K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)"
+    kw = dict(resolution=16, batch_size=4, repeats=3)
+    together = ZenScorer(draws_per_call=3, **kw).scores(small, 11)
+    grouped = ZenScorer(draws_per_call=2, **kw).scores(small, 11)
+    assert together.shape == grouped.shape == (3,)
+    np.testing.assert_allclose(grouped, together, rtol=0, atol=1e-5)
+    assert ZenScorer(resolution=224, batch_size=16, repeats=32).draws_per_call == 1
+    assert ZenScorer(resolution=32, batch_size=16, repeats=32).draws_per_call == 32

@@ -108,6 +108,15 @@ def validate_config(config) -> Plan:
                 f"config.search.{key}={budget:g} is below the initial structure's {value:g} {what}; "
                 f"raise the budget or start from a smaller config.search.init_structure"
             )
+    latency_budget = _get(s, "budget_latency")
+    if latency_budget is not None:
+        latency = measure_latency(init, batch_size=s.batch_size, resolution=s.resolution, num_classes=num_classes)
+        if latency_budget < latency:
+            raise SearchConfigError(
+                f"config.search.budget_latency={latency_budget:g} s is below the initial structure's {latency:.4g} s "
+                f"per batch of {s.batch_size} on {_device_name()}; raise the budget or start from a smaller "
+                f"config.search.init_structure"
+            )
     eff = _get(s, "efficient_score")
     if eff is not None and not eff > 0:
         raise SearchConfigError(f"config.search.efficient_score must be positive or None (off), got {eff!r}")
@@ -190,6 +199,13 @@ def measure_latency(structure: Structure, *, batch_size: int, resolution: int, n
         jax.block_until_ready(fwd(variables, x))
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def _device_name() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform}:{d.device_kind}"
 
 
 def _check_resume(state: SearchState, plan: Plan, workdir: str) -> None:

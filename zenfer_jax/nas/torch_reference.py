@@ -24,12 +24,13 @@ class TorchZenScorer:
     """structure, seed -> ZenScore with the reference algorithm; one fresh network per draw."""
 
     def __init__(self, *, resolution: int = 224, batch_size: int = 16, repeats: int = 1, mixup_gamma: float = 1e-2,
-                 num_classes: int = 7):
+                 num_classes: int = 7, device: str = "cpu"):
         self.resolution = resolution
         self.batch_size = batch_size
         self.repeats = repeats
         self.mixup_gamma = mixup_gamma
         self.num_classes = num_classes
+        self.device = device
 
     def __call__(self, structure: Union[str, Structure], seed: int = 0) -> ZenScore:
         import torch
@@ -43,18 +44,18 @@ class TorchZenScorer:
         with torch.no_grad():
             for _ in range(self.repeats):
                 model = build_reference_model(s, self.num_classes, no_reslink=True, bn_momentum=0.1)
-                model.train()
+                model.train().to(self.device)
                 for m in model.modules():
                     if isinstance(m, (nn.Conv2d, nn.Linear)):
-                        m.weight.normal_(generator=gen)
+                        m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
                         if m.bias is not None:
                             m.bias.zero_()
                     elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                         m.weight.fill_(1.0)
                         m.bias.zero_()
                 shape = (self.batch_size, 3, self.resolution, self.resolution)
-                x = torch.randn(shape, generator=gen)
-                x2 = torch.randn(shape, generator=gen)
+                x = torch.randn(shape, generator=gen).to(self.device)
+                x2 = torch.randn(shape, generator=gen).to(self.device)
                 out = model.forward_pre_gap(x)
                 mixed = model.forward_pre_gap(x + self.mixup_gamma * x2)
                 delta = torch.mean(torch.sum(torch.abs(out - mixed), dim=[1, 2, 3]))
