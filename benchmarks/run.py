@@ -79,8 +79,10 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
 def compute_ratios(results: dict) -> Dict[str, Optional[float]]:
     """JAX/PyTorch speed ratios from the measured sections (above 1: JAX is faster).
 
-    The headline keys compare JAX fp32 with PyTorch eager; `_bf16` keys use JAX bf16 and
-    `_vs_compile` keys use torch.compile as the PyTorch side. A missing figure gives None.
+    The headline keys compare JAX fp32 with PyTorch eager running the reference model as
+    written (NCHW); `_bf16` keys use JAX bf16, `_vs_compile` keys use torch.compile and
+    `_vs_channels_last` keys PyTorch eager in channels_last memory format as the PyTorch side.
+    A missing figure gives None.
     """
     ratios: Dict[str, Optional[float]] = {}
     for section in ("train", "infer_b1", "infer_bn"):
@@ -91,6 +93,8 @@ def compute_ratios(results: dict) -> Dict[str, Optional[float]]:
                 ratios[base + "_bf16"] = _ratio(_rate(entry, "jax_bfloat16"), _rate(entry, TORCH_BASELINE))
             if _rate(entry, "torch_compile") is not None:
                 ratios[base + "_vs_compile"] = _ratio(_rate(entry, "jax_float32"), _rate(entry, "torch_compile"))
+            if _rate(entry, "torch_eager_cl") is not None:
+                ratios[base + "_vs_channels_last"] = _ratio(_rate(entry, "jax_float32"), _rate(entry, "torch_eager_cl"))
     zs = results.get("zen_search") or {}
     ratios["zen_search"] = _ratio(_rate(zs, "jax"), _rate(zs, "torch"))
     for k in REQUIRED_RATIOS:
@@ -123,7 +127,8 @@ def _fmt_ratio(r: Optional[float]) -> str:
 
 
 COLUMNS = (("jax_float32", "JAX fp32"), ("jax_bfloat16", "JAX bf16"),
-           ("torch_eager", "PyTorch eager"), ("torch_compile", "torch.compile"))
+           ("torch_eager", "PyTorch eager"), ("torch_eager_cl", "PyTorch eager, channels_last"),
+           ("torch_compile", "torch.compile"))
 
 
 def to_markdown(report: dict) -> str:
@@ -181,7 +186,7 @@ def to_markdown(report: dict) -> str:
         lines.append("Skipped (time budget): " + ", ".join(report["skipped"]) + ".")
     m, s = report["machine"], report["settings"]
     lines.append(
-        f"Machine: {m.get('cpu_model')}, {m.get('cpus_available')} CPUs available"
+        f"Machine: {m.get('cpu_model')}, {m.get('cpu_count')} CPUs ({m.get('cpus_available')} used by this run)"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         + f"; device {report.get('device_name')}; threads per framework {s.get('threads')}; "
         f"load average (1/5/15 min) at start {report.get('loadavg_start')}, at end {report.get('loadavg_end')}.")
@@ -250,6 +255,9 @@ def run_train(cfg, key: str) -> dict:
     for dt in cfg.jax_dtypes:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
+    if cfg.torch_channels_last:
+        cases["torch_eager_cl"] = _build(
+            lambda: TorchTrainCase(device=cfg.torch_device, channels_last=True, **kw), "torch_eager_cl")
     if cfg.torch_compile and "train" in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
@@ -268,6 +276,9 @@ def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> di
     for dt in cfg.infer_dtypes:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchInferCase(device=cfg.torch_device, **kw), "torch_eager")
+    if cfg.torch_channels_last:
+        cases["torch_eager_cl"] = _build(
+            lambda: TorchInferCase(device=cfg.torch_device, channels_last=True, **kw), "torch_eager_cl")
     if cfg.torch_compile and section in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
@@ -366,6 +377,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
     p.add_argument("--torch-compile-sections", default="train",
                    help="where torch.compile runs when enabled (comma list of train, infer_b1, infer_bn)")
     p.add_argument("--infer-bf16", action="store_true", help="on GPU, also time JAX bf16 inference")
+    p.add_argument("--torch-channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="also time PyTorch eager in channels_last format (auto: on for CPU, where it "
+                        "is PyTorch's faster layout for depthwise convs; off on GPU for the time budget)")
     p.add_argument("--budget-s", type=float, default=0,
                    help="skip the sections not started after this many seconds (0: no limit)")
     p.add_argument("--resolution", type=int, default=None)
@@ -383,7 +397,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
                         b1_calls=50, ip_images=1024, ip_batch=64, ip_steps=20, ip_warmup=3,
                         zs_iterations=200, zs_resolution=224, zs_batch=16)
     else:
-        defaults = dict(resolution=224, train_batch=8, infer_batch=32, reps=5, train_steps_per_rep=1, b1_calls=4,
+        defaults = dict(resolution=224, train_batch=16, infer_batch=64, reps=5, train_steps_per_rep=1, b1_calls=5,
                         ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2,
                         zs_iterations=30, zs_resolution=224, zs_batch=16)
     for k, v in defaults.items():
@@ -402,6 +416,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
         if m not in MODELS:
             p.error(f"unknown model {m!r}")
     cfg.torch_compile = {"on": True, "off": False, "auto": gpu}[cfg.torch_compile]
+    cfg.torch_channels_last = {"on": True, "off": False, "auto": not gpu}[cfg.torch_channels_last]
     cfg.jax_dtypes = ("float32", "bfloat16") if gpu else ("float32",)
     cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ("float32",)
     cfg.torch_compile_sections = [x for x in cfg.torch_compile_sections.split(",") if x]
@@ -464,7 +479,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "threading": pinning,
         "settings": {k: getattr(cfg, k) for k in (
             "resolution", "train_batch", "train_steps_per_rep", "infer_batch", "reps", "b1_calls",
-            "threads", "torch_compile", "torch_compile_sections", "jax_dtypes", "infer_dtypes", "sections",
+            "threads", "torch_compile", "torch_compile_sections", "torch_channels_last", "jax_dtypes", "infer_dtypes", "sections",
             "models", "budget_s")},
         "precision": ("fp32 on both sides; on GPU both default to TF32 for fp32 convolutions "
                       "(XLA's default precision, torch.backends.cudnn.allow_tf32=%s); torch NCHW "
