@@ -221,7 +221,8 @@ def _measure_pair(cases: dict, *, reps: int, warmup: int, calls_per_rep: int, it
     sides = {}
     for n, c in cases.items():
         if isinstance(c, Exception):
-            sides[n] = {"status": "failed", "error": f"{type(c).__name__}: {str(c)[:300]}"}
+            sides[n] = {"status": "crashed" if "crashed" in str(c) else "failed",
+                        "error": f"{type(c).__name__}: {str(c)[:300]}"}
             continue
         s = timing.summarize(times[n], items=items_per_call * calls_per_rep)
         s["compile_seconds"] = round(c.compile_seconds, 3)
@@ -245,6 +246,40 @@ def _build(factory, name: str):
         return e
 
 
+def _probe(kind: str, kwargs: dict, timeout: float = 600) -> Optional[str]:
+    """Builds a PyTorch case (one step) in a child process first; None if it survives.
+
+    PyTorch 2.13's CPU channels_last backward of ZenNet-R-SA at 224px dies with heap corruption
+    ("double free or corruption"), which would take this whole process down with it.
+    """
+    code = ("import sys, json, torch; torch.set_num_threads(%d); "
+            "from benchmarks.train_throughput import TorchTrainCase; from benchmarks.inference import TorchInferCase; "
+            "%s(**json.loads(sys.argv[1]))" % (torch_threads(), kind))
+    try:
+        p = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                           timeout=timeout, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except subprocess.TimeoutExpired:
+        return "probe timed out"
+    if p.returncode:
+        tail = [l for l in (p.stdout + p.stderr).strip().splitlines() if l][-1:] or ["?"]
+        return f"crashed in a probe process (exit {p.returncode}): {tail[0][:200]}"
+    return None
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _build_probed(kind: str, factory, kwargs: dict, name: str):
+    err = _probe(kind, kwargs)
+    if err:
+        _log(f"  {name}: {err}")
+        return RuntimeError(err)
+    return _build(factory, name)
+
+
 def run_train(cfg, key: str) -> dict:
     from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
 
@@ -256,8 +291,8 @@ def run_train(cfg, key: str) -> dict:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
     if cfg.torch_channels_last:
-        cases["torch_eager_cl"] = _build(
-            lambda: TorchTrainCase(device=cfg.torch_device, channels_last=True, **kw), "torch_eager_cl")
+        ckw = dict(kw, device=cfg.torch_device, channels_last=True)
+        cases["torch_eager_cl"] = _build_probed("TorchTrainCase", lambda: TorchTrainCase(**ckw), ckw, "torch_eager_cl")
     if cfg.torch_compile and "train" in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
@@ -277,8 +312,8 @@ def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> di
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchInferCase(device=cfg.torch_device, **kw), "torch_eager")
     if cfg.torch_channels_last:
-        cases["torch_eager_cl"] = _build(
-            lambda: TorchInferCase(device=cfg.torch_device, channels_last=True, **kw), "torch_eager_cl")
+        ckw = dict(kw, device=cfg.torch_device, channels_last=True)
+        cases["torch_eager_cl"] = _build_probed("TorchInferCase", lambda: TorchInferCase(**ckw), ckw, "torch_eager_cl")
     if cfg.torch_compile and section in cfg.torch_compile_sections:
         cases["torch_compile"] = _build(lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
