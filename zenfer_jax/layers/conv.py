@@ -103,7 +103,22 @@ def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> j
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     ho = (h + 2 * pad - k) // stride + 1
     wo = (w + 2 * pad - k) // stride + 1
-    return _taps_sum(xp, kernel, stride, ho, wo)
+    return _materialized(lambda: _taps_sum(xp, kernel, stride, ho, wo), kernel)
+
+
+def _materialized(fn, probe):
+    """fn() behind a conditional, so XLA cannot fuse its k*k-tap loop into the consumers.
+
+    Left fusible, XLA copies the loop into every consumer (in eval mode: BN, ReLU, each of SA's
+    reductions and its channel shuffle) and recomputes it several times over; ZenNet-M-SA's
+    batch-1 latency on CPU was ~3x PyTorch's because of that. `optimization_barrier` does not
+    stop it (the CPU compiler drops barriers before fusion). The predicate is a runtime value
+    (false only for a NaN kernel entry, where the taps sum would be NaN anyway), so the
+    conditional is not folded away; its cost is a few microseconds.
+    """
+    out = jax.eval_shape(fn)
+    p = probe.reshape(-1)[0]
+    return lax.cond(p == p, fn, lambda: jnp.full(out.shape, jnp.nan, out.dtype))
 
 
 def _depthwise_shift_fwd(x, kernel, stride, pad):
