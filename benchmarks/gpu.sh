@@ -9,7 +9,7 @@
 #
 # Budget (8 min = 480 s): the run itself is cut at `timeout 470`; inside it, run.py starts no new
 # section after --budget-s 400 s (sections are ordered by importance: training, batch-1 latency,
-# batch-256 throughput, Zen-score search, input pipeline), and the JSON and table are rewritten
+# Zen-score search, batch-256 throughput, input pipeline), and the JSON and table are rewritten
 # after every section, so a cut run still leaves every finished figure on disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
