@@ -2,7 +2,7 @@
 # The GPU benchmark: everything in one run, within 8 minutes on one H100 or H200.
 #
 #   bash benchmarks/gpu.sh                 # writes benchmarks/results/gpu.json and gpu.md
-#   PYTHON=/path/to/python bash benchmarks/gpu.sh
+#   PYTHON=/path/to/python JSON_OUT=/tmp/gpu.json bash benchmarks/gpu.sh
 #
 # Needs a Python with CUDA builds of JAX (jax[cuda12]) and PyTorch next to this project's
 # dependencies; the CPU-only .venv of `make install` cannot run it. Nothing is downloaded here.
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-.venv/bin/python}"
-OUT="${OUT:-benchmarks/results/gpu.json}"
+JSON_OUT="${JSON_OUT:-benchmarks/results/gpu.json}"
 START=$(date +%s)
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -34,11 +34,11 @@ EOF
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export TF_CPP_MIN_LOG_LEVEL=2
 
-timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget-s 400 --out "$OUT" "$@" || {
+timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget-s 400 --out "$JSON_OUT" "$@" || {
   rc=$?
-  echo "benchmarks.run exited with $rc (124: cut at 470 s); partial results are in $OUT" >&2
+  echo "benchmarks.run exited with $rc (124: cut at 470 s); partial results are in $JSON_OUT" >&2
 }
 
 echo
-cat "${OUT%.json}.md"
+cat "${JSON_OUT%.json}.md"
 echo "gpu.sh: $(( $(date +%s) - START )) s in all"

@@ -88,8 +88,11 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
-    results = [run_side(side, args.iterations, args.resolution, args.batch_size, args.torch_device)
-               for side in args.sides.split(",")]
+    results = []
+    for side in args.sides.split(","):
+        results.append(run_side(side, args.iterations, args.resolution, args.batch_size, args.torch_device))
+        if args.json:  # after each side: a caller's timeout during the next one keeps this figure
+            _write(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"search throughput: {args.iterations} iterations from init_m (configs/search_m.py), "
           f"{args.resolution}x{args.resolution}, batch {args.batch_size}, compile included, one run each")
     print(f"{'side':<6} {'device':<44} {'candidates':>10} {'seconds':>9} {'cand/s':>8}")
@@ -99,11 +102,14 @@ def main(argv=None):
     if "jax" in by and "torch" in by:
         ratio = by["jax"]["candidates_per_s"] / by["torch"]["candidates_per_s"]
         print(f"JAX / PyTorch: {ratio:.2f}x")
-    report = {"machine": machine_info(), "args": vars(args), "results": results}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return {"machine": machine_info(), "args": vars(args), "results": results}
+
+
+def _write(path: str, report: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
