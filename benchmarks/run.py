@@ -512,6 +512,20 @@ def _pin_threads(cfg: Config) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--merge"]:  # python -m benchmarks.run --merge A.json B.json ... --out C.json
+        p = argparse.ArgumentParser(prog="python -m benchmarks.run --merge")
+        p.add_argument("--merge", nargs="+", required=True)
+        p.add_argument("--out", required=True)
+        a = p.parse_args(args)
+        reports = []
+        for path in a.merge:
+            with open(path) as f:
+                reports.append(json.load(f))
+        report = merge_reports(reports)
+        write(report, a.out)
+        print(to_markdown(report))
+        return report
     cfg = parse_args(argv)
     pinning = _pin_threads(cfg)
     if cfg.device == "cpu":
@@ -633,6 +647,38 @@ def main(argv: Optional[List[str]] = None) -> dict:
     md = to_markdown(report)
     print("\n" + md)
     return report
+
+
+def merge_reports(reports: List[dict]) -> dict:
+    """One report from runs that split the sections (e.g. a GPU lease too short for all of them).
+
+    Sections, and models within a section, come from the run that measured them; a later run
+    wins on overlap. Each run's command, date, load and wall time are kept under `runs`, and
+    the ratios are recomputed from the merged figures, so nothing is averaged across runs.
+    """
+    if not reports:
+        raise ValueError("merge_reports needs at least one report")
+    names = {r.get("device_name") for r in reports}
+    if len(names) > 1:
+        raise ValueError(f"refusing to merge runs on different devices: {sorted(map(str, names))}")
+    merged = json.loads(json.dumps(reports[0], default=str))
+    results: dict = {}
+    for r in reports:
+        for section, value in r.get("results", {}).items():
+            if section in ("train", "infer_b1", "infer_bn"):
+                results.setdefault(section, {}).update(value)
+            else:
+                results[section] = value
+    measured = {f"{sec}/{k}" for sec, v in results.items() if sec in ("train", "infer_b1", "infer_bn") for k in v}
+    measured |= {sec for sec in results}
+    merged["results"] = results
+    merged["skipped"] = sorted({s for r in reports for s in r.get("skipped", []) if s not in measured})
+    merged["runs"] = [{k: r.get(k) for k in ("command", "date", "wall_seconds", "loadavg_start", "loadavg_end")}
+                      for r in reports]
+    merged["command"] = " ; ".join(r.get("command", "?") for r in reports)
+    merged["loadavg_end"] = reports[-1].get("loadavg_end")
+    merged["ratios"] = compute_ratios(results)
+    return merged
 
 
 def write(report: dict, path: str) -> None:

@@ -108,3 +108,28 @@ def test_alternation_reverses_order_each_rep():
     calls = []
     timing.time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path):
+    first, second = _report(), _report()
+    first["results"] = {"train": first["results"]["train"]}
+    first["skipped"] = ["infer_b1/zennet_m_sa", "zen_search", "infer_bn/zennet_m_sa"]
+    second["results"] = {k: v for k, v in second["results"].items() if k in ("infer_b1", "zen_search")}
+    second["command"] = "python -m benchmarks.run --sections infer_b1,zen_search"
+    merged = run.merge_reports([first, second])
+    assert set(merged["results"]) == {"train", "infer_b1", "zen_search"}
+    assert merged["skipped"] == ["infer_bn/zennet_m_sa"]
+    assert merged["ratios"]["train_zennet_m_sa"] == pytest.approx(2.0)
+    assert merged["ratios"]["infer_b1_zennet_m_sa"] == pytest.approx(2.0)
+    assert merged["ratios"]["zen_search"] == pytest.approx(3.0)
+    assert [r["command"] for r in merged["runs"]] == [first["command"], second["command"]]
+    paths = []
+    for i, rep in enumerate((first, second)):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        run.write(rep, paths[-1])
+    out = run.main(["--merge", *paths, "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["ratios"] == out["ratios"]
+    other = _report()
+    other["device_name"] = "GPU"
+    with pytest.raises(ValueError, match="different devices"):
+        run.merge_reports([first, other])
