@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.train_throughput import NUM_CLASSES, synthetic_batch
+from benchmarks.train_throughput import NUM_CLASSES, initial_variables, synthetic_batch
 
 __all__ = ["JaxInferCase", "TorchInferCase"]
 
@@ -25,7 +25,7 @@ class JaxInferCase:
         self.name = f"jax_{dtype}"
         model = models.build_model(structure, NUM_CLASSES, use_sa=use_sa, depthwise_impl=depthwise_impl,
                                    dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
-        variables = models.init_variables(model, jax.random.PRNGKey(seed), resolution)
+        variables = jax.device_put(initial_variables(structure, use_sa, seed))
         fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
         images, _ = synthetic_batch(batch, resolution, seed)
         self._x = jax.device_put(images)

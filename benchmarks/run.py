@@ -163,6 +163,11 @@ def to_markdown(report: dict) -> str:
                 cells.append("—")
         what = (f", {zs['iterations']} iterations at {zs.get('resolution')}px, compile incl., 1 run"
                 if zs.get("iterations") else "")
+        cut = [f"{'JAX' if n == 'jax' else 'PyTorch'} stopped by the {zs.get('max_seconds_per_side')} s limit "
+               f"at iteration {v.get('iterations')}" for n, v in (zs.get("sides") or {}).items()
+               if v.get("stopped_by_time_limit")]
+        if cut:
+            what += "; " + ", ".join(cut)
         lines.append(f"| Zen-score search ({zs.get('unit', 'candidates/s')}{what}) | " + " | ".join(cells)
                      + f" | {_fmt_ratio(ratios.get('zen_search'))} |")
     ip = results.get("input_pipeline")
@@ -182,6 +187,14 @@ def to_markdown(report: dict) -> str:
                 comp.append(f"{section} {key}: {cs}")
     if comp:
         lines.append("Compile / first call (not in the figures): " + "; ".join(comp) + ".")
+    later = []
+    for key, entry in (results.get("train") or {}).items():
+        names = [n for n, v in entry["sides"].items() if v.get("torch_eager_same_pass")]
+        if names:
+            eager = entry["sides"][names[0]]["torch_eager_same_pass"]
+            later.append(f"{key}: {', '.join(names)} (PyTorch eager in that pass {_fmt_num(eager)} images/s)")
+    if later:
+        lines.append("Timed in a later pass, after the headline rows: " + "; ".join(later) + ".")
     if report.get("skipped"):
         lines.append("Skipped (time budget): " + ", ".join(report["skipped"]) + ".")
     m, s = report["machine"], report["settings"]
@@ -287,13 +300,13 @@ def run_train(cfg, key: str) -> dict:
     kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
               steps_per_rep=cfg.train_steps_per_rep)
     cases = {}
-    for dt in cfg.jax_dtypes:
+    for dt in (("float32",) if cfg.defer_extras else cfg.jax_dtypes):
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
     if cfg.torch_channels_last:
         ckw = dict(kw, device=cfg.torch_device, channels_last=True)
         cases["torch_eager_cl"] = _build_probed("TorchTrainCase", lambda: TorchTrainCase(**ckw), ckw, "torch_eager_cl")
-    if cfg.torch_compile and "train" in cfg.torch_compile_sections and not cfg.defer_torch_compile:
+    if cfg.torch_compile and "train" in cfg.torch_compile_sections and not cfg.defer_extras:
         cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
     sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
@@ -302,20 +315,27 @@ def run_train(cfg, key: str) -> dict:
             "unit": "images/s", "sides": sides}
 
 
-def run_train_torch_compile(cfg, key: str) -> dict:
-    """torch.compile's train step, measured in a later pass beside a fresh PyTorch eager case.
+def run_train_extras(cfg, key: str) -> dict:
+    """JAX bf16 and torch.compile train steps, measured in a later pass beside a fresh eager case.
 
-    On GPU inductor's compile of a train step takes minutes, so it runs after the headline
-    figures (a time budget then drops it, not them); eager is timed again in the same
-    alternation so the compile ratio has a same-moment baseline.
+    On GPU their compiles take minutes (measured on an H100: 93 s for JAX's bf16 ZenNet-M-SA
+    step; inductor's train graph more), so they run after the headline figures and a time
+    budget drops them, not the headline; PyTorch eager is timed again in the same alternation
+    so their ratios have a same-moment baseline.
     """
-    from benchmarks.train_throughput import TorchTrainCase
+    from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
 
     m = MODELS[key]
     kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
-              steps_per_rep=cfg.train_steps_per_rep, device=cfg.torch_device)
-    cases = {"torch_eager": _build(lambda: TorchTrainCase(**kw), "torch_eager"),
-             "torch_compile": _build(lambda: TorchTrainCase(compile=True, **kw), "torch_compile")}
+              steps_per_rep=cfg.train_steps_per_rep)
+    cases = {}
+    for dt in cfg.jax_dtypes:
+        if dt != "float32":
+            cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
+    cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
+    if cfg.torch_compile and "train" in cfg.torch_compile_sections:
+        cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
+                                        "torch_compile")
     return _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
                          items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
 
@@ -361,6 +381,8 @@ def run_zen_search(cfg) -> dict:
     args = [sys.executable, "-m", "benchmarks.search_throughput", f"--iterations={cfg.zs_iterations}",
             f"--resolution={cfg.zs_resolution}", f"--batch-size={cfg.zs_batch}", f"--sides={sides_order}",
             f"--torch-device={cfg.torch_device}", f"--json={out_json}"]
+    if cfg.zs_max_seconds:
+        args.insert(-1, f"--max-seconds={cfg.zs_max_seconds}")
     base = {"unit": "candidates/s", "command": "python " + " ".join(args[1:-1]),
             "method": "whole search incl. compile from an empty cache, one run per side (search_throughput)"}
     t0 = time.perf_counter()
@@ -380,11 +402,12 @@ def run_zen_search(cfg) -> dict:
     sides = {}
     for r in data.get("results", []):
         s = timing.summarize([r["seconds"]], items=r["candidates"])
-        s.update({k: r.get(k) for k in ("device", "iterations", "candidates", "best_score", "loadavg_before",
+        s.update({k: r.get(k) for k in ("device", "iterations", "stopped_by_time_limit", "candidates",
+                                          "best_score", "loadavg_before",
                                           "loadavg_after", "compiled_pieces") if r.get(k) is not None})
         sides[r["side"]] = s
     out = dict(base, sides=sides, iterations=cfg.zs_iterations, resolution=cfg.zs_resolution,
-               batch=cfg.zs_batch, wall_seconds=round(time.perf_counter() - t0, 1))
+               batch=cfg.zs_batch, max_seconds_per_side=cfg.zs_max_seconds, wall_seconds=round(time.perf_counter() - t0, 1))
     if status:
         out["status"] = status
     return out
@@ -472,7 +495,10 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
             setattr(cfg, k, v)
     if cfg.reps < timing.MIN_REPS and not cfg.quick:
         p.error(f"--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)")
-    cfg.zs_timeout = 180 if gpu else 1800
+    # On GPU each side stops after 75 s of search: PyTorch finishes its 100 iterations in
+    # about 8 s on an H100, a cold JAX search spends minutes compiling (measured 2026-11-28).
+    cfg.zs_max_seconds = 75 if gpu else None
+    cfg.zs_timeout = 240 if gpu else 1800
     cfg.ip_timeout = 150 if gpu else 900
     cfg.sections = [s for s in cfg.sections.split(",") if s]
     cfg.models = [m for m in cfg.models.split(",") if m]
@@ -483,7 +509,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
         if m not in MODELS:
             p.error(f"unknown model {m!r}")
     cfg.torch_compile = {"on": True, "off": False, "auto": gpu}[cfg.torch_compile]
-    cfg.defer_torch_compile = gpu
+    cfg.defer_extras = gpu
     cfg.torch_channels_last = {"on": True, "off": False, "auto": not gpu}[cfg.torch_channels_last]
     cfg.jax_dtypes = ("float32", "bfloat16") if gpu else ("float32",)
     cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ("float32",)
@@ -618,29 +644,36 @@ def main(argv: Optional[List[str]] = None) -> dict:
             results["zen_search"] = run_zen_search(cfg)
             checkpoint()
 
-    # Most important first (a time budget drops the tail): the four headline ratios are train
-    # (both models), infer_b1 and zen_search. On CPU the input pipeline goes first: its own
-    # process wants the cores to itself, and it is short.
-    if cfg.device == "cpu":
-        do_input_pipeline()
-    def do_deferred_torch_compile():
-        if not (cfg.torch_compile and cfg.defer_torch_compile and "train" in cfg.torch_compile_sections):
+    def do_train_extras():
+        extras = [dt for dt in cfg.jax_dtypes if dt != "float32"]
+        if cfg.torch_compile and "train" in cfg.torch_compile_sections:
+            extras.append("torch_compile")
+        if not (cfg.defer_extras and extras):
             return
         for key in cfg.models:
             entry = (results.get("train") or {}).get(key)
-            if entry is None or over_budget(f"train/{key}/torch_compile"):
+            if entry is None or over_budget(f"train/{key}/" + "+".join(extras)):
                 continue
-            _log(f"train {key}: torch.compile pass ...")
-            sides = run_train_torch_compile(cfg, key)
-            entry["sides"]["torch_compile"] = dict(sides["torch_compile"], note="measured in a later pass (after the headline sections)")
-            entry["sides"]["torch_compile"]["torch_eager_same_pass"] = sides["torch_eager"].get("rate_median")
+            _log(f"train {key}: later pass for {', '.join(extras)} ...")
+            sides = run_train_extras(cfg, key)
+            eager = sides.pop("torch_eager", {})
+            for name, side in sides.items():
+                entry["sides"][name] = dict(side, note="measured in a later pass (after the headline sections)",
+                                            torch_eager_same_pass=eager.get("rate_median"))
             checkpoint()
+
+    # Most important first (a time budget drops the tail): the four headline ratios are train
+    # (both models), infer_b1 and zen_search; on GPU the bf16 and torch.compile train steps
+    # follow them. On CPU the input pipeline goes first: its own process wants the cores to
+    # itself, and it is short.
+    if cfg.device == "cpu":
+        do_input_pipeline()
 
     do_models("train")
     do_models("infer_b1")
     do_zen_search()
+    do_train_extras()
     do_models("infer_bn")
-    do_deferred_torch_compile()
     if cfg.device == "gpu":
         do_input_pipeline()
     checkpoint()

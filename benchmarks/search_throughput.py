@@ -9,7 +9,8 @@ ZenNet-M budgets) from init_m for the same number of iterations; only the fitnes
   torch: the reference algorithm on torch_port's reference model (zenfer_jax.nas.torch_reference:
          a fresh residual-free network per candidate, two no_grad passes), eager PyTorch.
 The figure is (candidates scored) / (wall-clock seconds of the whole search), compile included,
-one run per side. Both sides draw the same mutations from the same seed but their scores differ,
+one run per side. With --max-seconds a side stops after that much wall time (a GPU lease cannot
+wait for a cold JAX search that compiles for minutes) and its figure covers the iterations reached. Both sides draw the same mutations from the same seed but their scores differ,
 so their populations (and the later candidates) differ; the candidate counts are printed.
 """
 
@@ -20,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+from typing import Optional
 
 from benchmarks.timing import loadavg, machine_info
 
@@ -36,7 +38,8 @@ def _config(iterations: int, resolution: int, batch_size: int, cache_dir: str):
     return c
 
 
-def run_side(side: str, iterations: int, resolution: int, batch_size: int, torch_device: str = "cpu") -> dict:
+def run_side(side: str, iterations: int, resolution: int, batch_size: int, torch_device: str = "cpu",
+             max_seconds: Optional[float] = None) -> dict:
     import importlib
 
     from zenfer_jax.nas import evolution
@@ -59,12 +62,14 @@ def run_side(side: str, iterations: int, resolution: int, batch_size: int, torch
             device = f"jax {jax.__version__} {jax.devices()[0].device_kind}"
         load_before = loadavg()
         t0 = time.perf_counter()
-        state = evolution.run_search(config, os.path.join(tmp, "work"), scorer=scorer, progress=False)
+        state = evolution.run_search(config, os.path.join(tmp, "work"), scorer=scorer, progress=False,
+                                     max_seconds=max_seconds)
         seconds = time.perf_counter() - t0
         out = {
             "side": side,
             "device": device,
             "iterations": state.next_iteration,
+            "stopped_by_time_limit": state.next_iteration < iterations,
             "candidates": state.num_scored,
             "seconds": round(seconds, 2),
             "candidates_per_s": state.num_scored / seconds,
@@ -86,11 +91,15 @@ def main(argv=None):
     p.add_argument("--sides", default="jax,torch", help="comma list of jax, torch (run in this order)")
     p.add_argument("--torch-device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="per side: stop the search after this much wall time (the figure is then "
+                        "candidates scored / seconds over the iterations it reached)")
     args = p.parse_args(argv)
 
     results = []
     for side in args.sides.split(","):
-        results.append(run_side(side, args.iterations, args.resolution, args.batch_size, args.torch_device))
+        results.append(run_side(side, args.iterations, args.resolution, args.batch_size, args.torch_device,
+                                args.max_seconds))
         if args.json:  # after each side: a caller's timeout during the next one keeps this figure
             _write(args.json, {"machine": machine_info(), "args": vars(args), "results": results})
     print(f"search throughput: {args.iterations} iterations from init_m (configs/search_m.py), "

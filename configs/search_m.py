@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.search.efficient_score = config_dict.placeholder(float)
 
   config.search.checkpoint_every = 100  # iterations; a kill loses at most this many
+  # Wall-clock seconds for one call (None: no limit): the search checkpoints and stops, and the
+  # same command resumes it (a batch job's time limit).
+  config.search.max_seconds = config_dict.placeholder(float)
   # JAX's persistent compilation cache, shared by every search on this machine ('' turns it off).
   config.search.compilation_cache_dir = '~/.cache/zenfer_jax/jax_compilation_cache'
   return config

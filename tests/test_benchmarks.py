@@ -133,3 +133,18 @@ def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path
     other["device_name"] = "GPU"
     with pytest.raises(ValueError, match="different devices"):
         run.merge_reports([first, other])
+
+
+def test_markdown_names_later_pass_figures_and_time_limited_search_sides():
+    rep = _report()
+    side = dict(_side([2.0] * 5, 16), note="later pass", torch_eager_same_pass=3.5)
+    rep["results"]["train"]["zennet_m_sa"]["sides"]["jax_bfloat16"] = side
+    zs = rep["results"]["zen_search"]
+    zs.update(iterations=100, resolution=224, max_seconds_per_side=75)
+    zs["sides"]["jax"].update(stopped_by_time_limit=True, iterations=12)
+    rep["ratios"] = run.compute_ratios(rep["results"])
+    md = run.to_markdown(rep)
+    assert "Timed in a later pass, after the headline rows: zennet_m_sa: jax_bfloat16 (PyTorch eager in that pass 3.5 images/s)." in md
+    assert "100 iterations at 224px, compile incl., 1 run; JAX stopped by the 75 s limit at iteration 12)" in md
+    assert rep["ratios"]["train_zennet_m_sa_bf16"] == pytest.approx(4.0)  # 8 img/s against 2
+    assert rep["ratios"]["zen_search"] == pytest.approx(3.0)

@@ -207,3 +207,25 @@ def test_latency_budget(tmp_path):
     log = _log(tmp_path)
     assert state.next_iteration == 2 and len(log) == state.num_scored >= 1
     assert all(0 < rec["latency_s"] < 60 for rec in log)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resumes_the_same_search(tmp_path):
+    import time
+    import zlib
+
+    def slow(structure, seed):  # deterministic in the structure, 20 ms per candidate
+        time.sleep(0.02)
+        return zlib.crc32(str(structure).encode()) / 2**32
+
+    c = _fast_config(max_iterations=120, checkpoint_every=1000)
+    whole = evolution.run_search(c, str(tmp_path / "a"), scorer=slow, progress=False)
+    t0 = time.perf_counter()
+    cut = evolution.run_search(c, str(tmp_path / "b"), scorer=slow, progress=False, max_seconds=0.3)
+    assert time.perf_counter() - t0 < 0.3 + 1.0
+    assert 0 < cut.next_iteration < 120
+    # The stop wrote a checkpoint even though checkpoint_every was not reached.
+    assert load_state(str(tmp_path / "b")).next_iteration == cut.next_iteration
+    resumed = evolution.run_search(c, str(tmp_path / "b"), scorer=slow, progress=False)
+    assert resumed.next_iteration == 120 and resumed.population == whole.population
+    with pytest.raises(evolution.SearchConfigError, match="max_seconds"):
+        evolution.run_search(c, str(tmp_path / "c"), scorer=slow, progress=False, max_seconds=0)

@@ -249,11 +249,15 @@ def run_search(
     scorer: Optional[Scorer] = None,
     progress: bool = True,
     stop_after: Optional[int] = None,
+    max_seconds: Optional[float] = None,
 ) -> SearchState:
     """Run (or resume) the search described by `config` in `workdir`; returns the final state.
 
     scorer: structure, seed -> score; the JAX Zen-score by default. stop_after:
-    run at most this many iterations in this call (benchmarks, tests).
+    run at most this many iterations in this call (benchmarks, tests). max_seconds
+    (or config.search.max_seconds): stop after the iteration that passes this much
+    wall time in this call, with a checkpoint, so a job with a wall-clock limit
+    (a SLURM slot, a benchmark's budget) ends cleanly and the next call resumes.
     """
     plan = validate_config(config)
     settings = plan.settings
@@ -291,6 +295,11 @@ def run_search(
         bar = tqdm(total=max_iterations, initial=state.next_iteration, desc="search", unit="it", dynamic_ncols=True)
     scored_here = 0
     start = time.perf_counter()
+    if max_seconds is None:
+        max_seconds = _get(s, "max_seconds")
+    if max_seconds is not None and not max_seconds > 0:
+        raise SearchConfigError(f"max_seconds must be positive, got {max_seconds!r}")
+    deadline = None if max_seconds is None else start + float(max_seconds)
     elapsed_before = state.elapsed_s
 
     try:
@@ -316,12 +325,15 @@ def run_search(
                 best = state.best()
                 bar.set_postfix(cand_per_s=f"{rate:.2f}", best=f"{best[1]:.3f}" if best else "-", refresh=False)
                 bar.update(1)
-            if state.next_iteration % checkpoint_every == 0 or state.next_iteration == end:
+            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            if state.next_iteration % checkpoint_every == 0 or state.next_iteration == end or out_of_time:
                 os.fsync(log_file.fileno())
                 state.rng_state = rng.bit_generator.state
                 state.elapsed_s = elapsed_before + time.perf_counter() - start
                 save_state(workdir, state)
                 _write_best(workdir, state)
+            if out_of_time:
+                break
     finally:
         log_file.close()
         if bar is not None:
