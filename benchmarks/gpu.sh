@@ -8,9 +8,13 @@
 # dependencies; the CPU-only .venv of `make install` cannot run it. Nothing is downloaded here.
 #
 # Budget (8 min = 480 s): the run itself is cut at `timeout 470`; inside it, run.py starts no new
-# section after --budget-s 400 s (sections are ordered by importance: training, batch-1 latency,
-# Zen-score search, batch-256 throughput, input pipeline), and the JSON and table are rewritten
-# after every section, so a cut run still leaves every finished figure on disk.
+# section after --budget-s 400 s. Sections run by importance: fp32 training, batch-1 latency,
+# the Zen-score search (each side stopped after 75 s), then a later pass for JAX bf16 and
+# torch.compile training, batch-256 throughput, the input pipeline. The JSON and table are
+# rewritten after every section, so a cut run still leaves every finished figure on disk.
+# Measured on one H100 (2026-11-28): compiles dominate (JAX's ZenNet-M-SA train step 49 s in
+# fp32, 93 s in bf16), so the tail does not fit; split runs merge with
+# `python -m benchmarks.run --merge A.json B.json --out benchmarks/results/gpu.json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
