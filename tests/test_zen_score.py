@@ -205,3 +205,18 @@ def test_full_resolution_agrees_with_pytorch_reference_algorithm(reference):
     assert 0 < se < 0.1
     assert abs(ours.mean - theirs.mean) < 4 * se, (ours, theirs)
     assert 29 < ours.mean < 31  # measured: 30.07 +- 0.06 (JAX), 30.04 +- 0.05 (PyTorch) over 8 draws
+
+
+def test_piece_compile_options_turn_off_gpu_autotuning_only(monkeypatch):
+    zs = importlib.import_module("zenfer_jax.nas.zen_score")
+
+    monkeypatch.delenv("ZENFER_SEARCH_GPU_AUTOTUNE", raising=False)
+    assert zs.piece_compile_options("cpu") == {}
+    assert zs.piece_compile_options("gpu") == {"xla_gpu_autotune_level": 0}
+    monkeypatch.setenv("ZENFER_SEARCH_GPU_AUTOTUNE", "1")
+    assert zs.piece_compile_options("gpu") == {}
+    # The option is a real XLA debug option: this XLA accepts it (a misspelt one is refused).
+    lowered = jax.jit(lambda x: x * 2).lower(jnp.ones(3))
+    np.testing.assert_array_equal(lowered.compile(compiler_options={"xla_gpu_autotune_level": 0})(jnp.ones(3)), 2.0)
+    with pytest.raises(Exception, match="xla_gpu_autotune_levl"):
+        lowered.compile(compiler_options={"xla_gpu_autotune_levl": 0})

@@ -190,6 +190,33 @@ def _count_trace(name: str) -> None:
         TRACES[name] += 1
 
 
+def piece_compile_options(backend: Optional[str] = None) -> dict:
+    """XLA options for the compiled pieces: no convolution autotuning on GPUs.
+
+    A cold search compiles hundreds of tiny pieces, each run a few times per candidate. On a
+    GPU XLA autotunes every convolution at compile time by timing cuDNN's algorithms on the
+    device, and those trials queue on the one GPU; on an H100 a 100-iteration cold search did
+    not finish in 180 s where PyTorch needed 8 s (its side of benchmarks/search_throughput runs
+    without cudnn.benchmark, on cuDNN's heuristic algorithm choice, as this then does).
+    Not yet measured on a GPU; ZENFER_SEARCH_GPU_AUTOTUNE=1 keeps autotuning.
+    """
+    backend = backend or jax.default_backend()
+    if backend in ("gpu", "cuda", "rocm") and os.environ.get("ZENFER_SEARCH_GPU_AUTOTUNE", "0") != "1":
+        return {"xla_gpu_autotune_level": 0}
+    return {}
+
+
+def _compile_piece(fn, args, static):
+    lowered = fn.lower(*args, **static)
+    options = piece_compile_options()
+    if options:
+        try:
+            return lowered.compile(compiler_options=options)
+        except Exception:  # noqa: BLE001 - an XLA without this option still compiles the piece
+            pass
+    return lowered.compile()
+
+
 class _CompiledPieces:
     """Compiled unit pieces by signature, compiled ahead of use on a thread pool.
 
@@ -212,7 +239,7 @@ class _CompiledPieces:
                 if self._pool is None:
                     workers = int(os.environ.get("ZENFER_COMPILE_THREADS", 0)) or max(1, min(8, os.cpu_count() or 1))
                     self._pool = ThreadPoolExecutor(workers, thread_name_prefix="zen-score-compile")
-                fut = self._futures[key] = self._pool.submit(lambda: fn.lower(*args, **static).compile())
+                fut = self._futures[key] = self._pool.submit(_compile_piece, fn, args, static)
         return fut
 
     def __len__(self) -> int:
