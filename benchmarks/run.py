@@ -293,24 +293,35 @@ def _build_probed(kind: str, factory, kwargs: dict, name: str):
     return _build(factory, name)
 
 
-def run_train(cfg, key: str) -> dict:
+def _measure_train(cfg, key: str, dtypes, channels_last: bool, compile: bool) -> dict:
+    """Builds the named train cases of one model (always PyTorch eager) and times them alternately."""
     from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
 
     m = MODELS[key]
     kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
               steps_per_rep=cfg.train_steps_per_rep)
     cases = {}
-    for dt in (("float32",) if cfg.defer_extras else cfg.jax_dtypes):
+    for dt in dtypes:
         cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
     cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
-    if cfg.torch_channels_last:
+    if channels_last:
         ckw = dict(kw, device=cfg.torch_device, channels_last=True)
         cases["torch_eager_cl"] = _build_probed("TorchTrainCase", lambda: TorchTrainCase(**ckw), ckw, "torch_eager_cl")
-    if cfg.torch_compile and "train" in cfg.torch_compile_sections and not cfg.defer_extras:
+    if compile:
         cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
                                         "torch_compile")
-    sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
-                          items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
+    return _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
+                         items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
+
+
+def _train_compile_wanted(cfg) -> bool:
+    return bool(cfg.torch_compile) and "train" in cfg.torch_compile_sections
+
+
+def run_train(cfg, key: str) -> dict:
+    dtypes = ("float32",) if cfg.defer_extras else cfg.jax_dtypes
+    sides = _measure_train(cfg, key, dtypes, channels_last=cfg.torch_channels_last,
+                           compile=_train_compile_wanted(cfg) and not cfg.defer_extras)
     return {"batch": cfg.train_batch, "resolution": cfg.resolution, "steps_per_rep": cfg.train_steps_per_rep,
             "unit": "images/s", "sides": sides}
 
@@ -323,21 +334,8 @@ def run_train_extras(cfg, key: str) -> dict:
     budget drops them, not the headline; PyTorch eager is timed again in the same alternation
     so their ratios have a same-moment baseline.
     """
-    from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
-
-    m = MODELS[key]
-    kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
-              steps_per_rep=cfg.train_steps_per_rep)
-    cases = {}
-    for dt in cfg.jax_dtypes:
-        if dt != "float32":
-            cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
-    cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
-    if cfg.torch_compile and "train" in cfg.torch_compile_sections:
-        cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
-                                        "torch_compile")
-    return _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
-                         items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
+    dtypes = [dt for dt in cfg.jax_dtypes if dt != "float32"]
+    return _measure_train(cfg, key, dtypes, channels_last=False, compile=_train_compile_wanted(cfg))
 
 
 def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> dict:
@@ -646,7 +644,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
     def do_train_extras():
         extras = [dt for dt in cfg.jax_dtypes if dt != "float32"]
-        if cfg.torch_compile and "train" in cfg.torch_compile_sections:
+        if _train_compile_wanted(cfg):
             extras.append("torch_compile")
         if not (cfg.defer_extras and extras):
             return
@@ -703,7 +701,7 @@ def merge_reports(reports: List[dict]) -> dict:
             else:
                 results[section] = value
     measured = {f"{sec}/{k}" for sec, v in results.items() if sec in ("train", "infer_b1", "infer_bn") for k in v}
-    measured |= {sec for sec in results}
+    measured |= set(results)
     merged["results"] = results
     merged["skipped"] = sorted({s for r in reports for s in r.get("skipped", []) if s not in measured})
     merged["runs"] = [{k: r.get(k) for k in ("command", "date", "wall_seconds", "loadavg_start", "loadavg_end")}

@@ -10,8 +10,9 @@ ZenNet-M budgets) from init_m for the same number of iterations; only the fitnes
          a fresh residual-free network per candidate, two no_grad passes), eager PyTorch.
 The figure is (candidates scored) / (wall-clock seconds of the whole search), compile included,
 one run per side. With --max-seconds a side stops after that much wall time (a GPU lease cannot
-wait for a cold JAX search that compiles for minutes) and its figure covers the iterations reached. Both sides draw the same mutations from the same seed but their scores differ,
-so their populations (and the later candidates) differ; the candidate counts are printed.
+wait for a cold JAX search that compiles for minutes) and its figure covers the iterations
+reached. Both sides draw the same mutations from the same seed but their scores differ, so
+their populations (and the later candidates) differ; the candidate counts are printed.
 """
 
 from __future__ import annotations
