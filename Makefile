@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # pytest workers; the suite is sized for 2 cores.
 JOBS ?= 2
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast lint format demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The whole suite, after the style check (CI runs this: .ci/run).
+test: lint
 	$(PY) -m pytest -n $(JOBS) -q tests
+
+# The edit loop: everything but the subprocess-heavy tests marked `slow`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -q -m 'not slow' tests
+
+# One formatter and one linter (ruff, configured in pyproject.toml); `make test` runs `lint` first.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 # Trains configs/demo.py (digits, 32x32, minutes on 2 CPU cores), evaluates the best checkpoint
 # and writes $(WORKDIR)/eval_test/{metrics.json,confusion_matrix.png}. Rerunning resumes.

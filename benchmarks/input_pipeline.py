@@ -29,8 +29,11 @@ _BATCH = flags.DEFINE_integer('batch', 64, 'Per-device batch (one device).')
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed batches.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed batches first (tracing, buffers, autotune).')
 _THREADS = flags.DEFINE_integer(
-    'threads', 0, 'If > 0: tf.data private thread pool of this size and single-threaded ops, '
-    'so that images/s divided by threads is a clean per-core figure; 0: TF defaults.')
+  'threads',
+  0,
+  'If > 0: tf.data private thread pool of this size and single-threaded ops, '
+  'so that images/s divided by threads is a clean per-core figure; 0: TF defaults.',
+)
 
 
 def _cpu_seconds() -> float:
@@ -61,6 +64,7 @@ def main(argv: list[str]) -> None:
   import tensorflow_datasets as tfds
 
   from zenfer_jax import data  # Late: flags first, TF start-up after.
+
   if _THREADS.value:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
@@ -74,8 +78,14 @@ def main(argv: list[str]) -> None:
     data_dir = os.path.join(tmp, 'tfds')
     data.prepare('rafdb', data_dir, manual_dir=manual)
   ds = data.pipeline.train_tf_dataset(
-      'rafdb', data_dir, image_size=_IMAGE_SIZE.value, per_device_batch=_BATCH.value,
-      num_local_devices=1, seed=0, recipe='rafdb')
+    'rafdb',
+    data_dir,
+    image_size=_IMAGE_SIZE.value,
+    per_device_batch=_BATCH.value,
+    num_local_devices=1,
+    seed=0,
+    recipe='rafdb',
+  )
   if _THREADS.value:
     opts = tf.data.Options()
     opts.threading.private_threadpool_size = _THREADS.value
@@ -90,15 +100,20 @@ def main(argv: list[str]) -> None:
   elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
   assert batch['image'].shape == (1, _BATCH.value, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)
   cores = _THREADS.value or (
-      len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  )
   images = _STEPS.value * _BATCH.value
   rate = images / elapsed
-  print(f'RAF-DB train recipe at {_IMAGE_SIZE.value}: {rate:.1f} images/s on {cores} cores '
-        f'= {rate / cores:.1f} images/s per core (wall clock; {_STEPS.value} batches of '
-        f'{_BATCH.value} in {elapsed:.1f} s)')
+  print(
+    f'RAF-DB train recipe at {_IMAGE_SIZE.value}: {rate:.1f} images/s on {cores} cores '
+    f'= {rate / cores:.1f} images/s per core (wall clock; {_STEPS.value} batches of '
+    f'{_BATCH.value} in {elapsed:.1f} s)'
+  )
   # CPU seconds the process actually got: the per-core figure that stays honest on a busy machine.
-  print(f'  {images / cpu:.1f} images per CPU-second ({cpu:.1f} CPU-s, '
-        f'{cpu / elapsed:.2f} cores busy on average)')
+  print(
+    f'  {images / cpu:.1f} images per CPU-second ({cpu:.1f} CPU-s, '
+    f'{cpu / elapsed:.2f} cores busy on average)'
+  )
 
 
 if __name__ == '__main__':

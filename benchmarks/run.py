@@ -44,684 +44,936 @@ import re
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
 
 from benchmarks import timing
 
 MODELS = {
-    "zennet_m_sa": dict(structure="zennet_m", use_sa=True, label="ZenNet-M-SA"),
-    "zennet_r_sa": dict(structure="zennet_r", use_sa=True, label="ZenNet-R-SA"),
+  'zennet_m_sa': dict(structure='zennet_m', use_sa=True, label='ZenNet-M-SA'),
+  'zennet_r_sa': dict(structure='zennet_r', use_sa=True, label='ZenNet-R-SA'),
 }
-SECTIONS = ("train", "infer_b1", "infer_bn", "zen_search", "input_pipeline")
-REQUIRED_RATIOS = ("train_zennet_m_sa", "train_zennet_r_sa", "infer_b1_zennet_m_sa", "zen_search")
-JAX_SIDES = ("jax_float32", "jax_bfloat16")
-TORCH_BASELINE = "torch_eager"
+SECTIONS = ('train', 'infer_b1', 'infer_bn', 'zen_search', 'input_pipeline')
+REQUIRED_RATIOS = ('train_zennet_m_sa', 'train_zennet_r_sa', 'infer_b1_zennet_m_sa', 'zen_search')
+JAX_SIDES = ('jax_float32', 'jax_bfloat16')
+TORCH_BASELINE = 'torch_eager'
 
 
 # ----------------------------------------------------------------------------- pure reporting
 
 
-def _rate(entry: Optional[dict], side: str) -> Optional[float]:
-    if not entry:
-        return None
-    s = entry.get("sides", {}).get(side)
-    if not s or s.get("rate_median") is None:
-        return None
-    return float(s["rate_median"])
+def _rate(entry: dict | None, side: str) -> float | None:
+  if not entry:
+    return None
+  s = entry.get('sides', {}).get(side)
+  if not s or s.get('rate_median') is None:
+    return None
+  return float(s['rate_median'])
 
 
-def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
+def _ratio(num: float | None, den: float | None) -> float | None:
+  if num is None or den is None or den <= 0:
+    return None
+  return num / den
 
 
-def compute_ratios(results: dict) -> Dict[str, Optional[float]]:
-    """JAX/PyTorch speed ratios from the measured sections (above 1: JAX is faster).
+def compute_ratios(results: dict) -> dict[str, float | None]:
+  """JAX/PyTorch speed ratios from the measured sections (above 1: JAX is faster).
 
-    The headline keys compare JAX fp32 with PyTorch eager running the reference model as
-    written (NCHW); `_bf16` keys use JAX bf16, `_vs_compile` keys use torch.compile and
-    `_vs_channels_last` keys PyTorch eager in channels_last memory format as the PyTorch side.
-    A missing figure gives None.
-    """
-    ratios: Dict[str, Optional[float]] = {}
-    for section in ("train", "infer_b1", "infer_bn"):
-        for key, entry in (results.get(section) or {}).items():
-            base = f"{section}_{key}"
-            ratios[base] = _ratio(_rate(entry, "jax_float32"), _rate(entry, TORCH_BASELINE))
-            if _rate(entry, "jax_bfloat16") is not None:
-                ratios[base + "_bf16"] = _ratio(_rate(entry, "jax_bfloat16"), _rate(entry, TORCH_BASELINE))
-            if _rate(entry, "torch_compile") is not None:
-                ratios[base + "_vs_compile"] = _ratio(_rate(entry, "jax_float32"), _rate(entry, "torch_compile"))
-            if _rate(entry, "torch_eager_cl") is not None:
-                ratios[base + "_vs_channels_last"] = _ratio(_rate(entry, "jax_float32"), _rate(entry, "torch_eager_cl"))
-    zs = results.get("zen_search") or {}
-    ratios["zen_search"] = _ratio(_rate(zs, "jax"), _rate(zs, "torch"))
-    for k in REQUIRED_RATIOS:
-        ratios.setdefault(k, None)
-    return ratios
-
-
-def _fmt_num(v: Optional[float], digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.{digits}g}"
+  The headline keys compare JAX fp32 with PyTorch eager running the reference model as
+  written (NCHW); `_bf16` keys use JAX bf16, `_vs_compile` keys use torch.compile and
+  `_vs_channels_last` keys PyTorch eager in channels_last memory format as the PyTorch side.
+  A missing figure gives None.
+  """
+  ratios: dict[str, float | None] = {}
+  for section in ('train', 'infer_b1', 'infer_bn'):
+    for key, entry in (results.get(section) or {}).items():
+      base = f'{section}_{key}'
+      ratios[base] = _ratio(_rate(entry, 'jax_float32'), _rate(entry, TORCH_BASELINE))
+      if _rate(entry, 'jax_bfloat16') is not None:
+        ratios[base + '_bf16'] = _ratio(_rate(entry, 'jax_bfloat16'), _rate(entry, TORCH_BASELINE))
+      if _rate(entry, 'torch_compile') is not None:
+        ratios[base + '_vs_compile'] = _ratio(
+          _rate(entry, 'jax_float32'), _rate(entry, 'torch_compile')
+        )
+      if _rate(entry, 'torch_eager_cl') is not None:
+        ratios[base + '_vs_channels_last'] = _ratio(
+          _rate(entry, 'jax_float32'), _rate(entry, 'torch_eager_cl')
+        )
+  zs = results.get('zen_search') or {}
+  ratios['zen_search'] = _ratio(_rate(zs, 'jax'), _rate(zs, 'torch'))
+  for k in REQUIRED_RATIOS:
+    ratios.setdefault(k, None)
+  return ratios
 
 
-def _fmt_side(side: Optional[dict], latency: bool) -> str:
-    if not side:
-        return "—"
-    if side.get("status") and side.get("rate_median") is None:
-        return side["status"]
-    if latency:  # ms per image, median (min–max)
-        per = side["items_per_rep"]
-        med, lo, hi = (1000 * side[k] / per for k in ("seconds_median", "seconds_min", "seconds_max"))
-        return f"{med:.1f} ms ({lo:.1f}–{hi:.1f})"
-    return f"{_fmt_num(side['rate_median'])} ({_fmt_num(side['rate_min'])}–{_fmt_num(side['rate_max'])})"
+def _fmt_num(v: float | None, digits: int = 3) -> str:
+  if v is None:
+    return '—'
+  if v >= 100:
+    return f'{v:,.0f}'
+  return f'{v:.{digits}g}'
 
 
-def _fmt_ratio(r: Optional[float]) -> str:
-    return "—" if r is None else f"{r:.2f}x"
+def _fmt_side(side: dict | None, latency: bool) -> str:
+  if not side:
+    return '—'
+  if side.get('status') and side.get('rate_median') is None:
+    return side['status']
+  if latency:  # ms per image, median (min–max)
+    per = side['items_per_rep']
+    med, lo, hi = (1000 * side[k] / per for k in ('seconds_median', 'seconds_min', 'seconds_max'))
+    return f'{med:.1f} ms ({lo:.1f}–{hi:.1f})'
+  return (
+    f'{_fmt_num(side["rate_median"])} ({_fmt_num(side["rate_min"])}–{_fmt_num(side["rate_max"])})'
+  )
 
 
-COLUMNS = (("jax_float32", "JAX fp32"), ("jax_bfloat16", "JAX bf16"),
-           ("torch_eager", "PyTorch eager"), ("torch_eager_cl", "PyTorch eager, channels_last"),
-           ("torch_compile", "torch.compile"))
+def _fmt_ratio(r: float | None) -> str:
+  return '—' if r is None else f'{r:.2f}x'
+
+
+COLUMNS = (
+  ('jax_float32', 'JAX fp32'),
+  ('jax_bfloat16', 'JAX bf16'),
+  ('torch_eager', 'PyTorch eager'),
+  ('torch_eager_cl', 'PyTorch eager, channels_last'),
+  ('torch_compile', 'torch.compile'),
+)
 
 
 def to_markdown(report: dict) -> str:
-    """The README table: one row per measurement, JAX and PyTorch side by side, then the ratio."""
-    results, ratios = report["results"], report["ratios"]
-    cols = [c for c in COLUMNS if any(
-        c[0] in (e.get("sides") or {}) for sec in ("train", "infer_b1", "infer_bn")
-        for e in (results.get(sec) or {}).values())] or list(COLUMNS[::2])
-    head = "| Benchmark | " + " | ".join(name for _, name in cols) + " | JAX / PyTorch |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    titles = {
-        "train": "train step, {res}px, batch {batch} (images/s)",
-        "infer_b1": "inference latency, batch 1, {res}px (ms/image)",
-        "infer_bn": "inference, batch {batch}, {res}px (images/s)",
-    }
-    for section in ("train", "infer_b1", "infer_bn"):
-        for key, entry in (results.get(section) or {}).items():
-            title = f"{MODELS.get(key, {}).get('label', key)} " + titles[section].format(
-                res=entry.get("resolution"), batch=entry.get("batch"))
-            cells = [_fmt_side(entry["sides"].get(c), section == "infer_b1") for c, _ in cols]
-            lines.append(f"| {title} | " + " | ".join(cells) + f" | {_fmt_ratio(ratios.get(f'{section}_{key}'))} |")
-    zs = results.get("zen_search")
-    if zs:
-        j, t = (zs.get("sides") or {}).get("jax"), (zs.get("sides") or {}).get("torch")
-        cells = []
-        for c, _ in cols:
-            if c == "jax_float32":
-                cells.append(_fmt_side(j, False) if j else zs.get("status", "—"))
-            elif c == "torch_eager":
-                cells.append(_fmt_side(t, False) if t else zs.get("status", "—"))
-            else:
-                cells.append("—")
-        what = (f", {zs['iterations']} iterations at {zs.get('resolution')}px, compile incl., 1 run"
-                if zs.get("iterations") else "")
-        cut = [f"{'JAX' if n == 'jax' else 'PyTorch'} stopped by the {zs.get('max_seconds_per_side')} s limit "
-               f"at iteration {v.get('iterations')}" for n, v in (zs.get("sides") or {}).items()
-               if v.get("stopped_by_time_limit")]
-        if cut:
-            what += "; " + ", ".join(cut)
-        lines.append(f"| Zen-score search ({zs.get('unit', 'candidates/s')}{what}) | " + " | ".join(cells)
-                     + f" | {_fmt_ratio(ratios.get('zen_search'))} |")
-    ip = results.get("input_pipeline")
-    if ip:
-        cells = [(_fmt_num(ip.get("images_per_s")) if ip.get("images_per_s") else ip.get("status", "—"))
-                 if c == "jax_float32" else "—" for c, _ in cols]
-        lines.append("| Input pipeline, RAF-DB train recipe 224 (images/s, tf.data) | " + " | ".join(cells) + " | — |")
-    lines.append("")
-    lines.append("Figures: median (min–max) over %s reps; ratio = JAX rate / PyTorch eager rate "
-                 "(above 1: JAX faster)." % report["settings"].get("reps"))
-    comp = []
-    for section in ("train", "infer_b1", "infer_bn"):
-        for key, entry in (results.get(section) or {}).items():
-            cs = ", ".join(f"{s} {v['compile_seconds']:.1f} s" for s, v in entry["sides"].items()
-                           if v.get("compile_seconds") is not None)
-            if cs:
-                comp.append(f"{section} {key}: {cs}")
-    if comp:
-        lines.append("Compile / first call (not in the figures): " + "; ".join(comp) + ".")
-    later = []
-    for key, entry in (results.get("train") or {}).items():
-        names = [n for n, v in entry["sides"].items() if v.get("torch_eager_same_pass")]
-        if names:
-            eager = entry["sides"][names[0]]["torch_eager_same_pass"]
-            later.append(f"{key}: {', '.join(names)} (PyTorch eager in that pass {_fmt_num(eager)} images/s)")
-    if later:
-        lines.append("Timed in a later pass, after the headline rows: " + "; ".join(later) + ".")
-    if report.get("skipped"):
-        lines.append("Skipped (time budget): " + ", ".join(report["skipped"]) + ".")
-    m, s = report["machine"], report["settings"]
+  """The README table: one row per measurement, JAX and PyTorch side by side, then the ratio."""
+  results, ratios = report['results'], report['ratios']
+  cols = [
+    c
+    for c in COLUMNS
+    if any(
+      c[0] in (e.get('sides') or {})
+      for sec in ('train', 'infer_b1', 'infer_bn')
+      for e in (results.get(sec) or {}).values()
+    )
+  ] or list(COLUMNS[::2])
+  head = '| Benchmark | ' + ' | '.join(name for _, name in cols) + ' | JAX / PyTorch |'
+  lines = [head, '|' + '---|' * (len(cols) + 2)]
+  titles = {
+    'train': 'train step, {res}px, batch {batch} (images/s)',
+    'infer_b1': 'inference latency, batch 1, {res}px (ms/image)',
+    'infer_bn': 'inference, batch {batch}, {res}px (images/s)',
+  }
+  for section in ('train', 'infer_b1', 'infer_bn'):
+    for key, entry in (results.get(section) or {}).items():
+      title = f'{MODELS.get(key, {}).get("label", key)} ' + titles[section].format(
+        res=entry.get('resolution'), batch=entry.get('batch')
+      )
+      cells = [_fmt_side(entry['sides'].get(c), section == 'infer_b1') for c, _ in cols]
+      lines.append(
+        f'| {title} | ' + ' | '.join(cells) + f' | {_fmt_ratio(ratios.get(f"{section}_{key}"))} |'
+      )
+  zs = results.get('zen_search')
+  if zs:
+    j, t = (zs.get('sides') or {}).get('jax'), (zs.get('sides') or {}).get('torch')
+    cells = []
+    for c, _ in cols:
+      if c == 'jax_float32':
+        cells.append(_fmt_side(j, False) if j else zs.get('status', '—'))
+      elif c == 'torch_eager':
+        cells.append(_fmt_side(t, False) if t else zs.get('status', '—'))
+      else:
+        cells.append('—')
+    what = (
+      f', {zs["iterations"]} iterations at {zs.get("resolution")}px, compile incl., 1 run'
+      if zs.get('iterations')
+      else ''
+    )
+    cut = [
+      f'{"JAX" if n == "jax" else "PyTorch"} stopped by the {zs.get("max_seconds_per_side")} s limit '
+      f'at iteration {v.get("iterations")}'
+      for n, v in (zs.get('sides') or {}).items()
+      if v.get('stopped_by_time_limit')
+    ]
+    if cut:
+      what += '; ' + ', '.join(cut)
     lines.append(
-        f"Machine: {m.get('cpu_model')}, {m.get('cpu_count')} CPUs ({m.get('cpus_available')} used by this run)"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-        + f"; device {report.get('device_name')}; threads per framework {s.get('threads')}; "
-        f"load average (1/5/15 min) at start {report.get('loadavg_start')}, at end {report.get('loadavg_end')}.")
-    v = report.get("versions", {})
-    lines.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".")
-    lines.append(f"Command: `{report.get('command')}`")
-    return "\n".join(lines) + "\n"
+      f'| Zen-score search ({zs.get("unit", "candidates/s")}{what}) | '
+      + ' | '.join(cells)
+      + f' | {_fmt_ratio(ratios.get("zen_search"))} |'
+    )
+  ip = results.get('input_pipeline')
+  if ip:
+    cells = [
+      (_fmt_num(ip.get('images_per_s')) if ip.get('images_per_s') else ip.get('status', '—'))
+      if c == 'jax_float32'
+      else '—'
+      for c, _ in cols
+    ]
+    lines.append(
+      '| Input pipeline, RAF-DB train recipe 224 (images/s, tf.data) | '
+      + ' | '.join(cells)
+      + ' | — |'
+    )
+  lines.append('')
+  lines.append(
+    'Figures: median (min–max) over {} reps; ratio = JAX rate / PyTorch eager rate '
+    '(above 1: JAX faster).'.format(report['settings'].get('reps'))
+  )
+  comp = []
+  for section in ('train', 'infer_b1', 'infer_bn'):
+    for key, entry in (results.get(section) or {}).items():
+      cs = ', '.join(
+        f'{s} {v["compile_seconds"]:.1f} s'
+        for s, v in entry['sides'].items()
+        if v.get('compile_seconds') is not None
+      )
+      if cs:
+        comp.append(f'{section} {key}: {cs}')
+  if comp:
+    lines.append('Compile / first call (not in the figures): ' + '; '.join(comp) + '.')
+  later = []
+  for key, entry in (results.get('train') or {}).items():
+    names = [n for n, v in entry['sides'].items() if v.get('torch_eager_same_pass')]
+    if names:
+      eager = entry['sides'][names[0]]['torch_eager_same_pass']
+      later.append(
+        f'{key}: {", ".join(names)} (PyTorch eager in that pass {_fmt_num(eager)} images/s)'
+      )
+  if later:
+    lines.append('Timed in a later pass, after the headline rows: ' + '; '.join(later) + '.')
+  if report.get('skipped'):
+    lines.append('Skipped (time budget): ' + ', '.join(report['skipped']) + '.')
+  m, s = report['machine'], report['settings']
+  lines.append(
+    f'Machine: {m.get("cpu_model")}, {m.get("cpu_count")} CPUs ({m.get("cpus_available")} used by this run)'
+    + (f', GPU {m["gpu"]}' if m.get('gpu') else '')
+    + f'; device {report.get("device_name")}; threads per framework {s.get("threads")}; '
+    f'load average (1/5/15 min) at start {report.get("loadavg_start")}, at end {report.get("loadavg_end")}.'
+  )
+  v = report.get('versions', {})
+  lines.append('Versions: ' + ', '.join(f'{k} {val}' for k, val in v.items() if val) + '.')
+  lines.append(f'Command: `{report.get("command")}`')
+  return '\n'.join(lines) + '\n'
 
 
 # ----------------------------------------------------------------------------- measurement
 
 
 def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+  print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
 def _versions() -> dict:
-    out = {}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "numpy", "tensorflow-cpu", "tensorflow"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+  out = {}
+  for pkg in ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'numpy', 'tensorflow-cpu', 'tensorflow'):
+    try:
+      out[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
 
 
-def _measure_pair(cases: dict, *, reps: int, warmup: int, calls_per_rep: int, items_per_call: float) -> dict:
-    """Alternate the built cases, summarise each; a case that failed to build carries its error."""
-    live = {n: c for n, c in cases.items() if not isinstance(c, Exception)}
-    times = timing.time_alternating({n: c.run for n, c in live.items()}, reps=reps, warmup=warmup,
-                                    calls_per_rep=calls_per_rep, log=_log)
-    sides = {}
-    for n, c in cases.items():
-        if isinstance(c, Exception):
-            sides[n] = {"status": "crashed" if "crashed" in str(c) else "failed",
-                        "error": f"{type(c).__name__}: {str(c)[:300]}"}
-            continue
-        s = timing.summarize(times[n], items=items_per_call * calls_per_rep)
-        s["compile_seconds"] = round(c.compile_seconds, 3)
-        s["times_s"] = [round(t, 5) for t in times[n]]
-        loss = getattr(c, "loss", None)
-        if loss is not None:
-            from benchmarks.train_throughput import check_finite
-            s["final_loss"] = check_finite(c)
-        sides[n] = s
-    return sides
+def _measure_pair(
+  cases: dict, *, reps: int, warmup: int, calls_per_rep: int, items_per_call: float
+) -> dict:
+  """Alternate the built cases, summarise each; a case that failed to build carries its error."""
+  live = {n: c for n, c in cases.items() if not isinstance(c, Exception)}
+  times = timing.time_alternating(
+    {n: c.run for n, c in live.items()},
+    reps=reps,
+    warmup=warmup,
+    calls_per_rep=calls_per_rep,
+    log=_log,
+  )
+  sides = {}
+  for n, c in cases.items():
+    if isinstance(c, Exception):
+      sides[n] = {
+        'status': 'crashed' if 'crashed' in str(c) else 'failed',
+        'error': f'{type(c).__name__}: {str(c)[:300]}',
+      }
+      continue
+    s = timing.summarize(times[n], items=items_per_call * calls_per_rep)
+    s['compile_seconds'] = round(c.compile_seconds, 3)
+    s['times_s'] = [round(t, 5) for t in times[n]]
+    loss = getattr(c, 'loss', None)
+    if loss is not None:
+      from benchmarks.train_throughput import check_finite
+
+      s['final_loss'] = check_finite(c)
+    sides[n] = s
+  return sides
 
 
 def _build(factory, name: str):
-    _log(f"  building {name} ...")
-    try:
-        case = factory()
-        _log(f"  {name}: compile/first call {case.compile_seconds:.1f} s")
-        return case
-    except Exception as e:  # noqa: BLE001 - one side failing (e.g. torch.compile) must not kill the run
-        _log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
-        return e
+  _log(f'  building {name} ...')
+  try:
+    case = factory()
+    _log(f'  {name}: compile/first call {case.compile_seconds:.1f} s')
+    return case
+  except Exception as e:
+    _log(f'  {name}: FAILED {type(e).__name__}: {str(e)[:200]}')
+    return e
 
 
-def _probe(kind: str, kwargs: dict, timeout: float = 600) -> Optional[str]:
-    """Builds a PyTorch case (one step) in a child process first; None if it survives.
+def _probe(kind: str, kwargs: dict, timeout: float = 600) -> str | None:
+  """Builds a PyTorch case (one step) in a child process first; None if it survives.
 
-    PyTorch 2.13's CPU channels_last backward of ZenNet-R-SA at 224px dies with heap corruption
-    ("double free or corruption"), which would take this whole process down with it.
-    """
-    code = ("import sys, json, torch; torch.set_num_threads(%d); "
-            "from benchmarks.train_throughput import TorchTrainCase; from benchmarks.inference import TorchInferCase; "
-            "%s(**json.loads(sys.argv[1]))" % (torch_threads(), kind))
-    try:
-        p = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
-                           timeout=timeout, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    except subprocess.TimeoutExpired:
-        return "probe timed out"
-    if p.returncode:
-        tail = [l for l in (p.stdout + p.stderr).strip().splitlines() if l][-1:] or ["?"]
-        return f"crashed in a probe process (exit {p.returncode}): {tail[0][:200]}"
-    return None
+  PyTorch 2.13's CPU channels_last backward of ZenNet-R-SA at 224px dies with heap corruption
+  ("double free or corruption"), which would take this whole process down with it.
+  """
+  code = (
+    f'import sys, json, torch; torch.set_num_threads({torch_threads()}); '
+    'from benchmarks.train_throughput import TorchTrainCase; from benchmarks.inference import TorchInferCase; '
+    f'{kind}(**json.loads(sys.argv[1]))'
+  )
+  try:
+    p = subprocess.run(
+      [sys.executable, '-c', code, json.dumps(kwargs)],
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+  except subprocess.TimeoutExpired:
+    return 'probe timed out'
+  if p.returncode:
+    tail = [line for line in (p.stdout + p.stderr).strip().splitlines() if line][-1:] or ['?']
+    return f'crashed in a probe process (exit {p.returncode}): {tail[0][:200]}'
+  return None
 
 
 def torch_threads() -> int:
-    import torch
+  import torch
 
-    return torch.get_num_threads()
+  return torch.get_num_threads()
 
 
 def _build_probed(kind: str, factory, kwargs: dict, name: str):
-    err = _probe(kind, kwargs)
-    if err:
-        _log(f"  {name}: {err}")
-        return RuntimeError(err)
-    return _build(factory, name)
+  err = _probe(kind, kwargs)
+  if err:
+    _log(f'  {name}: {err}')
+    return RuntimeError(err)
+  return _build(factory, name)
 
 
 def _measure_train(cfg, key: str, dtypes, channels_last: bool, compile: bool) -> dict:
-    """Builds the named train cases of one model (always PyTorch eager) and times them alternately."""
-    from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
+  """Builds the named train cases of one model (always PyTorch eager) and times them alternately."""
+  from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
 
-    m = MODELS[key]
-    kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=cfg.train_batch, resolution=cfg.resolution,
-              steps_per_rep=cfg.train_steps_per_rep)
-    cases = {}
-    for dt in dtypes:
-        cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f"jax_{dt}")
-    cases["torch_eager"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, **kw), "torch_eager")
-    if channels_last:
-        ckw = dict(kw, device=cfg.torch_device, channels_last=True)
-        cases["torch_eager_cl"] = _build_probed("TorchTrainCase", lambda: TorchTrainCase(**ckw), ckw, "torch_eager_cl")
-    if compile:
-        cases["torch_compile"] = _build(lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw),
-                                        "torch_compile")
-    return _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=1,
-                         items_per_call=cfg.train_batch * cfg.train_steps_per_rep)
+  m = MODELS[key]
+  kw = dict(
+    structure=m['structure'],
+    use_sa=m['use_sa'],
+    batch=cfg.train_batch,
+    resolution=cfg.resolution,
+    steps_per_rep=cfg.train_steps_per_rep,
+  )
+  cases = {}
+  for dt in dtypes:
+    cases[f'jax_{dt}'] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f'jax_{dt}')
+  cases['torch_eager'] = _build(
+    lambda: TorchTrainCase(device=cfg.torch_device, **kw), 'torch_eager'
+  )
+  if channels_last:
+    ckw = dict(kw, device=cfg.torch_device, channels_last=True)
+    cases['torch_eager_cl'] = _build_probed(
+      'TorchTrainCase', lambda: TorchTrainCase(**ckw), ckw, 'torch_eager_cl'
+    )
+  if compile:
+    cases['torch_compile'] = _build(
+      lambda: TorchTrainCase(device=cfg.torch_device, compile=True, **kw), 'torch_compile'
+    )
+  return _measure_pair(
+    cases,
+    reps=cfg.reps,
+    warmup=1,
+    calls_per_rep=1,
+    items_per_call=cfg.train_batch * cfg.train_steps_per_rep,
+  )
 
 
 def _train_compile_wanted(cfg) -> bool:
-    return bool(cfg.torch_compile) and "train" in cfg.torch_compile_sections
+  return bool(cfg.torch_compile) and 'train' in cfg.torch_compile_sections
 
 
 def run_train(cfg, key: str) -> dict:
-    dtypes = ("float32",) if cfg.defer_extras else cfg.jax_dtypes
-    sides = _measure_train(cfg, key, dtypes, channels_last=cfg.torch_channels_last,
-                           compile=_train_compile_wanted(cfg) and not cfg.defer_extras)
-    return {"batch": cfg.train_batch, "resolution": cfg.resolution, "steps_per_rep": cfg.train_steps_per_rep,
-            "unit": "images/s", "sides": sides}
+  dtypes = ('float32',) if cfg.defer_extras else cfg.jax_dtypes
+  sides = _measure_train(
+    cfg,
+    key,
+    dtypes,
+    channels_last=cfg.torch_channels_last,
+    compile=_train_compile_wanted(cfg) and not cfg.defer_extras,
+  )
+  return {
+    'batch': cfg.train_batch,
+    'resolution': cfg.resolution,
+    'steps_per_rep': cfg.train_steps_per_rep,
+    'unit': 'images/s',
+    'sides': sides,
+  }
 
 
 def run_train_extras(cfg, key: str) -> dict:
-    """JAX bf16 and torch.compile train steps, measured in a later pass beside a fresh eager case.
+  """JAX bf16 and torch.compile train steps, measured in a later pass beside a fresh eager case.
 
-    On GPU their compiles take minutes (measured on an H100: 93 s for JAX's bf16 ZenNet-M-SA
-    step; inductor's train graph more), so they run after the headline figures and a time
-    budget drops them, not the headline; PyTorch eager is timed again in the same alternation
-    so their ratios have a same-moment baseline.
-    """
-    dtypes = [dt for dt in cfg.jax_dtypes if dt != "float32"]
-    return _measure_train(cfg, key, dtypes, channels_last=False, compile=_train_compile_wanted(cfg))
+  On GPU their compiles take minutes (measured on an H100: 93 s for JAX's bf16 ZenNet-M-SA
+  step; inductor's train graph more), so they run after the headline figures and a time
+  budget drops them, not the headline; PyTorch eager is timed again in the same alternation
+  so their ratios have a same-moment baseline.
+  """
+  dtypes = [dt for dt in cfg.jax_dtypes if dt != 'float32']
+  return _measure_train(cfg, key, dtypes, channels_last=False, compile=_train_compile_wanted(cfg))
 
 
 def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> dict:
-    from benchmarks.inference import JaxInferCase, TorchInferCase
+  from benchmarks.inference import JaxInferCase, TorchInferCase
 
-    m = MODELS[key]
-    kw = dict(structure=m["structure"], use_sa=m["use_sa"], batch=batch, resolution=cfg.resolution)
-    cases = {}
-    for dt in cfg.infer_dtypes:
-        cases[f"jax_{dt}"] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f"jax_{dt}")
-    cases["torch_eager"] = _build(lambda: TorchInferCase(device=cfg.torch_device, **kw), "torch_eager")
-    if cfg.torch_channels_last:
-        ckw = dict(kw, device=cfg.torch_device, channels_last=True)
-        cases["torch_eager_cl"] = _build_probed("TorchInferCase", lambda: TorchInferCase(**ckw), ckw, "torch_eager_cl")
-    if cfg.torch_compile and section in cfg.torch_compile_sections:
-        cases["torch_compile"] = _build(lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw),
-                                        "torch_compile")
-    sides = _measure_pair(cases, reps=cfg.reps, warmup=1, calls_per_rep=calls_per_rep, items_per_call=batch)
-    for s in sides.values():
-        if "seconds_median" in s:
-            s["latency_ms_median"] = 1000 * s["seconds_median"] / s["items_per_rep"] * batch
-    return {"batch": batch, "resolution": cfg.resolution, "calls_per_rep": calls_per_rep, "unit": "images/s",
-            "sides": sides}
+  m = MODELS[key]
+  kw = dict(structure=m['structure'], use_sa=m['use_sa'], batch=batch, resolution=cfg.resolution)
+  cases = {}
+  for dt in cfg.infer_dtypes:
+    cases[f'jax_{dt}'] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f'jax_{dt}')
+  cases['torch_eager'] = _build(
+    lambda: TorchInferCase(device=cfg.torch_device, **kw), 'torch_eager'
+  )
+  if cfg.torch_channels_last:
+    ckw = dict(kw, device=cfg.torch_device, channels_last=True)
+    cases['torch_eager_cl'] = _build_probed(
+      'TorchInferCase', lambda: TorchInferCase(**ckw), ckw, 'torch_eager_cl'
+    )
+  if cfg.torch_compile and section in cfg.torch_compile_sections:
+    cases['torch_compile'] = _build(
+      lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw), 'torch_compile'
+    )
+  sides = _measure_pair(
+    cases, reps=cfg.reps, warmup=1, calls_per_rep=calls_per_rep, items_per_call=batch
+  )
+  for s in sides.values():
+    if 'seconds_median' in s:
+      s['latency_ms_median'] = 1000 * s['seconds_median'] / s['items_per_rep'] * batch
+  return {
+    'batch': batch,
+    'resolution': cfg.resolution,
+    'calls_per_rep': calls_per_rep,
+    'unit': 'images/s',
+    'sides': sides,
+  }
 
 
 def run_zen_search(cfg) -> dict:
-    """Runs `python -m benchmarks.search_throughput` (the NAS benchmark) and reads its JSON.
+  """Runs `python -m benchmarks.search_throughput` (the NAS benchmark) and reads its JSON.
 
-    Its methodology, kept as is: each side runs the same evolutionary search (configs/search_m.py)
-    for the same number of iterations from an empty compilation cache, and the figure is
-    candidates scored per wall-clock second of the whole search, compile included, one run per
-    side (a second in-process run would reuse compiled pieces, so reps are not repeatable here).
-    Its own process inherits this one's CPU pinning and thread variables.
-    """
-    import tempfile
+  Its methodology, kept as is: each side runs the same evolutionary search (configs/search_m.py)
+  for the same number of iterations from an empty compilation cache, and the figure is
+  candidates scored per wall-clock second of the whole search, compile included, one run per
+  side (a second in-process run would reuse compiled pieces, so reps are not repeatable here).
+  Its own process inherits this one's CPU pinning and thread variables.
+  """
+  import tempfile
 
-    out_json = tempfile.mktemp(suffix=".json", prefix="zen_search_")
-    # PyTorch first on GPU: its side is short and predictable, so a timeout in the JAX side
-    # (compiles) still leaves one figure; search_throughput writes its JSON after each side.
-    sides_order = "torch,jax" if cfg.device == "gpu" else "jax,torch"
-    args = [sys.executable, "-m", "benchmarks.search_throughput", f"--iterations={cfg.zs_iterations}",
-            f"--resolution={cfg.zs_resolution}", f"--batch-size={cfg.zs_batch}", f"--sides={sides_order}",
-            f"--torch-device={cfg.torch_device}", f"--json={out_json}"]
-    if cfg.zs_max_seconds:
-        args.insert(-1, f"--max-seconds={cfg.zs_max_seconds}")
-    base = {"unit": "candidates/s", "command": "python " + " ".join(args[1:-1]),
-            "method": "whole search incl. compile from an empty cache, one run per side (search_throughput)"}
-    t0 = time.perf_counter()
-    status = None
-    try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=cfg.zs_timeout,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if p.returncode or not os.path.exists(out_json):
-            return dict(base, status="failed", returncode=p.returncode, tail=(p.stdout + p.stderr)[-800:])
-    except subprocess.TimeoutExpired:
-        status = f"timeout after {cfg.zs_timeout} s"
-        if not os.path.exists(out_json):
-            return dict(base, status=status)
-    with open(out_json) as f:
-        data = json.load(f)
-    os.unlink(out_json)
-    sides = {}
-    for r in data.get("results", []):
-        s = timing.summarize([r["seconds"]], items=r["candidates"])
-        s.update({k: r.get(k) for k in ("device", "iterations", "stopped_by_time_limit", "candidates",
-                                          "best_score", "loadavg_before",
-                                          "loadavg_after", "compiled_pieces") if r.get(k) is not None})
-        sides[r["side"]] = s
-    out = dict(base, sides=sides, iterations=cfg.zs_iterations, resolution=cfg.zs_resolution,
-               batch=cfg.zs_batch, max_seconds_per_side=cfg.zs_max_seconds, wall_seconds=round(time.perf_counter() - t0, 1))
-    if status:
-        out["status"] = status
-    return out
+  out_json = tempfile.mktemp(suffix='.json', prefix='zen_search_')
+  # PyTorch first on GPU: its side is short and predictable, so a timeout in the JAX side
+  # (compiles) still leaves one figure; search_throughput writes its JSON after each side.
+  sides_order = 'torch,jax' if cfg.device == 'gpu' else 'jax,torch'
+  args = [
+    sys.executable,
+    '-m',
+    'benchmarks.search_throughput',
+    f'--iterations={cfg.zs_iterations}',
+    f'--resolution={cfg.zs_resolution}',
+    f'--batch-size={cfg.zs_batch}',
+    f'--sides={sides_order}',
+    f'--torch-device={cfg.torch_device}',
+    f'--json={out_json}',
+  ]
+  if cfg.zs_max_seconds:
+    args.insert(-1, f'--max-seconds={cfg.zs_max_seconds}')
+  base = {
+    'unit': 'candidates/s',
+    'command': 'python ' + ' '.join(args[1:-1]),
+    'method': 'whole search incl. compile from an empty cache, one run per side (search_throughput)',
+  }
+  t0 = time.perf_counter()
+  status = None
+  try:
+    p = subprocess.run(
+      args,
+      capture_output=True,
+      text=True,
+      timeout=cfg.zs_timeout,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    if p.returncode or not os.path.exists(out_json):
+      return dict(base, status='failed', returncode=p.returncode, tail=(p.stdout + p.stderr)[-800:])
+  except subprocess.TimeoutExpired:
+    status = f'timeout after {cfg.zs_timeout} s'
+    if not os.path.exists(out_json):
+      return dict(base, status=status)
+  with open(out_json) as f:
+    data = json.load(f)
+  os.unlink(out_json)
+  sides = {}
+  for r in data.get('results', []):
+    s = timing.summarize([r['seconds']], items=r['candidates'])
+    s.update(
+      {
+        k: r.get(k)
+        for k in (
+          'device',
+          'iterations',
+          'stopped_by_time_limit',
+          'candidates',
+          'best_score',
+          'loadavg_before',
+          'loadavg_after',
+          'compiled_pieces',
+        )
+        if r.get(k) is not None
+      }
+    )
+    sides[r['side']] = s
+  out = dict(
+    base,
+    sides=sides,
+    iterations=cfg.zs_iterations,
+    resolution=cfg.zs_resolution,
+    batch=cfg.zs_batch,
+    max_seconds_per_side=cfg.zs_max_seconds,
+    wall_seconds=round(time.perf_counter() - t0, 1),
+  )
+  if status:
+    out['status'] = status
+  return out
 
 
-_RATE_RE = re.compile(r"([0-9.]+) images/s on (\d+) cores")
-_CPUSEC_RE = re.compile(r"([0-9.]+) images per CPU-second")
+_RATE_RE = re.compile(r'([0-9.]+) images/s on (\d+) cores')
+_CPUSEC_RE = re.compile(r'([0-9.]+) images per CPU-second')
 
 
 def run_input_pipeline(cfg) -> dict:
-    """Runs `python -m benchmarks.input_pipeline` (absl flags: its own process) and parses it."""
-    import importlib.util
+  """Runs `python -m benchmarks.input_pipeline` (absl flags: its own process) and parses it."""
+  import importlib.util
 
-    if importlib.util.find_spec("tensorflow") is None:  # e.g. a GPU image without TensorFlow
-        return {"status": "not run: tensorflow is not installed in this Python",
-                "note": "tf.data figure; measure it where the project's own environment is installed"}
-    args = [sys.executable, "-m", "benchmarks.input_pipeline",
-            f"--num_images={cfg.ip_images}", f"--batch={cfg.ip_batch}", f"--steps={cfg.ip_steps}",
-            f"--warmup={cfg.ip_warmup}", f"--image_size={224}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=cfg.ip_timeout, env=env,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "command": " ".join(args[1:])}
-    out = p.stdout + p.stderr
-    m, c = _RATE_RE.search(out), _CPUSEC_RE.search(out)
-    if p.returncode or not m:
-        return {"status": "failed", "returncode": p.returncode, "tail": out[-600:], "command": " ".join(args[1:])}
+  if importlib.util.find_spec('tensorflow') is None:  # e.g. a GPU image without TensorFlow
     return {
-        "images_per_s": float(m.group(1)),
-        "cores": int(m.group(2)),
-        "images_per_cpu_second": float(c.group(1)) if c else None,
-        "batch": cfg.ip_batch, "steps": cfg.ip_steps, "num_images": cfg.ip_images,
-        "wall_seconds_incl_setup": round(time.perf_counter() - t0, 1),
-        "command": "python " + " ".join(args[1:]),
-        "note": "tf.data on CPU; no PyTorch counterpart measured",
+      'status': 'not run: tensorflow is not installed in this Python',
+      'note': "tf.data figure; measure it where the project's own environment is installed",
     }
+  args = [
+    sys.executable,
+    '-m',
+    'benchmarks.input_pipeline',
+    f'--num_images={cfg.ip_images}',
+    f'--batch={cfg.ip_batch}',
+    f'--steps={cfg.ip_steps}',
+    f'--warmup={cfg.ip_warmup}',
+    f'--image_size={224}',
+  ]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+  t0 = time.perf_counter()
+  try:
+    p = subprocess.run(
+      args,
+      capture_output=True,
+      text=True,
+      timeout=cfg.ip_timeout,
+      env=env,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+  except subprocess.TimeoutExpired:
+    return {'status': 'timeout', 'command': ' '.join(args[1:])}
+  out = p.stdout + p.stderr
+  m, c = _RATE_RE.search(out), _CPUSEC_RE.search(out)
+  if p.returncode or not m:
+    return {
+      'status': 'failed',
+      'returncode': p.returncode,
+      'tail': out[-600:],
+      'command': ' '.join(args[1:]),
+    }
+  return {
+    'images_per_s': float(m.group(1)),
+    'cores': int(m.group(2)),
+    'images_per_cpu_second': float(c.group(1)) if c else None,
+    'batch': cfg.ip_batch,
+    'steps': cfg.ip_steps,
+    'num_images': cfg.ip_images,
+    'wall_seconds_incl_setup': round(time.perf_counter() - t0, 1),
+    'command': 'python ' + ' '.join(args[1:]),
+    'note': 'tf.data on CPU; no PyTorch counterpart measured',
+  }
 
 
 class Config(argparse.Namespace):
-    pass
+  pass
 
 
-def parse_args(argv: Optional[List[str]] = None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--quick", action="store_true", help="smoke run: 64px, batch 4, 3 reps (not for the README)")
-    p.add_argument("--out", default=None, help="JSON path (the .md table is written beside it)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per framework (0: every CPU available)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {tuple(MODELS)}")
-    p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
-                   help="auto: on for GPU; off on CPU (inductor's C++ build of the train graph takes "
-                        "minutes on 2 cores, more than the whole run's budget)")
-    p.add_argument("--torch-compile-sections", default="train",
-                   help="where torch.compile runs when enabled (comma list of train, infer_b1, infer_bn)")
-    p.add_argument("--infer-bf16", action="store_true", help="on GPU, also time JAX bf16 inference")
-    p.add_argument("--torch-channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="also time PyTorch eager in channels_last format (auto: on for CPU, where it "
-                        "is PyTorch's faster layout for depthwise convs; off on GPU for the time budget)")
-    p.add_argument("--budget-s", type=float, default=0,
-                   help="skip the sections not started after this many seconds (0: no limit)")
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--train-batch", type=int, default=None)
-    p.add_argument("--infer-batch", type=int, default=None)
-    p.add_argument("--reps", type=int, default=None)
-    cfg = p.parse_args(argv, namespace=Config())
-    gpu = cfg.device == "gpu"
-    if cfg.quick:
-        defaults = dict(resolution=64, train_batch=4, infer_batch=8, reps=3, train_steps_per_rep=1, b1_calls=2,
-                        ip_images=64, ip_batch=8, ip_steps=2, ip_warmup=1,
-                        zs_iterations=3, zs_resolution=32, zs_batch=4)
-    elif gpu:
-        defaults = dict(resolution=224, train_batch=128, infer_batch=256, reps=7, train_steps_per_rep=10,
-                        b1_calls=50, ip_images=1024, ip_batch=64, ip_steps=20, ip_warmup=3,
-                        zs_iterations=100, zs_resolution=224, zs_batch=16)
-    else:
-        defaults = dict(resolution=224, train_batch=16, infer_batch=64, reps=5, train_steps_per_rep=1, b1_calls=5,
-                        ip_images=512, ip_batch=32, ip_steps=8, ip_warmup=2,
-                        zs_iterations=30, zs_resolution=224, zs_batch=16)
-    for k, v in defaults.items():
-        if getattr(cfg, k, None) is None:
-            setattr(cfg, k, v)
-    if cfg.reps < timing.MIN_REPS and not cfg.quick:
-        p.error(f"--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)")
-    # On GPU each side stops after 75 s of search: PyTorch finishes its 100 iterations in
-    # about 8 s on an H100, a cold JAX search spends minutes compiling (measured 2026-11-28).
-    cfg.zs_max_seconds = 75 if gpu else None
-    cfg.zs_timeout = 240 if gpu else 1800
-    cfg.ip_timeout = 150 if gpu else 900
-    cfg.sections = [s for s in cfg.sections.split(",") if s]
-    cfg.models = [m for m in cfg.models.split(",") if m]
-    for s in cfg.sections:
-        if s not in SECTIONS:
-            p.error(f"unknown section {s!r}")
-    for m in cfg.models:
-        if m not in MODELS:
-            p.error(f"unknown model {m!r}")
-    cfg.torch_compile = {"on": True, "off": False, "auto": gpu}[cfg.torch_compile]
-    cfg.defer_extras = gpu
-    cfg.torch_channels_last = {"on": True, "off": False, "auto": not gpu}[cfg.torch_channels_last]
-    cfg.jax_dtypes = ("float32", "bfloat16") if gpu else ("float32",)
-    cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ("float32",)
-    cfg.torch_compile_sections = [x for x in cfg.torch_compile_sections.split(",") if x]
-    cfg.torch_device = "cuda" if gpu else "cpu"
-    if cfg.out is None:
-        cfg.out = os.path.join("benchmarks", "results", f"{cfg.device}{'_quick' if cfg.quick else ''}.json")
-    return cfg
+def parse_args(argv: list[str] | None = None) -> Config:
+  p = argparse.ArgumentParser(prog='python -m benchmarks.run', description=__doc__.split('\n')[0])
+  p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
+  p.add_argument(
+    '--quick', action='store_true', help='smoke run: 64px, batch 4, 3 reps (not for the README)'
+  )
+  p.add_argument('--out', default=None, help='JSON path (the .md table is written beside it)')
+  p.add_argument(
+    '--threads', type=int, default=0, help='CPU threads per framework (0: every CPU available)'
+  )
+  p.add_argument('--sections', default=','.join(SECTIONS), help=f'comma list of {SECTIONS}')
+  p.add_argument('--models', default=','.join(MODELS), help=f'comma list of {tuple(MODELS)}')
+  p.add_argument(
+    '--torch-compile',
+    choices=('auto', 'on', 'off'),
+    default='auto',
+    help="auto: on for GPU; off on CPU (inductor's C++ build of the train graph takes "
+    "minutes on 2 cores, more than the whole run's budget)",
+  )
+  p.add_argument(
+    '--torch-compile-sections',
+    default='train',
+    help='where torch.compile runs when enabled (comma list of train, infer_b1, infer_bn)',
+  )
+  p.add_argument('--infer-bf16', action='store_true', help='on GPU, also time JAX bf16 inference')
+  p.add_argument(
+    '--torch-channels-last',
+    choices=('auto', 'on', 'off'),
+    default='auto',
+    help='also time PyTorch eager in channels_last format (auto: on for CPU, where it '
+    "is PyTorch's faster layout for depthwise convs; off on GPU for the time budget)",
+  )
+  p.add_argument(
+    '--budget-s',
+    type=float,
+    default=0,
+    help='skip the sections not started after this many seconds (0: no limit)',
+  )
+  p.add_argument('--resolution', type=int, default=None)
+  p.add_argument('--train-batch', type=int, default=None)
+  p.add_argument('--infer-batch', type=int, default=None)
+  p.add_argument('--reps', type=int, default=None)
+  cfg = p.parse_args(argv, namespace=Config())
+  gpu = cfg.device == 'gpu'
+  if cfg.quick:
+    defaults = dict(
+      resolution=64,
+      train_batch=4,
+      infer_batch=8,
+      reps=3,
+      train_steps_per_rep=1,
+      b1_calls=2,
+      ip_images=64,
+      ip_batch=8,
+      ip_steps=2,
+      ip_warmup=1,
+      zs_iterations=3,
+      zs_resolution=32,
+      zs_batch=4,
+    )
+  elif gpu:
+    defaults = dict(
+      resolution=224,
+      train_batch=128,
+      infer_batch=256,
+      reps=7,
+      train_steps_per_rep=10,
+      b1_calls=50,
+      ip_images=1024,
+      ip_batch=64,
+      ip_steps=20,
+      ip_warmup=3,
+      zs_iterations=100,
+      zs_resolution=224,
+      zs_batch=16,
+    )
+  else:
+    defaults = dict(
+      resolution=224,
+      train_batch=16,
+      infer_batch=64,
+      reps=5,
+      train_steps_per_rep=1,
+      b1_calls=5,
+      ip_images=512,
+      ip_batch=32,
+      ip_steps=8,
+      ip_warmup=2,
+      zs_iterations=30,
+      zs_resolution=224,
+      zs_batch=16,
+    )
+  for k, v in defaults.items():
+    if getattr(cfg, k, None) is None:
+      setattr(cfg, k, v)
+  if cfg.reps < timing.MIN_REPS and not cfg.quick:
+    p.error(f'--reps must be at least {timing.MIN_REPS} (medians of >= 5 repetitions)')
+  # On GPU each side stops after 75 s of search: PyTorch finishes its 100 iterations in
+  # about 8 s on an H100, a cold JAX search spends minutes compiling (measured 2026-11-28).
+  cfg.zs_max_seconds = 75 if gpu else None
+  cfg.zs_timeout = 240 if gpu else 1800
+  cfg.ip_timeout = 150 if gpu else 900
+  cfg.sections = [s for s in cfg.sections.split(',') if s]
+  cfg.models = [m for m in cfg.models.split(',') if m]
+  for s in cfg.sections:
+    if s not in SECTIONS:
+      p.error(f'unknown section {s!r}')
+  for m in cfg.models:
+    if m not in MODELS:
+      p.error(f'unknown model {m!r}')
+  cfg.torch_compile = {'on': True, 'off': False, 'auto': gpu}[cfg.torch_compile]
+  cfg.defer_extras = gpu
+  cfg.torch_channels_last = {'on': True, 'off': False, 'auto': not gpu}[cfg.torch_channels_last]
+  cfg.jax_dtypes = ('float32', 'bfloat16') if gpu else ('float32',)
+  cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ('float32',)
+  cfg.torch_compile_sections = [x for x in cfg.torch_compile_sections.split(',') if x]
+  cfg.torch_device = 'cuda' if gpu else 'cpu'
+  if cfg.out is None:
+    cfg.out = os.path.join(
+      'benchmarks', 'results', f'{cfg.device}{"_quick" if cfg.quick else ""}.json'
+    )
+  return cfg
 
 
 def _pin_threads(cfg: Config) -> dict:
-    """Before JAX/PyTorch are imported: same CPU set and thread count for both frameworks."""
-    avail = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
-    n = cfg.threads or len(avail)
-    if n > len(avail):
-        raise SystemExit(f"--threads {n} > {len(avail)} CPUs available")
-    if hasattr(os, "sched_setaffinity") and n < len(avail):
-        os.sched_setaffinity(0, avail[:n])
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cfg.threads = n
-    return {"cpus": avail[:n], "threads": n,
-            "method": "process affinity set to these CPUs before import (XLA sizes its intra-op pool "
-                      "from it); torch.set_num_threads(threads); OMP/MKL_NUM_THREADS=threads"}
+  """Before JAX/PyTorch are imported: same CPU set and thread count for both frameworks."""
+  avail = (
+    sorted(os.sched_getaffinity(0))
+    if hasattr(os, 'sched_getaffinity')
+    else list(range(os.cpu_count()))
+  )
+  n = cfg.threads or len(avail)
+  if n > len(avail):
+    raise SystemExit(f'--threads {n} > {len(avail)} CPUs available')
+  if hasattr(os, 'sched_setaffinity') and n < len(avail):
+    os.sched_setaffinity(0, avail[:n])
+  for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+    os.environ[var] = str(n)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  cfg.threads = n
+  return {
+    'cpus': avail[:n],
+    'threads': n,
+    'method': 'process affinity set to these CPUs before import (XLA sizes its intra-op pool '
+    'from it); torch.set_num_threads(threads); OMP/MKL_NUM_THREADS=threads',
+  }
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--merge"]:  # python -m benchmarks.run --merge A.json B.json ... --out C.json
-        p = argparse.ArgumentParser(prog="python -m benchmarks.run --merge")
-        p.add_argument("--merge", nargs="+", required=True)
-        p.add_argument("--out", required=True)
-        a = p.parse_args(args)
-        reports = []
-        for path in a.merge:
-            with open(path) as f:
-                reports.append(json.load(f))
-        report = merge_reports(reports)
-        write(report, a.out)
-        print(to_markdown(report))
-        return report
-    cfg = parse_args(argv)
-    pinning = _pin_threads(cfg)
-    if cfg.device == "cpu":
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    else:
-        # Both frameworks share the GPU: JAX must not grab 75% of its memory up front.
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax
-    import torch
-
-    torch.set_num_threads(cfg.threads)
-    if cfg.device == "gpu":
-        torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes its own
-    if cfg.device == "gpu":
-        if jax.default_backend() != "gpu":
-            raise SystemExit(f"--device gpu but JAX's backend is {jax.default_backend()}")
-        if not torch.cuda.is_available():
-            raise SystemExit("--device gpu but torch.cuda is not available")
-        device_name = f"{jax.devices()[0].device_kind} (JAX) / {torch.cuda.get_device_name(0)} (PyTorch)"
-    else:
-        device_name = f"CPU x{cfg.threads} ({timing.cpu_model()})"
-    pinning["torch_num_threads"] = torch.get_num_threads()
-
-    report = {
-        "schema": 1,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": cfg.device,
-        "device_name": device_name,
-        "quick": cfg.quick,
-        "machine": timing.machine_info(),
-        "versions": _versions(),
-        "threading": pinning,
-        "settings": {k: getattr(cfg, k) for k in (
-            "resolution", "train_batch", "train_steps_per_rep", "infer_batch", "reps", "b1_calls",
-            "threads", "torch_compile", "torch_compile_sections", "torch_channels_last", "jax_dtypes", "infer_dtypes", "sections",
-            "models", "budget_s")},
-        "precision": ("fp32 on both sides; on GPU both default to TF32 for fp32 convolutions "
-                      "(XLA's default precision, torch.backends.cudnn.allow_tf32=%s); torch NCHW "
-                      "(the reference layout), JAX NHWC" % torch.backends.cudnn.allow_tf32),
-        "loadavg_start": timing.loadavg(),
-        "results": {},
-    }
-    report["settings"]["depthwise_impl"] = (
-        __import__("zenfer_jax.layers.conv", fromlist=["x"]).default_depthwise_impl())
-    results = report["results"]
-    t_start = time.perf_counter()
-
-    def checkpoint():
-        report["ratios"] = compute_ratios(results)
-        report["loadavg_end"] = timing.loadavg()
-        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        write(report, cfg.out)
-
-    def over_budget(name: str) -> bool:
-        if cfg.budget_s and time.perf_counter() - t_start > cfg.budget_s:
-            _log(f"{name}: skipped, time budget of {cfg.budget_s:.0f} s spent")
-            report.setdefault("skipped", []).append(name)
-            return True
-        return False
-
-    def do_input_pipeline():
-        if "input_pipeline" in cfg.sections and not over_budget("input_pipeline"):
-            _log("input pipeline ...")
-            results["input_pipeline"] = run_input_pipeline(cfg)
-            _log(f"  {results['input_pipeline']}")
-            checkpoint()
-
-    def do_models(section):
-        if section not in cfg.sections:
-            return
-        for key in cfg.models:
-            if over_budget(f"{section}/{key}"):
-                continue
-            _log(f"{section} {key} (load {timing.loadavg()}) ...")
-            if section == "train":
-                entry = run_train(cfg, key)
-            elif section == "infer_b1":
-                entry = run_infer(cfg, key, 1, cfg.b1_calls, section)
-            else:
-                entry = run_infer(cfg, key, cfg.infer_batch, 1, section)
-            entry["loadavg"] = timing.loadavg()
-            results.setdefault(section, {})[key] = entry
-            gc.collect()
-            checkpoint()
-
-    def do_zen_search():
-        if "zen_search" in cfg.sections and not over_budget("zen_search"):
-            _log("zen-score search ...")
-            results["zen_search"] = run_zen_search(cfg)
-            checkpoint()
-
-    def do_train_extras():
-        extras = [dt for dt in cfg.jax_dtypes if dt != "float32"]
-        if _train_compile_wanted(cfg):
-            extras.append("torch_compile")
-        if not (cfg.defer_extras and extras):
-            return
-        for key in cfg.models:
-            entry = (results.get("train") or {}).get(key)
-            if entry is None or over_budget(f"train/{key}/" + "+".join(extras)):
-                continue
-            _log(f"train {key}: later pass for {', '.join(extras)} ...")
-            sides = run_train_extras(cfg, key)
-            eager = sides.pop("torch_eager", {})
-            for name, side in sides.items():
-                entry["sides"][name] = dict(side, note="measured in a later pass (after the headline sections)",
-                                            torch_eager_same_pass=eager.get("rate_median"))
-            checkpoint()
-
-    # Most important first (a time budget drops the tail): the four headline ratios are train
-    # (both models), infer_b1 and zen_search; on GPU the bf16 and torch.compile train steps
-    # follow them. On CPU the input pipeline goes first: its own process wants the cores to
-    # itself, and it is short.
-    if cfg.device == "cpu":
-        do_input_pipeline()
-
-    do_models("train")
-    do_models("infer_b1")
-    do_zen_search()
-    do_train_extras()
-    do_models("infer_bn")
-    if cfg.device == "gpu":
-        do_input_pipeline()
-    checkpoint()
-    md = to_markdown(report)
-    print("\n" + md)
+def main(argv: list[str] | None = None) -> dict:
+  args = sys.argv[1:] if argv is None else argv
+  if args[:1] == ['--merge']:  # python -m benchmarks.run --merge A.json B.json ... --out C.json
+    p = argparse.ArgumentParser(prog='python -m benchmarks.run --merge')
+    p.add_argument('--merge', nargs='+', required=True)
+    p.add_argument('--out', required=True)
+    a = p.parse_args(args)
+    reports = []
+    for path in a.merge:
+      with open(path) as f:
+        reports.append(json.load(f))
+    report = merge_reports(reports)
+    write(report, a.out)
+    print(to_markdown(report))
     return report
+  cfg = parse_args(argv)
+  pinning = _pin_threads(cfg)
+  if cfg.device == 'cpu':
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  else:
+    # Both frameworks share the GPU: JAX must not grab 75% of its memory up front.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  import jax
+  import torch
+
+  torch.set_num_threads(cfg.threads)
+  if cfg.device == 'gpu':
+    torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes its own
+  if cfg.device == 'gpu':
+    if jax.default_backend() != 'gpu':
+      raise SystemExit(f"--device gpu but JAX's backend is {jax.default_backend()}")
+    if not torch.cuda.is_available():
+      raise SystemExit('--device gpu but torch.cuda is not available')
+    device_name = (
+      f'{jax.devices()[0].device_kind} (JAX) / {torch.cuda.get_device_name(0)} (PyTorch)'
+    )
+  else:
+    device_name = f'CPU x{cfg.threads} ({timing.cpu_model()})'
+  pinning['torch_num_threads'] = torch.get_num_threads()
+
+  report = {
+    'schema': 1,
+    'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+    'command': 'python -m benchmarks.run ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    'device': cfg.device,
+    'device_name': device_name,
+    'quick': cfg.quick,
+    'machine': timing.machine_info(),
+    'versions': _versions(),
+    'threading': pinning,
+    'settings': {
+      k: getattr(cfg, k)
+      for k in (
+        'resolution',
+        'train_batch',
+        'train_steps_per_rep',
+        'infer_batch',
+        'reps',
+        'b1_calls',
+        'threads',
+        'torch_compile',
+        'torch_compile_sections',
+        'torch_channels_last',
+        'jax_dtypes',
+        'infer_dtypes',
+        'sections',
+        'models',
+        'budget_s',
+      )
+    },
+    'precision': (
+      'fp32 on both sides; on GPU both default to TF32 for fp32 convolutions '
+      f"(XLA's default precision, torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}); torch NCHW "
+      '(the reference layout), JAX NHWC'
+    ),
+    'loadavg_start': timing.loadavg(),
+    'results': {},
+  }
+  report['settings']['depthwise_impl'] = __import__(
+    'zenfer_jax.layers.conv', fromlist=['x']
+  ).default_depthwise_impl()
+  results = report['results']
+  t_start = time.perf_counter()
+
+  def checkpoint():
+    report['ratios'] = compute_ratios(results)
+    report['loadavg_end'] = timing.loadavg()
+    report['wall_seconds'] = round(time.perf_counter() - t_start, 1)
+    write(report, cfg.out)
+
+  def over_budget(name: str) -> bool:
+    if cfg.budget_s and time.perf_counter() - t_start > cfg.budget_s:
+      _log(f'{name}: skipped, time budget of {cfg.budget_s:.0f} s spent')
+      report.setdefault('skipped', []).append(name)
+      return True
+    return False
+
+  def do_input_pipeline():
+    if 'input_pipeline' in cfg.sections and not over_budget('input_pipeline'):
+      _log('input pipeline ...')
+      results['input_pipeline'] = run_input_pipeline(cfg)
+      _log(f'  {results["input_pipeline"]}')
+      checkpoint()
+
+  def do_models(section):
+    if section not in cfg.sections:
+      return
+    for key in cfg.models:
+      if over_budget(f'{section}/{key}'):
+        continue
+      _log(f'{section} {key} (load {timing.loadavg()}) ...')
+      if section == 'train':
+        entry = run_train(cfg, key)
+      elif section == 'infer_b1':
+        entry = run_infer(cfg, key, 1, cfg.b1_calls, section)
+      else:
+        entry = run_infer(cfg, key, cfg.infer_batch, 1, section)
+      entry['loadavg'] = timing.loadavg()
+      results.setdefault(section, {})[key] = entry
+      gc.collect()
+      checkpoint()
+
+  def do_zen_search():
+    if 'zen_search' in cfg.sections and not over_budget('zen_search'):
+      _log('zen-score search ...')
+      results['zen_search'] = run_zen_search(cfg)
+      checkpoint()
+
+  def do_train_extras():
+    extras = [dt for dt in cfg.jax_dtypes if dt != 'float32']
+    if _train_compile_wanted(cfg):
+      extras.append('torch_compile')
+    if not (cfg.defer_extras and extras):
+      return
+    for key in cfg.models:
+      entry = (results.get('train') or {}).get(key)
+      if entry is None or over_budget(f'train/{key}/' + '+'.join(extras)):
+        continue
+      _log(f'train {key}: later pass for {", ".join(extras)} ...')
+      sides = run_train_extras(cfg, key)
+      eager = sides.pop('torch_eager', {})
+      for name, side in sides.items():
+        entry['sides'][name] = dict(
+          side,
+          note='measured in a later pass (after the headline sections)',
+          torch_eager_same_pass=eager.get('rate_median'),
+        )
+      checkpoint()
+
+  # Most important first (a time budget drops the tail): the four headline ratios are train
+  # (both models), infer_b1 and zen_search; on GPU the bf16 and torch.compile train steps
+  # follow them. On CPU the input pipeline goes first: its own process wants the cores to
+  # itself, and it is short.
+  if cfg.device == 'cpu':
+    do_input_pipeline()
+
+  do_models('train')
+  do_models('infer_b1')
+  do_zen_search()
+  do_train_extras()
+  do_models('infer_bn')
+  if cfg.device == 'gpu':
+    do_input_pipeline()
+  checkpoint()
+  md = to_markdown(report)
+  print('\n' + md)
+  return report
 
 
-def merge_reports(reports: List[dict]) -> dict:
-    """One report from runs that split the sections (e.g. a GPU lease too short for all of them).
+def merge_reports(reports: list[dict]) -> dict:
+  """One report from runs that split the sections (e.g. a GPU lease too short for all of them).
 
-    Sections, and models within a section, come from the run that measured them; a later run
-    wins on overlap. Each run's command, date, load and wall time are kept under `runs`, and
-    the ratios are recomputed from the merged figures, so nothing is averaged across runs.
-    """
-    if not reports:
-        raise ValueError("merge_reports needs at least one report")
-    names = {r.get("device_name") for r in reports}
-    if len(names) > 1:
-        raise ValueError(f"refusing to merge runs on different devices: {sorted(map(str, names))}")
-    merged = json.loads(json.dumps(reports[0], default=str))
-    results: dict = {}
-    for r in reports:
-        for section, value in r.get("results", {}).items():
-            if section in ("train", "infer_b1", "infer_bn"):
-                results.setdefault(section, {}).update(value)
-            else:
-                results[section] = value
-    measured = {f"{sec}/{k}" for sec, v in results.items() if sec in ("train", "infer_b1", "infer_bn") for k in v}
-    measured |= set(results)
-    merged["results"] = results
-    merged["skipped"] = sorted({s for r in reports for s in r.get("skipped", []) if s not in measured})
-    merged["runs"] = [{k: r.get(k) for k in ("command", "date", "wall_seconds", "loadavg_start", "loadavg_end")}
-                      for r in reports]
-    merged["command"] = " ; ".join(r.get("command", "?") for r in reports)
-    merged["loadavg_end"] = reports[-1].get("loadavg_end")
-    merged["ratios"] = compute_ratios(results)
-    return merged
+  Sections, and models within a section, come from the run that measured them; a later run
+  wins on overlap. Each run's command, date, load and wall time are kept under `runs`, and
+  the ratios are recomputed from the merged figures, so nothing is averaged across runs.
+  """
+  if not reports:
+    raise ValueError('merge_reports needs at least one report')
+  names = {r.get('device_name') for r in reports}
+  if len(names) > 1:
+    raise ValueError(f'refusing to merge runs on different devices: {sorted(map(str, names))}')
+  merged = json.loads(json.dumps(reports[0], default=str))
+  results: dict = {}
+  for r in reports:
+    for section, value in r.get('results', {}).items():
+      if section in ('train', 'infer_b1', 'infer_bn'):
+        results.setdefault(section, {}).update(value)
+      else:
+        results[section] = value
+  measured = {
+    f'{sec}/{k}'
+    for sec, v in results.items()
+    if sec in ('train', 'infer_b1', 'infer_bn')
+    for k in v
+  }
+  measured |= set(results)
+  merged['results'] = results
+  merged['skipped'] = sorted(
+    {s for r in reports for s in r.get('skipped', []) if s not in measured}
+  )
+  merged['runs'] = [
+    {k: r.get(k) for k in ('command', 'date', 'wall_seconds', 'loadavg_start', 'loadavg_end')}
+    for r in reports
+  ]
+  merged['command'] = ' ; '.join(r.get('command', '?') for r in reports)
+  merged['loadavg_end'] = reports[-1].get('loadavg_end')
+  merged['ratios'] = compute_ratios(results)
+  return merged
 
 
 def write(report: dict, path: str) -> None:
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    report = dict(report, ratios=compute_ratios(report["results"]))
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1, sort_keys=False, default=str)
-    with open(os.path.splitext(path)[0] + ".md", "w") as f:
-        f.write(to_markdown(report))
+  d = os.path.dirname(path)
+  if d:
+    os.makedirs(d, exist_ok=True)
+  report = dict(report, ratios=compute_ratios(report['results']))
+  with open(path, 'w') as f:
+    json.dump(report, f, indent=1, sort_keys=False, default=str)
+  with open(os.path.splitext(path)[0] + '.md', 'w') as f:
+    f.write(to_markdown(report))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == '__main__':
+  main()

@@ -17,129 +17,133 @@ import platform
 import statistics
 import subprocess
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
-    "summarize",
-    "time_alternating",
-    "timed_first_call",
-    "loadavg",
-    "cpu_model",
-    "machine_info",
+  'summarize',
+  'time_alternating',
+  'timed_first_call',
+  'loadavg',
+  'cpu_model',
+  'machine_info',
 ]
 
 MIN_REPS = 5
 
 
 def summarize(times: Sequence[float], items: float = 1.0) -> dict:
-    """Median/min/max of per-rep seconds, and the matching rates (items per second).
+  """Median/min/max of per-rep seconds, and the matching rates (items per second).
 
-    `rate_median` is items / median time; `rate_min`/`rate_max` come from the slowest and
-    fastest reps (so rate_min <= rate_median <= rate_max).
-    """
-    if not times:
-        raise ValueError("no repetitions")
-    ts = sorted(float(t) for t in times)
-    med = statistics.median(ts)
-    return {
-        "reps": len(ts),
-        "seconds_median": med,
-        "seconds_min": ts[0],
-        "seconds_max": ts[-1],
-        "items_per_rep": items,
-        "rate_median": items / med,
-        "rate_min": items / ts[-1],
-        "rate_max": items / ts[0],
-    }
+  `rate_median` is items / median time; `rate_min`/`rate_max` come from the slowest and
+  fastest reps (so rate_min <= rate_median <= rate_max).
+  """
+  if not times:
+    raise ValueError('no repetitions')
+  ts = sorted(float(t) for t in times)
+  med = statistics.median(ts)
+  return {
+    'reps': len(ts),
+    'seconds_median': med,
+    'seconds_min': ts[0],
+    'seconds_max': ts[-1],
+    'items_per_rep': items,
+    'rate_median': items / med,
+    'rate_min': items / ts[-1],
+    'rate_max': items / ts[0],
+  }
 
 
 def time_alternating(
-    fns: Mapping[str, Callable[[], object]],
-    *,
-    reps: int,
-    warmup: int = 1,
-    calls_per_rep: int = 1,
-    log: Optional[Callable[[str], None]] = None,
-) -> Dict[str, List[float]]:
-    """Seconds per rep for every side, sides interleaved and their order reversed each rep.
+  fns: Mapping[str, Callable[[], object]],
+  *,
+  reps: int,
+  warmup: int = 1,
+  calls_per_rep: int = 1,
+  log: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+  """Seconds per rep for every side, sides interleaved and their order reversed each rep.
 
-    Each `fn` must do one unit of work *and block until it is finished*. A rep is
-    `calls_per_rep` back-to-back calls (to lift very short calls above timer noise); the
-    returned figure is per rep, not per call.
-    """
-    if reps < 1:
-        raise ValueError("reps must be >= 1")
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    out: Dict[str, List[float]] = {n: [] for n in names}
-    for r in range(reps):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            fn = fns[n]
-            t0 = time.perf_counter()
-            for _ in range(calls_per_rep):
-                fn()
-            out[n].append(time.perf_counter() - t0)
-        if log:
-            log("  rep %d: %s" % (r, ", ".join(f"{n}={out[n][-1]:.3f}s" for n in names)))
-    return out
+  Each `fn` must do one unit of work *and block until it is finished*. A rep is
+  `calls_per_rep` back-to-back calls (to lift very short calls above timer noise); the
+  returned figure is per rep, not per call.
+  """
+  if reps < 1:
+    raise ValueError('reps must be >= 1')
+  names = list(fns)
+  for _ in range(warmup):
+    for n in names:
+      fns[n]()
+  out: dict[str, list[float]] = {n: [] for n in names}
+  for r in range(reps):
+    order = names if r % 2 == 0 else names[::-1]
+    for n in order:
+      fn = fns[n]
+      t0 = time.perf_counter()
+      for _ in range(calls_per_rep):
+        fn()
+      out[n].append(time.perf_counter() - t0)
+    if log:
+      log(f'  rep {r}: ' + ', '.join(f'{n}={out[n][-1]:.3f}s' for n in names))
+  return out
 
 
 def timed_first_call(fn: Callable[[], object]) -> float:
-    """Wall seconds of one call (used for compile / first-call cost, reported on its own)."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+  """Wall seconds of one call (used for compile / first-call cost, reported on its own)."""
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
 
 
-def loadavg() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
+def loadavg() -> list[float] | None:
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:  # pragma: no cover
+    return None
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or "unknown"
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:  # pragma: no cover
+    pass
+  return platform.processor() or 'unknown'
 
 
-def _gpu_name() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _gpu_name() -> str | None:
+  try:
+    out = subprocess.run(
+      ['nvidia-smi', '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'],
+      capture_output=True,
+      text=True,
+      timeout=20,
+    )
+    return (
+      out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
 
 
 def machine_info() -> dict:
-    """Host facts that make a figure interpretable (no secrets, no environment dump)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal"):
-                    mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:  # pragma: no cover
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": cores,
-        "memory_gib": mem_gib,
-        "gpu": _gpu_name(),
-    }
+  """Host facts that make a figure interpretable (no secrets, no environment dump)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  mem_gib = None
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemTotal'):
+          mem_gib = round(int(line.split()[1]) / 2**20, 1)
+  except OSError:  # pragma: no cover
+    pass
+  return {
+    'platform': platform.platform(),
+    'python': platform.python_version(),
+    'cpu_model': cpu_model(),
+    'cpu_count': os.cpu_count(),
+    'cpus_available': cores,
+    'memory_gib': mem_gib,
+    'gpu': _gpu_name(),
+  }

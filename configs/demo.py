@@ -16,8 +16,10 @@ def get_config():
   config = default.get_config()
   config.data.name = 'digits'
   config.data.image_size = 32
-  config.model.structure = ('SuperConvK3BNRELU(3,16,1,1)SuperResK1K3K1(16,32,2,16,1)'
-                            'SuperResK1K3K1(32,64,2,32,1)SuperConvK1BNRELU(64,128,1,1)')
+  config.model.structure = (
+    'SuperConvK3BNRELU(3,16,1,1)SuperResK1K3K1(16,32,2,16,1)'
+    'SuperResK1K3K1(32,64,2,32,1)SuperConvK1BNRELU(64,128,1,1)'
+  )
   config.model.use_sa = True
   config.num_epochs = 30
   config.warmup_epochs = 1

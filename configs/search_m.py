@@ -27,8 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.search = ml_collections.ConfigDict()
   config.search.space = 'IDW'  # 'IDW' or 'XXBL' (zenfer_jax.nas.space.SPACES)
   config.search.init_structure = (
-      'SuperConvK3BNRELU(3,8,2,1)SuperResIDWE6K3(8,32,2,8,1)SuperResIDWE6K3(32,48,2,32,1)'
-      'SuperResIDWE6K3(48,96,2,48,1)SuperResIDWE6K3(96,128,2,96,1)SuperConvK1BNRELU(128,2048,1,1)')
+    'SuperConvK3BNRELU(3,8,2,1)SuperResIDWE6K3(8,32,2,8,1)SuperResIDWE6K3(32,48,2,32,1)'
+    'SuperResIDWE6K3(48,96,2,48,1)SuperResIDWE6K3(96,128,2,96,1)SuperConvK1BNRELU(128,2048,1,1)'
+  )
   config.search.population_size = 512
   config.search.max_iterations = 480_000
 

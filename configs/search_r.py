@@ -22,8 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = search_m.get_config()
   config.search.space = 'XXBL'
   config.search.init_structure = (
-      'SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,1,8,1)SuperResK3K3(16,32,2,16,1)'
-      'SuperResK3K3(32,64,2,32,1)SuperResK3K3(64,64,2,32,1)SuperConvK1BNRELU(64,128,1,1)')
+    'SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,1,8,1)SuperResK3K3(16,32,2,16,1)'
+    'SuperResK3K3(32,64,2,32,1)SuperResK3K3(64,64,2,32,1)SuperConvK1BNRELU(64,128,1,1)'
+  )
   config.search.num_classes = 10
   config.search.budget_model_size = None
   config.search.max_layers = 10

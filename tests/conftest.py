@@ -7,21 +7,23 @@ import pathlib
 import pytest
 
 # Tests run on CPU; keep TF quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Test inputs are tiny, so compile time dominates: XLA's backend optimisation level 0 compiles
 # about 4x faster here (measured on a ZenNet-R init: 20 s -> 5 s). Set before JAX initialises;
 # subprocesses started by tests inherit it. Benchmarks never run under this file.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+  ).strip()
 
-REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
+REFERENCE_DIR = pathlib.Path(__file__).parent / 'reference'
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def reference_dir() -> pathlib.Path:
-    return REFERENCE_DIR
+  return REFERENCE_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def model_facts() -> dict:
-    return json.loads((REFERENCE_DIR / "model_facts.json").read_text())
+  return json.loads((REFERENCE_DIR / 'model_facts.json').read_text())

@@ -16,8 +16,19 @@ import numpy as np
 from PIL import Image
 
 # Class colours far apart in RGB so JPEG noise and resizing never confuse them.
-COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20],
-                    [230, 20, 230], [20, 230, 230], [128, 128, 128], [250, 250, 250]], np.uint8)
+COLOURS = np.array(
+  [
+    [230, 20, 20],
+    [20, 230, 20],
+    [20, 20, 230],
+    [230, 230, 20],
+    [230, 20, 230],
+    [20, 230, 230],
+    [128, 128, 128],
+    [250, 250, 250],
+  ],
+  np.uint8,
+)
 
 
 def face(label: int, index: int, size: tuple[int, int] = (100, 100)) -> np.ndarray:
@@ -41,7 +52,7 @@ def write_bad(path: str, kind: str) -> None:
     data = b'\xff\xd8\xff\xe0' + b'\x13\x37garbage' * 64
   elif kind == 'truncated':
     data = jpeg_bytes(face(0, 0))
-    data = data[:len(data) // 2]
+    data = data[: len(data) // 2]
   else:
     data = b'this is a note, not an image\n'
   with open(path, 'wb') as f:
@@ -83,11 +94,22 @@ def make_rafdb(root: str) -> dict:
   return expected
 
 
-AFFECTNET_COLUMNS = ['subDirectory_filePath', 'face_x', 'face_y', 'face_width', 'face_height',
-                     'facial_landmarks', 'expression', 'valence', 'arousal']
+AFFECTNET_COLUMNS = [
+  'subDirectory_filePath',
+  'face_x',
+  'face_y',
+  'face_width',
+  'face_height',
+  'facial_landmarks',
+  'expression',
+  'valence',
+  'arousal',
+]
 # Per split: codes of the good images (one image each). 8, 9, 10 are never classes.
-AFFECTNET_CODES = {'train': [0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10],
-                   'test': [0, 1, 2, 3, 4, 5, 6, 7, 10]}
+AFFECTNET_CODES = {
+  'train': [0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10],
+  'test': [0, 1, 2, 3, 4, 5, 6, 7, 10],
+}
 
 
 def make_affectnet(root: str) -> None:
@@ -116,8 +138,9 @@ def make_affectnet(root: str) -> None:
       writer.writerows(rows)
 
 
-def make_folders(root: str, classes=('sad', 'happy', 'angry'), train_counts=(6, 2, 3),
-                 test_counts=(2, 1, 2)) -> None:
+def make_folders(
+  root: str, classes=('sad', 'happy', 'angry'), train_counts=(6, 2, 3), test_counts=(2, 1, 2)
+) -> None:
   """Writes <root>/<split>/<class>/*.jpg|png, class i coloured COLOURS[i], plus bad files."""
   n = 0
   for split, counts in (('train', train_counts), ('test', test_counts)):

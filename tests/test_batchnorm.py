@@ -11,82 +11,99 @@ EPS = 1e-3
 
 
 def _data(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    c = shape[-1]
-    x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 1)
-    scale = jnp.asarray(rng.uniform(0.5, 2, c).astype(np.float32))
-    bias = jnp.asarray(rng.standard_normal(c).astype(np.float32))
-    w = jnp.asarray(rng.standard_normal(shape, np.float32))  # a loss that weighs every output differently
-    return x, scale, bias, w
+  rng = np.random.default_rng(seed)
+  c = shape[-1]
+  x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 1)
+  scale = jnp.asarray(rng.uniform(0.5, 2, c).astype(np.float32))
+  bias = jnp.asarray(rng.standard_normal(c).astype(np.float32))
+  w = jnp.asarray(
+    rng.standard_normal(shape, np.float32)
+  )  # a loss that weighs every output differently
+  return x, scale, bias, w
 
 
 def _loss(norm):
-    def f(x, scale, bias, w):
-        y = norm(x, scale, bias)
-        return jnp.sum(jax.nn.relu(y) * w) + 0.5 * jnp.sum(y * y)
-    return f
+  def f(x, scale, bias, w):
+    y = norm(x, scale, bias)
+    return jnp.sum(jax.nn.relu(y) * w) + 0.5 * jnp.sum(y * y)
+
+  return f
 
 
-@pytest.mark.parametrize("shape", [(4, 6, 6, 8), (2, 5, 7, 3), (3, 1, 1, 16)])
+@pytest.mark.parametrize('shape', [(4, 6, 6, 8), (2, 5, 7, 3), (3, 1, 1, 16)])
 def test_gradients_equal_autodiff(shape):
-    x, scale, bias, w = _data(shape)
-    custom = _loss(lambda x, s, b: batch_norm_train(x, s, b, EPS, None)[0])
-    auto = _loss(lambda x, s, b: _bn_forward(x, s, b, EPS, None)[0])
-    gc = jax.jit(jax.grad(custom, argnums=(0, 1, 2)))(x, scale, bias, w)
-    ga = jax.jit(jax.grad(auto, argnums=(0, 1, 2)))(x, scale, bias, w)
-    for c, a in zip(gc, ga):
-        np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
-    # The forward is the same expression, so the outputs and statistics are equal bit for bit.
-    for c, a in zip(batch_norm_train(x, scale, bias, EPS, None), _bn_forward(x, scale, bias, EPS, None)[:3]):
-        np.testing.assert_array_equal(c, a)
+  x, scale, bias, w = _data(shape)
+  custom = _loss(lambda x, s, b: batch_norm_train(x, s, b, EPS, None)[0])
+  auto = _loss(lambda x, s, b: _bn_forward(x, s, b, EPS, None)[0])
+  gc = jax.jit(jax.grad(custom, argnums=(0, 1, 2)))(x, scale, bias, w)
+  ga = jax.jit(jax.grad(auto, argnums=(0, 1, 2)))(x, scale, bias, w)
+  for c, a in zip(gc, ga):
+    np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+  # The forward is the same expression, so the outputs and statistics are equal bit for bit.
+  for c, a in zip(
+    batch_norm_train(x, scale, bias, EPS, None), _bn_forward(x, scale, bias, EPS, None)[:3]
+  ):
+    np.testing.assert_array_equal(c, a)
 
 
 def test_gradients_equal_autodiff_across_devices():
-    # vmap with an axis name stands in for pmap: statistics and the backward's means are global.
-    x, scale, bias, w = _data((3, 4, 5, 5, 8), seed=1)
+  # vmap with an axis name stands in for pmap: statistics and the backward's means are global.
+  x, scale, bias, w = _data((3, 4, 5, 5, 8), seed=1)
 
-    def total(norm):
-        def f(x, scale, bias, w):
-            per = jax.vmap(lambda xi, wi: _loss(lambda a, s, b: norm(a, s, b))(xi, scale, bias, wi), axis_name="d")
-            return jnp.sum(per(x, w))
-        return f
+  def total(norm):
+    def f(x, scale, bias, w):
+      per = jax.vmap(lambda xi, wi: _loss(norm)(xi, scale, bias, wi), axis_name='d')
+      return jnp.sum(per(x, w))
 
-    custom = total(lambda a, s, b: batch_norm_train(a, s, b, EPS, "d")[0])
-    auto = total(lambda a, s, b: _bn_forward(a, s, b, EPS, "d")[0])
-    gc = jax.grad(custom, argnums=(0, 1, 2))(x, scale, bias, w)
-    ga = jax.grad(auto, argnums=(0, 1, 2))(x, scale, bias, w)
-    for c, a in zip(gc, ga):
-        np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
-    # Not the same as normalising each device on its own: the test can tell the two apart.
-    local = total(lambda a, s, b: _bn_forward(a, s, b, EPS, None)[0])
-    assert not np.allclose(jax.grad(local)(x, scale, bias, w), gc[0], rtol=1e-3)
+    return f
+
+  custom = total(lambda a, s, b: batch_norm_train(a, s, b, EPS, 'd')[0])
+  auto = total(lambda a, s, b: _bn_forward(a, s, b, EPS, 'd')[0])
+  gc = jax.grad(custom, argnums=(0, 1, 2))(x, scale, bias, w)
+  ga = jax.grad(auto, argnums=(0, 1, 2))(x, scale, bias, w)
+  for c, a in zip(gc, ga):
+    np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+  # Not the same as normalising each device on its own: the test can tell the two apart.
+  local = total(lambda a, s, b: _bn_forward(a, s, b, EPS, None)[0])
+  assert not np.allclose(jax.grad(local)(x, scale, bias, w), gc[0], rtol=1e-3)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_module_paths_agree_on_outputs_statistics_and_gradients(dtype):
-    x, _, _, w = _data((4, 6, 6, 8), seed=2)
-    x = x.astype(dtype)
-    results = []
-    for custom in (True, False):
-        bn = BatchNorm(custom_grad=custom, dtype=dtype)
-        v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
-        v = {"params": jax.tree.map(lambda p: p * 1.5 + 0.25, v["params"]), "batch_stats": v["batch_stats"]}
+  x, _, _, w = _data((4, 6, 6, 8), seed=2)
+  x = x.astype(dtype)
+  results = []
+  for custom in (True, False):
+    bn = BatchNorm(custom_grad=custom, dtype=dtype)
+    v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+    v = {
+      'params': jax.tree.map(lambda p: p * 1.5 + 0.25, v['params']),
+      'batch_stats': v['batch_stats'],
+    }
 
-        def loss(params):
-            y, upd = bn.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                              use_running_average=False, mutable=["batch_stats"])
-            return jnp.sum(y.astype(jnp.float32) * w), (y, upd["batch_stats"])
+    def loss(params, bn=bn, v=v):
+      y, upd = bn.apply(
+        {'params': params, 'batch_stats': v['batch_stats']},
+        x,
+        use_running_average=False,
+        mutable=['batch_stats'],
+      )
+      return jnp.sum(y.astype(jnp.float32) * w), (y, upd['batch_stats'])
 
-        (l, (y, stats)), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-        gx = jax.grad(lambda xx: jnp.sum(bn.apply(v, xx, use_running_average=False, mutable=["batch_stats"])[0]
-                                         .astype(jnp.float32) * w))(x)
-        results.append((y, stats, g, gx))
-    (y1, s1, g1, gx1), (y2, s2, g2, gx2) = results
-    np.testing.assert_array_equal(np.asarray(y1, np.float32), np.asarray(y2, np.float32))
-    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
-        np.testing.assert_array_equal(a, b)
-    tol = 1e-4 if dtype == jnp.float32 else 2e-2
-    for a, b in zip(jax.tree.leaves(g1) + [gx1], jax.tree.leaves(g2) + [gx2]):
-        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b)))
-    assert gx1.dtype == dtype
+    (_, (y, stats)), g = jax.value_and_grad(loss, has_aux=True)(v['params'])
+    gx = jax.grad(
+      lambda xx, bn=bn, v=v: jnp.sum(
+        bn.apply(v, xx, use_running_average=False, mutable=['batch_stats'])[0].astype(jnp.float32)
+        * w
+      )
+    )(x)
+    results.append((y, stats, g, gx))
+  (y1, s1, g1, gx1), (y2, s2, g2, gx2) = results
+  np.testing.assert_array_equal(np.asarray(y1, np.float32), np.asarray(y2, np.float32))
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+    np.testing.assert_array_equal(a, b)
+  tol = 1e-4 if dtype == jnp.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(g1) + [gx1], jax.tree.leaves(g2) + [gx2]):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b)))
+  assert gx1.dtype == dtype

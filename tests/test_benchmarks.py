@@ -11,140 +11,192 @@ from benchmarks import run, timing
 
 
 def _side(seconds, items, compile_s=1.0):
-    s = timing.summarize(seconds, items)
-    s["compile_seconds"] = compile_s
-    return s
+  s = timing.summarize(seconds, items)
+  s['compile_seconds'] = compile_s
+  return s
 
 
 def _report():
-    results = {
-        "train": {
-            "zennet_m_sa": {"batch": 8, "resolution": 224, "sides": {
-                "jax_float32": _side([2.0, 2.0, 1.0, 3.0, 2.0], 8),      # median 2 s -> 4 img/s
-                "torch_eager": _side([4.0, 5.0, 4.0, 3.0, 4.0], 8),      # median 4 s -> 2 img/s
-            }},
-            "zennet_r_sa": {"batch": 8, "resolution": 224, "sides": {
-                "jax_float32": _side([1.0] * 5, 8),                      # 8 img/s
-                "jax_bfloat16": _side([0.5] * 5, 8),                     # 16 img/s
-                "torch_eager": _side([2.0] * 5, 8),                      # 4 img/s
-                "torch_compile": _side([1.0] * 5, 8),                    # 8 img/s
-            }},
+  results = {
+    'train': {
+      'zennet_m_sa': {
+        'batch': 8,
+        'resolution': 224,
+        'sides': {
+          'jax_float32': _side([2.0, 2.0, 1.0, 3.0, 2.0], 8),  # median 2 s -> 4 img/s
+          'torch_eager': _side([4.0, 5.0, 4.0, 3.0, 4.0], 8),  # median 4 s -> 2 img/s
         },
-        "infer_b1": {
-            "zennet_m_sa": {"batch": 1, "resolution": 224, "sides": {
-                "jax_float32": _side([0.04] * 5, 4),                     # 10 ms/image
-                "torch_eager": _side([0.08] * 5, 4),                     # 20 ms/image
-            }},
+      },
+      'zennet_r_sa': {
+        'batch': 8,
+        'resolution': 224,
+        'sides': {
+          'jax_float32': _side([1.0] * 5, 8),  # 8 img/s
+          'jax_bfloat16': _side([0.5] * 5, 8),  # 16 img/s
+          'torch_eager': _side([2.0] * 5, 8),  # 4 img/s
+          'torch_compile': _side([1.0] * 5, 8),  # 8 img/s
         },
-        "zen_search": {"unit": "candidates/s", "sides": {
-            "jax": timing.summarize([10.0] * 5, 30),                     # 3 cand/s
-            "torch": timing.summarize([10.0] * 5, 10),                   # 1 cand/s
-        }},
-        "input_pipeline": {"images_per_s": 123.4},
-    }
-    return {
-        "results": results, "settings": {"reps": 5, "threads": 2}, "machine": {"cpu_model": "x", "cpus_available": 2},
-        "device_name": "CPU x2", "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0],
-        "versions": {"jax": "0"}, "command": "python -m benchmarks.run",
-    }
+      },
+    },
+    'infer_b1': {
+      'zennet_m_sa': {
+        'batch': 1,
+        'resolution': 224,
+        'sides': {
+          'jax_float32': _side([0.04] * 5, 4),  # 10 ms/image
+          'torch_eager': _side([0.08] * 5, 4),  # 20 ms/image
+        },
+      },
+    },
+    'zen_search': {
+      'unit': 'candidates/s',
+      'sides': {
+        'jax': timing.summarize([10.0] * 5, 30),  # 3 cand/s
+        'torch': timing.summarize([10.0] * 5, 10),  # 1 cand/s
+      },
+    },
+    'input_pipeline': {'images_per_s': 123.4},
+  }
+  return {
+    'results': results,
+    'settings': {'reps': 5, 'threads': 2},
+    'machine': {'cpu_model': 'x', 'cpus_available': 2},
+    'device_name': 'CPU x2',
+    'loadavg_start': [1.0, 1.0, 1.0],
+    'loadavg_end': [2.0, 2.0, 2.0],
+    'versions': {'jax': '0'},
+    'command': 'python -m benchmarks.run',
+  }
 
 
 def test_summarize_median_min_max_and_rates():
-    s = timing.summarize([3.0, 1.0, 2.0, 5.0, 4.0], items=10)
-    assert (s["reps"], s["seconds_median"], s["seconds_min"], s["seconds_max"]) == (5, 3.0, 1.0, 5.0)
-    assert s["rate_median"] == pytest.approx(10 / 3)
-    assert s["rate_min"] == pytest.approx(2.0) and s["rate_max"] == pytest.approx(10.0)
-    with pytest.raises(ValueError):
-        timing.summarize([], 1)
+  s = timing.summarize([3.0, 1.0, 2.0, 5.0, 4.0], items=10)
+  assert (s['reps'], s['seconds_median'], s['seconds_min'], s['seconds_max']) == (5, 3.0, 1.0, 5.0)
+  assert s['rate_median'] == pytest.approx(10 / 3)
+  assert s['rate_min'] == pytest.approx(2.0) and s['rate_max'] == pytest.approx(10.0)
+  with pytest.raises(ValueError):
+    timing.summarize([], 1)
 
 
 def test_ratios_from_given_figures():
-    r = run.compute_ratios(_report()["results"])
-    for key in run.REQUIRED_RATIOS:
-        assert key in r
-    assert r["train_zennet_m_sa"] == pytest.approx(2.0)
-    assert r["train_zennet_r_sa"] == pytest.approx(2.0)
-    assert r["train_zennet_r_sa_bf16"] == pytest.approx(4.0)
-    assert r["train_zennet_r_sa_vs_compile"] == pytest.approx(1.0)
-    assert r["infer_b1_zennet_m_sa"] == pytest.approx(2.0)   # 20 ms / 10 ms
-    assert r["zen_search"] == pytest.approx(3.0)
-    assert "train_zennet_m_sa_bf16" not in r
+  r = run.compute_ratios(_report()['results'])
+  for key in run.REQUIRED_RATIOS:
+    assert key in r
+  assert r['train_zennet_m_sa'] == pytest.approx(2.0)
+  assert r['train_zennet_r_sa'] == pytest.approx(2.0)
+  assert r['train_zennet_r_sa_bf16'] == pytest.approx(4.0)
+  assert r['train_zennet_r_sa_vs_compile'] == pytest.approx(1.0)
+  assert r['infer_b1_zennet_m_sa'] == pytest.approx(2.0)  # 20 ms / 10 ms
+  assert r['zen_search'] == pytest.approx(3.0)
+  assert 'train_zennet_m_sa_bf16' not in r
 
 
 def test_missing_figures_give_none_not_errors():
-    r = run.compute_ratios({"train": {"zennet_m_sa": {"sides": {
-        "jax_float32": _side([1.0] * 5, 8), "torch_eager": {"status": "failed", "error": "x"}}}}})
-    assert r["train_zennet_m_sa"] is None
-    assert r["zen_search"] is None and r["train_zennet_r_sa"] is None and r["infer_b1_zennet_m_sa"] is None
+  r = run.compute_ratios(
+    {
+      'train': {
+        'zennet_m_sa': {
+          'sides': {
+            'jax_float32': _side([1.0] * 5, 8),
+            'torch_eager': {'status': 'failed', 'error': 'x'},
+          }
+        }
+      }
+    }
+  )
+  assert r['train_zennet_m_sa'] is None
+  assert (
+    r['zen_search'] is None and r['train_zennet_r_sa'] is None and r['infer_b1_zennet_m_sa'] is None
+  )
 
 
 def test_markdown_and_json(tmp_path):
-    rep = _report()
-    rep["ratios"] = run.compute_ratios(rep["results"])
-    md = run.to_markdown(rep)
-    assert "| ZenNet-M-SA train step, 224px, batch 8 (images/s) | 4 (2.67–8) | — | 2 (1.6–2.67) | — | 2.00x |" in md
-    assert "| ZenNet-M-SA inference latency, batch 1, 224px (ms/image) | 10.0 ms (10.0–10.0) |" in md
-    assert "| Zen-score search (candidates/s) | 3 (3–3) | — | 1 (1–1) | — | 3.00x |" in md
-    assert "123" in md and "load average" in md and "Command: `python -m benchmarks.run`" in md
-    path = tmp_path / "r.json"
-    run.write(rep, str(path))
-    data = json.loads(path.read_text())
-    assert set(run.REQUIRED_RATIOS) <= set(data["ratios"])
-    assert data["ratios"]["train_zennet_m_sa"] == pytest.approx(2.0)
-    assert (tmp_path / "r.md").read_text() == md
+  rep = _report()
+  rep['ratios'] = run.compute_ratios(rep['results'])
+  md = run.to_markdown(rep)
+  assert (
+    '| ZenNet-M-SA train step, 224px, batch 8 (images/s) | 4 (2.67–8) | — | 2 (1.6–2.67) | — | 2.00x |'
+    in md
+  )
+  assert '| ZenNet-M-SA inference latency, batch 1, 224px (ms/image) | 10.0 ms (10.0–10.0) |' in md
+  assert '| Zen-score search (candidates/s) | 3 (3–3) | — | 1 (1–1) | — | 3.00x |' in md
+  assert '123' in md and 'load average' in md and 'Command: `python -m benchmarks.run`' in md
+  path = tmp_path / 'r.json'
+  run.write(rep, str(path))
+  data = json.loads(path.read_text())
+  assert set(run.REQUIRED_RATIOS) <= set(data['ratios'])
+  assert data['ratios']['train_zennet_m_sa'] == pytest.approx(2.0)
+  assert (tmp_path / 'r.md').read_text() == md
 
 
 def test_cli_defaults():
-    cfg = run.parse_args(["--quick", "--out", "x.json"])
-    assert cfg.reps == 3 and cfg.resolution == 64 and cfg.jax_dtypes == ("float32",) and not cfg.torch_compile
-    cfg = run.parse_args(["--device", "gpu"])
-    assert cfg.reps >= timing.MIN_REPS and cfg.jax_dtypes == ("float32", "bfloat16") and cfg.torch_compile
-    assert cfg.infer_batch == 256 and cfg.resolution == 224
-    with pytest.raises(SystemExit):
-        run.parse_args(["--reps", "3"])
+  cfg = run.parse_args(['--quick', '--out', 'x.json'])
+  assert (
+    cfg.reps == 3
+    and cfg.resolution == 64
+    and cfg.jax_dtypes == ('float32',)
+    and not cfg.torch_compile
+  )
+  cfg = run.parse_args(['--device', 'gpu'])
+  assert (
+    cfg.reps >= timing.MIN_REPS and cfg.jax_dtypes == ('float32', 'bfloat16') and cfg.torch_compile
+  )
+  assert cfg.infer_batch == 256 and cfg.resolution == 224
+  with pytest.raises(SystemExit):
+    run.parse_args(['--reps', '3'])
 
 
 def test_alternation_reverses_order_each_rep():
-    calls = []
-    timing.time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+  calls = []
+  timing.time_alternating(
+    {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, reps=3, warmup=1
+  )
+  assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
 
 
 def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path):
-    first, second = _report(), _report()
-    first["results"] = {"train": first["results"]["train"]}
-    first["skipped"] = ["infer_b1/zennet_m_sa", "zen_search", "infer_bn/zennet_m_sa"]
-    second["results"] = {k: v for k, v in second["results"].items() if k in ("infer_b1", "zen_search")}
-    second["command"] = "python -m benchmarks.run --sections infer_b1,zen_search"
-    merged = run.merge_reports([first, second])
-    assert set(merged["results"]) == {"train", "infer_b1", "zen_search"}
-    assert merged["skipped"] == ["infer_bn/zennet_m_sa"]
-    assert merged["ratios"]["train_zennet_m_sa"] == pytest.approx(2.0)
-    assert merged["ratios"]["infer_b1_zennet_m_sa"] == pytest.approx(2.0)
-    assert merged["ratios"]["zen_search"] == pytest.approx(3.0)
-    assert [r["command"] for r in merged["runs"]] == [first["command"], second["command"]]
-    paths = []
-    for i, rep in enumerate((first, second)):
-        paths.append(str(tmp_path / f"r{i}.json"))
-        run.write(rep, paths[-1])
-    out = run.main(["--merge", *paths, "--out", str(tmp_path / "m.json")])
-    assert json.loads((tmp_path / "m.json").read_text())["ratios"] == out["ratios"]
-    other = _report()
-    other["device_name"] = "GPU"
-    with pytest.raises(ValueError, match="different devices"):
-        run.merge_reports([first, other])
+  first, second = _report(), _report()
+  first['results'] = {'train': first['results']['train']}
+  first['skipped'] = ['infer_b1/zennet_m_sa', 'zen_search', 'infer_bn/zennet_m_sa']
+  second['results'] = {
+    k: v for k, v in second['results'].items() if k in ('infer_b1', 'zen_search')
+  }
+  second['command'] = 'python -m benchmarks.run --sections infer_b1,zen_search'
+  merged = run.merge_reports([first, second])
+  assert set(merged['results']) == {'train', 'infer_b1', 'zen_search'}
+  assert merged['skipped'] == ['infer_bn/zennet_m_sa']
+  assert merged['ratios']['train_zennet_m_sa'] == pytest.approx(2.0)
+  assert merged['ratios']['infer_b1_zennet_m_sa'] == pytest.approx(2.0)
+  assert merged['ratios']['zen_search'] == pytest.approx(3.0)
+  assert [r['command'] for r in merged['runs']] == [first['command'], second['command']]
+  paths = []
+  for i, rep in enumerate((first, second)):
+    paths.append(str(tmp_path / f'r{i}.json'))
+    run.write(rep, paths[-1])
+  out = run.main(['--merge', *paths, '--out', str(tmp_path / 'm.json')])
+  assert json.loads((tmp_path / 'm.json').read_text())['ratios'] == out['ratios']
+  other = _report()
+  other['device_name'] = 'GPU'
+  with pytest.raises(ValueError, match='different devices'):
+    run.merge_reports([first, other])
 
 
 def test_markdown_names_later_pass_figures_and_time_limited_search_sides():
-    rep = _report()
-    side = dict(_side([2.0] * 5, 16), note="later pass", torch_eager_same_pass=3.5)
-    rep["results"]["train"]["zennet_m_sa"]["sides"]["jax_bfloat16"] = side
-    zs = rep["results"]["zen_search"]
-    zs.update(iterations=100, resolution=224, max_seconds_per_side=75)
-    zs["sides"]["jax"].update(stopped_by_time_limit=True, iterations=12)
-    rep["ratios"] = run.compute_ratios(rep["results"])
-    md = run.to_markdown(rep)
-    assert "Timed in a later pass, after the headline rows: zennet_m_sa: jax_bfloat16 (PyTorch eager in that pass 3.5 images/s)." in md
-    assert "100 iterations at 224px, compile incl., 1 run; JAX stopped by the 75 s limit at iteration 12)" in md
-    assert rep["ratios"]["train_zennet_m_sa_bf16"] == pytest.approx(4.0)  # 8 img/s against 2
-    assert rep["ratios"]["zen_search"] == pytest.approx(3.0)
+  rep = _report()
+  side = dict(_side([2.0] * 5, 16), note='later pass', torch_eager_same_pass=3.5)
+  rep['results']['train']['zennet_m_sa']['sides']['jax_bfloat16'] = side
+  zs = rep['results']['zen_search']
+  zs.update(iterations=100, resolution=224, max_seconds_per_side=75)
+  zs['sides']['jax'].update(stopped_by_time_limit=True, iterations=12)
+  rep['ratios'] = run.compute_ratios(rep['results'])
+  md = run.to_markdown(rep)
+  assert (
+    'Timed in a later pass, after the headline rows: zennet_m_sa: jax_bfloat16 (PyTorch eager in that pass 3.5 images/s).'
+    in md
+  )
+  assert (
+    '100 iterations at 224px, compile incl., 1 run; JAX stopped by the 75 s limit at iteration 12)'
+    in md
+  )
+  assert rep['ratios']['train_zennet_m_sa_bf16'] == pytest.approx(4.0)  # 8 img/s against 2
+  assert rep['ratios']['zen_search'] == pytest.approx(3.0)

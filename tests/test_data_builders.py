@@ -33,10 +33,19 @@ def rafdb(tmp_path_factory):
 
 def test_rafdb_counts_labels_and_names(rafdb):
   info, data_dir, expected = rafdb
-  assert info.class_names == ['surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger',
-                              'neutral']
-  assert info.split_sizes == {'train': sum(fx.RAFDB_GOOD['train']),
-                              'test': sum(fx.RAFDB_GOOD['test'])}
+  assert info.class_names == [
+    'surprise',
+    'fear',
+    'disgust',
+    'happiness',
+    'sadness',
+    'anger',
+    'neutral',
+  ]
+  assert info.split_sizes == {
+    'train': sum(fx.RAFDB_GOOD['train']),
+    'test': sum(fx.RAFDB_GOOD['test']),
+  }
   for split in ('train', 'test'):
     exs = _examples('rafdb', data_dir, split)
     names = [e['file_name'].decode() for e in exs]
@@ -110,7 +119,7 @@ def test_affectnet_drops_codes_outside_config(affectnet_manual, tmp_path, config
     assert collections.Counter(labels) == want
     assert info.split_sizes[split] == sum(want.values())
   assert info.skipped == 4  # A truncated image and a missing one in each csv.
-  meta = json.loads(pathlib.Path(info.data_path, "metadata.json").read_text())
+  meta = json.loads(pathlib.Path(info.data_path, 'metadata.json').read_text())
   dropped = sum(meta['dropped'].values())
   total = len(fx.AFFECTNET_CODES['train']) + len(fx.AFFECTNET_CODES['test'])
   assert dropped == total - sum(info.split_sizes.values())
@@ -131,8 +140,9 @@ def test_affectnet_face_crop(affectnet_manual, tmp_path):
 def test_folders_class_order_is_the_given_one(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   classes = ['sad', 'happy', 'angry']  # Not alphabetical on purpose.
-  info = data.prepare('folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'),
-                      classes=classes)
+  info = data.prepare(
+    'folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes=classes
+  )
   assert info.class_names == classes
   assert info.split_sizes == {'train': 11, 'test': 5}
   assert info.skipped == 3
@@ -151,8 +161,9 @@ def test_folders_class_order_is_the_given_one(tmp_path):
 def test_folders_unknown_folder_is_an_error_naming_it(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   with pytest.raises(ValueError, match="Unknown class folder.*'angry'"):
-    data.prepare('folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'),
-                 classes=['sad', 'happy'])
+    data.prepare(
+      'folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes=['sad', 'happy']
+    )
   with pytest.raises(ValueError, match='class list'):
     data.prepare('folders', str(tmp_path / 'd2'), manual_dir=str(tmp_path / 'm'))
 
@@ -187,11 +198,20 @@ def test_datasets_are_registered_with_tfds():
 def test_prepare_cli(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   out = subprocess.run(
-      [sys.executable, '-m', 'zenfer_jax.data.prepare', '--dataset=folders',
-       f'--manual_dir={tmp_path / "m"}', f'--data_dir={tmp_path / "d"}',
-       '--folders.classes=sad,happy,angry'],
-      capture_output=True, text=True, timeout=120,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    [
+      sys.executable,
+      '-m',
+      'zenfer_jax.data.prepare',
+      '--dataset=folders',
+      f'--manual_dir={tmp_path / "m"}',
+      f'--data_dir={tmp_path / "d"}',
+      '--folders.classes=sad,happy,angry',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert "'train': 11" in out.stdout and "'test': 5" in out.stdout and '3 skipped' in out.stdout
   assert (tmp_path / 'd' / 'folders' / 'default' / '1.0.0' / 'prepare_report.txt').exists()

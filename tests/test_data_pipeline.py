@@ -40,8 +40,11 @@ def multiset(images):
 
 def test_eval_pads_and_masks_every_example_exactly_once(digits_dir, digit_images):
   imgs, labels, split = digit_images
-  batches = list(pipeline.eval_dataset('digits', digits_dir, image_size=8, per_device_batch=7,
-                                       num_local_devices=2, recipe='none'))
+  batches = list(
+    pipeline.eval_dataset(
+      'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+    )
+  )
   assert len(batches) == 26  # ceil(360 / 14)
   for b in batches:
     assert b['image'].shape == (2, 7, 8, 8, 3) and b['image'].dtype == np.float32
@@ -54,19 +57,36 @@ def test_eval_pads_and_masks_every_example_exactly_once(digits_dir, digit_images
   assert (image[~mask] == 0).all()
   got = to_uint8(image[mask])
   assert multiset(got) == multiset(imgs[split == 'test'])
-  want_label = {im.tobytes(): l for im, l in zip(imgs[split == 'test'], labels[split == 'test'])}
-  assert all(want_label[g.tobytes()] == l for g, l in zip(got, label[mask]))
+  want_label = {
+    im.tobytes(): lab for im, lab in zip(imgs[split == 'test'], labels[split == 'test'])
+  }
+  assert all(want_label[g.tobytes()] == lab for g, lab in zip(got, label[mask]))
   # Iterable twice, same content.
-  again = list(pipeline.eval_dataset('digits', digits_dir, image_size=8, per_device_batch=7,
-                                     num_local_devices=2, recipe='none'))
+  again = list(
+    pipeline.eval_dataset(
+      'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+    )
+  )
   np.testing.assert_array_equal(again[3]['image'], batches[3]['image'])
 
 
 def test_eval_multi_process_same_batch_count_and_exact_cover(digits_dir, digit_images):
   imgs, _, split = digit_images
-  per_host = [list(pipeline.eval_dataset('digits', digits_dir, image_size=8, per_device_batch=16,
-                                         num_local_devices=1, recipe='none', process_index=k,
-                                         process_count=3)) for k in range(3)]
+  per_host = [
+    list(
+      pipeline.eval_dataset(
+        'digits',
+        digits_dir,
+        image_size=8,
+        per_device_batch=16,
+        num_local_devices=1,
+        recipe='none',
+        process_index=k,
+        process_count=3,
+      )
+    )
+    for k in range(3)
+  ]
   assert len({len(h) for h in per_host}) == 1
   got = []
   for host in per_host:
@@ -91,17 +111,26 @@ def test_train_per_process_epochs_are_disjoint_and_cover_the_split(digits_dir, d
   info = data.load('digits', digits_dir)[1]
   seen = collections.Counter()
   for k in range(2):
-    size = sum(b - a for a, b in (pipeline.host_range(a, b, k, 2)
-                                  for a, b in info.class_ranges['train']))
-    ds = pipeline.train_dataset('digits', digits_dir, image_size=8, per_device_batch=size,
-                                num_local_devices=1, seed=3, recipe='none', process_index=k,
-                                process_count=2)
+    size = sum(
+      b - a for a, b in (pipeline.host_range(a, b, k, 2) for a, b in info.class_ranges['train'])
+    )
+    ds = pipeline.train_dataset(
+      'digits',
+      digits_dir,
+      image_size=8,
+      per_device_batch=size,
+      num_local_devices=1,
+      seed=3,
+      recipe='none',
+      process_index=k,
+      process_count=2,
+    )
     batch = next(ds)  # One batch = this process's first epoch, an exact permutation.
     got = to_uint8(batch['image'][0])
     assert len(multiset(got) & seen) == 0 or sum((multiset(got) & seen).values()) <= 2
     seen.update(multiset(got))
-    want_label = {im.tobytes(): l for im, l in zip(imgs, labels)}
-    assert all(want_label[g.tobytes()] == l for g, l in zip(got, batch['label'][0]))
+    want_label = {im.tobytes(): lab for im, lab in zip(imgs, labels)}
+    assert all(want_label[g.tobytes()] == lab for g, lab in zip(got, batch['label'][0]))
     assert len(set(batch['label'][0].tolist())) == 10
   assert seen == multiset(imgs[split == 'train'])
 
@@ -136,8 +165,11 @@ def test_rafdb_train_recipe_shapes_values_and_determinism(rafdb_dir):
 
 
 def test_rafdb_eval_recipe_resizes_whole_image(rafdb_dir):
-  batches = list(pipeline.eval_dataset('rafdb', rafdb_dir, image_size=24, per_device_batch=4,
-                                       num_local_devices=1))
+  batches = list(
+    pipeline.eval_dataset(
+      'rafdb', rafdb_dir, image_size=24, per_device_batch=4, num_local_devices=1
+    )
+  )
   mask = np.concatenate([b['mask'][0] for b in batches])
   assert mask.sum() == 7 and len(mask) == 8
   for b in batches:
@@ -163,16 +195,42 @@ def _label_freq(ds, batches):
 
 def test_class_balanced_sampling(folders_dir):
   light = dataclasses.replace(pipeline.RECIPES['none'], balanced=True)
-  ds = pipeline.train_dataset('folders', folders_dir, image_size=4, per_device_batch=600,
-                              num_local_devices=2, seed=0, recipe=light)
+  ds = pipeline.train_dataset(
+    'folders',
+    folders_dir,
+    image_size=4,
+    per_device_batch=600,
+    num_local_devices=2,
+    seed=0,
+    recipe=light,
+  )
   labels = next(ds)['label']
-  np.testing.assert_allclose(np.bincount(labels.ravel(), minlength=3) / labels.size, [1 / 3] * 3,
-                             atol=0.04)  # Class sizes are 6, 2, 3.
+  np.testing.assert_allclose(
+    np.bincount(labels.ravel(), minlength=3) / labels.size, [1 / 3] * 3, atol=0.04
+  )  # Class sizes are 6, 2, 3.
   # Seeded: the same seed draws the same sequence, another seed another one.
-  same = next(pipeline.train_dataset('folders', folders_dir, image_size=4, per_device_batch=600,
-                                     num_local_devices=2, seed=0, recipe=light))['label']
-  other = next(pipeline.train_dataset('folders', folders_dir, image_size=4, per_device_batch=600,
-                                      num_local_devices=2, seed=1, recipe=light))['label']
+  same = next(
+    pipeline.train_dataset(
+      'folders',
+      folders_dir,
+      image_size=4,
+      per_device_batch=600,
+      num_local_devices=2,
+      seed=0,
+      recipe=light,
+    )
+  )['label']
+  other = next(
+    pipeline.train_dataset(
+      'folders',
+      folders_dir,
+      image_size=4,
+      per_device_batch=600,
+      num_local_devices=2,
+      seed=1,
+      recipe=light,
+    )
+  )['label']
   np.testing.assert_array_equal(labels, same)
   assert not np.array_equal(labels, other)
 
@@ -180,28 +238,55 @@ def test_class_balanced_sampling(folders_dir):
 def test_affectnet_recipe_is_balanced_with_large_erasing(folders_dir):
   r = pipeline.RECIPES['affectnet']
   assert r.balanced and r.erasing_scale == (0.4, 0.4) and r.eval_center_crop
-  x = next(pipeline.train_dataset('folders', folders_dir, image_size=16, per_device_batch=8,
-                                  num_local_devices=2, seed=0, recipe='affectnet'))
+  x = next(
+    pipeline.train_dataset(
+      'folders',
+      folders_dir,
+      image_size=16,
+      per_device_batch=8,
+      num_local_devices=2,
+      seed=0,
+      recipe='affectnet',
+    )
+  )
   assert x['image'].shape == (2, 8, 16, 16, 3) and np.isfinite(x['image']).all()
   assert ((x['label'] >= 0) & (x['label'] < 3)).all()
 
 
 def test_plain_sampling_follows_class_sizes(folders_dir):
   # A buffer smaller than the split mixes class streams in proportion to their sizes.
-  ds = pipeline.train_dataset('folders', folders_dir, image_size=8, per_device_batch=100,
-                              num_local_devices=2, seed=0, recipe='none', shuffle_buffer=4)
+  ds = pipeline.train_dataset(
+    'folders',
+    folders_dir,
+    image_size=8,
+    per_device_batch=100,
+    num_local_devices=2,
+    seed=0,
+    recipe='none',
+    shuffle_buffer=4,
+  )
   np.testing.assert_allclose(_label_freq(ds, 4), np.array([6, 2, 3]) / 11, atol=0.05)
   # A buffer holding the split gives exact epochs: every 11 draws are a permutation.
-  ds = pipeline.train_dataset('folders', folders_dir, image_size=8, per_device_batch=11,
-                              num_local_devices=1, seed=0, recipe='none')
+  ds = pipeline.train_dataset(
+    'folders',
+    folders_dir,
+    image_size=8,
+    per_device_batch=11,
+    num_local_devices=1,
+    seed=0,
+    recipe='none',
+  )
   for _ in range(3):
     labels = next(ds)['label'][0]
     assert np.bincount(labels, minlength=3).tolist() == [6, 2, 3]
 
 
 def test_folders_eval_and_images_match_labels(folders_dir):
-  batches = list(pipeline.eval_dataset('folders', folders_dir, image_size=16, per_device_batch=2,
-                                       num_local_devices=2, recipe='none'))
+  batches = list(
+    pipeline.eval_dataset(
+      'folders', folders_dir, image_size=16, per_device_batch=2, num_local_devices=2, recipe='none'
+    )
+  )
   mask = np.concatenate([b['mask'].reshape(-1) for b in batches])
   assert mask.sum() == 5 and len(mask) == 8
   for b in batches:
@@ -239,11 +324,25 @@ def test_preprocess_for_eval_single_images():
 
 def test_errors_name_the_problem(tmp_path, digits_dir):
   with pytest.raises(FileNotFoundError, match='not prepared.*zenfer_jax.data.prepare'):
-    pipeline.eval_dataset('rafdb', str(tmp_path), image_size=8, per_device_batch=1,
-                          num_local_devices=1)
+    pipeline.eval_dataset(
+      'rafdb', str(tmp_path), image_size=8, per_device_batch=1, num_local_devices=1
+    )
   with pytest.raises(ValueError, match="no split 'validation'"):
-    pipeline.eval_dataset('digits', digits_dir, split='validation', image_size=8,
-                          per_device_batch=1, num_local_devices=1)
+    pipeline.eval_dataset(
+      'digits',
+      digits_dir,
+      split='validation',
+      image_size=8,
+      per_device_batch=1,
+      num_local_devices=1,
+    )
   with pytest.raises(ValueError, match='Unknown recipe'):
-    pipeline.train_dataset('digits', digits_dir, image_size=8, per_device_batch=1,
-                           num_local_devices=1, seed=0, recipe='imagenet')
+    pipeline.train_dataset(
+      'digits',
+      digits_dir,
+      image_size=8,
+      per_device_batch=1,
+      num_local_devices=1,
+      seed=0,
+      recipe='imagenet',
+    )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
-
 from train_fixtures import TINY
+
 from zenfer_jax import checkpoint_io, evaluate, models, predict
 
 CLASSES = [str(d) for d in range(10)]
@@ -19,6 +18,7 @@ CLASSES = [str(d) for d in range(10)]
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
   from zenfer_jax import data
+
   path = tmp_path_factory.mktemp('tfds')
   data.prepare('digits', str(path))
   return path
@@ -29,10 +29,14 @@ def model_dir(tmp_path_factory):
   """A freshly initialised tiny model, with a random classifier so predictions vary."""
   model = models.build_model(TINY, 10, use_sa=True)
   variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(1), 16))
-  variables['params']['fc']['kernel'] = np.random.default_rng(0).normal(
-      size=variables['params']['fc']['kernel'].shape).astype(np.float32)
-  card = checkpoint_io.make_card(TINY, 10, use_sa=True, class_names=CLASSES, image_size=16,
-                                 recipe='digits', source='test')
+  variables['params']['fc']['kernel'] = (
+    np.random.default_rng(0)
+    .normal(size=variables['params']['fc']['kernel'].shape)
+    .astype(np.float32)
+  )
+  card = checkpoint_io.make_card(
+    TINY, 10, use_sa=True, class_names=CLASSES, image_size=16, recipe='digits', source='test'
+  )
   path = tmp_path_factory.mktemp('models') / 'tiny'
   checkpoint_io.save_model_dir(str(path), variables, card)
   return path
@@ -42,9 +46,11 @@ def model_dir(tmp_path_factory):
 def test_images(tmp_path_factory):
   """The first 6 test-split digits as PNG files, in the order the eval pipeline reads them."""
   from zenfer_jax.data.builders import digits
+
   imgs, labels = digits.digit_images()
-  idx = sorted((i for i in range(len(labels)) if digits.split_of(i) == 'test'),
-               key=lambda i: (labels[i], i))[:6]
+  idx = sorted(
+    (i for i in range(len(labels)) if digits.split_of(i) == 'test'), key=lambda i: (labels[i], i)
+  )[:6]
   out = tmp_path_factory.mktemp('images')
   paths = []
   for n, i in enumerate(idx):
@@ -56,11 +62,31 @@ def test_images(tmp_path_factory):
 
 def test_evaluate_writes_metrics_and_confusion_matrix(model_dir, digits_dir, tmp_path):
   out = tmp_path / 'eval'
-  assert evaluate.main(['--checkpoint', str(model_dir), '--dataset', 'digits', '--data_dir',
-                        str(digits_dir), '--split', 'test', '--output_dir', str(out)]) == 0
+  assert (
+    evaluate.main(
+      [
+        '--checkpoint',
+        str(model_dir),
+        '--dataset',
+        'digits',
+        '--data_dir',
+        str(digits_dir),
+        '--split',
+        'test',
+        '--output_dir',
+        str(out),
+      ]
+    )
+    == 0
+  )
   m = json.loads((out / 'metrics.json').read_text())
-  assert {'top1', 'mean_class_accuracy', 'per_class_accuracy', 'confusion_matrix',
-          'class_names'} <= set(m)
+  assert {
+    'top1',
+    'mean_class_accuracy',
+    'per_class_accuracy',
+    'confusion_matrix',
+    'class_names',
+  } <= set(m)
   cm = np.array(m['confusion_matrix'])
   assert cm.shape == (10, 10) and cm.sum() == 360 and m['class_names'] == CLASSES
   assert m['top1'] == pytest.approx(np.trace(cm) / 360)
@@ -78,17 +104,36 @@ def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tm
   card = checkpoint_io.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
   checkpoint_io.save_model_dir(str(tmp_path / 'three'), variables, card)
   with pytest.raises(ValueError, match='3 classes, digits has 10'):
-    evaluate.main(['--checkpoint', str(tmp_path / 'three'), '--dataset', 'digits',
-                   '--data_dir', str(digits_dir)])
+    evaluate.main(
+      [
+        '--checkpoint',
+        str(tmp_path / 'three'),
+        '--dataset',
+        'digits',
+        '--data_dir',
+        str(digits_dir),
+      ]
+    )
   with pytest.raises(SystemExit, match='--dataset'):
     evaluate.main(['--checkpoint', str(model_dir)])
 
 
 def test_predict_preprocesses_as_evaluation_does(model_dir, digits_dir, test_images):
   from zenfer_jax import data
-  batch = next(iter(data.pipeline.eval_dataset(
-      'digits', str(digits_dir), split='test', image_size=16, per_device_batch=6,
-      num_local_devices=1, recipe='digits')))
+
+  batch = next(
+    iter(
+      data.pipeline.eval_dataset(
+        'digits',
+        str(digits_dir),
+        split='test',
+        image_size=16,
+        per_device_batch=6,
+        num_local_devices=1,
+        recipe='digits',
+      )
+    )
+  )
   variables, card = checkpoint_io.load_model_dir(str(model_dir))
   model = checkpoint_io.build_from_card(card)
   expected = np.asarray(jax.nn.softmax(model.apply(variables, batch['image'][0], train=False)))

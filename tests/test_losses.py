@@ -28,8 +28,12 @@ def test_mixup_mixes_images_and_targets_with_one_lambda():
   mixed_x, mixed_t = losses.mixup(lam_key, perm_key, images, targets, 0.2)
   lam = float(jax.random.beta(lam_key, 0.2, 0.2))
   perm = np.asarray(jax.random.permutation(perm_key, 4))
-  np.testing.assert_allclose(mixed_x, lam * images + (1 - lam) * np.asarray(images)[perm], rtol=1e-5)
-  np.testing.assert_allclose(mixed_t, lam * targets + (1 - lam) * np.asarray(targets)[perm], rtol=1e-5)
+  np.testing.assert_allclose(
+    mixed_x, lam * images + (1 - lam) * np.asarray(images)[perm], rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    mixed_t, lam * targets + (1 - lam) * np.asarray(targets)[perm], rtol=1e-5
+  )
   np.testing.assert_allclose(np.asarray(mixed_t).sum(-1), 1.0, rtol=1e-5)
   assert 0.0 <= lam <= 1.0
 
@@ -47,7 +51,9 @@ def test_soft_cross_entropy_matches_hand_computation():
   logp = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
   expected = float(-(targets * logp).sum(-1).mean())
   assert float(losses.soft_cross_entropy(logits, targets)) == pytest.approx(expected, rel=1e-6)
-  assert float(losses.soft_cross_entropy(logits[1:], targets[1:])) == pytest.approx(np.log(3), rel=1e-6)
+  assert float(losses.soft_cross_entropy(logits[1:], targets[1:])) == pytest.approx(
+    np.log(3), rel=1e-6
+  )
 
 
 def test_soft_cross_entropy_equals_torch_reference_formula():
@@ -57,4 +63,5 @@ def test_soft_cross_entropy_equals_torch_reference_formula():
   targets = rng.dirichlet(np.ones(7), size=5).astype(np.float32)
   ref = -(torch.tensor(targets) * torch.log_softmax(torch.tensor(logits), 1)).sum(1).mean()
   assert float(losses.soft_cross_entropy(jnp.array(logits), jnp.array(targets))) == pytest.approx(
-      float(ref), rel=1e-5)
+    float(ref), rel=1e-5
+  )

@@ -41,8 +41,10 @@ def test_summary_agrees_with_sklearn():
   s = metrics.summarize(np.asarray(metrics.confusion_matrix(jnp.array(y), jnp.array(p), 5)))
   assert s['top1'] == pytest.approx(sk.accuracy_score(y, p))
   assert s['mean_class_accuracy'] == pytest.approx(sk.balanced_accuracy_score(y, p))
-  np.testing.assert_array_equal(metrics.confusion_matrix(jnp.array(y), jnp.array(p), 5),
-                                sk.confusion_matrix(y, p, labels=range(5)))
+  np.testing.assert_array_equal(
+    metrics.confusion_matrix(jnp.array(y), jnp.array(p), 5),
+    sk.confusion_matrix(y, p, labels=range(5)),
+  )
 
 
 def test_bad_inputs_are_named():

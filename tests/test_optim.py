@@ -30,27 +30,53 @@ def reference_rates(*, lr, target_lr, num_train, num_epochs, warmup_epochs, batc
   return np.array(rates)
 
 
-@pytest.mark.parametrize('num_train,batch,epochs,warmup', [(1437, 64, 6, 2), (12271, 64, 4, 1),
-                                                            (100, 32, 3, 0)])
+@pytest.mark.parametrize(
+  'num_train,batch,epochs,warmup', [(1437, 64, 6, 2), (12271, 64, 4, 1), (100, 32, 3, 0)]
+)
 def test_schedule_equals_reference_per_sample_formula(num_train, batch, epochs, warmup):
   spe = optim.steps_per_epoch(num_train, batch)
   lr = 0.1 * batch / 256
-  fn = optim.learning_rate_fn(lr=lr, target_lr=0.0, num_train=num_train, num_epochs=epochs,
-                              warmup_epochs=warmup, steps_per_epoch=spe, global_batch=batch)
+  fn = optim.learning_rate_fn(
+    lr=lr,
+    target_lr=0.0,
+    num_train=num_train,
+    num_epochs=epochs,
+    warmup_epochs=warmup,
+    steps_per_epoch=spe,
+    global_batch=batch,
+  )
   ours = np.asarray(jax.vmap(fn)(jnp.arange(spe * epochs)))
-  ref = reference_rates(lr=lr, target_lr=0.0, num_train=num_train, num_epochs=epochs,
-                        warmup_epochs=warmup, batch=batch, steps_per_epoch=spe)
+  ref = reference_rates(
+    lr=lr,
+    target_lr=0.0,
+    num_train=num_train,
+    num_epochs=epochs,
+    warmup_epochs=warmup,
+    batch=batch,
+    steps_per_epoch=spe,
+  )
   np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=1e-9)
   for s in (0, spe - 1, spe, spe * epochs - 1):
     n = optim.samples_seen(s, steps_per_epoch=spe, global_batch=batch, num_train=num_train)
     assert float(fn(s)) == pytest.approx(
-        optim.reference_lr(n, lr=lr, target_lr=0.0, num_train=num_train, num_epochs=epochs,
-                           warmup_epochs=warmup), rel=2e-5, abs=1e-9)
+      optim.reference_lr(
+        n, lr=lr, target_lr=0.0, num_train=num_train, num_epochs=epochs, warmup_epochs=warmup
+      ),
+      rel=2e-5,
+      abs=1e-9,
+    )
 
 
 def test_schedule_shape_warmup_peak_and_end():
-  fn = optim.learning_rate_fn(lr=0.025, target_lr=0.0, num_train=640, num_epochs=10,
-                              warmup_epochs=2, steps_per_epoch=10, global_batch=64)
+  fn = optim.learning_rate_fn(
+    lr=0.025,
+    target_lr=0.0,
+    num_train=640,
+    num_epochs=10,
+    warmup_epochs=2,
+    steps_per_epoch=10,
+    global_batch=64,
+  )
   rates = np.asarray(jax.vmap(fn)(jnp.arange(100)))
   assert np.all(np.diff(rates[:19]) > 0)  # Linear warmup.
   assert rates[19] == pytest.approx(0.025, rel=1e-3)
@@ -77,8 +103,9 @@ def test_weight_decay_mask_selects_conv_and_linear_kernels_only():
 
 
 def _config(**kw):
-  c = ml_collections.ConfigDict({'weight_decay': 5e-4, 'momentum': 0.9, 'nesterov': True,
-                                 'freeze_backbone': False})
+  c = ml_collections.ConfigDict(
+    {'weight_decay': 5e-4, 'momentum': 0.9, 'nesterov': True, 'freeze_backbone': False}
+  )
   c.update(kw)
   return c
 
@@ -86,13 +113,21 @@ def _config(**kw):
 def test_sgd_update_equals_torch_sgd_with_split_weight_decay():
   torch = pytest.importorskip('torch')
   rng = np.random.default_rng(0)
-  params = {'conv1': {'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32)},
-            'bn1': {'scale': rng.normal(size=(4,)).astype(np.float32),
-                    'bias': rng.normal(size=(4,)).astype(np.float32)},
-            'fc': {'kernel': rng.normal(size=(4, 3)).astype(np.float32),
-                   'bias': rng.normal(size=(3,)).astype(np.float32)}}
-  grads = [jax.tree_util.tree_map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-           for _ in range(4)]
+  params = {
+    'conv1': {'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32)},
+    'bn1': {
+      'scale': rng.normal(size=(4,)).astype(np.float32),
+      'bias': rng.normal(size=(4,)).astype(np.float32),
+    },
+    'fc': {
+      'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+      'bias': rng.normal(size=(3,)).astype(np.float32),
+    },
+  }
+  grads = [
+    jax.tree_util.tree_map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    for _ in range(4)
+  ]
   rates = [0.01, 0.02, 0.03, 0.025]
   tx = optim.make_optimizer(_config(), params, lambda step: jnp.asarray(rates)[step])
   state, p = tx.init(params), jax.tree_util.tree_map(jnp.asarray, params)
@@ -100,12 +135,20 @@ def test_sgd_update_equals_torch_sgd_with_split_weight_decay():
     updates, state = tx.update(g, state, p)
     p = jax.tree_util.tree_map(lambda a, u: a + u, p, updates)
 
-  flat = {f'{m}/{n}': torch.tensor(v.copy(), requires_grad=True)
-          for m, d in params.items() for n, v in d.items()}
+  flat = {
+    f'{m}/{n}': torch.tensor(v.copy(), requires_grad=True)
+    for m, d in params.items()
+    for n, v in d.items()
+  }
   decay = [flat['conv1/kernel'], flat['fc/kernel']]
   no_decay = [t for k, t in flat.items() if not k.endswith('kernel')]
-  opt = torch.optim.SGD([dict(params=decay), dict(params=no_decay, weight_decay=0)], lr=rates[0],
-                        momentum=0.9, weight_decay=5e-4, nesterov=True)
+  opt = torch.optim.SGD(
+    [dict(params=decay), dict(params=no_decay, weight_decay=0)],
+    lr=rates[0],
+    momentum=0.9,
+    weight_decay=5e-4,
+    nesterov=True,
+  )
   for g, lr in zip(grads, rates):
     for group in opt.param_groups:
       group['lr'] = lr

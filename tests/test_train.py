@@ -9,27 +9,37 @@ import subprocess
 import sys
 
 import chex
-import ml_collections
 import numpy as np
 import pytest
-
 from train_fixtures import REPO, TINY, flat, latest_state, subprocess_env, tiny_config
+
 from zenfer_jax import config_validation, steps, train
 from zenfer_jax import workdir as wd
 
-CONFIGS = ['default', 'rafdb_m', 'rafdb_r', 'affectnet7_m', 'affectnet7_r', 'affectnet8_m',
-           'affectnet8_r', 'folders', 'demo']
+CONFIGS = [
+  'default',
+  'rafdb_m',
+  'rafdb_r',
+  'affectnet7_m',
+  'affectnet7_r',
+  'affectnet8_m',
+  'affectnet8_r',
+  'folders',
+  'demo',
+]
 
 
 def _load(name):
   sys.path.insert(0, str(REPO))
   import importlib
+
   return importlib.import_module(f'configs.{name}').get_config()
 
 
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
   from zenfer_jax import data
+
   path = tmp_path_factory.mktemp('tfds')
   data.prepare('digits', str(path))
   return path
@@ -51,16 +61,32 @@ def test_every_config_validates_and_documents_its_run(name):
 def test_published_recipe_values():
   c = _load('rafdb_m')
   assert (c.num_epochs, c.warmup_epochs, c.batch_size, c.lr_per_256, c.target_lr_per_256) == (
-      400, 5, 64, 0.1, 0.0)
+    400,
+    5,
+    64,
+    0.1,
+    0.0,
+  )
   assert (c.momentum, c.nesterov, c.weight_decay, c.label_smoothing, c.mixup_alpha) == (
-      0.9, True, 5e-4, 0.1, 0.2)
+    0.9,
+    True,
+    5e-4,
+    0.1,
+    0.2,
+  )
   assert (c.model.bn_momentum, c.model.bn_eps, c.model.init, c.model.use_sa) == (
-      0.99, 1e-3, 'custom', True)
+    0.99,
+    1e-3,
+    'custom',
+    True,
+  )
   assert c.data.image_size == 224 and c.model.structure == 'zennet_m'
   assert _load('affectnet8_r').data.name == 'affectnet/8cls'
 
 
-@pytest.mark.parametrize('key,value,match', [
+@pytest.mark.parametrize(
+  'key,value,match',
+  [
     ('model.structure', 'SuperConvK3BNRELU(3,8', 'model.structure'),
     ('model.bn_momentum', 1.5, 'model.bn_momentum'),
     ('model.dtype', 'float64', 'model.dtype'),
@@ -75,7 +101,8 @@ def test_published_recipe_values():
     ('init_from', '/does/not/exist', 'init_from'),
     ('data.manual_dir', '/does/not/exist', 'data.manual_dir'),
     ('data.classes', 'a,b', 'data.classes'),
-])
+  ],
+)
 def test_bad_values_fail_naming_the_key(key, value, match):
   config = _load('rafdb_m')
   node = config
@@ -109,10 +136,13 @@ def test_folders_needs_its_classes():
 
 def test_unknown_key_and_bad_type_fail_at_flag_parsing():
   base = [sys.executable, '-m', 'zenfer_jax.main', '--config=configs/demo.py', '--workdir=/tmp/x']
-  for extra, match in (('--config.lerning_rate=0.1', 'lerning_rate'),
-                       ('--config.batch_size=many', 'batch_size')):
-    proc = subprocess.run(base + [extra], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=120)
+  for extra, match in (
+    ('--config.lerning_rate=0.1', 'lerning_rate'),
+    ('--config.batch_size=many', 'batch_size'),
+  ):
+    proc = subprocess.run(
+      base + [extra], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
     assert match in proc.stderr
 
@@ -135,20 +165,35 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   records = wd.read_metrics(str(workdir))
   assert [(r['epoch'], r['step']) for r in records] == [(1, 3), (2, 6)]
   for r in records:
-    assert {'epoch', 'step', 'train_loss', 'test_top1', 'test_mean_class_accuracy',
-            'per_class_accuracy'} <= set(r)
+    assert {
+      'epoch',
+      'step',
+      'train_loss',
+      'test_top1',
+      'test_mean_class_accuracy',
+      'per_class_accuracy',
+    } <= set(r)
     assert sorted(r['per_class_accuracy']) == [str(d) for d in range(10)]
     assert np.isfinite(r['train_loss']) and 0 <= r['test_top1'] <= 1
   events = glob.glob(str(workdir / 'events.out.tfevents.*'))
   import tensorflow as tf
-  tags = {v.tag for f in events for e in tf.compat.v1.train.summary_iterator(f)
-          for v in e.summary.value}
-  assert {'train/loss', 'train/learning_rate', 'train/epoch_loss', 'test/top1',
-          'test/mean_class_accuracy', 'test/accuracy/7'} <= tags
+
+  tags = {
+    v.tag for f in events for e in tf.compat.v1.train.summary_iterator(f) for v in e.summary.value
+  }
+  assert {
+    'train/loss',
+    'train/learning_rate',
+    'train/epoch_loss',
+    'test/top1',
+    'test/mean_class_accuracy',
+    'test/accuracy/7',
+  } <= tags
   assert summary['best_test_top1'] == max(r['test_top1'] for r in records)
   state, meta = latest_state(workdir)
   assert int(state['step']) == 6 and meta['book']['epoch_steps'] == 0
   from zenfer_jax import checkpoint_io
+
   variables, card = checkpoint_io.load_model_dir(str(workdir / wd.MODEL_BEST))
   assert card['structure'] == TINY and card['num_classes'] == 10 and card['image_size'] == 16
   assert card['class_names'] == [str(d) for d in range(10)] and card['recipe'] == 'digits'
@@ -156,6 +201,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
 
   # evaluate --workdir reads the run's config and its best checkpoint.
   from zenfer_jax import evaluate
+
   chex.clear_trace_counter()
   assert evaluate.main(['--workdir', str(workdir)]) == 0
   result = json.loads((workdir / 'eval_test' / 'metrics.json').read_text())
@@ -168,8 +214,14 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
 
   # Another run initialised from this one's backbone, with the backbone frozen.
   chex.clear_trace_counter()  # A new run builds new mapped steps.
-  init_cfg = tiny_config(digits_dir, init_from=str(workdir / wd.MODEL_BEST), only_backbone=True,
-                         freeze_backbone=True, num_epochs=1, warmup_epochs=0)
+  init_cfg = tiny_config(
+    digits_dir,
+    init_from=str(workdir / wd.MODEL_BEST),
+    only_backbone=True,
+    freeze_backbone=True,
+    num_epochs=1,
+    warmup_epochs=0,
+  )
   train.train_and_evaluate(init_cfg, str(tmp_path / 'finetune'))
   new_state, _ = latest_state(tmp_path / 'finetune')
   old, new = flat(variables['params']), flat(new_state['params'])
@@ -179,9 +231,11 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert any(not np.array_equal(new[k], old[k]) for k in old if k.startswith('fc/'))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir,
-                                                                     monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+  tmp_path, digits_dir, monkeypatch
+):
   from zenfer_jax import data
+
   real = data.pipeline.train_dataset
 
   def poisoned(*args, start_step=0, **kwargs):
@@ -192,7 +246,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digi
 
   monkeypatch.setattr(data.pipeline, 'train_dataset', poisoned)
   workdir = tmp_path / 'nan'
-  with pytest.raises(train.NonFiniteLossError, match='(?s)step 5.*last good checkpoint \\(step 3\\)'):
+  with pytest.raises(
+    train.NonFiniteLossError, match='(?s)step 5.*last good checkpoint \\(step 3\\)'
+  ):
     train.train_and_evaluate(tiny_config(digits_dir, num_epochs=3), str(workdir))
   state, _ = latest_state(workdir)
   assert int(state['step']) == 3
@@ -202,14 +258,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digi
 
 def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
   import data_fixtures
+
   root = tmp_path / 'faces'
-  data_fixtures.make_folders(str(root), classes=('neutral', 'smile'), train_counts=(24, 24),
-                             test_counts=(6, 6))
+  data_fixtures.make_folders(
+    str(root), classes=('neutral', 'smile'), train_counts=(24, 24), test_counts=(6, 6)
+  )
   config = _load('folders')
-  overrides = tiny_config(tmp_path / 'tfds', num_epochs=4, steps_per_epoch=4, batch_size=8,
-                          eval_batch_size=8)
-  for key in ('model', 'batch_size', 'eval_batch_size', 'num_epochs', 'warmup_epochs',
-              'steps_per_epoch', 'progress_bar', 'log_every_steps'):
+  overrides = tiny_config(
+    tmp_path / 'tfds', num_epochs=4, steps_per_epoch=4, batch_size=8, eval_batch_size=8
+  )
+  for key in (
+    'model',
+    'batch_size',
+    'eval_batch_size',
+    'num_epochs',
+    'warmup_epochs',
+    'steps_per_epoch',
+    'progress_bar',
+    'log_every_steps',
+  ):
     config[key] = overrides[key]
   config.model.bn_momentum = 0.8  # 16 steps: let the running statistics catch up.
   config.data.image_size = 16

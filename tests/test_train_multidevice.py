@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from train_fixtures import flat, latest_state, run_main
+
 from zenfer_jax import workdir as wd
 
-RUN = dict(num_epochs=2, steps_per_epoch=4, batch_size=16, eval_batch_size=32,
-           mixup_alpha=0.0, **{'model.cross_device_bn': True})
+RUN = dict(
+  num_epochs=2,
+  steps_per_epoch=4,
+  batch_size=16,
+  eval_batch_size=32,
+  mixup_alpha=0.0,
+  **{'model.cross_device_bn': True},
+)
 
 
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
   from zenfer_jax import data
+
   path = tmp_path_factory.mktemp('tfds')
   data.prepare('digits', str(path))
   return path

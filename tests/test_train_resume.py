@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import pytest
-
 from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
+
 from zenfer_jax import checkpoint_io
 from zenfer_jax import workdir as wd
 
@@ -28,6 +28,7 @@ RUN = dict(num_epochs=3, steps_per_epoch=4, checkpoint_every_steps=3, log_every_
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
   from zenfer_jax import data
+
   path = tmp_path_factory.mktemp('tfds')
   data.prepare('digits', str(path))
   return path
@@ -45,9 +46,13 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
   ref_dir, run_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
   run_main(ref_dir, digits_dir, cache_dir=cache, **RUN)
 
-  proc = subprocess.Popen(main_command(run_dir, digits_dir, **RUN), cwd=REPO,
-                          env=subprocess_env(cache_dir=cache), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    main_command(run_dir, digits_dir, **RUN),
+    cwd=REPO,
+    env=subprocess_env(cache_dir=cache),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + 300
   while not _checkpoint_steps(run_dir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)

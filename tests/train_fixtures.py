@@ -12,9 +12,15 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
 TINY_OVERRIDES = {
-    'model.structure': TINY, 'data.image_size': 16, 'batch_size': 16, 'eval_batch_size': 64,
-    'steps_per_epoch': 3, 'num_epochs': 2, 'warmup_epochs': 1, 'progress_bar': False,
-    'log_every_steps': 2,
+  'model.structure': TINY,
+  'data.image_size': 16,
+  'batch_size': 16,
+  'eval_batch_size': 64,
+  'steps_per_epoch': 3,
+  'num_epochs': 2,
+  'warmup_epochs': 1,
+  'progress_bar': False,
+  'log_every_steps': 2,
 }
 
 
@@ -22,6 +28,7 @@ def tiny_config(data_dir, **overrides):
   """The demo config shrunk to seconds: tiny model, 16x16 digits, a few steps."""
   sys.path.insert(0, str(REPO))
   from configs import demo
+
   config = demo.get_config()
   for key, value in {**TINY_OVERRIDES, 'data.data_dir': str(data_dir), **overrides}.items():
     node = config
@@ -34,8 +41,13 @@ def tiny_config(data_dir, **overrides):
 
 def main_command(workdir, data_dir, **overrides) -> list[str]:
   """`python -m zenfer_jax.main --config=configs/demo.py ...` with the tiny overrides."""
-  args = [sys.executable, '-m', 'zenfer_jax.main', f'--config={REPO / "configs" / "demo.py"}',
-          f'--workdir={workdir}']
+  args = [
+    sys.executable,
+    '-m',
+    'zenfer_jax.main',
+    f'--config={REPO / "configs" / "demo.py"}',
+    f'--workdir={workdir}',
+  ]
   for key, value in {**TINY_OVERRIDES, 'data.data_dir': str(data_dir), **overrides}.items():
     args.append(f'--config.{key}={str(value).lower() if isinstance(value, bool) else value}')
   return args
@@ -56,11 +68,17 @@ def subprocess_env(devices: int | None = None, cache_dir=None) -> dict:
   return env
 
 
-def run_main(workdir, data_dir, devices: int | None = None, timeout: int = 400, cache_dir=None,
-             **overrides):
-  proc = subprocess.run(main_command(workdir, data_dir, **overrides), cwd=REPO,
-                        env=subprocess_env(devices, cache_dir), capture_output=True, text=True,
-                        timeout=timeout)
+def run_main(
+  workdir, data_dir, devices: int | None = None, timeout: int = 400, cache_dir=None, **overrides
+):
+  proc = subprocess.run(
+    main_command(workdir, data_dir, **overrides),
+    cwd=REPO,
+    env=subprocess_env(devices, cache_dir),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   if proc.returncode != 0:
     raise AssertionError(f'training failed ({proc.returncode}):\n{proc.stderr[-6000:]}')
   return proc
@@ -68,6 +86,7 @@ def run_main(workdir, data_dir, devices: int | None = None, timeout: int = 400, 
 
 def latest_state(workdir) -> tuple[dict, dict]:
   from zenfer_jax import workdir as wd
+
   ckpts = wd.Checkpoints(str(workdir))
   try:
     return ckpts.restore_latest()

@@ -26,280 +26,390 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from torch_port import mapping
-from torch_port.checkpoint_file import CheckpointFormatError, describe_source, extract_state_dict, read_checkpoint
+from torch_port.checkpoint_file import (
+  CheckpointFormatError,
+  describe_source,
+  extract_state_dict,
+  read_checkpoint,
+)
 from zenfer_jax import checkpoint_io
 from zenfer_jax.structure import Structure, StructureError, resolve
 
 __all__ = [
-    "CheckpointMismatchError",
-    "LoadReport",
-    "convert_state_dict",
-    "load_torch_checkpoint",
-    "main",
+  'CheckpointMismatchError',
+  'LoadReport',
+  'convert_state_dict',
+  'load_torch_checkpoint',
+  'main',
 ]
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(checkpoint_io.MergeError):
-    """A checkpoint whose keys or shapes do not fit the requested model (every problem listed)."""
+  """A checkpoint whose keys or shapes do not fit the requested model (every problem listed)."""
 
-    def __init__(self, missing, unexpected, misshaped, hints: Sequence[str] = (), what: str = "checkpoint"):
-        super().__init__(missing, unexpected, misshaped, what=what, source="checkpoint")
-        self.hints = list(hints)
-        if self.hints:
-            self.args = (self.args[0] + "\n" + "\n".join(f"hint: {h}" for h in self.hints),)
+  def __init__(
+    self, missing, unexpected, misshaped, hints: Sequence[str] = (), what: str = 'checkpoint'
+  ):
+    super().__init__(missing, unexpected, misshaped, what=what, source='checkpoint')
+    self.hints = list(hints)
+    if self.hints:
+      self.args = (self.args[0] + '\n' + '\n'.join(f'hint: {h}' for h in self.hints),)
 
-    def __str__(self) -> str:
-        return self.args[0]
+  def __str__(self) -> str:
+    return self.args[0]
 
 
 @dataclasses.dataclass
 class LoadReport:
-    loaded: int = 0  # state_dict tensors converted
-    left_at_init: List[str] = dataclasses.field(default_factory=list)  # Flax paths
-    discarded: List[str] = dataclasses.field(default_factory=list)  # checkpoint keys not used
-    source: str = ""
+  loaded: int = 0  # state_dict tensors converted
+  left_at_init: list[str] = dataclasses.field(default_factory=list)  # Flax paths
+  discarded: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys not used
+  source: str = ''
 
-    def summary(self) -> str:
-        lines = [f"loaded {self.loaded} tensors"]
-        if self.left_at_init:
-            lines.append(f"left at initialisation ({len(self.left_at_init)}): " + ", ".join(self.left_at_init))
-        if self.discarded:
-            lines.append(f"discarded from the checkpoint ({len(self.discarded)}): " + ", ".join(self.discarded))
-        return "; ".join(lines)
+  def summary(self) -> str:
+    lines = [f'loaded {self.loaded} tensors']
+    if self.left_at_init:
+      lines.append(
+        f'left at initialisation ({len(self.left_at_init)}): ' + ', '.join(self.left_at_init)
+      )
+    if self.discarded:
+      lines.append(
+        f'discarded from the checkpoint ({len(self.discarded)}): ' + ', '.join(self.discarded)
+      )
+    return '; '.join(lines)
 
 
-_BLOCK_RE = re.compile(r"^module_list\.(\d+)\.")
+_BLOCK_RE = re.compile(r'^module_list\.(\d+)\.')
 
 
-def _hints(sd: Mapping, problem_keys: Sequence[str], structure: Structure, num_classes: int,
-           use_sa: bool, use_lw_att: bool) -> List[str]:
-    """Plain-language causes for the usual mismatches (flags, class count, structure)."""
-    hints = []
-    has_sa = any(k.endswith(".cweight") and not k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
-    has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
-    if has_sa and not use_sa:
-        hints.append("the checkpoint has SA blocks (...cweight keys): load it with use_sa=True / --use-sa")
-    if not has_sa and use_sa:
-        hints.append("the checkpoint has no SA blocks: load it with use_sa=False (drop --use-sa)")
-    if has_lw and not use_lw_att:
-        hints.append("the checkpoint has an lw_att head: load it with use_lw_att=True / --use-lw-att")
-    if not has_lw and use_lw_att:
-        hints.append("the checkpoint has no lw_att head: load it with use_lw_att=False (drop --use-lw-att)")
-    w = sd.get(mapping.CLASSIFIER_PREFIX + "netblock.weight")
-    if w is not None and np.ndim(w) == 2:
-        if w.shape[0] != num_classes:
-            hints.append(f"the checkpoint's classifier has {w.shape[0]} classes, not {num_classes}: pass "
-                         f"num_classes={w.shape[0]} (--num-classes {w.shape[0]}), or only_backbone=True to train a new head")
-        if w.shape[1] != structure.out_channels:
-            hints.append(f"the checkpoint's classifier reads {w.shape[1]} features but the structure ends with "
-                         f"{structure.out_channels} channels: the structure does not match this checkpoint")
-    blocks = {int(m.group(1)) for k in sd for m in [_BLOCK_RE.match(k)] if m}
-    if blocks and max(blocks) + 1 != len(structure):
-        hints.append(f"the checkpoint has {max(blocks) + 1} super-blocks (module_list.0..{max(blocks)}), the structure "
-                     f"has {len(structure)}: the structure does not match this checkpoint")
-    backbone_problem = any(_BLOCK_RE.match(k) and not _is_sa_key(k) for k in problem_keys)
-    sa_flag_wrong = has_sa != use_sa
-    if backbone_problem and not sa_flag_wrong and not any("structure" in h for h in hints):
-        hints.append("backbone keys or shapes differ: check that the structure is the one the checkpoint was trained with")
-    return hints
+def _hints(
+  sd: Mapping,
+  problem_keys: Sequence[str],
+  structure: Structure,
+  num_classes: int,
+  use_sa: bool,
+  use_lw_att: bool,
+) -> list[str]:
+  """Plain-language causes for the usual mismatches (flags, class count, structure)."""
+  hints = []
+  has_sa = any(k.endswith('.cweight') and not k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
+  has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
+  if has_sa and not use_sa:
+    hints.append(
+      'the checkpoint has SA blocks (...cweight keys): load it with use_sa=True / --use-sa'
+    )
+  if not has_sa and use_sa:
+    hints.append('the checkpoint has no SA blocks: load it with use_sa=False (drop --use-sa)')
+  if has_lw and not use_lw_att:
+    hints.append('the checkpoint has an lw_att head: load it with use_lw_att=True / --use-lw-att')
+  if not has_lw and use_lw_att:
+    hints.append(
+      'the checkpoint has no lw_att head: load it with use_lw_att=False (drop --use-lw-att)'
+    )
+  w = sd.get(mapping.CLASSIFIER_PREFIX + 'netblock.weight')
+  if w is not None and np.ndim(w) == 2:
+    if w.shape[0] != num_classes:
+      hints.append(
+        f"the checkpoint's classifier has {w.shape[0]} classes, not {num_classes}: pass "
+        f'num_classes={w.shape[0]} (--num-classes {w.shape[0]}), or only_backbone=True to train a new head'
+      )
+    if w.shape[1] != structure.out_channels:
+      hints.append(
+        f"the checkpoint's classifier reads {w.shape[1]} features but the structure ends with "
+        f'{structure.out_channels} channels: the structure does not match this checkpoint'
+      )
+  blocks = {int(m.group(1)) for k in sd for m in [_BLOCK_RE.match(k)] if m}
+  if blocks and max(blocks) + 1 != len(structure):
+    hints.append(
+      f'the checkpoint has {max(blocks) + 1} super-blocks (module_list.0..{max(blocks)}), the structure '
+      f'has {len(structure)}: the structure does not match this checkpoint'
+    )
+  backbone_problem = any(_BLOCK_RE.match(k) and not _is_sa_key(k) for k in problem_keys)
+  sa_flag_wrong = has_sa != use_sa
+  if backbone_problem and not sa_flag_wrong and not any('structure' in h for h in hints):
+    hints.append(
+      'backbone keys or shapes differ: check that the structure is the one the checkpoint was trained with'
+    )
+  return hints
 
 
 def _is_sa_key(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in ("cweight", "cbias", "sweight", "sbias") or ".netblock.gn." in key
+  return (
+    key.rsplit('.', 1)[-1] in ('cweight', 'cbias', 'sweight', 'sbias') or '.netblock.gn.' in key
+  )
 
 
-def _check_keys(sd: Mapping, expected: Sequence[mapping.Entry], skip, structure, num_classes, use_sa, use_lw_att):
-    exp = {e.torch_key: e for e in expected}
-    missing = [e.torch_key for e in expected if e.torch_key not in sd and not skip(e.torch_key)]
-    unexpected = [k for k in sd if k not in exp and not skip(k)]
-    misshaped = [(k, tuple(np.shape(v)), exp[k].torch_shape) for k, v in sd.items()
-                 if k in exp and not skip(k) and tuple(np.shape(v)) != exp[k].torch_shape]
-    if missing or unexpected or misshaped:
-        problem_keys = missing + unexpected + [k for k, _, _ in misshaped]
-        raise CheckpointMismatchError(
-            missing, unexpected, misshaped,
-            hints=_hints(sd, problem_keys, structure, num_classes, use_sa, use_lw_att),
-            what=f"checkpoint (for {structure}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})",
-        )
+def _check_keys(
+  sd: Mapping, expected: Sequence[mapping.Entry], skip, structure, num_classes, use_sa, use_lw_att
+):
+  exp = {e.torch_key: e for e in expected}
+  missing = [e.torch_key for e in expected if e.torch_key not in sd and not skip(e.torch_key)]
+  unexpected = [k for k in sd if k not in exp and not skip(k)]
+  misshaped = [
+    (k, tuple(np.shape(v)), exp[k].torch_shape)
+    for k, v in sd.items()
+    if k in exp and not skip(k) and tuple(np.shape(v)) != exp[k].torch_shape
+  ]
+  if missing or unexpected or misshaped:
+    problem_keys = missing + unexpected + [k for k, _, _ in misshaped]
+    raise CheckpointMismatchError(
+      missing,
+      unexpected,
+      misshaped,
+      hints=_hints(sd, problem_keys, structure, num_classes, use_sa, use_lw_att),
+      what=f'checkpoint (for {structure}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})',
+    )
 
 
-def convert_state_dict(state_dict: Mapping, structure: Union[str, os.PathLike, Structure], num_classes: int, *,
-                       use_sa: bool = False, use_lw_att: bool = False, only_backbone: bool = False,
-                       rng: Any = None) -> Tuple[dict, LoadReport]:
-    """(variables, report) from a flat state_dict of numpy arrays or tensors (prefixes already handled or not)."""
-    s = resolve(structure)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    sd = extract_state_dict(state_dict, where="state_dict")
-    expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-    report = LoadReport()
+def convert_state_dict(
+  state_dict: Mapping,
+  structure: str | os.PathLike | Structure,
+  num_classes: int,
+  *,
+  use_sa: bool = False,
+  use_lw_att: bool = False,
+  only_backbone: bool = False,
+  rng: Any = None,
+) -> tuple[dict, LoadReport]:
+  """(variables, report) from a flat state_dict of numpy arrays or tensors (prefixes already handled or not)."""
+  s = resolve(structure)
+  if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
+  sd = extract_state_dict(state_dict, where='state_dict')
+  expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
+  report = LoadReport()
 
-    ckpt_has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
-    skip_prefixes: Tuple[str, ...] = ()
-    flax_skip: List[str] = []
-    if only_backbone:
-        skip_prefixes = (mapping.CLASSIFIER_PREFIX,)
-        flax_skip.append("params/fc/*")
-        if use_lw_att and not ckpt_has_lw:
-            skip_prefixes += (mapping.LW_ATT_PREFIX,)
-            flax_skip.append("params/lw_att/*")
-        elif not use_lw_att:
-            skip_prefixes += (mapping.LW_ATT_PREFIX,)
+  ckpt_has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
+  skip_prefixes: tuple[str, ...] = ()
+  flax_skip: list[str] = []
+  if only_backbone:
+    skip_prefixes = (mapping.CLASSIFIER_PREFIX,)
+    flax_skip.append('params/fc/*')
+    if use_lw_att and not ckpt_has_lw:
+      skip_prefixes += (mapping.LW_ATT_PREFIX,)
+      flax_skip.append('params/lw_att/*')
+    elif not use_lw_att:
+      skip_prefixes += (mapping.LW_ATT_PREFIX,)
 
-    def skip(key: str) -> bool:
-        return key.startswith(skip_prefixes) if skip_prefixes else False
+  def skip(key: str) -> bool:
+    return key.startswith(skip_prefixes) if skip_prefixes else False
 
-    _check_keys(sd, expected, skip, s, num_classes, use_sa, use_lw_att)
+  _check_keys(sd, expected, skip, s, num_classes, use_sa, use_lw_att)
 
-    flat = {}
-    for e in expected:
-        if skip(e.torch_key) or e.collection is None:
-            continue
-        flat[f"{e.collection}/" + "/".join(e.path)] = mapping.to_flax(np.asarray(sd[e.torch_key]), e.kind).astype(np.float32)
-        report.loaded += 1
-    report.loaded += sum(1 for e in expected if e.collection is None and not skip(e.torch_key))
-    report.discarded = [k for k in sd if skip(k)]
-    loaded = checkpoint_io.unflatten(flat)
-    loaded.setdefault("params", {})
-    loaded.setdefault("batch_stats", {})
+  flat = {}
+  for e in expected:
+    if skip(e.torch_key) or e.collection is None:
+      continue
+    flat[f'{e.collection}/' + '/'.join(e.path)] = mapping.to_flax(
+      np.asarray(sd[e.torch_key]), e.kind
+    ).astype(np.float32)
+    report.loaded += 1
+  report.loaded += sum(1 for e in expected if e.collection is None and not skip(e.torch_key))
+  report.discarded = [k for k in sd if skip(k)]
+  loaded = checkpoint_io.unflatten(flat)
+  loaded.setdefault('params', {})
+  loaded.setdefault('batch_stats', {})
 
-    if flax_skip:
-        import jax
+  if flax_skip:
+    import jax
 
-        from zenfer_jax.models import build_model, init_variables
+    from zenfer_jax.models import build_model, init_variables
 
-        model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-        fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)
-        fresh = {c: fresh.get(c, {}) for c in checkpoint_io.COLLECTIONS}
-        variables = checkpoint_io.strict_merge(fresh, loaded, skip_patterns=flax_skip, what="converted checkpoint")
-        variables = {c: checkpoint_io.unflatten({k: np.asarray(v) for k, v in checkpoint_io.flatten(t).items()})
-                     for c, t in variables.items()}
-        report.left_at_init = sorted(p for p in checkpoint_io.flatten(fresh)
-                                     if any(fnmatch.fnmatchcase(p, pat) for pat in flax_skip))
-    else:
-        variables = loaded
-    return variables, report
-
-
-def load_torch_checkpoint(path_or_state_dict: Union[str, os.PathLike, Mapping], structure, num_classes: int, *,
-                          use_sa: bool = False, use_lw_att: bool = False, only_backbone: bool = False,
-                          rng: Any = None) -> dict:
-    """{'params', 'batch_stats'} for `build_model(structure, num_classes, use_sa=..., use_lw_att=...)`.
-
-    Accepts a path (.pth, .pth.tar, .safetensors), a loaded checkpoint dict or a
-    bare state_dict; {'state_dict': ...} wrappers and 'module.' prefixes are
-    handled. Strict unless `only_backbone`, which leaves the classifier (and
-    lw_att when the checkpoint has none) at a fresh initialisation from `rng`
-    and logs what it left.
-    """
-    variables, report = _convert_any(path_or_state_dict, structure, num_classes, use_sa=use_sa,
-                                     use_lw_att=use_lw_att, only_backbone=only_backbone, rng=rng)
-    if report.left_at_init or report.discarded:
-        log.warning("only_backbone: %s", report.summary())
-    return variables
+    model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
+    fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)
+    fresh = {c: fresh.get(c, {}) for c in checkpoint_io.COLLECTIONS}
+    variables = checkpoint_io.strict_merge(
+      fresh, loaded, skip_patterns=flax_skip, what='converted checkpoint'
+    )
+    variables = {
+      c: checkpoint_io.unflatten({k: np.asarray(v) for k, v in checkpoint_io.flatten(t).items()})
+      for c, t in variables.items()
+    }
+    report.left_at_init = sorted(
+      p
+      for p in checkpoint_io.flatten(fresh)
+      if any(fnmatch.fnmatchcase(p, pat) for pat in flax_skip)
+    )
+  else:
+    variables = loaded
+  return variables, report
 
 
-def _convert_any(src, structure, num_classes, **kw) -> Tuple[dict, LoadReport]:
-    if isinstance(src, (str, os.PathLike)):
-        obj = read_checkpoint(src)
-        where = os.fspath(src)
-    else:
-        obj, where = src, "state_dict"
-    sd = extract_state_dict(obj, where=where)
-    variables, report = convert_state_dict(sd, structure, num_classes, **kw)
-    report.source = describe_source(obj)
-    return variables, report
+def load_torch_checkpoint(
+  path_or_state_dict: str | os.PathLike | Mapping,
+  structure,
+  num_classes: int,
+  *,
+  use_sa: bool = False,
+  use_lw_att: bool = False,
+  only_backbone: bool = False,
+  rng: Any = None,
+) -> dict:
+  """{'params', 'batch_stats'} for `build_model(structure, num_classes, use_sa=..., use_lw_att=...)`.
+
+  Accepts a path (.pth, .pth.tar, .safetensors), a loaded checkpoint dict or a
+  bare state_dict; {'state_dict': ...} wrappers and 'module.' prefixes are
+  handled. Strict unless `only_backbone`, which leaves the classifier (and
+  lw_att when the checkpoint has none) at a fresh initialisation from `rng`
+  and logs what it left.
+  """
+  variables, report = _convert_any(
+    path_or_state_dict,
+    structure,
+    num_classes,
+    use_sa=use_sa,
+    use_lw_att=use_lw_att,
+    only_backbone=only_backbone,
+    rng=rng,
+  )
+  if report.left_at_init or report.discarded:
+    log.warning('only_backbone: %s', report.summary())
+  return variables
+
+
+def _convert_any(src, structure, num_classes, **kw) -> tuple[dict, LoadReport]:
+  if isinstance(src, (str, os.PathLike)):
+    obj = read_checkpoint(src)
+    where = os.fspath(src)
+  else:
+    obj, where = src, 'state_dict'
+  sd = extract_state_dict(obj, where=where)
+  variables, report = convert_state_dict(sd, structure, num_classes, **kw)
+  report.source = describe_source(obj)
+  return variables, report
 
 
 # ---------------------------------------------------------------------------
 # Command line
 
 
-def _class_names(args) -> Optional[List[str]]:
-    if args.class_names:
-        if os.path.isfile(args.class_names):
-            with open(args.class_names, encoding="utf-8") as f:
-                return [ln.strip() for ln in f if ln.strip()]
-        return [n.strip() for n in args.class_names.split(",")]
-    if args.dataset:
-        if args.dataset == "rafdb":
-            from zenfer_jax.data.builders.rafdb import CLASS_NAMES
+def _class_names(args) -> list[str] | None:
+  if args.class_names:
+    if os.path.isfile(args.class_names):
+      with open(args.class_names, encoding='utf-8') as f:
+        return [ln.strip() for ln in f if ln.strip()]
+    return [n.strip() for n in args.class_names.split(',')]
+  if args.dataset:
+    if args.dataset == 'rafdb':
+      from zenfer_jax.data.builders.rafdb import CLASS_NAMES
 
-            return list(CLASS_NAMES)
-        from zenfer_jax.data.builders.affectnet import CLASS_NAMES
+      return list(CLASS_NAMES)
+    from zenfer_jax.data.builders.affectnet import CLASS_NAMES
 
-        return list(CLASS_NAMES[: 7 if args.dataset.endswith("7cls") else 8])
-    return None
+    return list(CLASS_NAMES[: 7 if args.dataset.endswith('7cls') else 8])
+  return None
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m torch_port.convert",
-        description="Convert a ZenNet-SA-FER PyTorch checkpoint into a zenfer_jax model directory "
-                    "(orbax checkpoint + model_card.json).",
+  p = argparse.ArgumentParser(
+    prog='python -m torch_port.convert',
+    description='Convert a ZenNet-SA-FER PyTorch checkpoint into a zenfer_jax model directory '
+    '(orbax checkpoint + model_card.json).',
+  )
+  p.add_argument('--checkpoint', required=True, help='.pth / .pth.tar / .safetensors file')
+  g = p.add_mutually_exclusive_group(required=True)
+  g.add_argument('--model', choices=('zennet_m', 'zennet_r'), help='a published structure')
+  g.add_argument('--structure', help='a structure string or a file holding one')
+  p.add_argument('--num-classes', type=int, required=True)
+  p.add_argument('--use-sa', action='store_true', help='the checkpoint was trained with --use_sa')
+  p.add_argument(
+    '--use-lw-att', action='store_true', help='the checkpoint was trained with --use_lw_att'
+  )
+  p.add_argument(
+    '--only-backbone',
+    action='store_true',
+    help='load all but the classifier (and lw_att when the checkpoint has none); '
+    'those start from a fresh initialisation',
+  )
+  p.add_argument(
+    '--seed', type=int, default=0, help='initialisation seed for what --only-backbone leaves fresh'
+  )
+  p.add_argument(
+    '--class-names', help='comma-separated label names in label order, or a file with one per line'
+  )
+  p.add_argument(
+    '--dataset',
+    choices=('rafdb', 'affectnet/7cls', 'affectnet/8cls'),
+    help="take the label names from this dataset's label order",
+  )
+  p.add_argument(
+    '--image-size',
+    type=int,
+    default=224,
+    help='input size the checkpoint was trained at (the original scripts use 224)',
+  )
+  p.add_argument('--output', required=True, help='model directory to create')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing non-empty --output')
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    structure = resolve(args.model or args.structure)
+    if args.class_names and args.dataset:
+      raise ValueError('give --class-names or --dataset, not both')
+    names = _class_names(args)
+    if names is not None and len(names) != args.num_classes:
+      raise ValueError(f'{len(names)} class names given for --num-classes {args.num_classes}')
+    out = os.path.abspath(args.output)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
+      raise ValueError(
+        f'--output {out} already exists and is not empty (pass --overwrite to replace it)'
+      )
+    import jax
+
+    variables, report = _convert_any(
+      args.checkpoint,
+      structure,
+      args.num_classes,
+      use_sa=args.use_sa,
+      use_lw_att=args.use_lw_att,
+      only_backbone=args.only_backbone,
+      rng=jax.random.PRNGKey(args.seed),
     )
-    p.add_argument("--checkpoint", required=True, help=".pth / .pth.tar / .safetensors file")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", choices=("zennet_m", "zennet_r"), help="a published structure")
-    g.add_argument("--structure", help="a structure string or a file holding one")
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--use-sa", action="store_true", help="the checkpoint was trained with --use_sa")
-    p.add_argument("--use-lw-att", action="store_true", help="the checkpoint was trained with --use_lw_att")
-    p.add_argument("--only-backbone", action="store_true",
-                   help="load all but the classifier (and lw_att when the checkpoint has none); "
-                        "those start from a fresh initialisation")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed for what --only-backbone leaves fresh")
-    p.add_argument("--class-names", help="comma-separated label names in label order, or a file with one per line")
-    p.add_argument("--dataset", choices=("rafdb", "affectnet/7cls", "affectnet/8cls"),
-                   help="take the label names from this dataset's label order")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="input size the checkpoint was trained at (the original scripts use 224)")
-    p.add_argument("--output", required=True, help="model directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
-    return p
+    source = f'torch:{os.path.abspath(args.checkpoint)}'
+    if report.source:
+      source += f' ({report.source})'
+    if args.only_backbone:
+      source += (
+        ' [only_backbone: classifier'
+        + (' and lw_att' if any(p.startswith('params/lw_att') for p in report.left_at_init) else '')
+        + ' freshly initialised]'
+      )
+    card = checkpoint_io.make_card(
+      str(structure),
+      args.num_classes,
+      use_sa=args.use_sa,
+      use_lw_att=args.use_lw_att,
+      class_names=names,
+      image_size=args.image_size,
+      recipe=None,
+      source=source,
+    )
+    checkpoint_io.save_model_dir(out, variables, card, overwrite=args.overwrite)
+  except (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    checkpoint_io.MergeError,
+    checkpoint_io.ModelDirError,
+    StructureError,
+    FileNotFoundError,
+    ValueError,
+  ) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {out}: {report.summary()}')
+  return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        structure = resolve(args.model or args.structure)
-        if args.class_names and args.dataset:
-            raise ValueError("give --class-names or --dataset, not both")
-        names = _class_names(args)
-        if names is not None and len(names) != args.num_classes:
-            raise ValueError(f"{len(names)} class names given for --num-classes {args.num_classes}")
-        out = os.path.abspath(args.output)
-        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
-            raise ValueError(f"--output {out} already exists and is not empty (pass --overwrite to replace it)")
-        import jax
-
-        variables, report = _convert_any(args.checkpoint, structure, args.num_classes, use_sa=args.use_sa,
-                                         use_lw_att=args.use_lw_att, only_backbone=args.only_backbone,
-                                         rng=jax.random.PRNGKey(args.seed))
-        source = f"torch:{os.path.abspath(args.checkpoint)}"
-        if report.source:
-            source += f" ({report.source})"
-        if args.only_backbone:
-            source += " [only_backbone: classifier" + (" and lw_att" if any(p.startswith("params/lw_att") for p in report.left_at_init) else "") + " freshly initialised]"
-        card = checkpoint_io.make_card(str(structure), args.num_classes, use_sa=args.use_sa,
-                                       use_lw_att=args.use_lw_att, class_names=names,
-                                       image_size=args.image_size, recipe=None, source=source)
-        checkpoint_io.save_model_dir(out, variables, card, overwrite=args.overwrite)
-    except (CheckpointFormatError, CheckpointMismatchError, checkpoint_io.MergeError, checkpoint_io.ModelDirError,
-            StructureError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}: {report.summary()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == '__main__':
+  sys.exit(main())

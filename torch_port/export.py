@@ -24,8 +24,7 @@ import collections
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
-from typing import Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -33,102 +32,144 @@ from torch_port import mapping
 from zenfer_jax import checkpoint_io
 from zenfer_jax.structure import StructureError, resolve
 
-__all__ = ["export_state_dict", "save_state_dict", "main"]
+__all__ = ['export_state_dict', 'save_state_dict', 'main']
 
 
-def export_state_dict(variables: Mapping, structure, num_classes: int, *, use_sa: bool = False,
-                      use_lw_att: bool = False, num_batches_tracked: int = 0) -> "collections.OrderedDict":
-    """An OrderedDict of torch tensors, key-for-key the original MasterNet's state_dict.
+def export_state_dict(
+  variables: Mapping,
+  structure,
+  num_classes: int,
+  *,
+  use_sa: bool = False,
+  use_lw_att: bool = False,
+  num_batches_tracked: int = 0,
+) -> collections.OrderedDict:
+  """An OrderedDict of torch tensors, key-for-key the original MasterNet's state_dict.
 
-    Strict: a variables tree that does not fit the model (missing, unexpected
-    or mis-shaped paths) fails with one MergeError listing all of them.
-    """
-    import torch
+  Strict: a variables tree that does not fit the model (missing, unexpected
+  or mis-shaped paths) fails with one MergeError listing all of them.
+  """
+  import torch
 
-    s = resolve(structure)
-    expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-    flat = checkpoint_io.flatten({c: variables.get(c, {}) for c in variables})
-    want = {f"{e.collection}/" + "/".join(e.path): e for e in expected if e.collection is not None}
-    missing = [p for p in want if p not in flat]
-    unexpected = [p for p in flat if p not in want]
-    misshaped = [(p, tuple(np.shape(flat[p])), e.flax_shape) for p, e in want.items()
-                 if p in flat and tuple(np.shape(flat[p])) != e.flax_shape]
-    if missing or unexpected or misshaped:
-        raise checkpoint_io.MergeError(
-            missing, unexpected, misshaped,
-            what=f"variables (for {s}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})",
-            source="variables tree")
+  s = resolve(structure)
+  expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
+  flat = checkpoint_io.flatten({c: variables.get(c, {}) for c in variables})
+  want = {f'{e.collection}/' + '/'.join(e.path): e for e in expected if e.collection is not None}
+  missing = [p for p in want if p not in flat]
+  unexpected = [p for p in flat if p not in want]
+  misshaped = [
+    (p, tuple(np.shape(flat[p])), e.flax_shape)
+    for p, e in want.items()
+    if p in flat and tuple(np.shape(flat[p])) != e.flax_shape
+  ]
+  if missing or unexpected or misshaped:
+    raise checkpoint_io.MergeError(
+      missing,
+      unexpected,
+      misshaped,
+      what=f'variables (for {s}, {num_classes} classes, use_sa={use_sa}, use_lw_att={use_lw_att})',
+      source='variables tree',
+    )
 
-    out = collections.OrderedDict()
-    for e in expected:
-        if e.collection is None:
-            out[e.torch_key] = torch.tensor(int(num_batches_tracked), dtype=torch.long)
-            continue
-        arr = np.asarray(flat[f"{e.collection}/" + "/".join(e.path)], dtype=np.float32)
-        out[e.torch_key] = torch.from_numpy(mapping.to_torch(arr, e.kind).copy())
-    return out
+  out = collections.OrderedDict()
+  for e in expected:
+    if e.collection is None:
+      out[e.torch_key] = torch.tensor(int(num_batches_tracked), dtype=torch.long)
+      continue
+    arr = np.asarray(flat[f'{e.collection}/' + '/'.join(e.path)], dtype=np.float32)
+    out[e.torch_key] = torch.from_numpy(mapping.to_torch(arr, e.kind).copy())
+  return out
 
 
-def save_state_dict(state_dict: Mapping, path: str, *, wrapped: bool = False, overwrite: bool = False) -> str:
-    """Write a state_dict atomically: .safetensors by extension, otherwise torch.save."""
-    import torch
+def save_state_dict(
+  state_dict: Mapping, path: str, *, wrapped: bool = False, overwrite: bool = False
+) -> str:
+  """Write a state_dict atomically: .safetensors by extension, otherwise torch.save."""
+  import torch
 
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} already exists (pass --overwrite to replace it)')
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
+  os.close(fd)
+  try:
+    if path.endswith('.safetensors'):
+      from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp)
-        else:
-            obj = {"epoch": 0, "state_dict": state_dict, "top1_acc": 0.0, "top5_acc": 0.0,
-                   "training_status_info": {}} if wrapped else state_dict
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+      save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp)
+    else:
+      obj = (
+        {
+          'epoch': 0,
+          'state_dict': state_dict,
+          'top1_acc': 0.0,
+          'top5_acc': 0.0,
+          'training_status_info': {},
+        }
+        if wrapped
+        else state_dict
+      )
+      torch.save(obj, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m torch_port.export",
-        description="Export a zenfer_jax model directory as a PyTorch state_dict for the original ZenNet-SA-FER code.",
+  p = argparse.ArgumentParser(
+    prog='python -m torch_port.export',
+    description='Export a zenfer_jax model directory as a PyTorch state_dict for the original ZenNet-SA-FER code.',
+  )
+  p.add_argument(
+    '--checkpoint', required=True, help='model directory (model_card.json + variables/)'
+  )
+  p.add_argument('--output', required=True, help='X.pth, X.pth.tar or X.safetensors')
+  p.add_argument(
+    '--wrapped',
+    action='store_true',
+    help="save as the original's training checkpoint {'epoch', 'state_dict', ...} instead of a bare state_dict",
+  )
+  p.add_argument('--overwrite', action='store_true')
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    variables, card = checkpoint_io.load_model_dir(args.checkpoint)
+    sd = export_state_dict(
+      variables,
+      card['structure'],
+      card['num_classes'],
+      use_sa=card['use_sa'],
+      use_lw_att=card['use_lw_att'],
     )
-    p.add_argument("--checkpoint", required=True, help="model directory (model_card.json + variables/)")
-    p.add_argument("--output", required=True, help="X.pth, X.pth.tar or X.safetensors")
-    p.add_argument("--wrapped", action="store_true",
-                   help="save as the original's training checkpoint {'epoch', 'state_dict', ...} instead of a bare state_dict")
-    p.add_argument("--overwrite", action="store_true")
-    return p
+    if args.wrapped and args.output.endswith('.safetensors'):
+      raise ValueError('--wrapped applies to .pth files; .safetensors holds tensors only')
+    out = save_state_dict(sd, args.output, wrapped=args.wrapped, overwrite=args.overwrite)
+  except (
+    checkpoint_io.ModelDirError,
+    checkpoint_io.MergeError,
+    StructureError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+  ) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  flags = ' --use_sa' if card['use_sa'] else ''
+  flags += ' --use_lw_att' if card['use_lw_att'] else ''
+  print(
+    f'wrote {out} ({len(sd)} tensors). In the original code build it with '
+    f"--plainnet_struct '{card['structure']}' --num_classes {card['num_classes']}{flags}"
+  )
+  return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        variables, card = checkpoint_io.load_model_dir(args.checkpoint)
-        sd = export_state_dict(variables, card["structure"], card["num_classes"], use_sa=card["use_sa"],
-                               use_lw_att=card["use_lw_att"])
-        if args.wrapped and args.output.endswith(".safetensors"):
-            raise ValueError("--wrapped applies to .pth files; .safetensors holds tensors only")
-        out = save_state_dict(sd, args.output, wrapped=args.wrapped, overwrite=args.overwrite)
-    except (checkpoint_io.ModelDirError, checkpoint_io.MergeError, StructureError, FileExistsError,
-            FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    flags = " --use_sa" if card["use_sa"] else ""
-    flags += " --use_lw_att" if card["use_lw_att"] else ""
-    print(f"wrote {out} ({len(sd)} tensors). In the original code build it with "
-          f"--plainnet_struct '{card['structure']}' --num_classes {card['num_classes']}{flags}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == '__main__':
+  sys.exit(main())

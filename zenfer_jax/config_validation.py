@@ -44,64 +44,130 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   except (ValueError, OSError) as e:
     raise ConfigError(f'config.model.structure={m.structure!r} is invalid: {e}') from None
   _check(m.init in models.INIT_SCHEMES, 'model.init', m.init, f'one of {models.INIT_SCHEMES}')
-  _check(0.0 <= m.bn_momentum < 1.0, 'model.bn_momentum', m.bn_momentum,
-         'a Flax momentum in [0, 1) (PyTorch 0.01 is Flax 0.99)')
+  _check(
+    0.0 <= m.bn_momentum < 1.0,
+    'model.bn_momentum',
+    m.bn_momentum,
+    'a Flax momentum in [0, 1) (PyTorch 0.01 is Flax 0.99)',
+  )
   _check(m.bn_eps > 0, 'model.bn_eps', m.bn_eps, 'a positive number')
-  _check(m.depthwise_impl in ('auto', 'xla', 'shift'), 'model.depthwise_impl', m.depthwise_impl,
-         "'auto', 'xla' or 'shift'")
+  _check(
+    m.depthwise_impl in ('auto', 'xla', 'shift'),
+    'model.depthwise_impl',
+    m.depthwise_impl,
+    "'auto', 'xla' or 'shift'",
+  )
   _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
   try:  # Widths that SA or lw_att cannot split fail here, before any array exists.
-    models.build_model(m.structure, 2, use_sa=m.use_sa, use_lw_att=m.use_lw_att, init=m.init,
-                       depthwise_impl=m.depthwise_impl)
+    models.build_model(
+      m.structure,
+      2,
+      use_sa=m.use_sa,
+      use_lw_att=m.use_lw_att,
+      init=m.init,
+      depthwise_impl=m.depthwise_impl,
+    )
   except ValueError as e:
-    raise ConfigError(f'config.model.structure={m.structure!r} with use_sa={m.use_sa}, '
-                      f'use_lw_att={m.use_lw_att} cannot be built: {e}') from None
+    raise ConfigError(
+      f'config.model.structure={m.structure!r} with use_sa={m.use_sa}, '
+      f'use_lw_att={m.use_lw_att} cannot be built: {e}'
+    ) from None
 
-  _check(d.name in registry.ALL_DATASETS, 'data.name', d.name, f'one of {list(registry.ALL_DATASETS)}')
+  _check(
+    d.name in registry.ALL_DATASETS, 'data.name', d.name, f'one of {list(registry.ALL_DATASETS)}'
+  )
   _check(d.image_size >= 16, 'data.image_size', d.image_size, 'at least 16 pixels')
-  _check(d.recipe == '' or d.recipe in RECIPES, 'data.recipe', d.recipe,
-         f"'' (the dataset's default) or one of {list(RECIPES)}")
+  _check(
+    d.recipe == '' or d.recipe in RECIPES,
+    'data.recipe',
+    d.recipe,
+    f"'' (the dataset's default) or one of {list(RECIPES)}",
+  )
   _check(d.shuffle_buffer >= 1, 'data.shuffle_buffer', d.shuffle_buffer, 'a positive number')
   _check(bool(d.data_dir), 'data.data_dir', d.data_dir, 'a directory for the TFDS records')
-  _check(bool(d.train_split) and bool(d.eval_split), 'data.eval_split', d.eval_split,
-         'split names such as train and test')
+  _check(
+    bool(d.train_split) and bool(d.eval_split),
+    'data.eval_split',
+    d.eval_split,
+    'split names such as train and test',
+  )
   names = class_list(config)
   if d.name == 'folders':
-    _check(names is not None and len(names) >= 2, 'data.classes', d.classes,
-           'at least two comma-separated class folder names, in label order')
+    _check(
+      names is not None and len(names) >= 2,
+      'data.classes',
+      d.classes,
+      'at least two comma-separated class folder names, in label order',
+    )
     _check(len(set(names)) == len(names), 'data.classes', d.classes, 'distinct class names')
   else:
-    _check(names is None, 'data.classes', d.classes,
-           f"'' ({d.name} has fixed classes; data.classes is for folders)")
+    _check(
+      names is None,
+      'data.classes',
+      d.classes,
+      f"'' ({d.name} has fixed classes; data.classes is for folders)",
+    )
   if d.manual_dir:
-    _check(os.path.isdir(os.path.expanduser(d.manual_dir)), 'data.manual_dir', d.manual_dir,
-           'an existing directory holding the raw dataset')
+    _check(
+      os.path.isdir(os.path.expanduser(d.manual_dir)),
+      'data.manual_dir',
+      d.manual_dir,
+      'an existing directory holding the raw dataset',
+    )
 
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key]
-    _check(value >= 1 and value % device_count == 0, key, value,
-           f'a positive multiple of the {device_count} devices')
+    _check(
+      value >= 1 and value % device_count == 0,
+      key,
+      value,
+      f'a positive multiple of the {device_count} devices',
+    )
   _check(config.num_epochs >= 1, 'num_epochs', config.num_epochs, 'at least 1')
-  _check(0 <= config.warmup_epochs < config.num_epochs, 'warmup_epochs', config.warmup_epochs,
-         f'in [0, num_epochs={config.num_epochs})')
-  _check(config.steps_per_epoch == -1 or config.steps_per_epoch >= 1, 'steps_per_epoch',
-         config.steps_per_epoch, '-1 (from the dataset) or a positive number')
+  _check(
+    0 <= config.warmup_epochs < config.num_epochs,
+    'warmup_epochs',
+    config.warmup_epochs,
+    f'in [0, num_epochs={config.num_epochs})',
+  )
+  _check(
+    config.steps_per_epoch == -1 or config.steps_per_epoch >= 1,
+    'steps_per_epoch',
+    config.steps_per_epoch,
+    '-1 (from the dataset) or a positive number',
+  )
   _check(config.lr_per_256 > 0, 'lr_per_256', config.lr_per_256, 'a positive rate')
   _check(config.target_lr_per_256 >= 0, 'target_lr_per_256', config.target_lr_per_256, '>= 0')
   _check(0 <= config.momentum < 1, 'momentum', config.momentum, 'in [0, 1)')
-  _check(not config.nesterov or config.momentum > 0, 'nesterov', config.nesterov,
-         'False when momentum is 0')
+  _check(
+    not config.nesterov or config.momentum > 0,
+    'nesterov',
+    config.nesterov,
+    'False when momentum is 0',
+  )
   _check(config.weight_decay >= 0, 'weight_decay', config.weight_decay, '>= 0')
   _check(0 <= config.label_smoothing < 1, 'label_smoothing', config.label_smoothing, 'in [0, 1)')
   _check(config.mixup_alpha >= 0, 'mixup_alpha', config.mixup_alpha, '>= 0 (0 turns mixup off)')
 
   if config.init_from:
-    _check(os.path.isdir(os.path.expanduser(config.init_from)), 'init_from', config.init_from,
-           'a model directory (torch_port.convert output) or a training workdir')
+    _check(
+      os.path.isdir(os.path.expanduser(config.init_from)),
+      'init_from',
+      config.init_from,
+      'a model directory (torch_port.convert output) or a training workdir',
+    )
   for key in ('only_backbone', 'freeze_backbone'):
-    _check(not config[key] or bool(config.init_from), key, config[key],
-           'False unless init_from names the weights to start from')
+    _check(
+      not config[key] or bool(config.init_from),
+      key,
+      config[key],
+      'False unless init_from names the weights to start from',
+    )
   _check(config.eval_every_epochs >= 1, 'eval_every_epochs', config.eval_every_epochs, 'at least 1')
-  _check(config.checkpoint_every_steps >= 0, 'checkpoint_every_steps',
-         config.checkpoint_every_steps, '>= 0 (0: every epoch)')
+  _check(
+    config.checkpoint_every_steps >= 0,
+    'checkpoint_every_steps',
+    config.checkpoint_every_steps,
+    '>= 0 (0: every epoch)',
+  )
   _check(config.log_every_steps >= 1, 'log_every_steps', config.log_every_steps, 'at least 1')

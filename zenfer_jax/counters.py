@@ -16,81 +16,85 @@ The quirks kept on purpose:
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from collections.abc import Iterable
 
 from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import Structure, resolve
+from zenfer_jax.structure import resolve
 
-__all__ = ["flops", "model_size", "num_layers", "block_counts", "op_counts"]
-
-
-def _op_counts(op, res: int) -> Tuple[float, float, int]:
-    """(flops, model size, output resolution) of one plan op at input resolution `res`."""
-    if isinstance(op, plan_lib.ConvOp):
-        out_res = res // op.stride
-        if op.depthwise:
-            f = op.out_channels * op.kernel_size**2 * res**2 // op.stride**2
-            size = op.out_channels * op.kernel_size**2
-        else:
-            f = op.in_channels * op.out_channels * op.kernel_size**2 * res**2 // op.stride**2 // op.groups
-            size = op.in_channels * op.out_channels * op.kernel_size**2 // op.groups
-        return f, size, out_res
-    if isinstance(op, plan_lib.BNOp):
-        return res**2 * op.channels, op.channels, res
-    if isinstance(op, plan_lib.ReLUOp):
-        return 0, 0, res
-    if isinstance(op, plan_lib.SAOp):
-        return 4 * op.channels * op.channels / (2 * op.groups) ** 2, 4 * op.channels / (2 * op.groups), res
-    if isinstance(op, plan_lib.ResidualOp):
-        f, size, r = _ops_counts(op.ops, res)
-        if op.projection:
-            side = r / op.stride
-            f += op.in_channels * op.out_channels * side**2 + side**2 * op.out_channels
-            size += op.in_channels * op.out_channels + op.out_channels
-        return f, size, r
-    raise TypeError(f"unknown plan op {op!r}")
+__all__ = ['flops', 'model_size', 'num_layers', 'block_counts', 'op_counts']
 
 
-def _ops_counts(ops: Iterable, res: int) -> Tuple[float, float, int]:
-    total_f, total_size = 0, 0
-    for op in ops:
-        f, size, res = _op_counts(op, res)
-        total_f += f
-        total_size += size
-    return total_f, total_size, res
+def _op_counts(op, res: int) -> tuple[float, float, int]:
+  """(flops, model size, output resolution) of one plan op at input resolution `res`."""
+  if isinstance(op, plan_lib.ConvOp):
+    out_res = res // op.stride
+    if op.depthwise:
+      f = op.out_channels * op.kernel_size**2 * res**2 // op.stride**2
+      size = op.out_channels * op.kernel_size**2
+    else:
+      f = op.in_channels * op.out_channels * op.kernel_size**2 * res**2 // op.stride**2 // op.groups
+      size = op.in_channels * op.out_channels * op.kernel_size**2 // op.groups
+    return f, size, out_res
+  if isinstance(op, plan_lib.BNOp):
+    return res**2 * op.channels, op.channels, res
+  if isinstance(op, plan_lib.ReLUOp):
+    return 0, 0, res
+  if isinstance(op, plan_lib.SAOp):
+    return (
+      4 * op.channels * op.channels / (2 * op.groups) ** 2,
+      4 * op.channels / (2 * op.groups),
+      res,
+    )
+  if isinstance(op, plan_lib.ResidualOp):
+    f, size, r = _ops_counts(op.ops, res)
+    if op.projection:
+      side = r / op.stride
+      f += op.in_channels * op.out_channels * side**2 + side**2 * op.out_channels
+      size += op.in_channels * op.out_channels + op.out_channels
+    return f, size, r
+  raise TypeError(f'unknown plan op {op!r}')
 
 
-def op_counts(op, res: int) -> Tuple[float, float, int]:
-    """Public per-op counter (used by `describe`)."""
-    return _op_counts(op, res)
+def _ops_counts(ops: Iterable, res: int) -> tuple[float, float, int]:
+  total_f, total_size = 0, 0
+  for op in ops:
+    f, size, res = _op_counts(op, res)
+    total_f += f
+    total_size += size
+  return total_f, total_size, res
+
+
+def op_counts(op, res: int) -> tuple[float, float, int]:
+  """Public per-op counter (used by `describe`)."""
+  return _op_counts(op, res)
 
 
 def block_counts(structure, resolution: int = 224, *, use_sa: bool = False):
-    """Per-block (flops, model_size, output_resolution) in the reference's arithmetic."""
-    structure = resolve(structure)
-    rows = []
-    res = resolution
-    for bp in plan_lib.expand(structure, use_sa=use_sa):
-        f, size, res = _ops_counts(bp.ops, res)
-        rows.append((f, size, res))
-    return rows
+  """Per-block (flops, model_size, output_resolution) in the reference's arithmetic."""
+  structure = resolve(structure)
+  rows = []
+  res = resolution
+  for bp in plan_lib.expand(structure, use_sa=use_sa):
+    f, size, res = _ops_counts(bp.ops, res)
+    rows.append((f, size, res))
+  return rows
 
 
 def flops(structure, resolution: int = 224, *, num_classes: int = 7, use_sa: bool = False) -> float:
-    """FLOPs as the reference's `get_FLOPs` counts them, classifier included."""
-    structure = resolve(structure)
-    rows = block_counts(structure, resolution, use_sa=use_sa)
-    return float(sum(r[0] for r in rows) + structure.out_channels * num_classes)
+  """FLOPs as the reference's `get_FLOPs` counts them, classifier included."""
+  structure = resolve(structure)
+  rows = block_counts(structure, resolution, use_sa=use_sa)
+  return float(sum(r[0] for r in rows) + structure.out_channels * num_classes)
 
 
 def model_size(structure, *, num_classes: int = 7, use_sa: bool = False) -> float:
-    """Parameters as the reference's `get_model_size` counts them, classifier included."""
-    structure = resolve(structure)
-    rows = block_counts(structure, 224, use_sa=use_sa)
-    return float(sum(r[1] for r in rows) + structure.out_channels * num_classes + 1)
+  """Parameters as the reference's `get_model_size` counts them, classifier included."""
+  structure = resolve(structure)
+  rows = block_counts(structure, 224, use_sa=use_sa)
+  return float(sum(r[1] for r in rows) + structure.out_channels * num_classes + 1)
 
 
 def num_layers(structure) -> int:
-    """The reference's layer count: the sum of every block's sub_layers."""
-    structure = resolve(structure)
-    return sum(b.sub_layers for b in structure)
+  """The reference's layer count: the sum of every block's sub_layers."""
+  structure = resolve(structure)
+  return sum(b.sub_layers for b in structure)

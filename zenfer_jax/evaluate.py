@@ -23,79 +23,129 @@ import numpy as np
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m zenfer_jax.evaluate', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog='python -m zenfer_jax.evaluate',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument('--workdir', help='a training workdir')
   src.add_argument('--checkpoint', help='a model dir, or a training workdir')
-  p.add_argument('--split', default=None, help="split to evaluate (default: the run's eval split, "
-                 'else test)')
-  p.add_argument('--which', choices=('best', 'latest'), default='best',
-                 help='for a workdir: its best (default) or latest checkpoint')
+  p.add_argument(
+    '--split', default=None, help="split to evaluate (default: the run's eval split, else test)"
+  )
+  p.add_argument(
+    '--which',
+    choices=('best', 'latest'),
+    default='best',
+    help='for a workdir: its best (default) or latest checkpoint',
+  )
   p.add_argument('--dataset', default=None, help='dataset name (default: the workdir config)')
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: the workdir config)')
   p.add_argument('--manual_dir', default=None, help='raw files, to prepare a missing dataset')
   p.add_argument('--classes', default=None, help='folders only: class names in label order, a,b')
   p.add_argument('--batch_size', type=int, default=128, help='global eval batch size')
-  p.add_argument('--output_dir', default=None,
-                 help='where metrics.json and confusion_matrix.png go (default: DIR/eval_<split>)')
+  p.add_argument(
+    '--output_dir',
+    default=None,
+    help='where metrics.json and confusion_matrix.png go (default: DIR/eval_<split>)',
+  )
   return p.parse_args(argv)
 
 
 def _dataset_args(args, path: str) -> dict[str, Any]:
   from zenfer_jax import workdir as wd
+
   cfg = wd.read_config(path) if wd.is_workdir(path) else None
   name = args.dataset or (cfg.data.name if cfg else None)
   data_dir = args.data_dir or (cfg.data.data_dir if cfg else None)
   if not name or not data_dir:
-    raise SystemExit(f'{path} is a model dir: say which data to evaluate on with --dataset and '
-                     '--data_dir.')
+    raise SystemExit(
+      f'{path} is a model dir: say which data to evaluate on with --dataset and --data_dir.'
+    )
   classes = args.classes or (cfg.data.classes if cfg and name == cfg.data.name else '')
   split = args.split or (cfg.data.eval_split if cfg else 'test')
-  return {'name': name, 'data_dir': os.path.expanduser(data_dir), 'split': split,
-          'classes': [c for c in classes.split(',') if c] or None}
+  return {
+    'name': name,
+    'data_dir': os.path.expanduser(data_dir),
+    'split': split,
+    'classes': [c for c in classes.split(',') if c] or None,
+  }
 
 
-def evaluate(path: str, *, which: str = 'best', name: str, data_dir: str, split: str,
-             classes: list[str] | None = None, manual_dir: str | None = None,
-             batch_size: int = 128) -> dict[str, Any]:
+def evaluate(
+  path: str,
+  *,
+  which: str = 'best',
+  name: str,
+  data_dir: str,
+  split: str,
+  classes: list[str] | None = None,
+  manual_dir: str | None = None,
+  batch_size: int = 128,
+) -> dict[str, Any]:
   """Metrics of the model at `path` (workdir or model dir) on `name`/`split`."""
   import jax
 
   from zenfer_jax import checkpoint_io, data, metrics, parallel, steps, train
   from zenfer_jax import workdir as wd
+
   variables, card = wd.load_inference(path, which)
   info = data.prepare(name, data_dir, manual_dir=manual_dir, classes=classes)
   if info.num_classes != card['num_classes']:
-    raise ValueError(f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
-                     f'({info.class_names}).')
+    raise ValueError(
+      f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
+      f'({info.class_names}).'
+    )
   if card['class_names'] and list(card['class_names']) != list(info.class_names):
-    raise ValueError(f'The model was trained on the classes {card["class_names"]}, {name} has '
-                     f'{info.class_names} (same order required).')
+    raise ValueError(
+      f'The model was trained on the classes {card["class_names"]}, {name} has '
+      f'{info.class_names} (same order required).'
+    )
   if batch_size % jax.device_count():
-    raise ValueError(f'--batch_size {batch_size} is not a multiple of {jax.device_count()} devices.')
+    raise ValueError(
+      f'--batch_size {batch_size} is not a multiple of {jax.device_count()} devices.'
+    )
   model = checkpoint_io.build_from_card(card)
   image_size = card['image_size'] or 224
   batches = data.pipeline.eval_dataset(
-      name, data_dir, split=split, image_size=image_size,
-      per_device_batch=batch_size // jax.device_count(),
-      num_local_devices=jax.local_device_count(), process_index=jax.process_index(),
-      process_count=jax.process_count(), recipe=card['recipe'], classes=classes)
-  p_eval = parallel.pmap_eval_step(functools.partial(
-      steps.eval_step, apply_fn=model.apply, num_classes=card['num_classes']))
+    name,
+    data_dir,
+    split=split,
+    image_size=image_size,
+    per_device_batch=batch_size // jax.device_count(),
+    num_local_devices=jax.local_device_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    recipe=card['recipe'],
+    classes=classes,
+  )
+  p_eval = parallel.pmap_eval_step(
+    functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=card['num_classes'])
+  )
   cm = train.evaluate_split(p_eval, parallel.replicate(variables), batches, card['num_classes'])
   result = metrics.summarize(cm, info.class_names)
-  result.update({'confusion_matrix': cm.tolist(), 'class_names': list(info.class_names),
-                 'dataset': name, 'split': split, 'checkpoint': os.path.abspath(path),
-                 'image_size': image_size, 'recipe': card['recipe']})
+  result.update(
+    {
+      'confusion_matrix': cm.tolist(),
+      'class_names': list(info.class_names),
+      'dataset': name,
+      'split': split,
+      'checkpoint': os.path.abspath(path),
+      'image_size': image_size,
+      'recipe': card['recipe'],
+    }
+  )
   return result
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str) -> None:
   """Counts in each cell, colour by the row's fraction (per-class recall)."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   cm = np.asarray(cm)
   k = len(class_names)
   frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -110,8 +160,15 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
   ax.set_title(title)
   for i in range(k):
     for j in range(k):
-      ax.text(j, i, str(int(cm[i, j])), ha='center', va='center', fontsize=8,
-              color='white' if frac[i, j] > 0.5 else 'black')
+      ax.text(
+        j,
+        i,
+        str(int(cm[i, j])),
+        ha='center',
+        va='center',
+        fontsize=8,
+        color='white' if frac[i, j] > 0.5 else 'black',
+      )
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -123,19 +180,27 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not os.path.isdir(path):
     raise SystemExit(f'{path} is not a directory.')
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
+
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
-  result = evaluate(path, which=args.which, manual_dir=args.manual_dir,
-                    batch_size=args.batch_size, **ds)
+  result = evaluate(
+    path, which=args.which, manual_dir=args.manual_dir, batch_size=args.batch_size, **ds
+  )
   out = args.output_dir or os.path.join(path, f'eval_{ds["split"]}')
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
     f.write('\n')
-  title = (f'{ds["name"]}/{ds["split"]}: top-1 {100 * result["top1"]:.2f}%, '
-           f'mean class {100 * result["mean_class_accuracy"]:.2f}%')
-  plot_confusion(np.array(result['confusion_matrix']), result['class_names'],
-                 os.path.join(out, 'confusion_matrix.png'), title)
+  title = (
+    f'{ds["name"]}/{ds["split"]}: top-1 {100 * result["top1"]:.2f}%, '
+    f'mean class {100 * result["mean_class_accuracy"]:.2f}%'
+  )
+  plot_confusion(
+    np.array(result['confusion_matrix']),
+    result['class_names'],
+    os.path.join(out, 'confusion_matrix.png'),
+    title,
+  )
   print(f'{title} ({result["num_examples"]} images)')
   for name, acc in result['per_class_accuracy'].items():
     print(f'  {name:>16s}: ' + ('n/a' if acc is None else f'{100 * acc:.2f}%'))

@@ -18,8 +18,9 @@ def smooth_one_hot(labels: jax.Array, num_classes: int, eps: float) -> jax.Array
   return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (on - off) + off
 
 
-def mixup(lam_key: jax.Array, perm_key: jax.Array, images: jax.Array, targets: jax.Array,
-          alpha: float) -> tuple[jax.Array, jax.Array]:
+def mixup(
+  lam_key: jax.Array, perm_key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array]:
   """Mixes each example with a partner from a random permutation of the batch.
 
   One lambda ~ Beta(alpha, alpha) for the whole batch (`lam_key`); the permutation comes from

@@ -16,11 +16,14 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
-flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (default: when the '
-                  'environment says this is one of several processes).')
+flags.DEFINE_bool(
+  'distributed',
+  None,
+  'Call jax.distributed.initialize() (default: when the '
+  'environment says this is one of several processes).',
+)
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
-
 
 
 def _launched_multiprocess() -> bool:
@@ -37,14 +40,21 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
   import tensorflow as tf
+
   tf.config.set_visible_devices([], 'GPU')
   import jax
+
   if FLAGS.distributed or (FLAGS.distributed is None and _launched_multiprocess()):
     jax.distributed.initialize()
-  logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info(
+    'JAX process %d of %d; local devices: %s',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_devices(),
+  )
   from zenfer_jax import train
   from zenfer_jax.config_validation import ConfigError
+
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, FileNotFoundError, train.NonFiniteLossError) as e:

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int,
-                     mask: jax.Array | None = None) -> jax.Array:
+def confusion_matrix(
+  labels: jax.Array, preds: jax.Array, num_classes: int, mask: jax.Array | None = None
+) -> jax.Array:
   """int32 [K, K] counts; row = true class, column = predicted class; masked examples ignored."""
   true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
   if mask is not None:
@@ -43,8 +44,8 @@ def summarize(confusion: np.ndarray, class_names: Sequence[str] | None = None) -
   if len(names) != len(cm):
     raise ValueError(f'{len(names)} class names for a {len(cm)}-class confusion matrix.')
   return {
-      'top1': float(correct.sum()) / total if total else 0.0,
-      'mean_class_accuracy': float(np.mean(present)) if present else 0.0,
-      'per_class_accuracy': dict(zip(names, per_class)),
-      'num_examples': total,
+    'top1': float(correct.sum()) / total if total else 0.0,
+    'mean_class_accuracy': float(np.mean(present)) if present else 0.0,
+    'per_class_accuracy': dict(zip(names, per_class)),
+    'num_examples': total,
   }

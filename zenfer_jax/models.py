@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Optional, Union
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,265 +27,269 @@ from zenfer_jax.layers.batchnorm import BatchNorm
 from zenfer_jax.layers.conv import Conv
 from zenfer_jax.structure import Structure, resolve
 
-__all__ = ["ZenNet", "build_model", "INIT_SCHEMES", "XAVIER_GAIN"]
+__all__ = ['ZenNet', 'build_model', 'INIT_SCHEMES', 'XAVIER_GAIN']
 
 # The reference's training init scales Xavier by this gain (its "custom" init).
 XAVIER_GAIN = 3.26033
-INIT_SCHEMES = ("custom", "gaussian")
+INIT_SCHEMES = ('custom', 'gaussian')
 
 
 def _normal(std: float):
-    def init(key, shape, dtype=jnp.float32):
-        return std * jax.random.normal(key, shape, dtype)
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.normal(key, shape, dtype)
 
-    return init
+  return init
 
 
 def conv_init(scheme: str, cin: int, cout: int, k: int, groups: int):
-    if scheme == "gaussian":
-        return _normal(1.0)
-    # PyTorch's fans for a (out, in/groups, k, k) weight.
-    fan_in = (cin // groups) * k * k
-    fan_out = cout * k * k
-    return _normal(XAVIER_GAIN * math.sqrt(2.0 / (fan_in + fan_out)))
+  if scheme == 'gaussian':
+    return _normal(1.0)
+  # PyTorch's fans for a (out, in/groups, k, k) weight.
+  fan_in = (cin // groups) * k * k
+  fan_out = cout * k * k
+  return _normal(XAVIER_GAIN * math.sqrt(2.0 / (fan_in + fan_out)))
 
 
 def dense_init(scheme: str, cin: int, cout: int):
-    if scheme == "gaussian":
-        return _normal(1.0)
-    return _normal(XAVIER_GAIN * math.sqrt(2.0 / (cin + cout)))
+  if scheme == 'gaussian':
+    return _normal(1.0)
+  return _normal(XAVIER_GAIN * math.sqrt(2.0 / (cin + cout)))
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerConfig:
-    """What every layer needs to know about the model (hashable, so Flax can hold it)."""
+  """What every layer needs to know about the model (hashable, so Flax can hold it)."""
 
-    init_scheme: str
-    no_reslink: bool
-    bn_momentum: float
-    bn_eps: float
-    bn_unbiased_running_var: bool
-    bn_axis_name: Optional[str]
-    depthwise_impl: str
-    dtype: Any
+  init_scheme: str
+  no_reslink: bool
+  bn_momentum: float
+  bn_eps: float
+  bn_unbiased_running_var: bool
+  bn_axis_name: str | None
+  depthwise_impl: str
+  dtype: Any
 
 
 class _OpRunner:
-    """Creates and applies the Flax module for each plan op inside the caller's compact scope."""
+  """Creates and applies the Flax module for each plan op inside the caller's compact scope."""
 
-    def __init__(self, cfg: LayerConfig, train: bool):
-        self.cfg = cfg
-        self.train = train
+  def __init__(self, cfg: LayerConfig, train: bool):
+    self.cfg = cfg
+    self.train = train
 
-    def conv(self, op: plan_lib.ConvOp, x, name: str):
-        c = self.cfg
-        return Conv(
-            features=op.out_channels,
-            kernel_size=op.kernel_size,
-            stride=op.stride,
-            groups=op.groups,
-            kernel_init=conv_init(c.init_scheme, op.in_channels, op.out_channels, op.kernel_size, op.groups),
-            depthwise_impl=c.depthwise_impl,
-            dtype=c.dtype,
-            name=name,
-        )(x)
+  def conv(self, op: plan_lib.ConvOp, x, name: str):
+    c = self.cfg
+    return Conv(
+      features=op.out_channels,
+      kernel_size=op.kernel_size,
+      stride=op.stride,
+      groups=op.groups,
+      kernel_init=conv_init(
+        c.init_scheme, op.in_channels, op.out_channels, op.kernel_size, op.groups
+      ),
+      depthwise_impl=c.depthwise_impl,
+      dtype=c.dtype,
+      name=name,
+    )(x)
 
-    def bn(self, op: plan_lib.BNOp, x, name: str):
-        c = self.cfg
-        zero = c.init_scheme == "custom" and op.last_in_residual
-        return BatchNorm(
-            momentum=c.bn_momentum,
-            epsilon=c.bn_eps,
-            unbiased_running_var=c.bn_unbiased_running_var,
-            axis_name=c.bn_axis_name,
-            scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-            dtype=c.dtype,
-            name=name,
-        )(x, use_running_average=not self.train)
+  def bn(self, op: plan_lib.BNOp, x, name: str):
+    c = self.cfg
+    zero = c.init_scheme == 'custom' and op.last_in_residual
+    return BatchNorm(
+      momentum=c.bn_momentum,
+      epsilon=c.bn_eps,
+      unbiased_running_var=c.bn_unbiased_running_var,
+      axis_name=c.bn_axis_name,
+      scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+      dtype=c.dtype,
+      name=name,
+    )(x, use_running_average=not self.train)
 
-    def run(self, ops, x):
-        for op in ops:
-            if isinstance(op, plan_lib.ConvOp):
-                x = self.conv(op, x, f"conv{op.index}")
-            elif isinstance(op, plan_lib.BNOp):
-                x = self.bn(op, x, f"bn{op.index}")
-            elif isinstance(op, plan_lib.ReLUOp):
-                x = nn.relu(x)
-            elif isinstance(op, plan_lib.SAOp):
-                x = ShuffleAttention(groups=op.groups, name=f"sa{op.index}")(x)
-            elif isinstance(op, plan_lib.ResidualOp):
-                x = ResidualLayer(op=op, cfg=self.cfg, name=f"layer{op.index}")(x, self.train)
-            else:  # pragma: no cover
-                raise TypeError(op)
-        return x
+  def run(self, ops, x):
+    for op in ops:
+      if isinstance(op, plan_lib.ConvOp):
+        x = self.conv(op, x, f'conv{op.index}')
+      elif isinstance(op, plan_lib.BNOp):
+        x = self.bn(op, x, f'bn{op.index}')
+      elif isinstance(op, plan_lib.ReLUOp):
+        x = nn.relu(x)
+      elif isinstance(op, plan_lib.SAOp):
+        x = ShuffleAttention(groups=op.groups, name=f'sa{op.index}')(x)
+      elif isinstance(op, plan_lib.ResidualOp):
+        x = ResidualLayer(op=op, cfg=self.cfg, name=f'layer{op.index}')(x, self.train)
+      else:  # pragma: no cover
+        raise TypeError(op)
+    return x
 
 
 class ResidualLayer(nn.Module):
-    op: plan_lib.ResidualOp
-    cfg: LayerConfig
+  op: plan_lib.ResidualOp
+  cfg: LayerConfig
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        runner = _OpRunner(self.cfg, train)
-        y = runner.run(self.op.ops, x)
-        if self.cfg.no_reslink:
-            return y
-        if self.op.projection:
-            c = self.cfg
-            shortcut = Conv(
-                features=self.op.out_channels,
-                kernel_size=1,
-                stride=self.op.stride,
-                use_bias=True,
-                kernel_init=conv_init(c.init_scheme, self.op.in_channels, self.op.out_channels, 1, 1),
-                dtype=c.dtype,
-                name="proj_conv",
-            )(x)
-            shortcut = runner.bn(plan_lib.BNOp(-1, self.op.out_channels), shortcut, "proj_bn")
-        else:
-            shortcut = x
-        return y + shortcut.astype(y.dtype)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    runner = _OpRunner(self.cfg, train)
+    y = runner.run(self.op.ops, x)
+    if self.cfg.no_reslink:
+      return y
+    if self.op.projection:
+      c = self.cfg
+      shortcut = Conv(
+        features=self.op.out_channels,
+        kernel_size=1,
+        stride=self.op.stride,
+        use_bias=True,
+        kernel_init=conv_init(c.init_scheme, self.op.in_channels, self.op.out_channels, 1, 1),
+        dtype=c.dtype,
+        name='proj_conv',
+      )(x)
+      shortcut = runner.bn(plan_lib.BNOp(-1, self.op.out_channels), shortcut, 'proj_bn')
+    else:
+      shortcut = x
+    return y + shortcut.astype(y.dtype)
 
 
 class SuperBlock(nn.Module):
-    plan: plan_lib.BlockPlan
-    cfg: LayerConfig
+  plan: plan_lib.BlockPlan
+  cfg: LayerConfig
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        return _OpRunner(self.cfg, train).run(self.plan.ops, x)
+  @nn.compact
+  def __call__(self, x, train: bool):
+    return _OpRunner(self.cfg, train).run(self.plan.ops, x)
 
 
 class Backbone(nn.Module):
-    plan: tuple
-    cfg: LayerConfig
+  plan: tuple
+  cfg: LayerConfig
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        for bp in self.plan:
-            x = SuperBlock(plan=bp, cfg=self.cfg, name=f"block{bp.index}")(x, train)
-        return x
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for bp in self.plan:
+      x = SuperBlock(plan=bp, cfg=self.cfg, name=f'block{bp.index}')(x, train)
+    return x
 
 
 class ZenNet(nn.Module):
-    """A ZenNet classifier: backbone, global average pooling, optional lw_att head, linear classifier.
+  """A ZenNet classifier: backbone, global average pooling, optional lw_att head, linear classifier.
 
-    Build it with `build_model`; the fields are the model's whole configuration.
-    """
+  Build it with `build_model`; the fields are the model's whole configuration.
+  """
 
-    structure_text: str
-    num_classes: int
-    use_sa: bool = False
-    use_lw_att: bool = False
-    no_reslink: bool = False
-    no_bn: bool = False
-    bn_momentum: float = 0.99
-    bn_eps: float = 1e-3
-    bn_unbiased_running_var: bool = True
-    bn_axis_name: Optional[str] = None
-    init_scheme: str = "custom"
-    depthwise_impl: str = "auto"
-    dtype: Any = jnp.float32
+  structure_text: str
+  num_classes: int
+  use_sa: bool = False
+  use_lw_att: bool = False
+  no_reslink: bool = False
+  no_bn: bool = False
+  bn_momentum: float = 0.99
+  bn_eps: float = 1e-3
+  bn_unbiased_running_var: bool = True
+  bn_axis_name: str | None = None
+  init_scheme: str = 'custom'
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
 
-    def setup(self):
-        structure = resolve(self.structure_text)
-        plan = plan_lib.expand(structure, use_sa=self.use_sa, no_bn=self.no_bn, no_reslink=self.no_reslink)
-        cfg = LayerConfig(
-            init_scheme=self.init_scheme,
-            no_reslink=self.no_reslink,
-            bn_momentum=self.bn_momentum,
-            bn_eps=self.bn_eps,
-            bn_unbiased_running_var=self.bn_unbiased_running_var,
-            bn_axis_name=self.bn_axis_name,
-            depthwise_impl=self.depthwise_impl,
-            dtype=self.dtype,
-        )
-        self.backbone = Backbone(plan=plan, cfg=cfg)
-        last = structure.out_channels
-        if self.use_lw_att:
-            self.lw_att = LightweightAttention(groups=8)
-        self.fc = nn.Dense(
-            self.num_classes,
-            kernel_init=dense_init(self.init_scheme, last, self.num_classes),
-            bias_init=nn.initializers.zeros,
-            param_dtype=jnp.float32,
-            dtype=self.dtype,
-        )
+  def setup(self):
+    structure = resolve(self.structure_text)
+    plan = plan_lib.expand(
+      structure, use_sa=self.use_sa, no_bn=self.no_bn, no_reslink=self.no_reslink
+    )
+    cfg = LayerConfig(
+      init_scheme=self.init_scheme,
+      no_reslink=self.no_reslink,
+      bn_momentum=self.bn_momentum,
+      bn_eps=self.bn_eps,
+      bn_unbiased_running_var=self.bn_unbiased_running_var,
+      bn_axis_name=self.bn_axis_name,
+      depthwise_impl=self.depthwise_impl,
+      dtype=self.dtype,
+    )
+    self.backbone = Backbone(plan=plan, cfg=cfg)
+    last = structure.out_channels
+    if self.use_lw_att:
+      self.lw_att = LightweightAttention(groups=8)
+    self.fc = nn.Dense(
+      self.num_classes,
+      kernel_init=dense_init(self.init_scheme, last, self.num_classes),
+      bias_init=nn.initializers.zeros,
+      param_dtype=jnp.float32,
+      dtype=self.dtype,
+    )
 
-    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """The pre-pooling feature map (N, H', W', C)."""
-        return self.backbone(x.astype(self.dtype), train)
+  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The pre-pooling feature map (N, H', W', C)."""
+    return self.backbone(x.astype(self.dtype), train)
 
-    def head(self, feats: jax.Array) -> jax.Array:
-        pooled = jnp.mean(feats.astype(jnp.float32), axis=(1, 2), keepdims=True)
-        if self.use_lw_att:
-            pooled = self.lw_att(pooled)
-        return self.fc(pooled.reshape(pooled.shape[0], -1)).astype(jnp.float32)
+  def head(self, feats: jax.Array) -> jax.Array:
+    pooled = jnp.mean(feats.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    if self.use_lw_att:
+      pooled = self.lw_att(pooled)
+    return self.fc(pooled.reshape(pooled.shape[0], -1)).astype(jnp.float32)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.head(self.features(x, train))
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.head(self.features(x, train))
 
 
 def build_model(
-    structure: Union[str, os.PathLike, Structure],
-    num_classes: int,
-    *,
-    use_sa: bool = False,
-    use_lw_att: bool = False,
-    no_reslink: bool = False,
-    no_bn: bool = False,
-    bn_momentum: float = 0.99,
-    bn_eps: float = 1e-3,
-    bn_unbiased_running_var: bool = True,
-    bn_axis_name: Optional[str] = None,
-    init: str = "custom",
-    depthwise_impl: str = "auto",
-    dtype: Any = jnp.float32,
+  structure: str | os.PathLike | Structure,
+  num_classes: int,
+  *,
+  use_sa: bool = False,
+  use_lw_att: bool = False,
+  no_reslink: bool = False,
+  no_bn: bool = False,
+  bn_momentum: float = 0.99,
+  bn_eps: float = 1e-3,
+  bn_unbiased_running_var: bool = True,
+  bn_axis_name: str | None = None,
+  init: str = 'custom',
+  depthwise_impl: str = 'auto',
+  dtype: Any = jnp.float32,
 ) -> ZenNet:
-    """A Flax ZenNet for `structure` (a structure string, a file path, a preset name or a Structure).
+  """A Flax ZenNet for `structure` (a structure string, a file path, a preset name or a Structure).
 
-    The structure is parsed and fully validated here, before any array exists:
-    a bad string raises `StructureError`.
-    """
-    s = resolve(structure)
-    # Validate SA widths etc. now rather than at first trace.
-    plan_lib.expand(s, use_sa=use_sa, no_bn=no_bn, no_reslink=no_reslink)
-    if init not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if depthwise_impl not in ("auto", "xla", "shift"):
-        raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
-    if use_lw_att and not plan_lib.sa_width_ok(s.out_channels, 8):
-        raise ValueError(
-            f"lw_att applies SA with 8 groups to the {s.out_channels}-channel pooled map; the width must be a multiple of 16 (or 24)"
-        )
-    return ZenNet(
-        structure_text=str(s),
-        num_classes=num_classes,
-        use_sa=use_sa,
-        use_lw_att=use_lw_att,
-        no_reslink=no_reslink,
-        no_bn=no_bn,
-        bn_momentum=bn_momentum,
-        bn_eps=bn_eps,
-        bn_unbiased_running_var=bn_unbiased_running_var,
-        bn_axis_name=bn_axis_name,
-        init_scheme=init,
-        depthwise_impl=depthwise_impl,
-        dtype=dtype,
+  The structure is parsed and fully validated here, before any array exists:
+  a bad string raises `StructureError`.
+  """
+  s = resolve(structure)
+  # Validate SA widths etc. now rather than at first trace.
+  plan_lib.expand(s, use_sa=use_sa, no_bn=no_bn, no_reslink=no_reslink)
+  if init not in INIT_SCHEMES:
+    raise ValueError(f'init must be one of {INIT_SCHEMES}, got {init!r}')
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
+  if depthwise_impl not in ('auto', 'xla', 'shift'):
+    raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
+  if use_lw_att and not plan_lib.sa_width_ok(s.out_channels, 8):
+    raise ValueError(
+      f'lw_att applies SA with 8 groups to the {s.out_channels}-channel pooled map; the width must be a multiple of 16 (or 24)'
     )
+  return ZenNet(
+    structure_text=str(s),
+    num_classes=num_classes,
+    use_sa=use_sa,
+    use_lw_att=use_lw_att,
+    no_reslink=no_reslink,
+    no_bn=no_bn,
+    bn_momentum=bn_momentum,
+    bn_eps=bn_eps,
+    bn_unbiased_running_var=bn_unbiased_running_var,
+    bn_axis_name=bn_axis_name,
+    init_scheme=init,
+    depthwise_impl=depthwise_impl,
+    dtype=dtype,
+  )
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled_init(model: ZenNet, shape: tuple):
-    return jax.jit(lambda r: model.init(r, jnp.zeros(shape, jnp.float32), train=False))
+  return jax.jit(lambda r: model.init(r, jnp.zeros(shape, jnp.float32), train=False))
 
 
 def init_variables(model: ZenNet, rng: jax.Array, resolution: int = 224, batch_size: int = 1):
-    """Fresh variables for `model`, initialised in one compiled call (cached per model and shape)."""
-    return _compiled_init(model, (batch_size, resolution, resolution, 3))(rng)
+  """Fresh variables for `model`, initialised in one compiled call (cached per model and shape)."""
+  return _compiled_init(model, (batch_size, resolution, resolution, 3))(rng)
 
 
 def count_params(params) -> int:
-    return int(sum(int(p.size) for p in jax.tree_util.tree_leaves(params)))
+  return int(sum(int(p.size) for p in jax.tree_util.tree_leaves(params)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax.numpy as jnp
@@ -26,8 +26,15 @@ DECAYED_LEAF = 'kernel'
 TRAINABLE_WHEN_FROZEN = re.compile(r'^fc/')
 
 
-def reference_lr(samples_seen: int, *, lr: float, target_lr: float, num_train: int,
-                 num_epochs: int, warmup_epochs: int) -> float:
+def reference_lr(
+  samples_seen: int,
+  *,
+  lr: float,
+  target_lr: float,
+  num_train: int,
+  num_epochs: int,
+  warmup_epochs: int,
+) -> float:
   """The reference scheduler's rate after `samples_seen` samples (cosine mode)."""
   stop = num_train * num_epochs
   warmup = num_train * warmup_epochs
@@ -43,16 +50,27 @@ def samples_seen(step, *, steps_per_epoch: int, global_batch: int, num_train: in
   return epoch * num_train + (step - epoch * steps_per_epoch + 1) * global_batch
 
 
-def learning_rate_fn(*, lr: float, target_lr: float, num_train: int, num_epochs: int,
-                     warmup_epochs: int, steps_per_epoch: int, global_batch: int
-                     ) -> Callable[[jnp.ndarray], jnp.ndarray]:
+def learning_rate_fn(
+  *,
+  lr: float,
+  target_lr: float,
+  num_train: int,
+  num_epochs: int,
+  warmup_epochs: int,
+  steps_per_epoch: int,
+  global_batch: int,
+) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """An optax schedule (step -> rate) equal to `reference_lr` at every step's sample count."""
   stop = float(num_train * num_epochs)
   warmup = float(num_train * warmup_epochs)
 
   def schedule(step):
-    n = samples_seen(jnp.asarray(step, jnp.int32), steps_per_epoch=steps_per_epoch,
-                     global_batch=global_batch, num_train=num_train).astype(jnp.float32)
+    n = samples_seen(
+      jnp.asarray(step, jnp.int32),
+      steps_per_epoch=steps_per_epoch,
+      global_batch=global_batch,
+      num_train=num_train,
+    ).astype(jnp.float32)
     warm = (n + 1.0) / max(warmup, 1.0) * lr
     ratio = (n - warmup + 1.0) / (stop - warmup)
     # The reference's lr + (target - lr) * (1 - cos) / 2, written so float32 keeps its
@@ -76,20 +94,25 @@ def weight_decay_mask(params):
 
 def trainable_labels(params, freeze_backbone: bool):
   """'train' or 'frozen' per leaf, for optax.multi_transform."""
-  flat = {k: 'train' if not freeze_backbone or TRAINABLE_WHEN_FROZEN.match(k) else 'frozen'
-          for k in _paths(params)}
+  flat = {
+    k: 'train' if not freeze_backbone or TRAINABLE_WHEN_FROZEN.match(k) else 'frozen'
+    for k in _paths(params)
+  }
   return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params, schedule) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, params, schedule
+) -> optax.GradientTransformation:
   """SGD as torch.optim.SGD does it: decay added to the gradient, then (Nesterov) momentum."""
   tx = optax.chain(
-      optax.masked(optax.add_decayed_weights(config.weight_decay), weight_decay_mask(params)),
-      optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
+    optax.masked(optax.add_decayed_weights(config.weight_decay), weight_decay_mask(params)),
+    optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
   )
   if config.freeze_backbone:
-    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
-                               trainable_labels(params, True))
+    tx = optax.multi_transform(
+      {'train': tx, 'frozen': optax.set_to_zero()}, trainable_labels(params, True)
+    )
   return tx
 
 
@@ -99,6 +122,8 @@ def steps_per_epoch(num_train: int, global_batch: int, override: int = -1) -> in
     return override
   steps = num_train // global_batch
   if steps < 1:
-    raise ValueError(f'The training split has {num_train} examples, fewer than one global batch '
-                     f'of {global_batch}; lower batch_size.')
+    raise ValueError(
+      f'The training split has {num_train} examples, fewer than one global batch '
+      f'of {global_batch}; lower batch_size.'
+    )
   return steps

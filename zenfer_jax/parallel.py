@@ -8,7 +8,8 @@ reduce over the whole job.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -40,8 +41,9 @@ def replicate(tree: Any) -> Any:
   second call of a pmapped step compile separately.)
   """
   n = jax.local_device_count()
-  stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))),
-                                   tree)
+  stacked = jax.tree_util.tree_map(
+    lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree
+  )
   return _p_identity(stacked)
 
 

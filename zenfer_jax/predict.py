@@ -21,8 +21,11 @@ import numpy as np
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m zenfer_jax.predict', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog='python -m zenfer_jax.predict',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument('--checkpoint', required=True, help='a model dir or a training workdir')
   p.add_argument('images', nargs='+', metavar='IMAGE')
   p.add_argument('--top-k', dest='top_k', type=int, default=3, help='classes shown per image')
@@ -39,6 +42,7 @@ def load_image(path: str, image_size: int, recipe: str) -> np.ndarray:
   import tensorflow as tf
 
   from zenfer_jax.data import pipeline
+
   try:
     with open(path, 'rb') as f:
       encoded = f.read()
@@ -63,6 +67,7 @@ class Predictor:
 
     from zenfer_jax import checkpoint_io
     from zenfer_jax import workdir as wd
+
     self.variables, self.card = wd.load_inference(path)
     self.model = checkpoint_io.build_from_card(self.card)
     self.image_size = self.card['image_size'] or 224
@@ -74,8 +79,9 @@ class Predictor:
     return np.asarray(self._probs(self.variables, images))
 
 
-def predict(path: str, images: Sequence[str], top_k: int = 3, batch_size: int = 32
-            ) -> list[dict[str, Any]]:
+def predict(
+  path: str, images: Sequence[str], top_k: int = 3, batch_size: int = 32
+) -> list[dict[str, Any]]:
   """One result per image, in order: {'image', 'predictions': [{'class', 'probability'}]} or
   {'image', 'error'}."""
   predictor = Predictor(path)
@@ -88,22 +94,24 @@ def predict(path: str, images: Sequence[str], top_k: int = 3, batch_size: int = 
       results[i]['error'] = str(e)
   k = min(top_k, len(predictor.class_names))
   for start in range(0, len(ready), batch_size):
-    chunk = ready[start:start + batch_size]
+    chunk = ready[start : start + batch_size]
     batch = np.stack([x for _, x in chunk])
     pad = batch_size - len(chunk) if len(ready) > batch_size else 0  # One shape, one compile.
     if pad:
       batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
-    probs = predictor(batch)[:len(chunk)]
+    probs = predictor(batch)[: len(chunk)]
     for (i, _), p in zip(chunk, probs):
       order = np.argsort(-p, kind='stable')[:k]
       results[i]['predictions'] = [
-          {'class': predictor.class_names[j], 'probability': float(p[j])} for j in order]
+        {'class': predictor.class_names[j], 'probability': float(p[j])} for j in order
+      ]
   return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
+
   hide_gpus_from_tf()
   results = predict(args.checkpoint, args.images, args.top_k, args.batch_size)
   if args.json:

@@ -17,9 +17,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for the population checkpoint, the candidate log and the result.')
+flags.DEFINE_string(
+  'workdir', None, 'Directory for the population checkpoint, the candidate log and the result.'
+)
 flags.DEFINE_bool('progress', True, 'Show a progress bar (candidates/s and best score).')
-config_flags.DEFINE_config_file('config', None, 'Search configuration file (configs/search_m.py).', lock_config=True)
+config_flags.DEFINE_config_file(
+  'config', None, 'Search configuration file (configs/search_m.py).', lock_config=True
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,6 +38,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   import jax
+
   logging.info('Searching on %s', jax.devices())
   state = evolution.run_search(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
   best = state.best()

@@ -17,9 +17,16 @@ from zenfer_jax.parallel import AXIS_NAME
 from zenfer_jax.train_state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, num_classes: int,
-               label_smoothing: float, mixup_alpha: float, learning_rate_fn
-               ) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict,
+  rng: jax.Array,
+  *,
+  num_classes: int,
+  label_smoothing: float,
+  mixup_alpha: float,
+  learning_rate_fn,
+) -> tuple[TrainState, dict]:
   """One SGD step on this device's shard; gradients averaged over all devices.
 
   rng is the same on every device: folded with the step it gives one mixup lambda for the whole
@@ -35,8 +42,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, num_classes: i
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-        mutable=['batch_stats'])
+      {'params': params, 'batch_stats': state.batch_stats},
+      images,
+      train=True,
+      mutable=['batch_stats'],
+    )
     return losses.soft_cross_entropy(logits, targets), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -46,10 +56,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, num_classes: i
   batch_stats = lax.pmean(batch_stats, AXIS_NAME)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   step_metrics = {
-      'loss': lax.pmean(loss, AXIS_NAME),
-      'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS_NAME),
-      'learning_rate': learning_rate_fn(state.step),
-      'grad_norm': optax.global_norm(grads),
+    'loss': lax.pmean(loss, AXIS_NAME),
+    'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS_NAME),
+    'learning_rate': learning_rate_fn(state.step),
+    'grad_norm': optax.global_norm(grads),
   }
   return new_state, step_metrics
 

@@ -13,7 +13,8 @@ import functools
 import math
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import ml_collections
@@ -34,35 +35,44 @@ class NonFiniteLossError(FloatingPointError):
 def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
   """The dataset's info, building its records from config.data.manual_dir when missing."""
   d = config.data
-  kwargs = dict(manual_dir=os.path.expanduser(d.manual_dir) if d.manual_dir else None,
-                classes=class_list(config))
+  kwargs = dict(
+    manual_dir=os.path.expanduser(d.manual_dir) if d.manual_dir else None,
+    classes=class_list(config),
+  )
   data_dir = os.path.expanduser(d.data_dir)
   try:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
       info = data.prepare(d.name, data_dir, **kwargs)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices('zenfer_jax: dataset prepared')
     if jax.process_index() != 0:
       info = data.prepare(d.name, data_dir, **kwargs)
   except FileNotFoundError as e:
     raise FileNotFoundError(
-        f'{e}\nPoint --config.data.manual_dir at the raw {d.name} files (see the layout above); '
-        f'the TFDS records are then written once under {data_dir}.') from None
+      f'{e}\nPoint --config.data.manual_dir at the raw {d.name} files (see the layout above); '
+      f'the TFDS records are then written once under {data_dir}.'
+    ) from None
   for key in ('train_split', 'eval_split'):
     if d[key] not in info.split_sizes:
-      raise ValueError(f'config.data.{key}={d[key]!r}: {d.name} has the splits '
-                       f'{sorted(info.split_sizes)}.')
+      raise ValueError(
+        f'config.data.{key}={d[key]!r}: {d.name} has the splits {sorted(info.split_sizes)}.'
+      )
   return info
 
 
 def model_card(config: ml_collections.ConfigDict, model, info: data.DatasetInfo) -> dict:
   return checkpoint_io.make_card(
-      model.structure_text, info.num_classes, use_sa=config.model.use_sa,
-      use_lw_att=config.model.use_lw_att, class_names=info.class_names,
-      image_size=config.data.image_size,
-      recipe=config.data.recipe or data.pipeline.default_recipe(config.data.name),
-      source=f'zenfer_jax.train on {config.data.name}')
+    model.structure_text,
+    info.num_classes,
+    use_sa=config.model.use_sa,
+    use_lw_att=config.model.use_lw_att,
+    class_names=info.class_names,
+    image_size=config.data.image_size,
+    recipe=config.data.recipe or data.pipeline.default_recipe(config.data.name),
+    source=f'zenfer_jax.train on {config.data.name}',
+  )
 
 
 def evaluate_split(p_eval, variables, batches: Iterable[dict], num_classes: int) -> np.ndarray:
@@ -100,17 +110,27 @@ class Schedule:
   target_lr: float
 
   @classmethod
-  def from_config(cls, config, num_train: int) -> 'Schedule':
+  def from_config(cls, config, num_train: int) -> Schedule:
     spe = optim.steps_per_epoch(num_train, config.batch_size, config.steps_per_epoch)
-    return cls(num_train, config.batch_size, spe, spe * config.num_epochs,
-               config.lr_per_256 * config.batch_size / 256.0,
-               config.target_lr_per_256 * config.batch_size / 256.0)
+    return cls(
+      num_train,
+      config.batch_size,
+      spe,
+      spe * config.num_epochs,
+      config.lr_per_256 * config.batch_size / 256.0,
+      config.target_lr_per_256 * config.batch_size / 256.0,
+    )
 
   def lr_fn(self, config):
     return optim.learning_rate_fn(
-        lr=self.lr, target_lr=self.target_lr, num_train=self.num_train,
-        num_epochs=config.num_epochs, warmup_epochs=config.warmup_epochs,
-        steps_per_epoch=self.steps_per_epoch, global_batch=self.global_batch)
+      lr=self.lr,
+      target_lr=self.target_lr,
+      num_train=self.num_train,
+      num_epochs=config.num_epochs,
+      warmup_epochs=config.warmup_epochs,
+      steps_per_epoch=self.steps_per_epoch,
+      global_batch=self.global_batch,
+    )
 
 
 class _Progress:
@@ -120,8 +140,16 @@ class _Progress:
     self.bar = None
     if enabled and jax.process_index() == 0:
       from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=initial, unit='img', unit_scale=True,
-                      dynamic_ncols=True, smoothing=0.05, desc='train')
+
+      self.bar = tqdm(
+        total=total,
+        initial=initial,
+        unit='img',
+        unit_scale=True,
+        dynamic_ncols=True,
+        smoothing=0.05,
+        desc='train',
+      )
 
   def update(self, n: int, **postfix):
     if self.bar is not None:
@@ -134,17 +162,22 @@ class _Progress:
       self.bar.close()
 
 
-def _check_finite(step_metrics: list[dict], first_step: int, last_saved: int | None,
-                  workdir: str) -> None:
+def _check_finite(
+  step_metrics: list[dict], first_step: int, last_saved: int | None, workdir: str
+) -> None:
   for i, m in enumerate(step_metrics):
     if not (math.isfinite(float(m['loss'])) and math.isfinite(float(m['grad_norm']))):
-      where = (f'the last good checkpoint (step {last_saved}) in {workdir} is untouched'
-               if last_saved is not None else 'no checkpoint had been written yet')
+      where = (
+        f'the last good checkpoint (step {last_saved}) in {workdir} is untouched'
+        if last_saved is not None
+        else 'no checkpoint had been written yet'
+      )
       raise NonFiniteLossError(
-          f'The training loss is {float(m["loss"])} (gradient norm {float(m["grad_norm"])}) at '
-          f'step {first_step + i + 1} '
-          f'(learning rate {float(m["learning_rate"]):.4g}); stopping, and {where}. '
-          'Lower lr_per_256, check the data, or use model.dtype=float32.')
+        f'The training loss is {float(m["loss"])} (gradient norm {float(m["grad_norm"])}) at '
+        f'step {first_step + i + 1} '
+        f'(learning rate {float(m["learning_rate"]):.4g}); stopping, and {where}. '
+        'Lower lr_per_256, check the data, or use model.dtype=float32.'
+      )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -159,17 +192,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lr_fn = sched.lr_fn(config)
   model = ts.build_model(config, num_classes)
   card = model_card(config, model, info)
-  logging.info('%s: %d classes %s, %d training images; %d steps/epoch x %d epochs, global batch '
-               '%d on %d devices, lr %.4g', info.name, num_classes, info.class_names,
-               sched.num_train, sched.steps_per_epoch, config.num_epochs, sched.global_batch,
-               jax.device_count(), sched.lr)
+  logging.info(
+    '%s: %d classes %s, %d training images; %d steps/epoch x %d epochs, global batch '
+    '%d on %d devices, lr %.4g',
+    info.name,
+    num_classes,
+    info.class_names,
+    sched.num_train,
+    sched.steps_per_epoch,
+    config.num_epochs,
+    sched.global_batch,
+    jax.device_count(),
+    sched.lr,
+  )
 
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   ckpts = wd.Checkpoints(workdir)
   restored = ckpts.restore_latest()
   # A resumed run takes its weights from the checkpoint, never from init_from.
-  variables = (ts.placeholder_variables(config, model) if restored is not None
-               else ts.initial_variables(config, model, init_rng))
+  variables = (
+    ts.placeholder_variables(config, model)
+    if restored is not None
+    else ts.initial_variables(config, model, init_rng)
+  )
   state = ts.create_train_state(config, model, variables, lr_fn)
   book = Bookkeeping()
   if restored is not None:
@@ -177,8 +222,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     book = Bookkeeping(**restored[1]['book'])
     if is_chief:
       wd.truncate_metrics(workdir, int(state.step))
-    logging.info('Resuming from step %d of %d (%s).', int(state.step), sched.total_steps,
-                 os.path.join(workdir, wd.LATEST))
+    logging.info(
+      'Resuming from step %d of %d (%s).',
+      int(state.step),
+      sched.total_steps,
+      os.path.join(workdir, wd.LATEST),
+    )
   if is_chief:
     wd.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
     wd.write_json(os.path.join(workdir, checkpoint_io.CARD_NAME), card)
@@ -188,23 +237,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Model %s: %d parameters.', model.structure_text, params_count)
 
   d = config.data
-  common = dict(image_size=d.image_size, num_local_devices=jax.local_device_count(),
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                recipe=d.recipe or None, classes=class_list(config))
+  common = dict(
+    image_size=d.image_size,
+    num_local_devices=jax.local_device_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    recipe=d.recipe or None,
+    classes=class_list(config),
+  )
   data_dir = os.path.expanduser(d.data_dir)
   train_iter = data.pipeline.train_dataset(
-      d.name, data_dir, per_device_batch=config.batch_size // jax.device_count(),
-      seed=config.seed, start_step=start_step, split=d.train_split,
-      shuffle_buffer=d.shuffle_buffer, **common)
+    d.name,
+    data_dir,
+    per_device_batch=config.batch_size // jax.device_count(),
+    seed=config.seed,
+    start_step=start_step,
+    split=d.train_split,
+    shuffle_buffer=d.shuffle_buffer,
+    **common,
+  )
   eval_batches = data.pipeline.eval_dataset(
-      d.name, data_dir, split=d.eval_split,
-      per_device_batch=config.eval_batch_size // jax.device_count(), **common)
+    d.name,
+    data_dir,
+    split=d.eval_split,
+    per_device_batch=config.eval_batch_size // jax.device_count(),
+    **common,
+  )
 
-  p_train = parallel.pmap_train_step(functools.partial(
-      steps.train_step, num_classes=num_classes, label_smoothing=config.label_smoothing,
-      mixup_alpha=config.mixup_alpha, learning_rate_fn=lr_fn))
-  p_eval = parallel.pmap_eval_step(functools.partial(
-      steps.eval_step, apply_fn=model.apply, num_classes=num_classes))
+  p_train = parallel.pmap_train_step(
+    functools.partial(
+      steps.train_step,
+      num_classes=num_classes,
+      label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha,
+      learning_rate_fn=lr_fn,
+    )
+  )
+  p_eval = parallel.pmap_eval_step(
+    functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=num_classes)
+  )
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
@@ -212,8 +283,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = parallel.replicate(state)
   pending: list = []
   pending_from = start_step
-  progress = _Progress(config.progress_bar, sched.total_steps * sched.global_batch,
-                       start_step * sched.global_batch)
+  progress = _Progress(
+    config.progress_bar, sched.total_steps * sched.global_batch, start_step * sched.global_batch
+  )
   t0, images_seen, last_eval = time.time(), 0, None
 
   def flush():
@@ -244,10 +316,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done % config.log_every_steps == 0:
       fetched = flush()
       loss = float(np.mean([m['loss'] for m in fetched]))
-      writer.write_scalars(done, {'train/loss': loss,
-                                  'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-                                  'train/learning_rate': float(fetched[-1]['learning_rate']),
-                                  'train/images_per_second': images_seen / (time.time() - t0)})
+      writer.write_scalars(
+        done,
+        {
+          'train/loss': loss,
+          'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
+          'train/learning_rate': float(fetched[-1]['learning_rate']),
+          'train/images_per_second': images_seen / (time.time() - t0),
+        },
+      )
       progress.update(0, loss=f'{loss:.4f}')
     progress.update(sched.global_batch)
     epoch_end = done % sched.steps_per_epoch == 0
@@ -265,19 +342,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
         cm = evaluate_split(p_eval, variables, eval_batches, num_classes)
         last_eval = metrics.summarize(cm, info.class_names)
-        record = {'epoch': epoch, 'step': done, 'train_loss': train_loss,
-                  'train_accuracy': train_acc, 'test_top1': last_eval['top1'],
-                  'test_mean_class_accuracy': last_eval['mean_class_accuracy'],
-                  'per_class_accuracy': last_eval['per_class_accuracy']}
+        record = {
+          'epoch': epoch,
+          'step': done,
+          'train_loss': train_loss,
+          'train_accuracy': train_acc,
+          'test_top1': last_eval['top1'],
+          'test_mean_class_accuracy': last_eval['mean_class_accuracy'],
+          'per_class_accuracy': last_eval['per_class_accuracy'],
+        }
         if is_chief:
           wd.append_metrics(workdir, record)
-        scalars.update({'test/top1': last_eval['top1'],
-                        'test/mean_class_accuracy': last_eval['mean_class_accuracy']})
-        scalars.update({f'test/accuracy/{k}': v for k, v in last_eval['per_class_accuracy'].items()
-                        if v is not None})
-        logging.info('epoch %d/%d step %d: train loss %.4f acc %.4f | test top-1 %.4f mean-class '
-                     '%.4f', epoch, config.num_epochs, done, train_loss, train_acc,
-                     last_eval['top1'], last_eval['mean_class_accuracy'])
+        scalars.update(
+          {
+            'test/top1': last_eval['top1'],
+            'test/mean_class_accuracy': last_eval['mean_class_accuracy'],
+          }
+        )
+        scalars.update(
+          {
+            f'test/accuracy/{k}': v
+            for k, v in last_eval['per_class_accuracy'].items()
+            if v is not None
+          }
+        )
+        logging.info(
+          'epoch %d/%d step %d: train loss %.4f acc %.4f | test top-1 %.4f mean-class %.4f',
+          epoch,
+          config.num_epochs,
+          done,
+          train_loss,
+          train_acc,
+          last_eval['top1'],
+          last_eval['mean_class_accuracy'],
+        )
         if last_eval['top1'] > book.best_top1:
           book.best_top1, book.best_epoch, book.best_step = last_eval['top1'], epoch, done
           ckpts.save_best(done, parallel.unreplicate_to_host(variables), dict(record))
@@ -291,8 +389,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if last_eval is None:  # Resumed after the last evaluation: report the recorded one.
     records = wd.read_metrics(workdir)
     if records:
-      last_eval = {'top1': records[-1]['test_top1'],
-                   'mean_class_accuracy': records[-1]['test_mean_class_accuracy']}
+      last_eval = {
+        'top1': records[-1]['test_top1'],
+        'mean_class_accuracy': records[-1]['test_mean_class_accuracy'],
+      }
   summary = _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, time.time() - t0)
   ckpts.close()
   return summary
@@ -306,18 +406,24 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
     with wd.quiet():
       checkpoint_io.save_model_dir(export, best[0], card, overwrite=True)
   summary = {
-      'best_test_top1': book.best_top1 if best is not None else None,
-      'best_epoch': book.best_epoch, 'best_step': book.best_step,
-      'final_test_top1': last_eval['top1'] if last_eval else None,
-      'final_test_mean_class_accuracy': last_eval['mean_class_accuracy'] if last_eval else None,
-      'train_seconds': seconds,
-      'images_per_second': images_seen / seconds if seconds > 0 and images_seen else None,
-      'model_dir': export if best is not None else None,
+    'best_test_top1': book.best_top1 if best is not None else None,
+    'best_epoch': book.best_epoch,
+    'best_step': book.best_step,
+    'final_test_top1': last_eval['top1'] if last_eval else None,
+    'final_test_mean_class_accuracy': last_eval['mean_class_accuracy'] if last_eval else None,
+    'train_seconds': seconds,
+    'images_per_second': images_seen / seconds if seconds > 0 and images_seen else None,
+    'model_dir': export if best is not None else None,
   }
   if is_chief:
     wd.write_json(os.path.join(workdir, 'summary.json'), summary)
-  logging.info('Done. Best test top-1 %.4f at epoch %d; model exported to %s. Summary: %s',
-               book.best_top1, book.best_epoch, export, summary)
+  logging.info(
+    'Done. Best test top-1 %.4f at epoch %d; model exported to %s. Summary: %s',
+    book.best_top1,
+    book.best_epoch,
+    export,
+    summary,
+  )
   return summary
 
 

@@ -33,26 +33,42 @@ class TrainState(train_state.TrainState):
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ZenNet:
   m = config.model
   return models.build_model(
-      m.structure, num_classes, use_sa=m.use_sa, use_lw_att=m.use_lw_att,
-      bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
-      bn_axis_name=AXIS_NAME if m.cross_device_bn else None, init=m.init,
-      depthwise_impl=m.depthwise_impl, dtype=DTYPES[m.dtype])
+    m.structure,
+    num_classes,
+    use_sa=m.use_sa,
+    use_lw_att=m.use_lw_att,
+    bn_momentum=m.bn_momentum,
+    bn_eps=m.bn_eps,
+    bn_axis_name=AXIS_NAME if m.cross_device_bn else None,
+    init=m.init,
+    depthwise_impl=m.depthwise_impl,
+    dtype=DTYPES[m.dtype],
+  )
 
 
-def initial_variables(config: ml_collections.ConfigDict, model: models.ZenNet,
-                      rng: jax.Array) -> dict:
+def initial_variables(
+  config: ml_collections.ConfigDict, model: models.ZenNet, rng: jax.Array
+) -> dict:
   """Fresh variables, then `config.init_from` merged in strictly when set."""
   init = jax.jit(lambda r: models.init_variables(model, r, config.data.image_size))
   variables = jax.device_get(init(rng))
   if config.init_from:
     from zenfer_jax import workdir as workdir_lib  # Late: workdir imports this module.
+
     loaded, card = workdir_lib.load_inference(config.init_from)
     if str(resolve(card['structure'])) != model.structure_text:
-      logging.warning('init_from %s was trained with structure %s; this run uses %s.',
-                      config.init_from, card['structure'], model.structure_text)
+      logging.warning(
+        'init_from %s was trained with structure %s; this run uses %s.',
+        config.init_from,
+        card['structure'],
+        model.structure_text,
+      )
     variables = merge_init(variables, loaded, only_backbone=config.only_backbone)
-    logging.info('Initialised from %s (%s).', config.init_from,
-                 'backbone only' if config.only_backbone else 'all parameters')
+    logging.info(
+      'Initialised from %s (%s).',
+      config.init_from,
+      'backbone only' if config.only_backbone else 'all parameters',
+    )
   return variables
 
 
@@ -62,35 +78,52 @@ def placeholder_variables(config: ml_collections.ConfigDict, model: models.ZenNe
   Shape inference only (no compilation), so resuming does not pay for an initialisation.
   """
   shapes = jax.eval_shape(
-      lambda r: models.init_variables(model, r, config.data.image_size), jax.random.PRNGKey(0))
+    lambda r: models.init_variables(model, r, config.data.image_size), jax.random.PRNGKey(0)
+  )
   return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def merge_init(fresh: dict, loaded: dict, *, only_backbone: bool) -> dict:
   """`loaded` merged into `fresh`; every key must match unless outside the backbone and skipped."""
   from zenfer_jax import checkpoint_io
+
   skip = HEAD_PATTERNS if only_backbone else ()
   return checkpoint_io.strict_merge(fresh, loaded, skip_patterns=skip)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.ZenNet, variables: dict,
-                       schedule) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict, model: models.ZenNet, variables: dict, schedule
+) -> TrainState:
   params = variables['params']
   tx = optim.make_optimizer(config, params, schedule)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
+  return TrainState.create(
+    apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get('batch_stats', {})
+  )
 
 
 def to_state_dict(state: TrainState) -> dict:
   """The checkpointed part of the state as nested dicts of arrays (no functions)."""
   return flax.serialization.to_state_dict(
-      {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-       'batch_stats': state.batch_stats})
+    {
+      'step': state.step,
+      'params': state.params,
+      'opt_state': state.opt_state,
+      'batch_stats': state.batch_stats,
+    }
+  )
 
 
 def from_state_dict(state: TrainState, restored: dict) -> TrainState:
-  target = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-            'batch_stats': state.batch_stats}
+  target = {
+    'step': state.step,
+    'params': state.params,
+    'opt_state': state.opt_state,
+    'batch_stats': state.batch_stats,
+  }
   tree = flax.serialization.from_state_dict(target, restored)
-  return state.replace(step=tree['step'], params=tree['params'], opt_state=tree['opt_state'],
-                       batch_stats=tree['batch_stats'])
+  return state.replace(
+    step=tree['step'],
+    params=tree['params'],
+    opt_state=tree['opt_state'],
+    batch_stats=tree['batch_stats'],
+  )

@@ -48,13 +48,14 @@ def _quietly(method):
   def wrapper(*args, **kwargs):
     with quiet():
       return method(*args, **kwargs)
+
   return wrapper
 
 
 def _manager(path: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False,
-      cleanup_tmp_directories=True)
+    max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+  )
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
 
 
@@ -75,24 +76,29 @@ class Checkpoints:
     step = self.latest.latest_step()
     if step is None:
       return None
-    out = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    out = self.latest.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
     return out.state, out.meta
 
   @_quietly
   def save_latest(self, step: int, state: dict, meta: dict) -> None:
     if step in self.latest.all_steps():  # Re-reached after a resume: identical content.
       return
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self.latest.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
     self.latest.wait_until_finished()
 
   @_quietly
   def save_best(self, step: int, variables: dict, meta: dict) -> None:
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
+    self.best.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
+    )
     self.best.wait_until_finished()
 
   @_quietly
@@ -100,8 +106,9 @@ class Checkpoints:
     step = self.best.latest_step()
     if step is None:
       return None
-    out = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    out = self.best.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
     return out.state, out.meta
 
   @_quietly
@@ -171,8 +178,10 @@ def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
   path = os.fspath(path)
   if not is_workdir(path):
     if which != 'best':
-      raise ValueError(f'{path!r} is a model directory: it holds one set of weights, so '
-                       f'which={which!r} does not apply.')
+      raise ValueError(
+        f'{path!r} is a model directory: it holds one set of weights, so '
+        f'which={which!r} does not apply.'
+      )
     with quiet():
       return checkpoint_io.load_model_dir(path)
   card = checkpoint_io.load_card(path)

@@ -24,9 +24,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PCA of ImageNet RGB pixels (AlexNet lighting noise), columns are eigenvectors.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-                   (-0.5808, -0.0045, -0.8140),
-                   (-0.5836, -0.6948, 0.4203))
+IMAGENET_EIGVEC = (
+  (-0.5675, 0.7192, 0.4009),
+  (-0.5808, -0.0045, -0.8140),
+  (-0.5836, -0.6948, 0.4203),
+)
 
 
 def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -55,9 +57,11 @@ def _resize_float(image: tf.Tensor, size, method: str = 'bicubic') -> tf.Tensor:
   x = tf.cast(image, tf.float32)
   size = tf.convert_to_tensor(size, tf.int32)
   shrinks = tf.reduce_any(size < tf.shape(x)[:2])
-  out = tf.cond(shrinks,
-                lambda: tf.image.resize(x, size, method=method, antialias=True),
-                lambda: tf.image.resize(x, size, method=method, antialias=False))
+  out = tf.cond(
+    shrinks,
+    lambda: tf.image.resize(x, size, method=method, antialias=True),
+    lambda: tf.image.resize(x, size, method=method, antialias=False),
+  )
   return tf.ensure_shape(out, [None, None, x.shape[-1]])
 
 
@@ -87,13 +91,17 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   shape = tf.shape(image)
   top = (shape[0] - size) // 2
   left = (shape[1] - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
-def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
-                               scale: tuple[float, float] = (0.08, 1.0),
-                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                               attempts: int = 10) -> tuple[tf.Tensor, ...]:
+def random_resized_crop_window(
+  height: tf.Tensor,
+  width: tf.Tensor,
+  seed: tf.Tensor,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  attempts: int = 10,
+) -> tuple[tf.Tensor, ...]:
   """The (top, left, height, width) window torchvision's RandomResizedCrop would cut.
 
   Tries `attempts` random area/aspect windows at once and keeps the first that fits; if none
@@ -122,13 +130,17 @@ def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Ten
   return top, left, crop_h, crop_w
 
 
-def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+def random_resized_crop(
+  image: tf.Tensor,
+  size: int,
+  seed: tf.Tensor,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
   """torchvision RandomResizedCrop: a random area/aspect window, resized (bicubic) to size x size."""
   shape = tf.shape(image)
   top, left, h, w = random_resized_crop_window(shape[0], shape[1], seed, scale, ratio)
-  return resize(image[top:top + h, left:left + w], (size, size))
+  return resize(image[top : top + h, left : left + w], (size, size))
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5) -> tf.Tensor:
@@ -141,7 +153,7 @@ def random_shift(image: tf.Tensor, seed: tf.Tensor, max_shift: int) -> tf.Tensor
   shape = tf.shape(image)
   padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
   offs = tf.random.stateless_uniform([2], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
-  return padded[offs[0]:offs[0] + shape[0], offs[1]:offs[1] + shape[1]]
+  return padded[offs[0] : offs[0] + shape[0], offs[1] : offs[1] + shape[1]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +242,13 @@ def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
   """Nearest-neighbour projective warp; `transform` maps output (x, y) to input coordinates."""
   shape = tf.shape(image)
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.cast(transform, tf.float32)[None],
-      output_shape=shape[:2], fill_value=0.0, interpolation='NEAREST', fill_mode='CONSTANT')
+    images=image[None],
+    transforms=tf.cast(transform, tf.float32)[None],
+    output_shape=shape[:2],
+    fill_value=0.0,
+    interpolation='NEAREST',
+    fill_mode='CONSTANT',
+  )
   return out[0]
 
 
@@ -255,56 +272,59 @@ def shear_x(image: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:
 # (name, op(image, magnitude), magnitudes for bins 0..9, signed)
 _BINS = np.arange(10)
 _AUTOAUGMENT_OPS = (
-    ('posterize', posterize, 8 - np.round(_BINS / (9 / 4)), False),
-    ('rotate', rotate, np.linspace(0.0, 30.0, 10), True),
-    ('solarize', solarize, np.linspace(255.0, 0.0, 10), False),
-    ('autocontrast', lambda im, m: autocontrast(im), np.zeros(10), False),
-    ('equalize', lambda im, m: equalize(im), np.zeros(10), False),
-    ('color', lambda im, m: color(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-    ('contrast', lambda im, m: contrast(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-    ('invert', lambda im, m: invert(im), np.zeros(10), False),
-    ('sharpness', lambda im, m: sharpness(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-    ('shear_x', shear_x, np.linspace(0.0, 0.3, 10), True),
+  ('posterize', posterize, 8 - np.round(_BINS / (9 / 4)), False),
+  ('rotate', rotate, np.linspace(0.0, 30.0, 10), True),
+  ('solarize', solarize, np.linspace(255.0, 0.0, 10), False),
+  ('autocontrast', lambda im, m: autocontrast(im), np.zeros(10), False),
+  ('equalize', lambda im, m: equalize(im), np.zeros(10), False),
+  ('color', lambda im, m: color(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+  ('contrast', lambda im, m: contrast(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+  ('invert', lambda im, m: invert(im), np.zeros(10), False),
+  ('sharpness', lambda im, m: sharpness(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
+  ('shear_x', shear_x, np.linspace(0.0, 0.3, 10), True),
 )
 _OP_INDEX = {name: i for i, (name, *_rest) in enumerate(_AUTOAUGMENT_OPS)}
 
 # The ImageNet policy of AutoAugment (Cubuk et al. 2019): 25 sub-policies of two
 # (op, probability, magnitude bin) steps; one sub-policy is drawn per image.
 IMAGENET_POLICY = (
-    (('posterize', 0.4, 8), ('rotate', 0.6, 9)),
-    (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
-    (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
-    (('posterize', 0.6, 7), ('posterize', 0.6, 6)),
-    (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
-    (('equalize', 0.4, 0), ('rotate', 0.8, 8)),
-    (('solarize', 0.6, 3), ('equalize', 0.6, 0)),
-    (('posterize', 0.8, 5), ('equalize', 1.0, 0)),
-    (('rotate', 0.2, 3), ('solarize', 0.6, 8)),
-    (('equalize', 0.6, 0), ('posterize', 0.4, 6)),
-    (('rotate', 0.8, 8), ('color', 0.4, 0)),
-    (('rotate', 0.4, 9), ('equalize', 0.6, 0)),
-    (('equalize', 0.0, 0), ('equalize', 0.8, 0)),
-    (('invert', 0.6, 0), ('equalize', 1.0, 0)),
-    (('color', 0.6, 4), ('contrast', 1.0, 8)),
-    (('rotate', 0.8, 8), ('color', 1.0, 2)),
-    (('color', 0.8, 8), ('solarize', 0.8, 7)),
-    (('sharpness', 0.4, 7), ('invert', 0.6, 0)),
-    (('shear_x', 0.6, 5), ('equalize', 1.0, 0)),
-    (('color', 0.4, 0), ('equalize', 0.6, 0)),
-    (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
-    (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
-    (('invert', 0.6, 0), ('equalize', 1.0, 0)),
-    (('color', 0.6, 4), ('contrast', 1.0, 8)),
-    (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
+  (('posterize', 0.4, 8), ('rotate', 0.6, 9)),
+  (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
+  (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
+  (('posterize', 0.6, 7), ('posterize', 0.6, 6)),
+  (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
+  (('equalize', 0.4, 0), ('rotate', 0.8, 8)),
+  (('solarize', 0.6, 3), ('equalize', 0.6, 0)),
+  (('posterize', 0.8, 5), ('equalize', 1.0, 0)),
+  (('rotate', 0.2, 3), ('solarize', 0.6, 8)),
+  (('equalize', 0.6, 0), ('posterize', 0.4, 6)),
+  (('rotate', 0.8, 8), ('color', 0.4, 0)),
+  (('rotate', 0.4, 9), ('equalize', 0.6, 0)),
+  (('equalize', 0.0, 0), ('equalize', 0.8, 0)),
+  (('invert', 0.6, 0), ('equalize', 1.0, 0)),
+  (('color', 0.6, 4), ('contrast', 1.0, 8)),
+  (('rotate', 0.8, 8), ('color', 1.0, 2)),
+  (('color', 0.8, 8), ('solarize', 0.8, 7)),
+  (('sharpness', 0.4, 7), ('invert', 0.6, 0)),
+  (('shear_x', 0.6, 5), ('equalize', 1.0, 0)),
+  (('color', 0.4, 0), ('equalize', 0.6, 0)),
+  (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
+  (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
+  (('invert', 0.6, 0), ('equalize', 1.0, 0)),
+  (('color', 0.6, 4), ('contrast', 1.0, 8)),
+  (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
 )
 
 
 def _policy_tables(policy):
   ops = np.array([[_OP_INDEX[name] for name, _, _ in sub] for sub in policy], np.int32)
   probs = np.array([[p for _, p, _ in sub] for sub in policy], np.float32)
-  mags = np.array([[_AUTOAUGMENT_OPS[_OP_INDEX[name]][2][b] for name, _, b in sub] for sub in policy],
-                  np.float32)
-  signed = np.array([[_AUTOAUGMENT_OPS[_OP_INDEX[name]][3] for name, _, _ in sub] for sub in policy])
+  mags = np.array(
+    [[_AUTOAUGMENT_OPS[_OP_INDEX[name]][2][b] for name, _, b in sub] for sub in policy], np.float32
+  )
+  signed = np.array(
+    [[_AUTOAUGMENT_OPS[_OP_INDEX[name]][3] for name, _, _ in sub] for sub in policy]
+  )
   return ops, probs, mags, signed
 
 
@@ -324,9 +344,11 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf
   negate = (_uniform(s_sign, [2]) < 0.5) & signed[k]
   magnitude = tf.where(negate, -mags[k], mags[k])
   for step in range(2):
-    image = tf.cond(apply[step],
-                    lambda step=step, image=image: apply_autoaugment_op(image, ops[k, step], magnitude[step]),
-                    lambda image=image: image)
+    image = tf.cond(
+      apply[step],
+      lambda step=step, image=image: apply_autoaugment_op(image, ops[k, step], magnitude[step]),
+      lambda image=image: image,
+    )
   return image
 
 
@@ -346,8 +368,9 @@ def to_unit(image: tf.Tensor) -> tf.Tensor:
 def lighting_offset(seed: tf.Tensor, alphastd: float = 0.1) -> tf.Tensor:
   """The RGB offset eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) (AlexNet lighting)."""
   alpha = tf.random.stateless_normal([3], seed, stddev=alphastd, dtype=tf.float32)
-  return tf.linalg.matvec(tf.constant(IMAGENET_EIGVEC, tf.float32),
-                          alpha * tf.constant(IMAGENET_EIGVAL, tf.float32))
+  return tf.linalg.matvec(
+    tf.constant(IMAGENET_EIGVEC, tf.float32), alpha * tf.constant(IMAGENET_EIGVAL, tf.float32)
+  )
 
 
 def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alphastd: float = 0.1) -> tf.Tensor:
@@ -357,15 +380,22 @@ def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alphastd: float = 0.1) -> tf
   return image + lighting_offset(seed, alphastd)
 
 
-def normalize(image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
+def normalize(
+  image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> tf.Tensor:
   """(x - mean) / std per channel, x in [0, 1]."""
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def erasing_box(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, p: float = 0.5,
-                scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3),
-                attempts: int = 10) -> tf.Tensor:
+def erasing_box(
+  height: tf.Tensor,
+  width: tf.Tensor,
+  seed: tf.Tensor,
+  p: float = 0.5,
+  scale: tuple[float, float] = (0.02, 0.33),
+  ratio: tuple[float, float] = (0.3, 3.3),
+  attempts: int = 10,
+) -> tf.Tensor:
   """torchvision RandomErasing's rectangle as int32 [top, left, height, width]; all 0: none.
 
   With probability p, the area is a uniform fraction `scale` of the image and the aspect
@@ -400,9 +430,14 @@ def erase(images: tf.Tensor, boxes: tf.Tensor, value: float = 0.0) -> tf.Tensor:
   return tf.where(inside, tf.cast(value, images.dtype), images)
 
 
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5,
-                   scale: tuple[float, float] = (0.02, 0.33),
-                   ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> tf.Tensor:
+def random_erasing(
+  image: tf.Tensor,
+  seed: tf.Tensor,
+  p: float = 0.5,
+  scale: tuple[float, float] = (0.02, 0.33),
+  ratio: tuple[float, float] = (0.3, 3.3),
+  value: float = 0.0,
+) -> tf.Tensor:
   """torchvision RandomErasing on one HWC image (see `erasing_box`)."""
   image = tf.convert_to_tensor(image)
   shape = tf.shape(image)

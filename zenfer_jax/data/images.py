@@ -54,7 +54,9 @@ def read_image(path: str, crop_box: Sequence[int] | None = None) -> bytes:
         x0, y0 = max(0, x), max(0, y)
         x1, y1 = min(img.width, x + w), min(img.height, y + h)
         if x1 - x0 < 2 or y1 - y0 < 2:
-          raise BadImage(f'face box {tuple(crop_box)} lies outside the {img.width}x{img.height} image')
+          raise BadImage(
+            f'face box {tuple(crop_box)} lies outside the {img.width}x{img.height} image'
+          )
         return _encode(img.convert('RGB').crop((x0, y0, x1, y1)), 'JPEG')
       if fmt in ('JPEG', 'PNG') and img.mode == 'RGB':
         return raw

@@ -51,15 +51,20 @@ class Recipe:
 
 
 RECIPES = {
-    'rafdb': Recipe('rafdb', augment=True),
-    'affectnet': Recipe('affectnet', augment=True, erasing_scale=(0.4, 0.4), balanced=True,
-                        eval_center_crop=True),
-    # 8x8 digits upscaled: a small shift only; digits are not mirror-symmetric.
-    'digits': Recipe('digits', augment=False, shift_fraction=0.125),
-    'none': Recipe('none', augment=False),
+  'rafdb': Recipe('rafdb', augment=True),
+  'affectnet': Recipe(
+    'affectnet', augment=True, erasing_scale=(0.4, 0.4), balanced=True, eval_center_crop=True
+  ),
+  # 8x8 digits upscaled: a small shift only; digits are not mirror-symmetric.
+  'digits': Recipe('digits', augment=False, shift_fraction=0.125),
+  'none': Recipe('none', augment=False),
 }
-DEFAULT_RECIPE = {'rafdb': 'rafdb', 'affectnet': 'affectnet', 'digits': 'digits',
-                  'folders': 'rafdb'}
+DEFAULT_RECIPE = {
+  'rafdb': 'rafdb',
+  'affectnet': 'affectnet',
+  'digits': 'digits',
+  'folders': 'rafdb',
+}
 
 
 def default_recipe(name: str) -> str:
@@ -116,7 +121,8 @@ def train_example(image: tf.Tensor, image_size: int, recipe: Recipe, seed: tf.Te
   elementwise ops run once per batch instead of once per image.
   """
   s_crop, s_flip, s_aa, s_light, s_erase, s_shift = [
-      tf.random.experimental.stateless_split(seed, 6)[i] for i in range(6)]
+    tf.random.experimental.stateless_split(seed, 6)[i] for i in range(6)
+  ]
   lighting = tf.zeros([3], tf.float32)
   box = tf.zeros([4], tf.int32)
   if recipe.augment:
@@ -126,12 +132,20 @@ def train_example(image: tf.Tensor, image_size: int, recipe: Recipe, seed: tf.Te
     image = augment.autoaugment_imagenet(image, s_aa)
     if recipe.lighting_std:
       lighting = augment.lighting_offset(s_light, recipe.lighting_std)
-    box = augment.erasing_box(image_size, image_size, s_erase, p=recipe.erasing_p,
-                              scale=recipe.erasing_scale, ratio=recipe.erasing_ratio)
+    box = augment.erasing_box(
+      image_size,
+      image_size,
+      s_erase,
+      p=recipe.erasing_p,
+      scale=recipe.erasing_scale,
+      ratio=recipe.erasing_ratio,
+    )
   else:
     image = augment.resize(image, image_size)
     if recipe.shift_fraction > 0:
-      image = augment.random_shift(image, s_shift, max(1, round(image_size * recipe.shift_fraction)))
+      image = augment.random_shift(
+        image, s_shift, max(1, round(image_size * recipe.shift_fraction))
+      )
   image = tf.ensure_shape(image, [image_size, image_size, 3])
   return {'image': image, 'lighting': lighting, 'erase': box}
 
@@ -142,8 +156,9 @@ def finish_train_batch(image: tf.Tensor, lighting: tf.Tensor, box: tf.Tensor) ->
   return augment.erase(augment.normalize(x), box, 0.0)
 
 
-def preprocess_for_train(image: tf.Tensor, image_size: int, recipe: Recipe | str,
-                         seed: tf.Tensor) -> tf.Tensor:
+def preprocess_for_train(
+  image: tf.Tensor, image_size: int, recipe: Recipe | str, seed: tf.Tensor
+) -> tf.Tensor:
   """One uint8 HWC image -> float32 [size, size, 3], normalised, through the whole train chain."""
   r = RECIPES[recipe] if isinstance(recipe, str) else recipe
   ex = train_example(_as_rgb(image), image_size, r, tf.convert_to_tensor(seed, tf.int64))
@@ -181,15 +196,19 @@ def host_range(start: int, end: int, process_index: int, process_count: int) -> 
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is outside [0, {process_count}).')
   n = end - start
-  return (start + process_index * n // process_count,
-          start + (process_index + 1) * n // process_count)
+  return (
+    start + process_index * n // process_count,
+    start + (process_index + 1) * n // process_count,
+  )
 
 
 def _read(builder, split: str, start: int, end: int) -> tf.data.Dataset:
   return builder.as_dataset(
-      split=f'{split}[{start}:{end}]', shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False))
+    split=f'{split}[{start}:{end}]',
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
+    read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False),
+  )
 
 
 def _seeds(seed: int, process_index: int, n: int) -> list[int]:
@@ -206,14 +225,23 @@ def _class_ranges(info: registry.DatasetInfo, split: str) -> list[list[int]]:
   return ranges
 
 
-def _sampled_examples(builder, info, split, recipe: Recipe, seed: int, process_index: int,
-                      process_count: int, shuffle_buffer: int) -> tf.data.Dataset:
+def _sampled_examples(
+  builder,
+  info,
+  split,
+  recipe: Recipe,
+  seed: int,
+  process_index: int,
+  process_count: int,
+  shuffle_buffer: int,
+) -> tf.data.Dataset:
   ranges = [host_range(a, b, process_index, process_count) for a, b in _class_ranges(info, split)]
   ranges = [(a, b) for a, b in ranges if b > a]
   total = sum(b - a for a, b in ranges)
   if total == 0:
-    raise ValueError(f'{info.name}/{split} has no examples for process {process_index} of '
-                     f'{process_count}.')
+    raise ValueError(
+      f'{info.name}/{split} has no examples for process {process_index} of {process_count}.'
+    )
   seeds = _seeds(seed, process_index, len(ranges) + 2)
   if not recipe.balanced and shuffle_buffer >= total:
     merged = []  # Adjacent class ranges (all of them, with one process) are read at once.
@@ -229,10 +257,11 @@ def _sampled_examples(builder, info, split, recipe: Recipe, seed: int, process_i
     return ds.shuffle(total, seed=seeds[0], reshuffle_each_iteration=True).repeat()
   per_class_buffer = max(1, shuffle_buffer // len(ranges))
   streams = [
-      _read(builder, split, a, b)
-      .shuffle(min(b - a, per_class_buffer), seed=seeds[2 + i], reshuffle_each_iteration=True)
-      .repeat()
-      for i, (a, b) in enumerate(ranges)]
+    _read(builder, split, a, b)
+    .shuffle(min(b - a, per_class_buffer), seed=seeds[2 + i], reshuffle_each_iteration=True)
+    .repeat()
+    for i, (a, b) in enumerate(ranges)
+  ]
   sizes = np.array([b - a for a, b in ranges], np.float64)
   weights = np.full(len(ranges), 1.0 / len(ranges)) if recipe.balanced else sizes / sizes.sum()
   return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights), seed=seeds[1])
@@ -253,12 +282,23 @@ def _to_devices(batch: dict, devices: int, per_device: int) -> dict:
 # Public pipelines
 
 
-def train_tf_dataset(name: str, data_dir: str, *, image_size: int, per_device_batch: int,
-                     num_local_devices: int, seed: int, recipe: str | Recipe | None = None,
-                     process_index: int = 0, process_count: int = 1,
-                     classes: Sequence[str] | None = None, shuffle_buffer: int = 16_384,
-                     start_step: int = 0, split: str = 'train', prefetch: int = 2
-                     ) -> tf.data.Dataset:
+def train_tf_dataset(
+  name: str,
+  data_dir: str,
+  *,
+  image_size: int,
+  per_device_batch: int,
+  num_local_devices: int,
+  seed: int,
+  recipe: str | Recipe | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  classes: Sequence[str] | None = None,
+  shuffle_buffer: int = 16_384,
+  start_step: int = 0,
+  split: str = 'train',
+  prefetch: int = 2,
+) -> tf.data.Dataset:
   """The infinite training stream as a tf.data.Dataset of {'image', 'label'} batches.
 
   'image': float32 [num_local_devices, per_device_batch, image_size, image_size, 3];
@@ -268,8 +308,9 @@ def train_tf_dataset(name: str, data_dir: str, *, image_size: int, per_device_ba
   r = _recipe(recipe, name)
   builder, info = registry.load(name, data_dir, classes)
   local_batch = num_local_devices * per_device_batch
-  ds = _sampled_examples(builder, info, split, r, seed, process_index, process_count,
-                         shuffle_buffer)
+  ds = _sampled_examples(
+    builder, info, split, r, seed, process_index, process_count, shuffle_buffer
+  )
   ds = ds.enumerate()
   if start_step:
     ds = ds.skip(int(start_step) * local_batch)
@@ -283,8 +324,9 @@ def train_tf_dataset(name: str, data_dir: str, *, image_size: int, per_device_ba
 
   def _finish(batch):
     image = finish_train_batch(batch['image'], batch['lighting'], batch['erase'])
-    return _to_devices({'image': image, 'label': batch['label']}, num_local_devices,
-                       per_device_batch)
+    return _to_devices(
+      {'image': image, 'label': batch['label']}, num_local_devices, per_device_batch
+    )
 
   ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -303,10 +345,20 @@ def eval_num_batches(num_examples: int, local_batch: int, process_count: int) ->
   return -(-largest // local_batch)
 
 
-def eval_tf_dataset(name: str, data_dir: str, *, split: str = 'test', image_size: int,
-                    per_device_batch: int, num_local_devices: int, process_index: int = 0,
-                    process_count: int = 1, recipe: str | Recipe | None = None,
-                    classes: Sequence[str] | None = None, prefetch: int = 2) -> tf.data.Dataset:
+def eval_tf_dataset(
+  name: str,
+  data_dir: str,
+  *,
+  split: str = 'test',
+  image_size: int,
+  per_device_batch: int,
+  num_local_devices: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  recipe: str | Recipe | None = None,
+  classes: Sequence[str] | None = None,
+  prefetch: int = 2,
+) -> tf.data.Dataset:
   """Every example of `split` exactly once, padded to whole batches, with a validity mask.
 
   All processes yield the same number of batches (pmap needs it); padding examples are zero
@@ -323,15 +375,25 @@ def eval_tf_dataset(name: str, data_dir: str, *, split: str = 'test', image_size
   total = eval_num_batches(n, local_batch, process_count) * local_batch
 
   def _map(ex):
-    return {'image': _eval_chain(decode(ex['image']), image_size, r),
-            'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)}
+    return {
+      'image': _eval_chain(decode(ex['image']), image_size, r),
+      'label': tf.cast(ex['label'], tf.int32),
+      'mask': tf.constant(True),
+    }
 
-  pad = tf.data.Dataset.from_tensors({
+  pad = tf.data.Dataset.from_tensors(
+    {
       'image': tf.zeros([image_size, image_size, 3], tf.float32),
-      'label': tf.constant(0, tf.int32), 'mask': tf.constant(False)}).repeat(total - (hi - lo))
+      'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(False),
+    }
+  ).repeat(total - (hi - lo))
   if hi > lo:
-    ds = _read(builder, split, lo, hi).map(_map, num_parallel_calls=tf.data.AUTOTUNE,
-                                            deterministic=True).concatenate(pad)
+    ds = (
+      _read(builder, split, lo, hi)
+      .map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      .concatenate(pad)
+    )
   else:
     ds = pad
   ds = ds.batch(local_batch)  # `total` is a multiple of local_batch: nothing is dropped.

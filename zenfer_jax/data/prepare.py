@@ -18,9 +18,11 @@ from zenfer_jax.data import registry
 _DATASET = flags.DEFINE_enum('dataset', None, list(registry.ALL_DATASETS), 'Dataset to prepare.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the TFDS records are written.')
 _MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'The dataset as downloaded (official layout, or <split>/<class>/ folders).')
+  'manual_dir', None, 'The dataset as downloaded (official layout, or <split>/<class>/ folders).'
+)
 _CLASSES = flags.DEFINE_list(
-    'folders.classes', None, 'folders only: class names in label order, comma-separated.')
+  'folders.classes', None, 'folders only: class names in label order, comma-separated.'
+)
 flags.mark_flags_as_required(['dataset', 'data_dir'])
 
 
@@ -29,11 +31,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CLASSES.value and _DATASET.value != 'folders':
     raise app.UsageError('--folders.classes applies to --dataset=folders only.')
-  info = registry.prepare(_DATASET.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                          classes=_CLASSES.value)
+  info = registry.prepare(
+    _DATASET.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value, classes=_CLASSES.value
+  )
   logging.info('Prepared %s', info)
-  print(f'{info.name}: {info.num_classes} classes {info.class_names}; split sizes '
-        f'{info.split_sizes}; {info.skipped} skipped; report {info.report_path}')
+  print(
+    f'{info.name}: {info.num_classes} classes {info.class_names}; split sizes '
+    f'{info.split_sizes}; {info.skipped} skipped; report {info.report_path}'
+  )
 
 
 if __name__ == '__main__':

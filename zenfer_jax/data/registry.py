@@ -49,8 +49,9 @@ def _stored_folders_classes(data_dir: str) -> list[str] | None:
     return list(json.load(f)['classes'])
 
 
-def builder(name: str, data_dir: str, classes: Sequence[str] | None = None
-            ) -> tfds.core.DatasetBuilder:
+def builder(
+  name: str, data_dir: str, classes: Sequence[str] | None = None
+) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder for `name` under `data_dir` (prepared or not).
 
   For `folders`, `classes` is required before preparation; afterwards it may be omitted, and if
@@ -70,18 +71,23 @@ def builder(name: str, data_dir: str, classes: Sequence[str] | None = None
     stored = _stored_folders_classes(data_dir)
     if stored is not None and classes is not None and list(classes) != stored:
       raise ValueError(
-          f'The folders dataset in {data_dir!r} was prepared with classes {stored}, '
-          f'not {list(classes)}; use the recorded order or prepare into another data_dir.')
+        f'The folders dataset in {data_dir!r} was prepared with classes {stored}, '
+        f'not {list(classes)}; use the recorded order or prepare into another data_dir.'
+      )
     classes = stored if stored is not None else classes
     if not classes:
-      raise ValueError('The folders dataset needs its class list in label order '
-                       '(classes=[...] / --folders.classes=a,b,c).')
-    b = Folders(data_dir=data_dir,
-                config=FoldersConfig(name=FOLDERS_CONFIG, classes=tuple(classes)))
+      raise ValueError(
+        'The folders dataset needs its class list in label order '
+        '(classes=[...] / --folders.classes=a,b,c).'
+      )
+    b = Folders(
+      data_dir=data_dir, config=FoldersConfig(name=FOLDERS_CONFIG, classes=tuple(classes))
+    )
     return b
   if classes is not None and list(classes) != b.info.features['label'].names:
-    raise ValueError(f'{name} has the classes {b.info.features["label"].names}, '
-                     f'not {list(classes)}.')
+    raise ValueError(
+      f'{name} has the classes {b.info.features["label"].names}, not {list(classes)}.'
+    )
   return b
 
 
@@ -94,27 +100,33 @@ def info_of(name: str, b: tfds.core.DatasetBuilder) -> DatasetInfo:
   report = os.path.join(os.fspath(b.data_dir), REPORT_NAME)
   names = list(b.info.features['label'].names)
   return DatasetInfo(
-      name=name, class_names=names, num_classes=len(names),
-      split_sizes={k: int(v.num_examples) for k, v in b.info.splits.items()},
-      report_path=report if os.path.exists(report) else None,
-      skipped=len(meta.get('skipped', [])),
-      class_ranges={k: [list(r) for r in v] for k, v in meta.get('class_ranges', {}).items()},
-      data_path=os.fspath(b.data_dir))
+    name=name,
+    class_names=names,
+    num_classes=len(names),
+    split_sizes={k: int(v.num_examples) for k, v in b.info.splits.items()},
+    report_path=report if os.path.exists(report) else None,
+    skipped=len(meta.get('skipped', [])),
+    class_ranges={k: [list(r) for r in v] for k, v in meta.get('class_ranges', {}).items()},
+    data_path=os.fspath(b.data_dir),
+  )
 
 
-def load(name: str, data_dir: str, classes: Sequence[str] | None = None
-         ) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
+def load(
+  name: str, data_dir: str, classes: Sequence[str] | None = None
+) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
   """The builder and info of an already prepared dataset; a clear error if it is not prepared."""
   b = builder(name, data_dir, classes)
   if not is_prepared(b):
     raise FileNotFoundError(
-        f'{name} is not prepared in {data_dir!r} (no {b.data_dir}); run '
-        f'`python -m zenfer_jax.data.prepare --dataset={name} --data_dir={data_dir} ...` first.')
+      f'{name} is not prepared in {data_dir!r} (no {b.data_dir}); run '
+      f'`python -m zenfer_jax.data.prepare --dataset={name} --data_dir={data_dir} ...` first.'
+    )
   return b, info_of(name, b)
 
 
-def prepare(name: str, data_dir: str, manual_dir: str | None = None,
-            classes: Sequence[str] | None = None) -> DatasetInfo:
+def prepare(
+  name: str, data_dir: str, manual_dir: str | None = None, classes: Sequence[str] | None = None
+) -> DatasetInfo:
   """Builds the TFDS records of `name` under `data_dir` unless already built; returns its info.
 
   Manual datasets read `manual_dir` (default: TFDS's <data_dir>/downloads/manual). Unusable
@@ -130,15 +142,26 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
       manual_dir = os.fspath(manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
       if not os.path.isdir(manual_dir):
         raise FileNotFoundError(
-            f'The manual_dir {manual_dir!r} for {name} does not exist. It should hold:'
-            f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}')
+          f'The manual_dir {manual_dir!r} for {name} does not exist. It should hold:'
+          f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}'
+        )
       config['manual_dir'] = manual_dir
     logging.info('Preparing %s into %s', name, b.data_dir)
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config))
-    images.write_report(os.path.join(os.fspath(b.data_dir), REPORT_NAME), name,
-                        dict(b.info.metadata))
+    b.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config
+      )
+    )
+    images.write_report(
+      os.path.join(os.fspath(b.data_dir), REPORT_NAME), name, dict(b.info.metadata)
+    )
   info = info_of(name, b)
-  logging.info('%s: classes %s, split sizes %s, %d skipped (report: %s)', name,
-               info.class_names, info.split_sizes, info.skipped, info.report_path)
+  logging.info(
+    '%s: classes %s, split sizes %s, %d skipped (report: %s)',
+    name,
+    info.class_names,
+    info.split_sizes,
+    info.skipped,
+    info.report_path,
+  )
   return info

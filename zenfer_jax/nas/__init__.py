@@ -2,4 +2,4 @@
 
 from zenfer_jax.nas.zen_score import ZenScore, ZenScorer, zen_score
 
-__all__ = ["ZenScore", "ZenScorer", "zen_score"]
+__all__ = ['ZenScore', 'ZenScorer', 'zen_score']

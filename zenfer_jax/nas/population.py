@@ -14,73 +14,83 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SearchState", "atomic_write_text", "load_state", "save_state", "STATE_FILE", "LOG_FILE", "BEST_FILE"]
+__all__ = [
+  'SearchState',
+  'atomic_write_text',
+  'load_state',
+  'save_state',
+  'STATE_FILE',
+  'LOG_FILE',
+  'BEST_FILE',
+]
 
-STATE_FILE = "search_state.json"
-LOG_FILE = "candidates.jsonl"
-BEST_FILE = "best_structure.txt"
+STATE_FILE = 'search_state.json'
+LOG_FILE = 'candidates.jsonl'
+BEST_FILE = 'best_structure.txt'
 _VERSION = 1
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` so that the file is always either old or new, even across a crash."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+  """Write `text` to `path` so that the file is always either old or new, even across a crash."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=directory)
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 @dataclasses.dataclass
 class SearchState:
-    """Everything a resumed search needs; `next_iteration` iterations are done."""
+  """Everything a resumed search needs; `next_iteration` iterations are done."""
 
-    settings: Dict[str, Any]
-    next_iteration: int = 0
-    population: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
-    rng_state: Optional[Dict[str, Any]] = None
-    log_bytes: int = 0
-    num_scored: int = 0
-    elapsed_s: float = 0.0
+  settings: dict[str, Any]
+  next_iteration: int = 0
+  population: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+  rng_state: dict[str, Any] | None = None
+  log_bytes: int = 0
+  num_scored: int = 0
+  elapsed_s: float = 0.0
 
-    def best(self) -> Optional[Tuple[str, float]]:
-        if not self.population:
-            return None
-        i = int(np.argmax([s for _, s in self.population]))  # first of equal maxima, like list.index(max)
-        return self.population[i]
+  def best(self) -> tuple[str, float] | None:
+    if not self.population:
+      return None
+    i = int(
+      np.argmax([s for _, s in self.population])
+    )  # first of equal maxima, like list.index(max)
+    return self.population[i]
 
-    def trim(self, size: int) -> None:
-        """Drop the lowest score (the first of equal minima) until `size` members remain."""
-        while len(self.population) > size:
-            scores = [s for _, s in self.population]
-            self.population.pop(scores.index(min(scores)))
+  def trim(self, size: int) -> None:
+    """Drop the lowest score (the first of equal minima) until `size` members remain."""
+    while len(self.population) > size:
+      scores = [s for _, s in self.population]
+      self.population.pop(scores.index(min(scores)))
 
 
 def save_state(workdir: str, state: SearchState) -> None:
-    payload = dataclasses.asdict(state)
-    payload["version"] = _VERSION
-    payload["population"] = [[s, float(v)] for s, v in state.population]
-    atomic_write_text(os.path.join(workdir, STATE_FILE), json.dumps(payload, indent=1))
+  payload = dataclasses.asdict(state)
+  payload['version'] = _VERSION
+  payload['population'] = [[s, float(v)] for s, v in state.population]
+  atomic_write_text(os.path.join(workdir, STATE_FILE), json.dumps(payload, indent=1))
 
 
-def load_state(workdir: str) -> Optional[SearchState]:
-    path = os.path.join(workdir, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, "r", encoding="utf-8") as f:
-        payload = json.load(f)
-    if payload.pop("version", None) != _VERSION:
-        raise ValueError(f"{path}: unknown search-state version; start a new --workdir")
-    payload["population"] = [(s, float(v)) for s, v in payload["population"]]
-    return SearchState(**payload)
+def load_state(workdir: str) -> SearchState | None:
+  path = os.path.join(workdir, STATE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    payload = json.load(f)
+  if payload.pop('version', None) != _VERSION:
+    raise ValueError(f'{path}: unknown search-state version; start a new --workdir')
+  payload['population'] = [(s, float(v)) for s, v in payload['population']]
+  return SearchState(**payload)

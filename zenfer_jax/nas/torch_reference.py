@@ -10,66 +10,79 @@ search itself never uses it. Needs the `torch` extra.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 from zenfer_jax.nas.zen_score import ZenScore
 from zenfer_jax.structure import Structure, resolve
 
-__all__ = ["torch_zen_score", "TorchZenScorer"]
+__all__ = ['torch_zen_score', 'TorchZenScorer']
 
 
 class TorchZenScorer:
-    """structure, seed -> ZenScore with the reference algorithm; one fresh network per draw."""
+  """structure, seed -> ZenScore with the reference algorithm; one fresh network per draw."""
 
-    def __init__(self, *, resolution: int = 224, batch_size: int = 16, repeats: int = 1, mixup_gamma: float = 1e-2,
-                 num_classes: int = 7, device: str = "cpu"):
-        self.resolution = resolution
-        self.batch_size = batch_size
-        self.repeats = repeats
-        self.mixup_gamma = mixup_gamma
-        self.num_classes = num_classes
-        self.device = device
+  def __init__(
+    self,
+    *,
+    resolution: int = 224,
+    batch_size: int = 16,
+    repeats: int = 1,
+    mixup_gamma: float = 1e-2,
+    num_classes: int = 7,
+    device: str = 'cpu',
+  ):
+    self.resolution = resolution
+    self.batch_size = batch_size
+    self.repeats = repeats
+    self.mixup_gamma = mixup_gamma
+    self.num_classes = num_classes
+    self.device = device
 
-    def __call__(self, structure: Union[str, Structure], seed: int = 0) -> ZenScore:
-        import torch
-        from torch import nn
+  def __call__(self, structure: str | Structure, seed: int = 0) -> ZenScore:
+    import torch
+    from torch import nn
 
-        from torch_port.reference_model import build_reference_model
+    from torch_port.reference_model import build_reference_model
 
-        s = resolve(structure)
-        gen = torch.Generator().manual_seed(int(seed))
-        scores = []
-        with torch.no_grad():
-            for _ in range(self.repeats):
-                model = build_reference_model(s, self.num_classes, no_reslink=True, bn_momentum=0.1)
-                model.train().to(self.device)
-                for m in model.modules():
-                    if isinstance(m, (nn.Conv2d, nn.Linear)):
-                        m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
-                        if m.bias is not None:
-                            m.bias.zero_()
-                    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                        m.weight.fill_(1.0)
-                        m.bias.zero_()
-                shape = (self.batch_size, 3, self.resolution, self.resolution)
-                x = torch.randn(shape, generator=gen).to(self.device)
-                x2 = torch.randn(shape, generator=gen).to(self.device)
-                out = model.forward_pre_gap(x)
-                mixed = model.forward_pre_gap(x + self.mixup_gamma * x2)
-                delta = torch.mean(torch.sum(torch.abs(out - mixed), dim=[1, 2, 3]))
-                log_bn = 0.0
-                for m in model.modules():
-                    if isinstance(m, nn.BatchNorm2d):
-                        log_bn += float(torch.log(torch.sqrt(torch.mean(m.running_var))))
-                scores.append(float(torch.log(delta)) + log_bn)
-        v = np.asarray(scores)
-        return ZenScore(mean=float(v.mean()), std=float(v.std()), scores=tuple(scores))
+    s = resolve(structure)
+    gen = torch.Generator().manual_seed(int(seed))
+    scores = []
+    with torch.no_grad():
+      for _ in range(self.repeats):
+        model = build_reference_model(s, self.num_classes, no_reslink=True, bn_momentum=0.1)
+        model.train().to(self.device)
+        for m in model.modules():
+          if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+            if m.bias is not None:
+              m.bias.zero_()
+          elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        shape = (self.batch_size, 3, self.resolution, self.resolution)
+        x = torch.randn(shape, generator=gen).to(self.device)
+        x2 = torch.randn(shape, generator=gen).to(self.device)
+        out = model.forward_pre_gap(x)
+        mixed = model.forward_pre_gap(x + self.mixup_gamma * x2)
+        delta = torch.mean(torch.sum(torch.abs(out - mixed), dim=[1, 2, 3]))
+        log_bn = 0.0
+        for m in model.modules():
+          if isinstance(m, nn.BatchNorm2d):
+            log_bn += float(torch.log(torch.sqrt(torch.mean(m.running_var))))
+        scores.append(float(torch.log(delta)) + log_bn)
+    v = np.asarray(scores)
+    return ZenScore(mean=float(v.mean()), std=float(v.std()), scores=tuple(scores))
 
 
-def torch_zen_score(structure, *, resolution: int = 224, batch_size: int = 16, repeats: int = 1,
-                    mixup_gamma: float = 1e-2, seed: int = 0) -> ZenScore:
-    return TorchZenScorer(resolution=resolution, batch_size=batch_size, repeats=repeats, mixup_gamma=mixup_gamma)(
-        structure, seed
-    )
+def torch_zen_score(
+  structure,
+  *,
+  resolution: int = 224,
+  batch_size: int = 16,
+  repeats: int = 1,
+  mixup_gamma: float = 1e-2,
+  seed: int = 0,
+) -> ZenScore:
+  return TorchZenScorer(
+    resolution=resolution, batch_size=batch_size, repeats=repeats, mixup_gamma=mixup_gamma
+  )(structure, seed)

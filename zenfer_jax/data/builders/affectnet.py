@@ -20,15 +20,26 @@ CLASS_NAMES = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger'
 CODE_NAMES = CLASS_NAMES + ('none', 'uncertain', 'no-face')
 IMAGE_DIR = 'Manually_Annotated_Images'
 CSV_FILES = {'train': 'training.csv', 'test': 'validation.csv'}
-COLUMNS = ('subDirectory_filePath', 'face_x', 'face_y', 'face_width', 'face_height',
-           'facial_landmarks', 'expression', 'valence', 'arousal')
+COLUMNS = (
+  'subDirectory_filePath',
+  'face_x',
+  'face_y',
+  'face_width',
+  'face_height',
+  'facial_landmarks',
+  'expression',
+  'valence',
+  'arousal',
+)
 EXPECTED_SIZES = {7: {'train': 283_901, 'test': 3_500}, 8: {'train': 287_651, 'test': 3_999}}
 
 
 @dataclasses.dataclass(eq=False)
 class AffectnetConfig(tfds.core.BuilderConfig):
   num_classes: int = 8
-  crop_faces: bool = False  # Crop to the annotated face box (face_x, face_y, face_width, face_height).
+  crop_faces: bool = (
+    False  # Crop to the annotated face box (face_x, face_y, face_width, face_height).
+  )
 
 
 class Affectnet(common.ImageBuilder):
@@ -38,12 +49,20 @@ class Affectnet(common.ImageBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [
-      AffectnetConfig(name='7cls', num_classes=7, description='codes 0-6, whole images'),
-      AffectnetConfig(name='8cls', num_classes=8, description='codes 0-7, whole images'),
-      AffectnetConfig(name='7cls_crop', num_classes=7, crop_faces=True,
-                      description='codes 0-6, cropped to the annotated face box'),
-      AffectnetConfig(name='8cls_crop', num_classes=8, crop_faces=True,
-                      description='codes 0-7, cropped to the annotated face box'),
+    AffectnetConfig(name='7cls', num_classes=7, description='codes 0-6, whole images'),
+    AffectnetConfig(name='8cls', num_classes=8, description='codes 0-7, whole images'),
+    AffectnetConfig(
+      name='7cls_crop',
+      num_classes=7,
+      crop_faces=True,
+      description='codes 0-6, cropped to the annotated face box',
+    ),
+    AffectnetConfig(
+      name='8cls_crop',
+      num_classes=8,
+      crop_faces=True,
+      description='codes 0-7, cropped to the annotated face box',
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Request AffectNet from its authors (http://mohammadmahoor.com/affectnet/) and unpack it so
@@ -55,10 +74,12 @@ class Affectnet(common.ImageBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     n = self.builder_config.num_classes
     return common.make_info(
-        self, CLASS_NAMES[:n],
-        f'AffectNet manually annotated images, expression codes 0..{n - 1}; '
-        'file_name is subDirectory_filePath.',
-        homepage='http://mohammadmahoor.com/affectnet/')
+      self,
+      CLASS_NAMES[:n],
+      f'AffectNet manually annotated images, expression codes 0..{n - 1}; '
+      'file_name is subDirectory_filePath.',
+      homepage='http://mohammadmahoor.com/affectnet/',
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
@@ -73,12 +94,15 @@ class Affectnet(common.ImageBuilder):
     dropped = collections.Counter()
     per_split = {}
     for split, csv_name in CSV_FILES.items():
-      per_split[split] = list(self._read_csv(os.path.join(root, csv_name), csv_name, image_dir,
-                                             split, skips, dropped))
+      per_split[split] = list(
+        self._read_csv(os.path.join(root, csv_name), csv_name, image_dir, split, skips, dropped)
+      )
     self.info.metadata['dropped'] = dict(dropped)
     expected = EXPECTED_SIZES[config.num_classes]
-    return {split: common.generate(self, split, cands, skips, expected[split])
-            for split, cands in common.non_empty(self, per_split).items()}
+    return {
+      split: common.generate(self, split, cands, skips, expected[split])
+      for split, cands in common.non_empty(self, per_split).items()
+    }
 
   def _read_csv(self, path, csv_name, image_dir, split, skips, dropped):
     config = self.builder_config

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import tensorflow_datasets as tfds
-from etils import epath
 from absl import logging
+from etils import epath
 
 from zenfer_jax.data import images
 
@@ -32,23 +32,37 @@ class Candidate(NamedTuple):
   crop_box: tuple[float, float, float, float] | None = None
 
 
-def make_info(builder: tfds.core.GeneratorBasedBuilder, class_names: Sequence[str],
-              description: str, homepage: str | None = None) -> tfds.core.DatasetInfo:
+def make_info(
+  builder: tfds.core.GeneratorBasedBuilder,
+  class_names: Sequence[str],
+  description: str,
+  homepage: str | None = None,
+) -> tfds.core.DatasetInfo:
   metadata = tfds.core.MetadataDict()
-  metadata.update({'classes': list(class_names), 'class_ranges': {}, 'split_sizes': {},
-                   'skipped': [], 'dropped': {}, 'count_notes': []})
+  metadata.update(
+    {
+      'classes': list(class_names),
+      'class_ranges': {},
+      'split_sizes': {},
+      'skipped': [],
+      'dropped': {},
+      'count_notes': [],
+    }
+  )
   return tfds.core.DatasetInfo(
-      builder=builder,
-      description=description,
-      features=tfds.features.FeaturesDict({
-          'image': tfds.features.Image(shape=(None, None, 3)),
-          'label': tfds.features.ClassLabel(names=list(class_names)),
-          'file_name': tfds.features.Text(),
-      }),
-      supervised_keys=('image', 'label'),
-      homepage=homepage,
-      disable_shuffling=True,
-      metadata=metadata,
+    builder=builder,
+    description=description,
+    features=tfds.features.FeaturesDict(
+      {
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'label': tfds.features.ClassLabel(names=list(class_names)),
+        'file_name': tfds.features.Text(),
+      }
+    ),
+    supervised_keys=('image', 'label'),
+    homepage=homepage,
+    disable_shuffling=True,
+    metadata=metadata,
   )
 
 
@@ -62,8 +76,9 @@ def require_file(path: str, what: str) -> None:
     raise FileNotFoundError(f'Expected {what} at {path!r}, but no such file exists.')
 
 
-def non_empty(builder: tfds.core.GeneratorBasedBuilder,
-              per_split: dict[str, list[Candidate]]) -> dict[str, list[Candidate]]:
+def non_empty(
+  builder: tfds.core.GeneratorBasedBuilder, per_split: dict[str, list[Candidate]]
+) -> dict[str, list[Candidate]]:
   """Drops (with a warning) splits without a single labelled image: TFDS cannot write them."""
   for split, cands in per_split.items():
     if not cands:
@@ -74,9 +89,13 @@ def non_empty(builder: tfds.core.GeneratorBasedBuilder,
   return kept
 
 
-def generate(builder: tfds.core.GeneratorBasedBuilder, split: str,
-             candidates: Iterable[Candidate], skips: images.SkipLog,
-             expected: int | None = None) -> Iterator[tuple[str, dict]]:
+def generate(
+  builder: tfds.core.GeneratorBasedBuilder,
+  split: str,
+  candidates: Iterable[Candidate],
+  skips: images.SkipLog,
+  expected: int | None = None,
+) -> Iterator[tuple[str, dict]]:
   """Yields examples grouped by class, skipping (and recording) unreadable images.
 
   Runs lazily inside TFDS's writer; the metadata it fills is saved after all splits are written.
@@ -101,11 +120,18 @@ def generate(builder: tfds.core.GeneratorBasedBuilder, split: str,
   meta['class_ranges'][split] = ranges
   meta['split_sizes'][split] = start
   meta['skipped'] = list(skips.entries)
-  logging.info('%s/%s: wrote %d examples, skipped %d', builder.name, split, start,
-               len(skips.entries) - skipped_before)
+  logging.info(
+    '%s/%s: wrote %d examples, skipped %d',
+    builder.name,
+    split,
+    start,
+    len(skips.entries) - skipped_before,
+  )
   if expected is not None and start != expected:
-    note = (f'{split}: {start} examples prepared, the reference split has {expected} '
-            f'(difference {start - expected:+d})')
+    note = (
+      f'{split}: {start} examples prepared, the reference split has {expected} '
+      f'(difference {start - expected:+d})'
+    )
     logging.warning('%s: %s', builder.name, note)
     meta['count_notes'].append(note)
 

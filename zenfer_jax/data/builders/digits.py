@@ -27,6 +27,7 @@ def split_of(index: int) -> str:
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
   """Returns (uint8 [1797, 8, 8, 3] images, int labels) in load_digits order."""
   from sklearn.datasets import load_digits  # Imported late: sklearn is slow to import.
+
   digits = load_digits()
   grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   return np.repeat(grey[..., None], 3, axis=-1), digits.target.astype(np.int64)
@@ -40,8 +41,12 @@ class Digits(common.ImageBuilder):
   RELEASE_NOTES = {'1.0.0': 'First release.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(self, CLASS_NAMES, __doc__,
-                            homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html')
+    return common.make_info(
+      self,
+      CLASS_NAMES,
+      __doc__,
+      homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager

@@ -36,12 +36,15 @@ class Folders(common.ImageBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     classes = self.builder_config.classes
     if not classes:
-      raise ValueError('The folders dataset needs its class list, in label order '
-                       '(FoldersConfig.classes / --folders.classes=a,b,c).')
+      raise ValueError(
+        'The folders dataset needs its class list, in label order '
+        '(FoldersConfig.classes / --folders.classes=a,b,c).'
+      )
     if len(set(classes)) != len(classes):
       raise ValueError(f'Duplicate names in the folders class list {list(classes)}.')
     return common.make_info(
-        self, classes, 'Images from a <split>/<class>/ tree; file_name is <class>/<file>.')
+      self, classes, 'Images from a <split>/<class>/ tree; file_name is <class>/<file>.'
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
@@ -49,7 +52,9 @@ class Folders(common.ImageBuilder):
     classes = list(self.builder_config.classes)
     splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not splits:
-      raise FileNotFoundError(f'Expected split folders such as train/ and test/ in {root!r}, found none.')
+      raise FileNotFoundError(
+        f'Expected split folders such as train/ and test/ in {root!r}, found none.'
+      )
     skips = images.SkipLog(self.name)
     per_split = {}
     for split in splits:
@@ -57,8 +62,9 @@ class Folders(common.ImageBuilder):
       found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
       unknown = [d for d in found if d not in classes]
       if unknown:
-        raise ValueError(f'Unknown class folder(s) {unknown} in {split_dir!r}; the class list is '
-                         f'{classes}.')
+        raise ValueError(
+          f'Unknown class folder(s) {unknown} in {split_dir!r}; the class list is {classes}.'
+        )
       cands = []
       for label, cls in enumerate(classes):
         cls_dir = os.path.join(split_dir, cls)
@@ -74,5 +80,7 @@ class Folders(common.ImageBuilder):
           else:
             cands.append(common.Candidate(rel, path, label))
       per_split[split] = cands
-    return {split: common.generate(self, split, cands, skips)
-            for split, cands in common.non_empty(self, per_split).items()}
+    return {
+      split: common.generate(self, split, cands, skips)
+      for split, cands in common.non_empty(self, per_split).items()
+    }

@@ -30,16 +30,20 @@ class Rafdb(common.ImageBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return common.make_info(
-        self, CLASS_NAMES,
-        'RAF-DB basic expression set; labels 1..7 (surprise, fear, disgust, happiness, sadness, '
-        'anger, neutral) become 0..6; file_name is the name in list_patition_label.txt.',
-        homepage='http://www.whdeng.cn/raf/model1.html')
+      self,
+      CLASS_NAMES,
+      'RAF-DB basic expression set; labels 1..7 (surprise, fear, disgust, happiness, sadness, '
+      'anger, neutral) become 0..6; file_name is the name in list_patition_label.txt.',
+      homepage='http://www.whdeng.cn/raf/model1.html',
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
     common.require_dir(root, 'the RAF-DB manual_dir')
     label_path = os.path.join(root, LABEL_FILE)
-    common.require_file(label_path, 'the RAF-DB label list (basic/EmoLabel/list_patition_label.txt)')
+    common.require_file(
+      label_path, 'the RAF-DB label list (basic/EmoLabel/list_patition_label.txt)'
+    )
     image_dir = os.path.join(root, IMAGE_DIR)
     common.require_dir(image_dir, 'the RAF-DB aligned images (basic/Image/aligned/)')
 
@@ -52,7 +56,9 @@ class Rafdb(common.ImageBuilder):
           continue
         where = f'{LABEL_FILE}:{line_no}'
         if len(fields) != 2 or not fields[1].isdigit() or not 1 <= int(fields[1]) <= 7:
-          skips.add('labels', where, f'malformed label line {line.strip()!r}, expected "<name>.jpg <1..7>"')
+          skips.add(
+            'labels', where, f'malformed label line {line.strip()!r}, expected "<name>.jpg <1..7>"'
+          )
           continue
         file_name, label = fields[0], int(fields[1]) - 1
         split = file_name.split('_', 1)[0]
@@ -62,5 +68,7 @@ class Rafdb(common.ImageBuilder):
         stem = os.path.splitext(file_name)[0]
         path = os.path.join(image_dir, f'{stem}_aligned.jpg')
         per_split[split].append(common.Candidate(file_name, path, label))
-    return {split: common.generate(self, split, cands, skips, EXPECTED_SIZES[split])
-            for split, cands in common.non_empty(self, per_split).items()}
+    return {
+      split: common.generate(self, split, cands, skips, EXPECTED_SIZES[split])
+      for split, cands in common.non_empty(self, per_split).items()
+    }
