@@ -6,7 +6,7 @@ Both sides run `zenfer_jax.nas.evolution.run_search` with configs/search_m.py (I
 ZenNet-M budgets) from init_m for the same number of iterations; only the fitness differs:
   jax:   zenfer_jax.nas.zen_score (per-unit compiled pieces, shape buckets), started with an
          empty persistent compilation cache, so every compile is inside the figure;
-  torch: the reference algorithm on torch_port's reference model (zenfer_jax.nas.torch_reference:
+  torch: the reference algorithm on torch_port's reference model (torch_port.zen_score:
          a fresh residual-free network per candidate, two no_grad passes), eager PyTorch.
 The figure is (candidates scored) / (wall-clock seconds of the whole search), compile included,
 one run per side. With --max-seconds a side stops after that much wall time (a GPU lease cannot
@@ -57,7 +57,7 @@ def run_side(
     if side == 'torch':
       import torch
 
-      from zenfer_jax.nas.torch_reference import TorchZenScorer
+      from torch_port.zen_score import TorchZenScorer
 
       ts = TorchZenScorer(resolution=resolution, batch_size=batch_size, device=torch_device)
       scorer = lambda s, seed: ts(s, seed).mean  # noqa: E731

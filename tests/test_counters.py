@@ -33,10 +33,11 @@ def test_counters_equal_reference(model_facts, name):
   assert counters.flops(s, 112, **kw) == f['reference_flops_counter_112']
   assert counters.model_size(s, **kw) == f['reference_model_size_counter']
   assert counters.num_layers(s) == f['num_layers']
-  # The methods on Structure are the same counters.
-  assert s.flops(224, **kw) == f['reference_flops_counter_224']
-  assert s.model_size(**kw) == f['reference_model_size_counter']
-  assert s.num_layers() == f['num_layers']
+
+
+def test_counters_refuse_unparsed_text():
+  with pytest.raises(TypeError, match='parsed Structure'):
+    counters.flops('SuperConvK1BNRELU(3,8,1,1)', 10)
 
 
 def test_classifier_terms():

@@ -226,7 +226,7 @@ def test_draws_in_groups_give_the_same_scores():
 def test_full_resolution_agrees_with_pytorch_reference_algorithm(reference):
   """At 224x224, batch 16 (the search's setting) against the reference algorithm run in PyTorch."""
   pytest.importorskip('torch')
-  from zenfer_jax.nas.torch_reference import torch_zen_score
+  from torch_port.zen_score import torch_zen_score
 
   structure = reference['structures']['init_m']['structure']
   n = 4

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import resolve
+from zenfer_jax.structure import Structure
 
-__all__ = ['flops', 'model_size', 'num_layers', 'block_counts', 'op_counts']
+__all__ = ['flops', 'model_size', 'num_layers', 'block_counts']
 
 
 def _op_counts(op, res: int) -> tuple[float, float, int]:
@@ -64,14 +64,19 @@ def _ops_counts(ops: Iterable, res: int) -> tuple[float, float, int]:
   return total_f, total_size, res
 
 
-def op_counts(op, res: int) -> tuple[float, float, int]:
-  """Public per-op counter (used by `describe`)."""
-  return _op_counts(op, res)
+def _require_structure(structure) -> Structure:
+  # The search counts every candidate three times; parsing its text again at each call was
+  # most of that cost, so the counters take the parsed form and leave parsing to the caller.
+  if not isinstance(structure, Structure):
+    raise TypeError(
+      f'expected a parsed Structure (zenfer_jax.structure.resolve(...)), got {type(structure).__name__}'
+    )
+  return structure
 
 
-def block_counts(structure, resolution: int = 224, *, use_sa: bool = False):
+def block_counts(structure: Structure, resolution: int = 224, *, use_sa: bool = False):
   """Per-block (flops, model_size, output_resolution) in the reference's arithmetic."""
-  structure = resolve(structure)
+  structure = _require_structure(structure)
   rows = []
   res = resolution
   for bp in plan_lib.expand(structure, use_sa=use_sa):
@@ -80,21 +85,21 @@ def block_counts(structure, resolution: int = 224, *, use_sa: bool = False):
   return rows
 
 
-def flops(structure, resolution: int = 224, *, num_classes: int = 7, use_sa: bool = False) -> float:
+def flops(
+  structure: Structure, resolution: int = 224, *, num_classes: int = 7, use_sa: bool = False
+) -> float:
   """FLOPs as the reference's `get_FLOPs` counts them, classifier included."""
-  structure = resolve(structure)
   rows = block_counts(structure, resolution, use_sa=use_sa)
   return float(sum(r[0] for r in rows) + structure.out_channels * num_classes)
 
 
-def model_size(structure, *, num_classes: int = 7, use_sa: bool = False) -> float:
+def model_size(structure: Structure, *, num_classes: int = 7, use_sa: bool = False) -> float:
   """Parameters as the reference's `get_model_size` counts them, classifier included."""
-  structure = resolve(structure)
   rows = block_counts(structure, 224, use_sa=use_sa)
   return float(sum(r[1] for r in rows) + structure.out_channels * num_classes + 1)
 
 
-def num_layers(structure) -> int:
+def num_layers(structure: Structure) -> int:
   """The reference's layer count: the sum of every block's sub_layers."""
-  structure = resolve(structure)
+  _require_structure(structure)
   return sum(b.sub_layers for b in structure)

@@ -162,22 +162,6 @@ class Structure:
   def out_channels(self) -> int:
     return self.blocks[-1].out_channels
 
-  # The counters live in zenfer_jax.counters; these are the entry points users expect.
-  def flops(self, resolution: int = 224, *, num_classes: int = 7, use_sa: bool = False) -> float:
-    from zenfer_jax import counters
-
-    return counters.flops(self, resolution, num_classes=num_classes, use_sa=use_sa)
-
-  def model_size(self, *, num_classes: int = 7, use_sa: bool = False) -> float:
-    from zenfer_jax import counters
-
-    return counters.model_size(self, num_classes=num_classes, use_sa=use_sa)
-
-  def num_layers(self) -> int:
-    from zenfer_jax import counters
-
-    return counters.num_layers(self)
-
 
 def _validate_chain(blocks: Sequence[Block], text: str | None = None, positions=None) -> None:
   if not blocks:

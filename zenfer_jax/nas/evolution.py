@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from zenfer_jax import counters
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
   BEST_FILE,
@@ -129,15 +130,15 @@ def validate_config(config) -> Plan:
     )
   num_classes = _get(s, 'num_classes', 7)
   checks = (
-    ('max_layers', init.num_layers(), 'layers'),
+    ('max_layers', counters.num_layers(init), 'layers'),
     (
       'budget_model_size',
-      init.model_size(num_classes=num_classes),
+      counters.model_size(init, num_classes=num_classes),
       'parameters (reference counter)',
     ),
     (
       'budget_flops',
-      init.flops(s.resolution, num_classes=num_classes),
+      counters.flops(init, s.resolution, num_classes=num_classes),
       f'FLOPs at {s.resolution}x{s.resolution} (reference counter)',
     ),
   )
@@ -209,10 +210,10 @@ def make_scorer(settings: dict[str, Any]) -> Scorer:
     return jax_scorer(settings)
   if proxy == 'flops':
     return lambda s, seed: float(
-      s.flops(settings['resolution'], num_classes=settings['num_classes'])
+      counters.flops(s, settings['resolution'], num_classes=settings['num_classes'])
     )
   if proxy == 'params':
-    return lambda s, seed: float(s.model_size(num_classes=settings['num_classes']))
+    return lambda s, seed: float(counters.model_size(s, num_classes=settings['num_classes']))
   return lambda s, seed: float(np.random.default_rng(seed).standard_normal())
 
 
@@ -421,13 +422,13 @@ def _evaluate(
   """The candidate's log record, or None when a budget or filter rejects it."""
   text = str(candidate)
   num_classes = settings['num_classes']
-  layers = candidate.num_layers()
+  layers = counters.num_layers(candidate)
   if settings['max_layers'] is not None and layers > settings['max_layers']:
     return None
-  size = candidate.model_size(num_classes=num_classes)
+  size = counters.model_size(candidate, num_classes=num_classes)
   if settings['budget_model_size'] is not None and size > settings['budget_model_size']:
     return None
-  flops = candidate.flops(settings['resolution'], num_classes=num_classes)
+  flops = counters.flops(candidate, settings['resolution'], num_classes=num_classes)
   if settings['budget_flops'] is not None and flops > settings['budget_flops']:
     return None
   record = {'iteration': iteration, 'structure': text}
