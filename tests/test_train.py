@@ -14,7 +14,7 @@ import pytest
 from train_fixtures import REPO, TINY, flat, latest_state, subprocess_env, tiny_config
 
 from zenfer_jax import config_validation, steps, train
-from zenfer_jax import workdir as wd
+from zenfer_jax import workdir as workdir_lib
 
 CONFIGS = [
   'default',
@@ -152,7 +152,7 @@ def test_missing_dataset_fails_at_once_saying_where_files_go(tmp_path):
   config.data.name = 'rafdb'
   with pytest.raises(FileNotFoundError, match='(?s)manual_dir.*list_patition_label.txt'):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert not os.path.exists(tmp_path / 'w' / wd.LATEST)
+  assert not os.path.exists(tmp_path / 'w' / workdir_lib.LATEST)
 
 
 def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_dir, monkeypatch):
@@ -162,7 +162,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   workdir = tmp_path / 'run'
   summary = train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
 
-  records = wd.read_metrics(str(workdir))
+  records = workdir_lib.read_metrics(str(workdir))
   assert [(r['epoch'], r['step']) for r in records] == [(1, 3), (2, 6)]
   for r in records:
     assert {
@@ -194,7 +194,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert int(state['step']) == 6 and meta['book']['epoch_steps'] == 0
   from zenfer_jax import checkpoint_io
 
-  variables, card = checkpoint_io.load_model_dir(str(workdir / wd.MODEL_BEST))
+  variables, card = checkpoint_io.load_model_dir(str(workdir / workdir_lib.MODEL_BEST))
   assert card['structure'] == TINY and card['num_classes'] == 10 and card['image_size'] == 16
   assert card['class_names'] == [str(d) for d in range(10)] and card['recipe'] == 'digits'
   assert set(variables) == {'params', 'batch_stats'}
@@ -210,13 +210,13 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
 
   # Rerunning a finished workdir resumes at the end: nothing retrains, nothing is duplicated.
   train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
-  assert wd.read_metrics(str(workdir)) == records
+  assert workdir_lib.read_metrics(str(workdir)) == records
 
   # Another run initialised from this one's backbone, with the backbone frozen.
   chex.clear_trace_counter()  # A new run builds new mapped steps.
   init_cfg = tiny_config(
     digits_dir,
-    init_from=str(workdir / wd.MODEL_BEST),
+    init_from=str(workdir / workdir_lib.MODEL_BEST),
     only_backbone=True,
     freeze_backbone=True,
     num_epochs=1,
@@ -253,7 +253,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   state, _ = latest_state(workdir)
   assert int(state['step']) == 3
   assert all(np.all(np.isfinite(v)) for v in flat(state['params']).values())
-  assert [r['step'] for r in wd.read_metrics(str(workdir))] == [3]
+  assert [r['step'] for r in workdir_lib.read_metrics(str(workdir))] == [3]
 
 
 def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
@@ -284,6 +284,6 @@ def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
   config.data.manual_dir = str(root)
   config.data.classes = 'neutral,smile'
   summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  records = wd.read_metrics(str(tmp_path / 'run'))
+  records = workdir_lib.read_metrics(str(tmp_path / 'run'))
   assert list(records[-1]['per_class_accuracy']) == ['neutral', 'smile']
   assert summary['best_test_top1'] >= 0.75

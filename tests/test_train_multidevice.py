@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from train_fixtures import flat, latest_state, run_main
 
-from zenfer_jax import workdir as wd
+from zenfer_jax import workdir as workdir_lib
 
 RUN = dict(
   num_epochs=2,
@@ -48,7 +48,10 @@ def test_four_devices_equal_one_device_with_cross_device_batchnorm(tmp_path, dig
   for k in sa:
     np.testing.assert_allclose(sb[k], sa[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
-  m1, m4 = wd.read_metrics(str(tmp_path / 'one')), wd.read_metrics(str(tmp_path / 'four'))
+  m1, m4 = (
+    workdir_lib.read_metrics(str(tmp_path / 'one')),
+    workdir_lib.read_metrics(str(tmp_path / 'four')),
+  )
   assert [r['step'] for r in m1] == [r['step'] for r in m4] == [4, 8]
   for r1, r4 in zip(m1, m4):
     assert r4['train_loss'] == pytest.approx(r1['train_loss'], rel=1e-4)

@@ -18,7 +18,7 @@ import pytest
 from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
 
 from zenfer_jax import checkpoint_io
-from zenfer_jax import workdir as wd
+from zenfer_jax import workdir as workdir_lib
 
 # Three epochs of four steps, a checkpoint every three steps and at each epoch end, so the kill
 # lands mid-epoch and the resumed run must restore the epoch's running sums too.
@@ -35,7 +35,7 @@ def digits_dir(tmp_path_factory):
 
 
 def _checkpoint_steps(workdir) -> list[int]:
-  path = os.path.join(workdir, wd.LATEST)
+  path = os.path.join(workdir, workdir_lib.LATEST)
   if not os.path.isdir(path):
     return []
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
@@ -73,9 +73,9 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
   for k in ref_flat:
     np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
   assert meta == ref_meta
-  assert wd.read_metrics(str(run_dir)) == wd.read_metrics(str(ref_dir))
-  assert [r['epoch'] for r in wd.read_metrics(str(run_dir))] == [1, 2, 3]
-  ref_best, _ = checkpoint_io.load_model_dir(str(ref_dir / wd.MODEL_BEST))
-  best, _ = checkpoint_io.load_model_dir(str(run_dir / wd.MODEL_BEST))
+  assert workdir_lib.read_metrics(str(run_dir)) == workdir_lib.read_metrics(str(ref_dir))
+  assert [r['epoch'] for r in workdir_lib.read_metrics(str(run_dir))] == [1, 2, 3]
+  ref_best, _ = checkpoint_io.load_model_dir(str(ref_dir / workdir_lib.MODEL_BEST))
+  best, _ = checkpoint_io.load_model_dir(str(run_dir / workdir_lib.MODEL_BEST))
   for k, v in flat(ref_best).items():
     np.testing.assert_array_equal(flat(best)[k], v, err_msg=k)

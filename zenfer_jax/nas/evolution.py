@@ -82,7 +82,7 @@ class SearchConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class SearchSetup:
   """A validated search configuration."""
 
   space: space_lib.SearchSpace
@@ -94,7 +94,7 @@ def _get(search, key, default=None):
   return search[key] if key in search else default
 
 
-def validate_config(config) -> Plan:
+def validate_config(config) -> SearchSetup:
   """Check a search config before anything is scored; raise SearchConfigError saying what to change."""
   if 'search' not in config:
     raise SearchConfigError('the config has no `search` section; start from configs/search_m.py')
@@ -183,7 +183,7 @@ def validate_config(config) -> Plan:
     )
   settings['proxy'] = proxy
   settings['seed'] = int(config.seed)
-  return Plan(space=space, init=init, settings=settings)
+  return SearchSetup(space=space, init=init, settings=settings)
 
 
 def structure_seed(structure: str, seed: int) -> int:
@@ -261,7 +261,7 @@ def _device_name() -> str:
   return f'{d.platform}:{d.device_kind}'
 
 
-def _check_resume(state: SearchState, plan: Plan, workdir: str) -> None:
+def _check_resume(state: SearchState, plan: SearchSetup, workdir: str) -> None:
   differ = sorted(
     k
     for k in set(state.settings) | set(plan.settings)
