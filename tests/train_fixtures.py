@@ -85,9 +85,9 @@ def run_main(
 
 
 def latest_state(workdir) -> tuple[dict, dict]:
-  from zenfer_jax import workdir as wd
+  from zenfer_jax import workdir as workdir_lib
 
-  ckpts = wd.Checkpoints(str(workdir))
+  ckpts = workdir_lib.Checkpoints(str(workdir))
   try:
     return ckpts.restore_latest()
   finally:

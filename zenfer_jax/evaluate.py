@@ -54,9 +54,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _dataset_args(args, path: str) -> dict[str, Any]:
-  from zenfer_jax import workdir as wd
+  from zenfer_jax import workdir as workdir_lib
 
-  cfg = wd.read_config(path) if wd.is_workdir(path) else None
+  cfg = workdir_lib.read_config(path) if workdir_lib.is_workdir(path) else None
   name = args.dataset or (cfg.data.name if cfg else None)
   data_dir = args.data_dir or (cfg.data.data_dir if cfg else None)
   if not name or not data_dir:
@@ -88,9 +88,9 @@ def evaluate(
   import jax
 
   from zenfer_jax import checkpoint_io, data, metrics, parallel, steps, train
-  from zenfer_jax import workdir as wd
+  from zenfer_jax import workdir as workdir_lib
 
-  variables, card = wd.load_inference(path, which)
+  variables, card = workdir_lib.load_inference(path, which)
   info = data.prepare(name, data_dir, manual_dir=manual_dir, classes=classes)
   if info.num_classes != card['num_classes']:
     raise ValueError(

@@ -66,9 +66,9 @@ class Predictor:
     import jax
 
     from zenfer_jax import checkpoint_io
-    from zenfer_jax import workdir as wd
+    from zenfer_jax import workdir as workdir_lib
 
-    self.variables, self.card = wd.load_inference(path)
+    self.variables, self.card = workdir_lib.load_inference(path)
     self.model = checkpoint_io.build_from_card(self.card)
     self.image_size = self.card['image_size'] or 224
     self.recipe = self.card['recipe'] or 'rafdb'

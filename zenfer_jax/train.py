@@ -24,7 +24,7 @@ from clu import metric_writers
 
 from zenfer_jax import checkpoint_io, data, metrics, optim, parallel, steps
 from zenfer_jax import train_state as ts
-from zenfer_jax import workdir as wd
+from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import class_list, validate_config
 
 
@@ -207,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
 
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  ckpts = wd.Checkpoints(workdir)
+  ckpts = workdir_lib.Checkpoints(workdir)
   restored = ckpts.restore_latest()
   # A resumed run takes its weights from the checkpoint, never from init_from.
   variables = (
@@ -221,16 +221,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = ts.from_state_dict(state, restored[0])
     book = Bookkeeping(**restored[1]['book'])
     if is_chief:
-      wd.truncate_metrics(workdir, int(state.step))
+      workdir_lib.truncate_metrics(workdir, int(state.step))
     logging.info(
       'Resuming from step %d of %d (%s).',
       int(state.step),
       sched.total_steps,
-      os.path.join(workdir, wd.LATEST),
+      os.path.join(workdir, workdir_lib.LATEST),
     )
   if is_chief:
-    wd.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
-    wd.write_json(os.path.join(workdir, checkpoint_io.CARD_NAME), card)
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
+    workdir_lib.write_json(os.path.join(workdir, checkpoint_io.CARD_NAME), card)
   start_step = int(state.step)
   last_saved = start_step if restored is not None else None
   params_count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state.params))
@@ -352,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           'per_class_accuracy': last_eval['per_class_accuracy'],
         }
         if is_chief:
-          wd.append_metrics(workdir, record)
+          workdir_lib.append_metrics(workdir, record)
         scalars.update(
           {
             'test/top1': last_eval['top1'],
@@ -387,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   jax.effects_barrier()
 
   if last_eval is None:  # Resumed after the last evaluation: report the recorded one.
-    records = wd.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     if records:
       last_eval = {
         'top1': records[-1]['test_top1'],
@@ -401,9 +401,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, seconds) -> dict:
   """Exports the best model dir and logs the run's summary."""
   best = ckpts.restore_best()
-  export = os.path.join(workdir, wd.MODEL_BEST)
+  export = os.path.join(workdir, workdir_lib.MODEL_BEST)
   if best is not None and is_chief:
-    with wd.quiet():
+    with workdir_lib.quiet():
       checkpoint_io.save_model_dir(export, best[0], card, overwrite=True)
   summary = {
     'best_test_top1': book.best_top1 if best is not None else None,
@@ -416,7 +416,7 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
     'model_dir': export if best is not None else None,
   }
   if is_chief:
-    wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info(
     'Done. Best test top-1 %.4f at epoch %d; model exported to %s. Summary: %s',
     book.best_top1,

@@ -261,15 +261,15 @@ def _device_name() -> str:
   return f'{d.platform}:{d.device_kind}'
 
 
-def _check_resume(state: SearchState, plan: SearchSetup, workdir: str) -> None:
+def _check_resume(state: SearchState, setup: SearchSetup, workdir: str) -> None:
   differ = sorted(
     k
-    for k in set(state.settings) | set(plan.settings)
-    if state.settings.get(k) != plan.settings.get(k)
+    for k in set(state.settings) | set(setup.settings)
+    if state.settings.get(k) != setup.settings.get(k)
   )
   if differ:
     detail = ', '.join(
-      f'{k}: {state.settings.get(k)!r} there, {plan.settings.get(k)!r} now' for k in differ
+      f'{k}: {state.settings.get(k)!r} there, {setup.settings.get(k)!r} now' for k in differ
     )
     raise SearchConfigError(
       f'{workdir} holds a search with other settings ({detail}); use a new --workdir or the same settings'
@@ -318,8 +318,8 @@ def run_search(
   wall time in this call, with a checkpoint, so a job with a wall-clock limit
   (a SLURM slot, a benchmark's budget) ends cleanly and the next call resumes.
   """
-  plan = validate_config(config)
-  settings = plan.settings
+  setup = validate_config(config)
+  settings = setup.settings
   s = config.search
   os.makedirs(workdir, exist_ok=True)
 
@@ -327,7 +327,7 @@ def run_search(
   if state is None:
     state = SearchState(settings=settings)
   else:
-    _check_resume(state, plan, workdir)
+    _check_resume(state, setup, workdir)
   rng = np.random.Generator(np.random.PCG64(settings['seed']))
   if state.rng_state is not None:
     rng.bit_generator.state = state.rng_state
@@ -373,10 +373,10 @@ def run_search(
     for it in range(state.next_iteration, end):
       state.trim(s.population_size)
       if len(state.population) <= 10:
-        candidate = space_lib.mutate(plan.init, plan.space, rng, num_replaces=1)
+        candidate = space_lib.mutate(setup.init, setup.space, rng, num_replaces=1)
       else:
         parent = state.population[int(rng.integers(0, len(state.population)))][0]
-        candidate = space_lib.mutate(resolve(parent), plan.space, rng, num_replaces=2)
+        candidate = space_lib.mutate(resolve(parent), setup.space, rng, num_replaces=2)
       record = _evaluate(candidate, settings, s, scorer, known, latencies, it)
       if record is not None:
         line = (json.dumps(record) + '\n').encode()
