@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from train_fixtures import TINY
 
-from zenfer_jax import checkpoint_io, evaluate, models, predict
+from zenfer_jax import evaluate, model_directory, models, predict
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -34,11 +34,11 @@ def model_dir(tmp_path_factory):
     .normal(size=variables['params']['fc']['kernel'].shape)
     .astype(np.float32)
   )
-  card = checkpoint_io.make_card(
+  card = model_directory.make_card(
     TINY, 10, use_sa=True, class_names=CLASSES, image_size=16, recipe='digits', source='test'
   )
   path = tmp_path_factory.mktemp('models') / 'tiny'
-  checkpoint_io.save_model_dir(str(path), variables, card)
+  model_directory.save_model_dir(str(path), variables, card)
   return path
 
 
@@ -101,8 +101,8 @@ def test_evaluate_writes_metrics_and_confusion_matrix(model_dir, digits_dir, tmp
 def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path):
   model = models.build_model(TINY, 3)
   variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
-  card = checkpoint_io.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
-  checkpoint_io.save_model_dir(str(tmp_path / 'three'), variables, card)
+  card = model_directory.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
+  model_directory.save_model_dir(str(tmp_path / 'three'), variables, card)
   with pytest.raises(ValueError, match='3 classes, digits has 10'):
     evaluate.main(
       [
@@ -134,8 +134,8 @@ def test_predict_preprocesses_as_evaluation_does(model_dir, digits_dir, test_ima
       )
     )
   )
-  variables, card = checkpoint_io.load_model_dir(str(model_dir))
-  model = checkpoint_io.build_from_card(card)
+  variables, card = model_directory.load_model_dir(str(model_dir))
+  model = model_directory.build_from_card(card)
   expected = np.asarray(jax.nn.softmax(model.apply(variables, batch['image'][0], train=False)))
   for path, image in zip(test_images, batch['image'][0]):
     np.testing.assert_allclose(predict.load_image(path, 16, 'digits'), image, atol=1e-6)

@@ -16,7 +16,7 @@ from torch_port import export as export_cli
 from torch_port.checkpoint_file import CheckpointFormatError
 from torch_port.convert import CheckpointMismatchError, convert_state_dict
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax import checkpoint_io
+from zenfer_jax import model_directory
 from zenfer_jax.models import build_model
 
 torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def _original_wrapper(model, epoch=41):
 
 
 def _same_tree(a, b):
-  fa, fb = checkpoint_io.flatten(a), checkpoint_io.flatten(b)
+  fa, fb = model_directory.flatten(a), model_directory.flatten(b)
   return fa.keys() == fb.keys() and all(
     np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa
   )
@@ -282,7 +282,7 @@ def test_convert_and_export_command_lines(tmp_path, capsys):
     ]
   )
   assert rc == 0, capsys.readouterr().err
-  variables, card = checkpoint_io.load_model_dir(out)
+  variables, card = model_directory.load_model_dir(out)
   assert (
     card['structure'] == TINY and card['num_classes'] == 7 and card['use_sa'] and card['use_lw_att']
   )

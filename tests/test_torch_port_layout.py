@@ -112,7 +112,7 @@ def test_depthwise_and_dense_layouts():
 
 
 def test_export_is_strict_about_the_variables_tree():
-  from zenfer_jax.checkpoint_io import MergeError
+  from zenfer_jax.model_directory import MergeError
 
   structure, classes, flags = _flags('mixed-families-SA')
   variables = load_torch_checkpoint(

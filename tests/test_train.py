@@ -192,9 +192,9 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert summary['best_test_top1'] == max(r['test_top1'] for r in records)
   state, meta = latest_state(workdir)
   assert int(state['step']) == 6 and meta['book']['epoch_steps'] == 0
-  from zenfer_jax import checkpoint_io
+  from zenfer_jax import model_directory
 
-  variables, card = checkpoint_io.load_model_dir(str(workdir / workdir_lib.MODEL_BEST))
+  variables, card = model_directory.load_model_dir(str(workdir / workdir_lib.MODEL_BEST))
   assert card['structure'] == TINY and card['num_classes'] == 10 and card['image_size'] == 16
   assert card['class_names'] == [str(d) for d in range(10)] and card['recipe'] == 'digits'
   assert set(variables) == {'params', 'batch_stats'}

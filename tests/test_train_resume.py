@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
 
-from zenfer_jax import checkpoint_io
+from zenfer_jax import model_directory
 from zenfer_jax import workdir as workdir_lib
 
 # Three epochs of four steps, a checkpoint every three steps and at each epoch end, so the kill
@@ -75,7 +75,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
   assert meta == ref_meta
   assert workdir_lib.read_metrics(str(run_dir)) == workdir_lib.read_metrics(str(ref_dir))
   assert [r['epoch'] for r in workdir_lib.read_metrics(str(run_dir))] == [1, 2, 3]
-  ref_best, _ = checkpoint_io.load_model_dir(str(ref_dir / workdir_lib.MODEL_BEST))
-  best, _ = checkpoint_io.load_model_dir(str(run_dir / workdir_lib.MODEL_BEST))
+  ref_best, _ = model_directory.load_model_dir(str(ref_dir / workdir_lib.MODEL_BEST))
+  best, _ = model_directory.load_model_dir(str(run_dir / workdir_lib.MODEL_BEST))
   for k, v in flat(ref_best).items():
     np.testing.assert_array_equal(flat(best)[k], v, err_msg=k)

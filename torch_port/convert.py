@@ -38,7 +38,7 @@ from torch_port.checkpoint_file import (
   extract_state_dict,
   read_checkpoint,
 )
-from zenfer_jax import checkpoint_io
+from zenfer_jax import model_directory
 from zenfer_jax.structure import Structure, StructureError, resolve
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(checkpoint_io.MergeError):
+class CheckpointMismatchError(model_directory.MergeError):
   """A checkpoint whose keys or shapes do not fit the requested model (every problem listed)."""
 
   def __init__(
@@ -214,7 +214,7 @@ def convert_state_dict(
     report.loaded += 1
   report.loaded += sum(1 for e in expected if e.collection is None and not skip(e.torch_key))
   report.discarded = [k for k in sd if skip(k)]
-  loaded = checkpoint_io.unflatten(flat)
+  loaded = model_directory.unflatten(flat)
   loaded.setdefault('params', {})
   loaded.setdefault('batch_stats', {})
 
@@ -225,17 +225,19 @@ def convert_state_dict(
 
     model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
     fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)
-    fresh = {c: fresh.get(c, {}) for c in checkpoint_io.COLLECTIONS}
-    variables = checkpoint_io.strict_merge(
+    fresh = {c: fresh.get(c, {}) for c in model_directory.COLLECTIONS}
+    variables = model_directory.strict_merge(
       fresh, loaded, skip_patterns=flax_skip, what='converted checkpoint'
     )
     variables = {
-      c: checkpoint_io.unflatten({k: np.asarray(v) for k, v in checkpoint_io.flatten(t).items()})
+      c: model_directory.unflatten(
+        {k: np.asarray(v) for k, v in model_directory.flatten(t).items()}
+      )
       for c, t in variables.items()
     }
     report.left_at_init = sorted(
       p
-      for p in checkpoint_io.flatten(fresh)
+      for p in model_directory.flatten(fresh)
       if any(fnmatch.fnmatchcase(p, pat) for pat in flax_skip)
     )
   else:
@@ -385,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (' and lw_att' if any(p.startswith('params/lw_att') for p in report.left_at_init) else '')
         + ' freshly initialised]'
       )
-    card = checkpoint_io.make_card(
+    card = model_directory.make_card(
       str(structure),
       args.num_classes,
       use_sa=args.use_sa,
@@ -395,12 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       recipe=None,
       source=source,
     )
-    checkpoint_io.save_model_dir(out, variables, card, overwrite=args.overwrite)
+    model_directory.save_model_dir(out, variables, card, overwrite=args.overwrite)
   except (
     CheckpointFormatError,
     CheckpointMismatchError,
-    checkpoint_io.MergeError,
-    checkpoint_io.ModelDirError,
+    model_directory.MergeError,
+    model_directory.ModelDirError,
     StructureError,
     FileNotFoundError,
     ValueError,

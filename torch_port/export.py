@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from torch_port import mapping
-from zenfer_jax import checkpoint_io
+from zenfer_jax import model_directory
 from zenfer_jax.structure import StructureError, resolve
 
 __all__ = ['export_state_dict', 'save_state_dict', 'main']
@@ -53,7 +53,7 @@ def export_state_dict(
 
   s = resolve(structure)
   expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-  flat = checkpoint_io.flatten({c: variables.get(c, {}) for c in variables})
+  flat = model_directory.flatten({c: variables.get(c, {}) for c in variables})
   want = {f'{e.collection}/' + '/'.join(e.path): e for e in expected if e.collection is not None}
   missing = [p for p in want if p not in flat]
   unexpected = [p for p in flat if p not in want]
@@ -63,7 +63,7 @@ def export_state_dict(
     if p in flat and tuple(np.shape(flat[p])) != e.flax_shape
   ]
   if missing or unexpected or misshaped:
-    raise checkpoint_io.MergeError(
+    raise model_directory.MergeError(
       missing,
       unexpected,
       misshaped,
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    variables, card = checkpoint_io.load_model_dir(args.checkpoint)
+    variables, card = model_directory.load_model_dir(args.checkpoint)
     sd = export_state_dict(
       variables,
       card['structure'],
@@ -153,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError('--wrapped applies to .pth files; .safetensors holds tensors only')
     out = save_state_dict(sd, args.output, wrapped=args.wrapped, overwrite=args.overwrite)
   except (
-    checkpoint_io.ModelDirError,
-    checkpoint_io.MergeError,
+    model_directory.ModelDirError,
+    model_directory.MergeError,
     StructureError,
     FileExistsError,
     FileNotFoundError,

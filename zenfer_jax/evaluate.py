@@ -87,7 +87,7 @@ def evaluate(
   """Metrics of the model at `path` (workdir or model dir) on `name`/`split`."""
   import jax
 
-  from zenfer_jax import checkpoint_io, data, metrics, parallel, steps, train
+  from zenfer_jax import data, metrics, model_directory, parallel, steps, train
   from zenfer_jax import workdir as workdir_lib
 
   variables, card = workdir_lib.load_inference(path, which)
@@ -106,7 +106,7 @@ def evaluate(
     raise ValueError(
       f'--batch_size {batch_size} is not a multiple of {jax.device_count()} devices.'
     )
-  model = checkpoint_io.build_from_card(card)
+  model = model_directory.build_from_card(card)
   image_size = card['image_size'] or 224
   batches = data.pipeline.eval_dataset(
     name,

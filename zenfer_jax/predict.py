@@ -65,11 +65,11 @@ class Predictor:
   def __init__(self, path: str):
     import jax
 
-    from zenfer_jax import checkpoint_io
+    from zenfer_jax import model_directory
     from zenfer_jax import workdir as workdir_lib
 
     self.variables, self.card = workdir_lib.load_inference(path)
-    self.model = checkpoint_io.build_from_card(self.card)
+    self.model = model_directory.build_from_card(self.card)
     self.image_size = self.card['image_size'] or 224
     self.recipe = self.card['recipe'] or 'rafdb'
     self.class_names = self.card['class_names'] or [str(i) for i in range(self.card['num_classes'])]

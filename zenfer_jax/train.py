@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from zenfer_jax import checkpoint_io, data, metrics, optim, parallel, steps
+from zenfer_jax import data, metrics, model_directory, optim, parallel, steps
 from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import class_list, validate_config
@@ -63,7 +63,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
 
 
 def model_card(config: ml_collections.ConfigDict, model, info: data.DatasetInfo) -> dict:
-  return checkpoint_io.make_card(
+  return model_directory.make_card(
     model.structure_text,
     info.num_classes,
     use_sa=config.model.use_sa,
@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
   if is_chief:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
-    workdir_lib.write_json(os.path.join(workdir, checkpoint_io.CARD_NAME), card)
+    workdir_lib.write_json(os.path.join(workdir, model_directory.CARD_NAME), card)
   start_step = int(state.step)
   last_saved = start_step if restored is not None else None
   params_count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state.params))
@@ -404,7 +404,7 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
   export = os.path.join(workdir, workdir_lib.MODEL_BEST)
   if best is not None and is_chief:
     with workdir_lib.quiet():
-      checkpoint_io.save_model_dir(export, best[0], card, overwrite=True)
+      model_directory.save_model_dir(export, best[0], card, overwrite=True)
   summary = {
     'best_test_top1': book.best_top1 if best is not None else None,
     'best_epoch': book.best_epoch,

@@ -85,10 +85,10 @@ def placeholder_variables(config: ml_collections.ConfigDict, model: models.ZenNe
 
 def merge_init(fresh: dict, loaded: dict, *, only_backbone: bool) -> dict:
   """`loaded` merged into `fresh`; every key must match unless outside the backbone and skipped."""
-  from zenfer_jax import checkpoint_io
+  from zenfer_jax import model_directory
 
   skip = HEAD_PATTERNS if only_backbone else ()
-  return checkpoint_io.strict_merge(fresh, loaded, skip_patterns=skip)
+  return model_directory.strict_merge(fresh, loaded, skip_patterns=skip)
 
 
 def create_train_state(

@@ -1,11 +1,11 @@
 """What a training workdir holds, and loading a trained model from one or from a model dir.
 
     WORKDIR/config.json          the run's full config (read back by evaluate/predict)
-    WORKDIR/model_card.json      the card of the model being trained (checkpoint_io format)
+    WORKDIR/model_card.json      the card of the model being trained (model_directory format)
     WORKDIR/checkpoints/<step>/  orbax: the latest full train state + loop bookkeeping
     WORKDIR/best/<step>/         orbax: variables of the best test top-1 so far
     WORKDIR/metrics.jsonl        one JSON object per evaluation
-    WORKDIR/model_best/          model dir exported at the end (checkpoint_io format)
+    WORKDIR/model_best/          model dir exported at the end (model_directory format)
 
 Saves are synchronous and atomic (orbax writes a temporary directory and renames it), so a
 process killed at any moment leaves the previous checkpoint intact.
@@ -23,7 +23,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from zenfer_jax import checkpoint_io
+from zenfer_jax import model_directory
 
 CONFIG = 'config.json'
 LATEST = 'checkpoints'
@@ -173,7 +173,7 @@ def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
   """(variables, model card) from a training workdir or a model directory.
 
   A workdir gives its best checkpoint (which='best'; the latest if no evaluation has run yet)
-  or its latest one (which='latest'); anything else is read as a checkpoint_io model dir.
+  or its latest one (which='latest'); anything else is read as a model_directory model dir.
   """
   path = os.fspath(path)
   if not is_workdir(path):
@@ -183,8 +183,8 @@ def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
         f'which={which!r} does not apply.'
       )
     with quiet():
-      return checkpoint_io.load_model_dir(path)
-  card = checkpoint_io.load_card(path)
+      return model_directory.load_model_dir(path)
+  card = model_directory.load_card(path)
   ckpts = Checkpoints(path)
   try:
     restored = ckpts.restore_best() if which == 'best' else None

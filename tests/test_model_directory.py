@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from zenfer_jax import checkpoint_io as cio
+from zenfer_jax import model_directory as cio
 
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
 
