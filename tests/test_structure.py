@@ -1,6 +1,7 @@
 """The structure language: round trips, every block family, typed errors, fuzzing."""
 
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -183,3 +184,85 @@ def test_fuzz_token_soup(text):
 def test_fuzz_mutated_valid_strings(pos, cut, insert):
   text = ALL_FAMILIES[:pos] + insert + ALL_FAMILIES[pos + cut :]
   _parse_or_structure_error(text)
+
+
+# ---- bounded inputs: absurd sizes fail fast with a StructureError, parsing is linear ----
+
+
+def _chain(n: int) -> str:
+  return 'SuperConvK3BNRELU(3,8,2,1)' + 'SuperResK3K3(8,8,1,8,1)' * (n - 1)
+
+
+def _seconds(fn, repeats: int = 3) -> float:
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def test_parse_time_is_linear_in_blocks():
+  # Validating the whole chain after every block made 2,000 blocks take 10 s (quadratic).
+  small, large = _chain(32), _chain(S.MAX_BLOCKS)
+  assert len(S.parse(large)) == S.MAX_BLOCKS
+  ratio = _seconds(lambda: S.parse(large)) / _seconds(lambda: S.parse(small))
+  assert ratio < 24, f'8x the blocks took {ratio:.1f}x the time (quadratic would be ~64x)'
+
+
+@pytest.mark.parametrize(
+  'text, message',
+  [
+    (_chain(16_000), 'a structure string of 368,003 characters exceeds the limit of 65,536'),
+    (_chain(300), f'more than {S.MAX_BLOCKS} blocks'),
+    ('SuperConvK3BNRELU(3,8,2,1000000)', 'sub_layers 1000000 exceeds the limit of 128'),
+    ('SuperConvK3BNRELU(3,1000000000,2,1)', 'out_channels 1000000000 exceeds the limit of 16384'),
+    ('SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,8,1,1000000000,1)', 'bottleneck 1000000000'),
+    ('SuperConvK3BNRELU(3,8,2,1)' + 'SuperResK3K3(8,8,1,8,100)' * 11, 'sub-layers to 1101'),
+    ('SuperConvK3BNRELU(3,8,2,' + '9' * 5000 + ')', 'expected an integer argument'),
+  ],
+)
+def test_absurd_sizes_fail_fast(text, message):
+  t = time.perf_counter()
+  with pytest.raises(StructureError, match=re.escape(message)):
+    S.parse(text)
+  assert time.perf_counter() - t < 0.5
+
+
+def test_limits_hold_for_structures_built_in_code():
+  block = S.parse('SuperConvK3BNRELU(3,8,2,1)')[0]
+  with pytest.raises(StructureError, match='sub_layers 129 exceeds'):
+    S.Structure((block.replace(sub_layers=S.MAX_SUB_LAYERS + 1),))
+  big = [block] + [S.Block('SuperResK3K3', 8, 8, 1, 1, 8)] * 16_000
+  t = time.perf_counter()
+  with pytest.raises(StructureError, match='more than 256 blocks'):
+    S.Structure(tuple(big))
+  assert time.perf_counter() - t < 0.5
+
+
+def test_structure_files_are_read_with_a_size_limit(tmp_path):
+  t = time.perf_counter()
+  with pytest.raises(StructureError, match=r'/dev/zero: larger than the 1,048,576 bytes'):
+    S.resolve('/dev/zero')
+  assert time.perf_counter() - t < 0.5
+  (tmp_path / 'binary.txt').write_bytes(b'\xff\xfe\x00garbage')
+  with pytest.raises(StructureError, match='binary.txt: not UTF-8'):
+    S.load(tmp_path / 'binary.txt')
+  with pytest.raises(StructureError, match='cannot read the structure file'):
+    S.load(tmp_path)
+
+
+def test_resolution_below_what_the_network_needs_is_refused():
+  from zenfer_jax import counters, describe
+
+  s = S.resolve('zennet_m')  # Five stride-2 layers: 32 pixels at least.
+  assert S.min_resolution(s) == 32
+  assert S.check_resolution(s, 32) == 32
+  for bad in (0, -5, 1.5, True):
+    with pytest.raises(StructureError, match='must be a positive integer'):
+      describe.describe(s, resolution=bad)
+    with pytest.raises(StructureError, match='must be a positive integer'):
+      counters.flops(s, bad)
+  with pytest.raises(StructureError, match='resolution 16 is below the 32 pixels'):
+    describe.describe(s, resolution=16)
+  assert describe.main(['--model', 'zennet_r', '--resolution', '0']) == 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import Structure
+from zenfer_jax.structure import Structure, StructureError
 
 __all__ = ['flops', 'model_size', 'num_layers', 'block_counts']
 
@@ -77,6 +77,10 @@ def _require_structure(structure) -> Structure:
 def block_counts(structure: Structure, resolution: int = 224, *, use_sa: bool = False):
   """Per-block (flops, model_size, output_resolution) in the reference's arithmetic."""
   structure = _require_structure(structure)
+  if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+    raise StructureError(
+      f'resolution must be a positive integer number of pixels, got {resolution!r}'
+    )
   rows = []
   res = resolution
   for bp in plan_lib.expand(structure, use_sa=use_sa):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from zenfer_jax import counters
 from zenfer_jax.models import build_model, count_params
-from zenfer_jax.structure import StructureError, resolve
+from zenfer_jax.structure import StructureError, check_resolution, resolve
 
 __all__ = ['describe', 'main']
 
@@ -33,6 +33,7 @@ def describe(
 ) -> dict:
   """Rows per block plus totals, as plain data (used by the CLI and tests)."""
   s = resolve(structure)
+  check_resolution(s, resolution)
   model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
   x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))

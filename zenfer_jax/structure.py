@@ -6,6 +6,17 @@ budget, checkpoint converter and model in this package starts from a parsed
 `Structure`, so all validation happens here, before any array is allocated:
 a bad string fails with a `StructureError` naming the character position and
 what was expected there.
+
+Limits. A structure names sizes that allocate memory and time in every consumer (model
+building, counters, the search), so sizes far beyond any network this package can train are
+refused here, in time linear in the text, before anything is built:
+  * at most `MAX_BLOCKS` (256) blocks and `MAX_LAYERS` (1,024) sub-layers in all;
+  * `sub_layers` at most `MAX_SUB_LAYERS` (128) per block;
+  * channels and bottlenecks at most `MAX_CHANNELS` (16,384);
+  * a structure string at most `MAX_TEXT_CHARS` (65,536 characters), a structure file at most
+    `MAX_FILE_BYTES` (1 MiB).
+ZenNet-M and ZenNet-R use 8 and 7 blocks, at most 2,048 channels and 14 sub-layers in all.
+An input must be at least `min_resolution` pixels square (`check_resolution`).
 """
 
 from __future__ import annotations
@@ -26,7 +37,22 @@ __all__ = [
   'smart_round',
   'PRESETS',
   'BLOCK_TYPES',
+  'MAX_BLOCKS',
+  'MAX_LAYERS',
+  'MAX_SUB_LAYERS',
+  'MAX_CHANNELS',
+  'MAX_TEXT_CHARS',
+  'MAX_FILE_BYTES',
+  'min_resolution',
+  'check_resolution',
 ]
+
+MAX_BLOCKS = 256
+MAX_LAYERS = 1_024
+MAX_SUB_LAYERS = 128
+MAX_CHANNELS = 16_384
+MAX_TEXT_CHARS = 65_536
+MAX_FILE_BYTES = 1 << 20
 
 
 class StructureError(ValueError):
@@ -115,15 +141,6 @@ class Block:
   def is_residual(self) -> bool:
     return self.family != _CONV
 
-  @property
-  def num_residual_layers(self) -> int:
-    """Residual layers the block expands to (two per sub-layer for K1KXK1 and IDW)."""
-    if self.family == _CONV:
-      return 0
-    if self.family == _KXKX:
-      return self.sub_layers
-    return 2 * self.sub_layers
-
   def __str__(self) -> str:
     args = [self.in_channels, self.out_channels, self.stride]
     if self.bottleneck is not None:
@@ -163,47 +180,102 @@ class Structure:
     return self.blocks[-1].out_channels
 
 
-def _validate_chain(blocks: Sequence[Block], text: str | None = None, positions=None) -> None:
+def _validate_chain(blocks: Sequence[Block]) -> None:
   if not blocks:
     raise StructureError(
       'empty structure: expected at least one block such as SuperConvK3BNRELU(3,8,2,1)'
     )
+  layers = 0
   for i, b in enumerate(blocks):
-    pos = positions[i] if positions else None
-    where = f'block {i} ({b.type_name})'
-    if b.type_name not in BLOCK_TYPES:
-      raise StructureError(f'{where}: unknown block type', pos, text)
-    for field in ('in_channels', 'out_channels', 'sub_layers') + (
-      ('bottleneck',) if b.is_residual else ()
-    ):
-      value = getattr(b, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise StructureError(
-          f'{where}: {field} must be a positive integer, got {value!r}', pos, text
-        )
-    if b.stride not in (1, 2):
-      raise StructureError(f'{where}: stride must be 1 or 2, got {b.stride!r}', pos, text)
-    if b.is_residual == (b.bottleneck is None):
+    _validate_block(i, b, blocks[i - 1] if i else None)
+    layers = _check_totals(i, b, layers)
+
+
+def _check_totals(i: int, b: Block, layers_before: int, pos=None, text=None) -> int:
+  """The running limits on the whole chain; returns the sub-layers so far."""
+  if i >= MAX_BLOCKS:
+    raise StructureError(
+      f'more than {MAX_BLOCKS} blocks (the limit on a structure); networks this package trains '
+      'have about ten',
+      pos,
+      text,
+    )
+  layers = layers_before + b.sub_layers
+  if layers > MAX_LAYERS:
+    raise StructureError(
+      f'block {i} ({b.type_name}) brings the sub-layers to {layers}, above the limit of '
+      f'{MAX_LAYERS} in all',
+      pos,
+      text,
+    )
+  return layers
+
+
+def _validate_block(
+  i: int, b: Block, prev: Block | None, pos: int | None = None, text: str | None = None
+) -> None:
+  """One block against its predecessor: constant work, so a chain is checked in linear time."""
+  where = f'block {i} ({b.type_name})'
+  if b.type_name not in BLOCK_TYPES:
+    raise StructureError(f'{where}: unknown block type', pos, text)
+  for field in ('in_channels', 'out_channels', 'sub_layers') + (
+    ('bottleneck',) if b.is_residual else ()
+  ):
+    value = getattr(b, field)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise StructureError(f'{where}: {field} must be a positive integer, got {value!r}', pos, text)
+    limit = MAX_SUB_LAYERS if field == 'sub_layers' else MAX_CHANNELS
+    if value > limit:
       raise StructureError(
-        f'{where}: bottleneck is required exactly for residual blocks', pos, text
-      )
-    if i == 0 and b.in_channels != 3:
-      raise StructureError(
-        f'{where}: the first block takes RGB input, so in_channels must be 3, got {b.in_channels}',
+        f'{where}: {field} {value} exceeds the limit of {limit} '
+        f'(zenfer_jax.structure.MAX_{"SUB_LAYERS" if field == "sub_layers" else "CHANNELS"})',
         pos,
         text,
       )
-    if i > 0 and b.in_channels != blocks[i - 1].out_channels:
-      raise StructureError(
-        f"{where}: in_channels {b.in_channels} differs from the previous block's out_channels "
-        f'{blocks[i - 1].out_channels}',
-        pos,
-        text,
-      )
+  if b.stride not in (1, 2):
+    raise StructureError(f'{where}: stride must be 1 or 2, got {b.stride!r}', pos, text)
+  if b.is_residual == (b.bottleneck is None):
+    raise StructureError(f'{where}: bottleneck is required exactly for residual blocks', pos, text)
+  if prev is None and b.in_channels != 3:
+    raise StructureError(
+      f'{where}: the first block takes RGB input, so in_channels must be 3, got {b.in_channels}',
+      pos,
+      text,
+    )
+  if prev is not None and b.in_channels != prev.out_channels:
+    raise StructureError(
+      f"{where}: in_channels {b.in_channels} differs from the previous block's out_channels "
+      f'{prev.out_channels}',
+      pos,
+      text,
+    )
+
+
+def min_resolution(structure: Structure) -> int:
+  """The smallest input side for which every feature map keeps at least one pixel.
+
+  The reference counters (and so every FLOPs budget) shrink a resolution by integer division at
+  each stride-2 layer; below the product of the strides the deepest maps count as 0 pixels and
+  their FLOPs as 0, so a budget would stop constraining them.
+  """
+  return 2 ** sum(1 for b in structure if b.stride == 2)
+
+
+def check_resolution(structure: Structure, resolution, what: str = 'resolution') -> int:
+  """`resolution` as an int, or a StructureError saying what the network needs."""
+  if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+    raise StructureError(f'{what} must be a positive integer number of pixels, got {resolution!r}')
+  need = min_resolution(structure)
+  if resolution < need:
+    raise StructureError(
+      f'{what} {resolution} is below the {need} pixels this structure needs (its stride-2 '
+      f'layers divide the input by {need}); use at least {need}'
+    )
+  return resolution
 
 
 _NAME_RE = re.compile(r'[A-Za-z0-9]+')
-_INT_RE = re.compile(r'[+-]?[0-9]+')
+_INT_RE = re.compile(r'[+-]?[0-9]{1,12}')  # Longer numbers are far above every limit.
 _BLOCKNAME_RE = re.compile(r'[^|(),]*')
 
 
@@ -211,13 +283,18 @@ def parse(text: str) -> Structure:
   """Parse a structure string; leading/trailing white space (a file's newline) is ignored."""
   if not isinstance(text, str):
     raise StructureError(f'expected a structure string, got {type(text).__name__}')
+  if len(text) > MAX_TEXT_CHARS:
+    raise StructureError(
+      f'a structure string of {len(text):,} characters exceeds the limit of {MAX_TEXT_CHARS:,}'
+    )
   lead = len(text) - len(text.lstrip())
   body = text.strip()
   if not body:
     raise StructureError(
       'empty structure: expected at least one block such as SuperConvK3BNRELU(3,8,2,1)'
     )
-  blocks, positions = [], []
+  blocks = []
+  layers = 0
   pos = 0
   n = len(body)
 
@@ -276,10 +353,11 @@ def parse(text: str) -> Structure:
     else:
       c_in, c_out, stride, btl, subl = values
     block = Block(type_name, c_in, c_out, stride, subl, btl, block_name)
+    # Validate as we go so the error points at the first bad block, and so a huge string stops
+    # at the first block past a limit; each check is constant work (the parse is linear).
+    _validate_block(len(blocks), block, blocks[-1] if blocks else None, lead + start, text)
+    layers = _check_totals(len(blocks), block, layers, lead + start, text)
     blocks.append(block)
-    positions.append(lead + start)
-    # Validate as we go so the error points at the first bad block.
-    _validate_chain(blocks, text, positions)
     pos = close + 1
   return Structure(tuple(blocks))
 
@@ -288,9 +366,31 @@ PRESETS = {'zennet_m': 'zennet_m.txt', 'zennet_r': 'zennet_r.txt'}
 
 
 def load(path: str | os.PathLike) -> Structure:
-  """Load a structure file (one structure on its first non-empty line)."""
-  with open(path, encoding='utf-8') as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
+  """Load a structure file (one structure on its first non-empty line).
+
+  At most `MAX_FILE_BYTES` are read, so a wrong path (a device such as /dev/zero, a dataset
+  archive) fails at once instead of filling the memory.
+  """
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read(MAX_FILE_BYTES + 1)
+  except OSError as e:
+    raise StructureError(
+      f'{os.fspath(path)}: cannot read the structure file: {e.strerror or e}'
+    ) from None
+  if len(raw) > MAX_FILE_BYTES:
+    raise StructureError(
+      f'{os.fspath(path)}: larger than the {MAX_FILE_BYTES:,} bytes a structure file may have; '
+      'expected a text file with the structure on its first line'
+    )
+  try:
+    text = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise StructureError(
+      f'{os.fspath(path)}: not UTF-8 text (byte {e.start}); expected a text file with the '
+      'structure on its first line'
+    ) from None
+  lines = [line for line in text.splitlines() if line.strip()]
   if not lines:
     raise StructureError(f'{os.fspath(path)}: empty structure file')
   # Like the reference, only the first line is the structure (later lines may hold notes).
