@@ -23,7 +23,8 @@ class JaxInferCase:
     batch: int,
     resolution: int,
     dtype: str = 'float32',
-    depthwise_impl: str = 'auto',
+    conv_impl: str = 'auto',
+    bn_impl: str = 'auto',
     seed: int = 0,
   ):
     import jax
@@ -36,7 +37,8 @@ class JaxInferCase:
       structure,
       NUM_CLASSES,
       use_sa=use_sa,
-      depthwise_impl=depthwise_impl,
+      conv_impl=conv_impl,
+      bn_impl=bn_impl,
       dtype={'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype],
     )
     variables = jax.device_put(initial_variables(structure, use_sa, seed))

@@ -27,7 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bn_eps = 1e-3
   # False: each device normalises with its own batch statistics, as the reference does.
   config.model.cross_device_bn = False
-  config.model.depthwise_impl = 'auto'
+  # Convs and BatchNorm on XLA's plain ops ('xla') or the CPU formulations with hand-written
+  # backward passes ('cpu', same values); 'auto': 'cpu' on the CPU backend, else 'xla'.
+  config.model.conv_impl = 'auto'
+  config.model.bn_impl = 'auto'
   config.model.dtype = 'float32'  # 'bfloat16' for mixed precision on accelerators.
 
   config.data = ml_collections.ConfigDict()

@@ -1,11 +1,13 @@
-"""The closed-form BatchNorm backward (`batch_norm_train`) against XLA's autodiff of the forward."""
+"""The closed-form BatchNorm backward (`cpu_kernels.batch_norm_train`) against XLA's autodiff of
+the forward, and the BatchNorm module on each impl."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax.layers.batchnorm import BatchNorm, _bn_forward, batch_norm_train
+from zenfer_jax.layers.batchnorm import BatchNorm
+from zenfer_jax.layers.cpu_kernels import batch_norm_forward, batch_norm_train, resolve_impl
 
 EPS = 1e-3
 
@@ -34,14 +36,14 @@ def _loss(norm):
 def test_gradients_equal_autodiff(shape):
   x, scale, bias, w = _data(shape)
   custom = _loss(lambda x, s, b: batch_norm_train(x, s, b, EPS, None)[0])
-  auto = _loss(lambda x, s, b: _bn_forward(x, s, b, EPS, None)[0])
+  auto = _loss(lambda x, s, b: batch_norm_forward(x, s, b, EPS, None)[0])
   gc = jax.jit(jax.grad(custom, argnums=(0, 1, 2)))(x, scale, bias, w)
   ga = jax.jit(jax.grad(auto, argnums=(0, 1, 2)))(x, scale, bias, w)
   for c, a in zip(gc, ga):
     np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
   # The forward is the same expression, so the outputs and statistics are equal bit for bit.
   for c, a in zip(
-    batch_norm_train(x, scale, bias, EPS, None), _bn_forward(x, scale, bias, EPS, None)[:3]
+    batch_norm_train(x, scale, bias, EPS, None), batch_norm_forward(x, scale, bias, EPS, None)[:3]
   ):
     np.testing.assert_array_equal(c, a)
 
@@ -58,13 +60,13 @@ def test_gradients_equal_autodiff_across_devices():
     return f
 
   custom = total(lambda a, s, b: batch_norm_train(a, s, b, EPS, 'd')[0])
-  auto = total(lambda a, s, b: _bn_forward(a, s, b, EPS, 'd')[0])
+  auto = total(lambda a, s, b: batch_norm_forward(a, s, b, EPS, 'd')[0])
   gc = jax.grad(custom, argnums=(0, 1, 2))(x, scale, bias, w)
   ga = jax.grad(auto, argnums=(0, 1, 2))(x, scale, bias, w)
   for c, a in zip(gc, ga):
     np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
   # Not the same as normalising each device on its own: the test can tell the two apart.
-  local = total(lambda a, s, b: _bn_forward(a, s, b, EPS, None)[0])
+  local = total(lambda a, s, b: batch_norm_forward(a, s, b, EPS, None)[0])
   assert not np.allclose(jax.grad(local)(x, scale, bias, w), gc[0], rtol=1e-3)
 
 
@@ -73,8 +75,8 @@ def test_module_paths_agree_on_outputs_statistics_and_gradients(dtype):
   x, _, _, w = _data((4, 6, 6, 8), seed=2)
   x = x.astype(dtype)
   results = []
-  for custom in (True, False):
-    bn = BatchNorm(custom_grad=custom, dtype=dtype)
+  for impl in ('cpu', 'xla'):
+    bn = BatchNorm(impl=impl, dtype=dtype)
     v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
     v = {
       'params': jax.tree.map(lambda p: p * 1.5 + 0.25, v['params']),
@@ -107,3 +109,33 @@ def test_module_paths_agree_on_outputs_statistics_and_gradients(dtype):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b)))
   assert gx1.dtype == dtype
+
+
+def test_bn_impl_auto_is_the_explicit_choice_bit_for_bit():
+  x, _, _, w = _data((4, 6, 6, 8), seed=3)
+  grads = {}
+  for impl in ('auto', 'cpu', 'xla'):
+    bn = BatchNorm(impl=impl)
+    v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+
+    def loss(params, xx, bn=bn, v=v):
+      y, _ = bn.apply(
+        {'params': params, 'batch_stats': v['batch_stats']},
+        xx,
+        use_running_average=False,
+        mutable=['batch_stats'],
+      )
+      return jnp.sum(jax.nn.relu(y) * w)
+
+    grads[impl] = jax.tree.leaves(jax.jit(jax.grad(loss, argnums=(0, 1)))(v['params'], x))
+  for a, b in zip(grads['auto'], grads[resolve_impl('auto')]):
+    np.testing.assert_array_equal(a, b)
+  # The two backward passes round differently, so the equality above tells them apart.
+  assert any(not np.array_equal(a, b) for a, b in zip(grads['cpu'], grads['xla']))
+
+
+def test_unknown_bn_impl_names_the_allowed_values():
+  with pytest.raises(ValueError, match=r"BatchNorm.impl must be one of \('auto', 'xla', 'cpu'\)"):
+    BatchNorm(impl='closed_form').init(
+      jax.random.PRNGKey(0), jnp.ones((2, 3, 3, 4)), use_running_average=False
+    )

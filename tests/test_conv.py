@@ -1,4 +1,5 @@
-"""The CPU-only conv formulations against XLA's convolution: values and both gradients."""
+"""The CPU conv formulations (`cpu_kernels`) against XLA's convolution: values and both gradients;
+the Conv module on each impl."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,15 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zenfer_jax.layers.conv import Conv, conv_blocked, conv_strided, use_output_blocked
+from zenfer_jax.layers import conv as conv_lib
+from zenfer_jax.layers.conv import Conv
+from zenfer_jax.layers.cpu_kernels import (
+  conv_blocked,
+  conv_strided,
+  depthwise_shift,
+  resolve_impl,
+  use_output_blocked,
+)
 
 
 def _ref(x, kernel, stride, pad):
@@ -54,12 +63,13 @@ def test_conv_strided_matches_xla(h, w, cin, cout, k, stride):
   _check(jax.jit(conv_strided, static_argnums=(2, 3)), x, kernel, stride)
 
 
-@pytest.mark.parametrize('cin,k,stride', [(8, 5, 2), (3, 3, 2), (8, 3, 1), (16, 7, 1)])
-def test_conv_module_matches_xla(cin, k, stride):
-  """The module's choice of path (whatever it is on this backend) keeps params and values."""
+@pytest.mark.parametrize('impl', ['cpu', 'xla', 'auto'])
+@pytest.mark.parametrize('cin,k,stride', [(8, 5, 2), (3, 3, 2), (8, 3, 1), (16, 7, 1), (8, 1, 2)])
+def test_conv_module_matches_xla(cin, k, stride, impl):
+  """Every impl keeps the parameters and XLA's values, gradients included."""
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((2, 10, 10, cin), dtype=np.float32))
-  mod = Conv(features=8, kernel_size=k, stride=stride)
+  mod = Conv(features=8, kernel_size=k, stride=stride, impl=impl)
   params = mod.init(jax.random.PRNGKey(0), x)
   assert jax.tree_util.tree_map(jnp.shape, params) == {'params': {'kernel': (k, k, cin, 8)}}
   kernel = params['params']['kernel']
@@ -85,10 +95,85 @@ def test_conv_blocked_matches_xla(h, w, cin, cout, k):
 
 
 def test_output_blocked_selection():
-  assert use_output_blocked((1, 224, 224, 8), (3, 3, 8, 8), 1, 1) == (
-    jax.default_backend() == 'cpu'
-  )
+  assert use_output_blocked((1, 224, 224, 8), (3, 3, 8, 8), 1, 1)
   assert not use_output_blocked((16, 224, 224, 8), (3, 3, 8, 8), 1, 1)  # batch-16 training size
   assert not use_output_blocked((1, 28, 28, 16), (7, 7, 16, 16), 1, 1)
   assert not use_output_blocked((1, 224, 224, 3), (3, 3, 3, 64), 2, 1)
   assert not use_output_blocked((1, 7, 7, 8), (3, 3, 8, 8), 1, 1)  # odd extent
+
+
+@pytest.mark.parametrize('k, stride, size', [(3, 1, 9), (5, 2, 11), (7, 2, 14), (7, 1, 7)])
+def test_depthwise_shift_equals_xla_depthwise(k, stride, size):
+  c = 12
+  x = jax.random.normal(jax.random.key(0), (2, size, size, c))
+  w = jax.random.normal(jax.random.key(1), (k, k, 1, c))
+  ref = jax.lax.conv_general_dilated(
+    x,
+    w,
+    (stride, stride),
+    ((k // 2, k // 2),) * 2,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=c,
+  )
+  got = jax.jit(depthwise_shift, static_argnums=(2, 3))(x, w, stride, k // 2)
+  assert got.shape == ref.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  # Gradients agree too (training uses this path on CPU).
+  g_ref = jax.jit(
+    jax.grad(
+      lambda w: jnp.sum(
+        jnp.sin(
+          jax.lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            ((k // 2, k // 2),) * 2,
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+            feature_group_count=c,
+          )
+        )
+      )
+    )
+  )(w)
+  g_got = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(depthwise_shift(x, w, stride, k // 2)))))(w)
+  np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impl_auto_is_resolved_by_backend_in_one_place():
+  """'auto' is the explicit choice for this backend, and the module computes exactly that."""
+  want = 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  assert resolve_impl('auto') == want
+  assert resolve_impl('xla') == 'xla' and resolve_impl('cpu') == 'cpu'
+  # Depthwise 7x7 (shifted sums), a thin stride-1 conv (2x2 output blocks) and a strided conv
+  # (its input gradient through the stride phases): the impls' float32 sums differ in order for
+  # each, so bit equality of values and both gradients pins which impl 'auto' ran.
+  rng = np.random.default_rng(4)
+  for groups, cin, cout, k, stride in ((16, 16, 16, 7, 2), (1, 8, 8, 3, 1), (1, 8, 16, 5, 2)):
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, cin), dtype=np.float32))
+    out = {}
+    for impl in ('auto', 'cpu', 'xla'):
+      mod = Conv(features=cout, kernel_size=k, stride=stride, groups=groups, impl=impl)
+      v = mod.init(jax.random.PRNGKey(0), x)
+      y, vjp = jax.vjp(jax.jit(lambda v, x, mod=mod: mod.apply(v, x)), v, x)
+      out[impl] = [y, *jax.tree.leaves(vjp(jnp.sin(y)))]
+    for a, b in zip(out['auto'], out[want]):
+      np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(out['cpu'], out['xla'])), (cin, k, stride)
+
+
+def test_unknown_impl_names_the_allowed_values():
+  with pytest.raises(
+    ValueError, match=r"conv_impl must be one of \('auto', 'xla', 'cpu'\), got 'shift'"
+  ):
+    resolve_impl('shift', 'conv_impl')
+  x = jnp.zeros((1, 4, 4, 3))
+  with pytest.raises(ValueError, match=r"Conv.impl must be one of .*'cpu'.*got 'gpu'"):
+    Conv(features=4, kernel_size=3, impl='gpu').init(jax.random.PRNGKey(0), x)
+
+
+def test_old_import_path_still_works():
+  """zenfer_jax.nas reads these two names from layers.conv; they are the cpu_kernels objects."""
+  from zenfer_jax.layers import cpu_kernels
+
+  assert conv_lib.depthwise_shift is cpu_kernels.depthwise_shift
+  assert conv_lib.default_depthwise_impl() == ('shift' if resolve_impl('auto') == 'cpu' else 'xla')

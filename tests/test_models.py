@@ -1,12 +1,14 @@
 """Flax models: parameter counts, shapes, train-mode statistics, init schemes, conv formulations."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import zenfer_jax
 from zenfer_jax.layers.attention import channel_shuffle
-from zenfer_jax.layers.conv import depthwise_shift
 from zenfer_jax.models import XAVIER_GAIN, ZenNet, build_model, count_params, init_variables
 
 TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperResIDWE2K3(16,16,1,16,1)SuperConvK1BNRELU(16,32,1,1)'
@@ -173,50 +175,76 @@ def test_no_bn_variant_has_no_batchnorm():
   )
 
 
-@pytest.mark.parametrize('k, stride, size', [(3, 1, 9), (5, 2, 11), (7, 2, 14), (7, 1, 7)])
-def test_depthwise_shift_equals_xla_depthwise(k, stride, size):
-  c = 12
-  x = jax.random.normal(jax.random.key(0), (2, size, size, c))
-  w = jax.random.normal(jax.random.key(1), (k, k, 1, c))
-  ref = jax.lax.conv_general_dilated(
-    x,
-    w,
-    (stride, stride),
-    ((k // 2, k // 2),) * 2,
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    feature_group_count=c,
-  )
-  got = jax.jit(depthwise_shift, static_argnums=(2, 3))(x, w, stride, k // 2)
-  assert got.shape == ref.shape
-  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
-  # Gradients agree too (training uses this path on CPU).
-  g_ref = jax.jit(
-    jax.grad(
-      lambda w: jnp.sum(
-        jnp.sin(
-          jax.lax.conv_general_dilated(
-            x,
-            w,
-            (stride, stride),
-            ((k // 2, k // 2),) * 2,
-            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-            feature_group_count=c,
-          )
-        )
-      )
+def _train_grads(model, v, x):
+  def loss(params):
+    y, _ = model.apply(
+      {'params': params, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats']
     )
-  )(w)
-  g_got = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(depthwise_shift(x, w, stride, k // 2)))))(w)
-  np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+    return jnp.sum(jnp.sin(y))
+
+  return jax.jit(jax.grad(loss))(v['params'])
 
 
-def test_model_depthwise_formulations_agree(tiny_sa):
+def test_model_impls_agree(tiny_sa):
+  """The CPU formulations and XLA's ops give one model the same outputs and gradients."""
   x = jax.random.normal(jax.random.key(1), (2, 33, 33, 3))
-  a = build_model(TINY, 7, use_sa=True, depthwise_impl='shift')
-  b = build_model(TINY, 7, use_sa=True, depthwise_impl='xla')
+  a = build_model(TINY, 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
+  b = build_model(TINY, 7, use_sa=True, conv_impl='xla', bn_impl='xla')
   v = tiny_sa[1]
   fa, fb = jax.jit(a.apply), jax.jit(b.apply)
   np.testing.assert_allclose(np.asarray(fa(v, x)), np.asarray(fb(v, x)), rtol=1e-4, atol=1e-4)
+  ga, gb = jax.tree.leaves(_train_grads(a, v, x)), jax.tree.leaves(_train_grads(b, v, x))
+  # Some leaves (a bias feeding a BatchNorm) are zero up to rounding: compare at the model's scale.
+  scale = max(float(np.max(np.abs(g))) for g in gb)
+  for p, q in zip(ga, gb):
+    np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_auto_impls_resolve_once_to_the_explicit_choice(tiny_sa):
+  want = 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  auto = build_model(TINY, 7, use_sa=True)
+  explicit = build_model(TINY, 7, use_sa=True, conv_impl=want, bn_impl=want)
+  # build_model records the resolved choice, so the two models are the same configuration.
+  assert (auto.conv_impl, auto.bn_impl) == (want, want)
+  assert auto == explicit
+  # A ZenNet made directly with 'auto' resolves in the same function: bit-identical numerics.
+  direct = ZenNet(structure_text=auto.structure_text, num_classes=7, use_sa=True)
+  assert (direct.conv_impl, direct.bn_impl) == ('auto', 'auto')
+  v = tiny_sa[1]
+  x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+  np.testing.assert_array_equal(jax.jit(direct.apply)(v, x), jax.jit(explicit.apply)(v, x))
+  for a, b in zip(
+    jax.tree.leaves(_train_grads(direct, v, x)), jax.tree.leaves(_train_grads(explicit, v, x))
+  ):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_impl_options_fail_clearly_and_accept_the_old_spelling():
+  for key in ('conv_impl', 'bn_impl'):
+    with pytest.raises(
+      ValueError, match=rf"{key} must be one of \('auto', 'xla', 'cpu'\), got 'fast'"
+    ):
+      build_model(TINY, 7, **{key: 'fast'})
+  assert build_model(TINY, 7, depthwise_impl='shift').conv_impl == 'cpu'
+  assert build_model(TINY, 7, depthwise_impl='xla').conv_impl == 'xla'
+  with pytest.raises(ValueError, match=r"depthwise_impl must be one of \('auto', 'xla', 'shift'\)"):
+    build_model(TINY, 7, depthwise_impl='cpu')
+  with pytest.raises(ValueError, match='not both'):
+    build_model(TINY, 7, conv_impl='xla', depthwise_impl='shift')
+
+
+def test_backend_is_read_in_one_place():
+  """Only cpu_kernels.resolve_impl looks at the backend to choose a model's arithmetic.
+
+  The Zen-score (zenfer_jax/nas) reads it for its own compile options and padding.
+  """
+  root = pathlib.Path(zenfer_jax.__file__).parent
+  readers = {
+    str(p.relative_to(root))
+    for p in root.rglob('*.py')
+    if 'default_backend(' in p.read_text() and p.relative_to(root).parts[0] != 'nas'
+  }
+  assert readers == {'layers/cpu_kernels.py'}
 
 
 def test_channel_shuffle_matches_reference_index_rule():

@@ -51,12 +51,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
     'a Flax momentum in [0, 1) (PyTorch 0.01 is Flax 0.99)',
   )
   _check(m.bn_eps > 0, 'model.bn_eps', m.bn_eps, 'a positive number')
-  _check(
-    m.depthwise_impl in ('auto', 'xla', 'shift'),
-    'model.depthwise_impl',
-    m.depthwise_impl,
-    "'auto', 'xla' or 'shift'",
-  )
+  for key in ('conv_impl', 'bn_impl'):
+    _check(m[key] in models.IMPLS, f'model.{key}', m[key], f'one of {models.IMPLS}')
   _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
   try:  # Widths that SA or lw_att cannot split fail here, before any array exists.
     models.build_model(
@@ -65,7 +61,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
       use_sa=m.use_sa,
       use_lw_att=m.use_lw_att,
       init=m.init,
-      depthwise_impl=m.depthwise_impl,
+      conv_impl=m.conv_impl,
+      bn_impl=m.bn_impl,
     )
   except ValueError as e:
     raise ConfigError(

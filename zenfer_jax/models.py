@@ -25,13 +25,16 @@ from zenfer_jax import plan as plan_lib
 from zenfer_jax.layers.attention import LightweightAttention, ShuffleAttention
 from zenfer_jax.layers.batchnorm import BatchNorm
 from zenfer_jax.layers.conv import Conv
+from zenfer_jax.layers.cpu_kernels import IMPLS, resolve_impl
 from zenfer_jax.structure import Structure, resolve
 
-__all__ = ['ZenNet', 'build_model', 'INIT_SCHEMES', 'XAVIER_GAIN']
+__all__ = ['ZenNet', 'build_model', 'IMPLS', 'INIT_SCHEMES', 'XAVIER_GAIN']
 
 # The reference's training init scales Xavier by this gain (its "custom" init).
 XAVIER_GAIN = 3.26033
 INIT_SCHEMES = ('custom', 'gaussian')
+# The older `depthwise_impl` option's values as `conv_impl` values ('shift' was the CPU depthwise).
+DEPTHWISE_IMPLS = {'auto': 'auto', 'xla': 'xla', 'shift': 'cpu'}
 
 
 def _normal(std: float):
@@ -66,7 +69,8 @@ class LayerConfig:
   bn_eps: float
   bn_unbiased_running_var: bool
   bn_axis_name: str | None
-  depthwise_impl: str
+  conv_impl: str
+  bn_impl: str
   dtype: Any
 
 
@@ -87,7 +91,7 @@ class _OpRunner:
       kernel_init=conv_init(
         c.init_scheme, op.in_channels, op.out_channels, op.kernel_size, op.groups
       ),
-      depthwise_impl=c.depthwise_impl,
+      impl=c.conv_impl,
       dtype=c.dtype,
       name=name,
     )(x)
@@ -102,6 +106,7 @@ class _OpRunner:
       axis_name=c.bn_axis_name,
       scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
       dtype=c.dtype,
+      impl=c.bn_impl,
       name=name,
     )(x, use_running_average=not self.train)
 
@@ -140,6 +145,7 @@ class ResidualLayer(nn.Module):
         stride=self.op.stride,
         use_bias=True,
         kernel_init=conv_init(c.init_scheme, self.op.in_channels, self.op.out_channels, 1, 1),
+        impl=c.conv_impl,
         dtype=c.dtype,
         name='proj_conv',
       )(x)
@@ -172,7 +178,10 @@ class Backbone(nn.Module):
 class ZenNet(nn.Module):
   """A ZenNet classifier: backbone, global average pooling, optional lw_att head, linear classifier.
 
-  Build it with `build_model`; the fields are the model's whole configuration.
+  Build it with `build_model`; the fields are the model's whole configuration. `conv_impl` and
+  `bn_impl` choose XLA's plain ops ('xla') or the CPU formulations ('cpu') for every layer;
+  `build_model` records them resolved, so the model's arithmetic does not depend on where it
+  runs.
   """
 
   structure_text: str
@@ -186,7 +195,8 @@ class ZenNet(nn.Module):
   bn_unbiased_running_var: bool = True
   bn_axis_name: str | None = None
   init_scheme: str = 'custom'
-  depthwise_impl: str = 'auto'
+  conv_impl: str = 'auto'
+  bn_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -201,7 +211,8 @@ class ZenNet(nn.Module):
       bn_eps=self.bn_eps,
       bn_unbiased_running_var=self.bn_unbiased_running_var,
       bn_axis_name=self.bn_axis_name,
-      depthwise_impl=self.depthwise_impl,
+      conv_impl=resolve_impl(self.conv_impl, 'conv_impl'),
+      bn_impl=resolve_impl(self.bn_impl, 'bn_impl'),
       dtype=self.dtype,
     )
     self.backbone = Backbone(plan=plan, cfg=cfg)
@@ -243,13 +254,19 @@ def build_model(
   bn_unbiased_running_var: bool = True,
   bn_axis_name: str | None = None,
   init: str = 'custom',
-  depthwise_impl: str = 'auto',
+  conv_impl: str = 'auto',
+  bn_impl: str = 'auto',
+  depthwise_impl: str | None = None,
   dtype: Any = jnp.float32,
 ) -> ZenNet:
   """A Flax ZenNet for `structure` (a structure string, a file path, a preset name or a Structure).
 
   The structure is parsed and fully validated here, before any array exists:
   a bad string raises `StructureError`.
+
+  conv_impl, bn_impl: 'auto' | 'xla' | 'cpu' (see `zenfer_jax.layers.cpu_kernels`); 'auto' is
+  resolved here, once, and the model records the concrete choice.
+  depthwise_impl: the older spelling of conv_impl ('shift' is 'cpu'), kept for callers of it.
   """
   s = resolve(structure)
   # Validate SA widths etc. now rather than at first trace.
@@ -258,8 +275,19 @@ def build_model(
     raise ValueError(f'init must be one of {INIT_SCHEMES}, got {init!r}')
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
-  if depthwise_impl not in ('auto', 'xla', 'shift'):
-    raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
+  if depthwise_impl is not None:
+    if depthwise_impl not in DEPTHWISE_IMPLS:
+      raise ValueError(
+        f'depthwise_impl must be one of {tuple(DEPTHWISE_IMPLS)}, got {depthwise_impl!r}'
+      )
+    if conv_impl != 'auto':
+      raise ValueError(
+        f'give conv_impl or its older spelling depthwise_impl, not both '
+        f'(conv_impl={conv_impl!r}, depthwise_impl={depthwise_impl!r})'
+      )
+    conv_impl = DEPTHWISE_IMPLS[depthwise_impl]
+  conv_impl = resolve_impl(conv_impl, 'conv_impl')
+  bn_impl = resolve_impl(bn_impl, 'bn_impl')
   if use_lw_att and not plan_lib.sa_width_ok(s.out_channels, 8):
     raise ValueError(
       f'lw_att applies SA with 8 groups to the {s.out_channels}-channel pooled map; the width must be a multiple of 16 (or 24)'
@@ -276,7 +304,8 @@ def build_model(
     bn_unbiased_running_var=bn_unbiased_running_var,
     bn_axis_name=bn_axis_name,
     init_scheme=init,
-    depthwise_impl=depthwise_impl,
+    conv_impl=conv_impl,
+    bn_impl=bn_impl,
     dtype=dtype,
   )
 

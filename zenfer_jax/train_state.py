@@ -41,7 +41,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.Z
     bn_eps=m.bn_eps,
     bn_axis_name=AXIS_NAME if m.cross_device_bn else None,
     init=m.init,
-    depthwise_impl=m.depthwise_impl,
+    conv_impl=m.conv_impl,
+    bn_impl=m.bn_impl,
     dtype=DTYPES[m.dtype],
   )
 

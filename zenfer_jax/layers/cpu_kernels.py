@@ -1,0 +1,466 @@
+"""CPU formulations of convolution and BatchNorm, and the one place that chooses them.
+
+XLA's CPU lowering of a few ops the ZenNets lean on (7x7 depthwise convs, the input gradient of
+a strided conv, thin stride-1 convs, 1x1 convs' weight gradients, BatchNorm's autodiff backward)
+is several times slower than the arithmetic requires. Each function here computes the same
+values as XLA's op (equal up to float32 summation order; the tests compare both, gradients
+included) in a form the CPU runs faster, most with a hand-written backward pass. They are used
+only where they were measured faster; README's performance notes have the numbers.
+
+A model picks between XLA's plain ops and these with `conv_impl` and `bn_impl`
+('auto' | 'xla' | 'cpu'). `resolve_impl` turns 'auto' into a concrete choice by the default
+backend, and no other layer or model code looks at the backend, so a model's arithmetic is fixed
+when it is built (`build_model` records the resolved choice on it).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+  'IMPLS',
+  'resolve_impl',
+  'default_depthwise_impl',
+  'conv',
+  'depthwise_shift',
+  'pointwise_matmul',
+  'conv_strided',
+  'conv_blocked',
+  'use_output_blocked',
+  'batch_norm_forward',
+  'batch_norm_train',
+  'global_count',
+]
+
+IMPLS = ('auto', 'xla', 'cpu')
+
+
+def resolve_impl(impl: str, option: str = 'impl') -> str:
+  """'xla' or 'cpu' for `impl`; 'auto' is 'cpu' on the CPU backend, where these were measured
+  faster, and 'xla' elsewhere (on GPU XLA's own ops are the fast ones).
+
+  The one place where layers and models read `jax.default_backend()`. `option` names the
+  setting in the error message.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f'{option} must be one of {IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def default_depthwise_impl() -> str:
+  """The Zen-score's older spelling of `resolve_impl('auto')`: 'shift' (that is 'cpu') or 'xla'."""
+  return 'shift' if resolve_impl('auto') == 'cpu' else 'xla'
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array | None:
+  """The CPU formulation for this conv's shape, or None where XLA's own conv is the faster one.
+
+  The shape rules are where each formulation was measured faster than XLA on CPU; the caller
+  falls back to `lax.conv_general_dilated` on None.
+  """
+  k = kernel.shape[0]
+  cin, cout = x.shape[-1], kernel.shape[-1]
+  if groups > 1 and groups == cin == cout:
+    return depthwise_shift(x, kernel, stride, pad)
+  if groups != 1:
+    return None
+  if k == 1:
+    return pointwise_matmul(x, kernel, stride)
+  if use_output_blocked(x.shape, kernel.shape, stride, groups):
+    return conv_blocked(x, kernel, pad)
+  # Not for an RGB stem (ZenNet-M's 3->64): its input gradient is never needed in training,
+  # and through the phases its forward alone is slower.
+  if stride > 1 and cin >= 8:
+    return conv_strided(x, kernel, stride, pad)
+  return None
+
+
+# --- depthwise: k*k shifted multiply-adds ------------------------------------------------------
+
+
+def _taps_sum(xp: jax.Array, kernel: jax.Array, stride: int, ho: int, wo: int) -> jax.Array:
+  """sum over taps (dy, dx) of xp[:, dy + i*stride, dx + j*stride, :] * kernel[dy, dx, 0], i < ho, j < wo."""
+  k = kernel.shape[0]
+  n, _, _, c = xp.shape
+  out = None
+  for dy in range(k):
+    for dx in range(k):
+      patch = lax.slice(
+        xp,
+        (0, dy, dx, 0),
+        (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
+        (1, stride, stride, 1),
+      )
+      term = patch * kernel[dy, dx, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _fft_len(n: int) -> int:
+  """Smallest 2^a 3^b 5^c >= n (the lengths the FFT handles fastest)."""
+  m = n
+  while True:
+    r = m
+    for p in (2, 3, 5):
+      while r % p == 0:
+        r //= p
+    if r == 1:
+      return m
+    m += 1
+
+
+def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+  """dK[dy, dx, 0, c] = sum_{n,i,j} xpad[n, dy + i*s, dx + j*s, c] * g[n, i, j, c], by FFT.
+
+  Written directly this is k*k full-size multiply-reduces, each re-reading both tensors (far
+  slower than the forward on CPU). Instead each stride-phase of the padded input is
+  cross-correlated with the cotangent through a 2-D real FFT, summed over the batch in frequency
+  space; only the k*k lags that exist are read back. float32 throughout.
+  """
+  n, h, w, c = x.shape
+  _, ho, wo, _ = g.shape
+  s = stride
+  o = (k - 1) // s  # largest tap offset inside one phase
+  hq, wq = ho + o, wo + o  # phase extent that any tap reads; no circular wrap below
+  fh, fw = _fft_len(hq), _fft_len(wq)
+  x = x.astype(jnp.float32)
+  g = g.astype(jnp.float32)
+  xp = lax.pad(
+    x,
+    jnp.zeros((), x.dtype),
+    ((0, 0, 0), (pad, s * hq - h - pad, 0), (pad, s * wq - w - pad, 0), (0, 0, 0)),
+  )
+  xq = jnp.transpose(xp.reshape(n, hq, s, wq, s, c), (2, 4, 0, 5, 1, 3))  # (s, s, n, c, hq, wq)
+  xf = jnp.fft.rfft2(xq, s=(fh, fw))
+  gf = jnp.fft.rfft2(jnp.transpose(g, (0, 3, 1, 2)), s=(fh, fw))  # (n, c, ...)
+  spec = jnp.sum(xf * jnp.conj(gf), axis=2)  # (s, s, c, fh, fw//2+1)
+  corr = jnp.fft.irfft2(spec, s=(fh, fw))[..., : o + 1, : o + 1]  # (s, s, c, o+1, o+1)
+  d = np.arange(k)
+  # tap (dy, dx) lives in phase (dy % s, dx % s) at offset (dy // s, dx // s)
+  dk = corr[
+    (d % s)[:, None], (d % s)[None, :], :, (d // s)[:, None], (d // s)[None, :]
+  ]  # (k, k, c)
+  return dk[:, :, None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """Depthwise conv as a sum of k*k shifted, strided slices (NHWC, kernel (k, k, 1, C)).
+
+  XLA's CPU depthwise conv is several times slower than PyTorch's for 7x7 kernels; the same
+  arithmetic as slices is fused by XLA into one loop. The backward pass is written out because
+  autodiff of the slices gives k*k pads and k*k full-size reductions: the input gradient is the
+  same shifted-slice sum over the stride-dilated cotangent with the flipped kernel (a transposed
+  convolution), the kernel gradient an FFT cross-correlation.
+  """
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho = (h + 2 * pad - k) // stride + 1
+  wo = (w + 2 * pad - k) // stride + 1
+  return _materialized(lambda: _taps_sum(xp, kernel, stride, ho, wo), kernel)
+
+
+def _materialized(fn: Callable[[], jax.Array], probe: jax.Array) -> jax.Array:
+  """fn() behind a conditional, so XLA cannot fuse its k*k-tap loop into the consumers.
+
+  Left fusible, XLA copies the loop into every consumer (in eval mode: BN, ReLU, each of SA's
+  reductions and its channel shuffle) and recomputes it several times over, which made batch-1
+  inference several times slower. `optimization_barrier` does not stop it (the CPU compiler
+  drops barriers before fusion). The predicate is a runtime value (false only for a NaN kernel
+  entry, where the taps sum would be NaN anyway), so the conditional is not folded away; it
+  costs microseconds.
+  """
+  out = jax.eval_shape(fn)
+  p = probe.reshape(-1)[0]
+  return lax.cond(p == p, fn, lambda: jnp.full(out.shape, jnp.nan, out.dtype))
+
+
+def _depthwise_shift_fwd(x, kernel, stride, pad):
+  return depthwise_shift(x, kernel, stride, pad), (x, kernel)
+
+
+def _depthwise_shift_bwd(stride, pad, res, g):
+  x, kernel = res
+  k = kernel.shape[0]
+  _, h, w, _ = x.shape
+  _, ho, wo, _ = g.shape
+  lo = k - 1 - pad
+  # dx[t] = sum_d gdil[t + pad - d] * kernel[d]: a stride-1 shifted sum over the dilated,
+  # padded cotangent with the flipped kernel, cut to the input's extent.
+  gp = lax.pad(
+    g,
+    jnp.zeros((), g.dtype),
+    (
+      (0, 0, 0),
+      (lo, h + k - 1 - ((ho - 1) * stride + 1) - lo, stride - 1),
+      (lo, w + k - 1 - ((wo - 1) * stride + 1) - lo, stride - 1),
+      (0, 0, 0),
+    ),
+  )
+  dx = _taps_sum(gp, kernel[::-1, ::-1], 1, h, w).astype(x.dtype)
+  dk = _depthwise_kernel_grad(x, g, k, stride, pad).astype(kernel.dtype)
+  return dx, dk
+
+
+depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
+
+
+# --- dense convs --------------------------------------------------------------------------------
+
+
+def pointwise_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """A 1x1 conv (groups 1) as one 2-D matmul.
+
+  On CPU XLA lowers a 1x1 conv's weight gradient with transposed copies of both activations;
+  the matmul's gradients are plain GEMMs.
+  """
+  cin, cout = kernel.shape[-2:]
+  xs = x[:, ::stride, ::stride, :] if stride > 1 else x
+  n, h, w, _ = xs.shape
+  return (xs.reshape(n * h * w, cin) @ kernel.reshape(cin, cout)).reshape(n, h, w, cout)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
+
+
+def _space_to_depth_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """The same strided conv as a stride-1 valid conv over the input's s*s stride phases.
+
+  Tap (dy, dx) of the strided conv reads phase (dy % s, dx % s) at offset (dy // s, dx // s),
+  so folding the phases into channels (s*s*C of them) and the kernel into a ceil(k/s)-tap
+  kernel (zero where k is not a multiple of s) gives identical sums. Only its transpose is
+  used (see `conv_strided`).
+  """
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  co = kernel.shape[-1]
+  s = stride
+  ho = (h + 2 * pad - k) // s + 1
+  wo = (w + 2 * pad - k) // s + 1
+  kq = -(-k // s)
+  hp, wp = s * (ho + kq - 1), s * (wo + kq - 1)
+  # rows/columns past hp/wp are never read by any tap; a negative high pad drops them
+  xp = lax.pad(
+    x,
+    jnp.zeros((), x.dtype),
+    ((0, 0, 0), (pad, hp - h - pad, 0), (pad, wp - w - pad, 0), (0, 0, 0)),
+  )
+  xq = (
+    xp.reshape(n, hp // s, s, wp // s, s, c)
+    .transpose(0, 1, 3, 2, 4, 5)
+    .reshape(n, hp // s, wp // s, s * s * c)
+  )
+  kp = jnp.pad(kernel, ((0, s * kq - k), (0, s * kq - k), (0, 0), (0, 0)))
+  kq_ = kp.reshape(kq, s, kq, s, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(kq, kq, s * s * c, co)
+  return lax.conv_general_dilated(
+    xq, kq_, (1, 1), ((0, 0), (0, 0)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_strided(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """Dense strided conv (groups 1) whose input gradient goes through the stride phases.
+
+  XLA on CPU computes a strided conv's input gradient as an input-dilated convolution, which
+  runs over the zero-stuffed cotangent: several times slower than the forward for ZenNet-R's
+  thin stride-2 convs (k=5/7, 8-16 channels). The transpose of the space-to-depth form is a
+  stride-1 conv followed by a depth-to-space reshuffle and is several times faster. The forward
+  and the kernel gradient stay XLA's: measured, both are faster than their space-to-depth
+  counterparts.
+  """
+  return _xla_conv(x, kernel, stride, pad)
+
+
+def _conv_strided_fwd(x, kernel, stride, pad):
+  return conv_strided(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv_strided_bwd(stride, pad, res, g):
+  x, kernel = res
+  _, dk_fn = jax.vjp(lambda kk: _xla_conv(x, kk, stride, pad), kernel)
+  _, dx_fn = jax.vjp(lambda xx: _space_to_depth_conv(xx, kernel, stride, pad), x)
+  return dx_fn(g)[0], dk_fn(g)[0]
+
+
+conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)
+
+
+def _output_blocked_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """A stride-1 conv computing each 2x2 block of output pixels as one output position.
+
+  For 3-8 channels XLA's CPU convolution is a GEMM with only `cout` (8) columns, which runs
+  far below the machine's rate. Here the input's 2x2 phases are folded into channels (4*cin),
+  the kernel is re-laid so that one tap of the folded input feeds all four output phases
+  (4*cout = 32 columns; zero where the original tap does not exist), and the output is
+  unfolded again. More multiply-adds (1.3-1.8x), but a wider GEMM that is faster at batch 1.
+  """
+  b = 2
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  co = kernel.shape[-1]
+  kq = -(-(b + k - 1) // b)  # folded taps covering the b + k - 1 input rows of a block
+  hb, wb = h // b, w // b
+  hp, wp = b * (hb + kq - 1), b * (wb + kq - 1)
+  xp = lax.pad(
+    x,
+    jnp.zeros((), x.dtype),
+    ((0, 0, 0), (pad, hp - h - pad, 0), (pad, wp - w - pad, 0), (0, 0, 0)),
+  )
+  xq = (
+    xp.reshape(n, hp // b, b, wp // b, b, c)
+    .transpose(0, 1, 3, 2, 4, 5)
+    .reshape(n, hp // b, wp // b, b * b * c)
+  )
+  # folded kernel [q, r, a]: original tap b*q + r - a (input phase r, output phase a), if in range
+  d = b * np.arange(kq)[:, None, None] + np.arange(b)[None, :, None] - np.arange(b)[None, None, :]
+  valid = (d >= 0) & (d < k)
+  d = np.where(valid, d, 0)
+  kb = kernel[
+    d[:, None, :, None, :, None], d[None, :, None, :, None, :]
+  ]  # (qy, qx, ry, rx, ay, ax, c, co)
+  mask = valid[:, None, :, None, :, None] & valid[None, :, None, :, None, :]
+  kb = jnp.where(mask[..., None, None], kb, jnp.zeros((), kb.dtype))
+  kb = kb.transpose(0, 1, 2, 3, 6, 4, 5, 7).reshape(kq, kq, b * b * c, b * b * co)
+  y = lax.conv_general_dilated(
+    xq, kb, (1, 1), ((0, 0), (0, 0)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  y = y[:, :hb, :wb]
+  return y.reshape(n, hb, wb, b, b, co).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, co)
+
+
+def use_output_blocked(shape: tuple, kernel_shape: tuple, stride: int, groups: int) -> bool:
+  """Where the 2x2 output-blocked forward was measured faster than XLA's conv on CPU.
+
+  Thin (<= 8 channel) stride-1 convs on a small activation (<= 2^19 elements: ZenNet-R at
+  batch 1). On batch-16 training activations at 112-224px the extra transposes of the folded
+  copies cost more than the wider GEMM saves, so XLA keeps those; at 16 channels (28px, 7x7)
+  it was no faster.
+  """
+  k, _, cin, cout = kernel_shape
+  n, h, w, _ = shape
+  return (
+    stride == 1
+    and groups == 1
+    and k > 1
+    and cin <= 8
+    and cout <= 8
+    and h % 2 == 0
+    and w % 2 == 0
+    and n * h * w * cin <= 2**19
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_blocked(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """Stride-1 dense conv, forward output-blocked; the gradients are XLA's (faster there)."""
+  return _output_blocked_conv(x, kernel, pad)
+
+
+def _conv_blocked_fwd(x, kernel, pad):
+  return conv_blocked(x, kernel, pad), (x, kernel)
+
+
+def _conv_blocked_bwd(pad, res, g):
+  x, kernel = res
+  _, fn = jax.vjp(lambda a, b: _xla_conv(a, b, 1, pad), x, kernel)
+  return fn(g)
+
+
+conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
+
+
+# --- BatchNorm (training mode) ------------------------------------------------------------------
+
+
+def _batch_moments(xf: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  axes = tuple(range(xf.ndim - 1))
+  mean = jnp.mean(xf, axis=axes)
+  if axis_name is not None:
+    mean = lax.pmean(mean, axis_name)
+  # Two-pass variance: stable and exact across devices.
+  var = jnp.mean(jnp.square(xf - mean), axis=axes)
+  if axis_name is not None:
+    var = lax.pmean(var, axis_name)
+  return mean, var
+
+
+def batch_norm_forward(
+  x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Training-mode normalisation: (y fp32, batch mean, biased batch var, 1/sigma).
+
+  Both BatchNorm impls run this forward ('xla' differentiates it by autodiff, 'cpu' through
+  `batch_norm_train`), so their outputs and statistics are equal bit for bit.
+  """
+  xf = x.astype(jnp.float32)
+  mean, var = _batch_moments(xf, axis_name)
+  r = lax.rsqrt(var + epsilon)
+  y = (xf - mean) * (r * scale) + bias
+  return y, mean, var, r
+
+
+def global_count(x: jax.Array, axis_name: str | None):
+  """Elements per channel over the whole (cross-device) batch: N*H*W times the device count."""
+  count = 1
+  for a in range(x.ndim - 1):
+    count *= x.shape[a]
+  if axis_name is not None:
+    count = count * lax.psum(1, axis_name)
+  return count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(
+  x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`batch_norm_forward` with the textbook backward; returns (y fp32, mean, var).
+
+  Autodiff of the two-pass forward differentiates through the mean and the variance
+  separately, which on CPU costs several more passes over the activation than the closed
+  form dx = scale/sigma * (g - mean(g) - xhat * mean(g * xhat)). Gradients equal autodiff's
+  to ~1e-6, also across devices (the means are over the global batch, as sync BatchNorm's
+  are). The batch statistics' own cotangents are dropped: they only feed running averages,
+  which no loss reads.
+  """
+  y, mean, var, _ = batch_norm_forward(x, scale, bias, epsilon, axis_name)
+  return y, mean, var
+
+
+def _bn_train_fwd(x, scale, bias, epsilon, axis_name):
+  y, mean, var, r = batch_norm_forward(x, scale, bias, epsilon, axis_name)
+  # The device count is read here, where the axis is bound (a backward pass may run outside).
+  count = jnp.asarray(global_count(x, axis_name), jnp.float32)
+  return (y, mean, var), (x, mean, r, scale, count)
+
+
+def _bn_train_bwd(epsilon, axis_name, res, cts):
+  x, mean, r, scale, count = res
+  g = cts[0]
+  axes = tuple(range(x.ndim - 1))
+  xhat = (x.astype(jnp.float32) - mean) * r
+  sum_g = jnp.sum(g, axis=axes)
+  sum_gx = jnp.sum(g * xhat, axis=axes)
+  tot_g, tot_gx = sum_g, sum_gx
+  if axis_name is not None:
+    tot_g, tot_gx = lax.psum((sum_g, sum_gx), axis_name)
+  dx = (scale * r) * (g - tot_g / count - xhat * (tot_gx / count))
+  return dx.astype(x.dtype), sum_gx, sum_g
+
+
+batch_norm_train.defvjp(_bn_train_fwd, _bn_train_bwd)
