@@ -6,6 +6,10 @@
 Rerunning with the same --workdir resumes. Multi-host: launched under SLURM (or with the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables) jax.distributed is
 initialised first; see launch/.
+
+The terminal shows the start-up summary, the progress bar, one line per epoch and the result;
+WORKDIR/log.txt (log.process<i>.txt on the other processes of a multi-host run) holds every
+library's log lines as well. --verbosity=0 shows those on the terminal too.
 """
 
 import os
@@ -13,6 +17,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from zenfer_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
@@ -38,6 +44,12 @@ def _launched_multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup_logging(
+    FLAGS.verbosity if FLAGS['verbosity'].present else None,
+    show_own_info=True,
+    log_file_follows=True,
+    uses_tensorflow=True,
+  )
   # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
   import tensorflow as tf
 
@@ -46,20 +58,25 @@ def main(argv):
 
   if FLAGS.distributed or (FLAGS.distributed is None and _launched_multiprocess()):
     jax.distributed.initialize()
+  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  index = jax.process_index()
+  log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
+  cli.log_to_file(log_file)
   logging.info(
     'JAX process %d of %d; local devices: %s',
-    jax.process_index(),
+    index,
     jax.process_count(),
     jax.local_devices(),
   )
+  logging.info('Workdir %s (full log: %s)', workdir, log_file)
   from zenfer_jax import train
   from zenfer_jax.config_validation import ConfigError
 
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, workdir)
   except (ConfigError, FileNotFoundError, train.NonFiniteLossError) as e:
     # What to fix is in the message; a traceback would only bury it.
-    logging.error('%s', e)
+    logging.error('%s', e, extra={'terminal': False})
     sys.exit(f'error: {e}')
 
 

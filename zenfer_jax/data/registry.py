@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -147,11 +149,16 @@ def prepare(
         )
       config['manual_dir'] = manual_dir
     logging.info('Preparing %s into %s', name, b.data_dir)
-    b.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config
+    # TFDS prints that it is 'downloading' (nothing is: the files are local) to stdout, which
+    # belongs to a program's result; its lines go to the log instead.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+      b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config
+        )
       )
-    )
+    for line in printed.getvalue().splitlines():
+      logging.debug('tfds: %s', line)
     images.write_report(
       os.path.join(os.fspath(b.data_dir), REPORT_NAME), name, dict(b.info.metadata)
     )

@@ -1,0 +1,78 @@
+"""`python -m zenfer_jax.main`: what a person at the terminal sees, and what the log file keeps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from train_fixtures import REPO, main_command, subprocess_env
+
+# The terminal output of a quiet run, apart from the progress bar: process and devices, workdir,
+# the dataset's line from prepare, the run's summary, the model, the final result. One more line
+# per epoch.
+FIXED_LINES = 6
+TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc')
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  from zenfer_jax import data
+
+  path = tmp_path_factory.mktemp('tfds')
+  data.prepare('digits', str(path))
+  return path
+
+
+def _run(workdir, data_dir, *flags: str) -> subprocess.CompletedProcess:
+  env = subprocess_env()
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)  # The program itself must keep TensorFlow quiet.
+  proc = subprocess.run(
+    [*main_command(workdir, data_dir, progress_bar=True), *flags],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
+  assert proc.returncode == 0, proc.stderr[-6000:]
+  return proc
+
+
+def _text_lines(output: str) -> list[str]:
+  """Lines other than progress-bar redraws (tqdm rewrites its line with carriage returns)."""
+  lines = []
+  for line in output.split('\n'):
+    shown = line.split('\r')[-1].strip()  # What a terminal shows once the redraws are done.
+    if shown and not re.match(r'train:\s+\d+%\|', shown):
+      lines.append(shown)
+  return lines
+
+
+@pytest.mark.slow
+def test_quiet_terminal_full_log_file_and_verbosity_brings_it_back(tmp_path, digits_dir):
+  workdir = tmp_path / 'run'
+  proc = _run(workdir, digits_dir)
+  output = proc.stdout + proc.stderr
+  for marker in TF_CPP_MARKERS:
+    assert marker not in output, f'TensorFlow C++ line on the terminal:\n{output}'
+  assert not re.search(r'^[IW]\d{4} ', output, re.M), f'absl INFO/WARNING line:\n{output}'
+  lines = _text_lines(output)
+  epochs = [ln for ln in lines if re.match(r'epoch \d+/2 step \d+: train loss', ln)]
+  assert len(epochs) == 2, lines
+  assert any(ln.startswith('Done.') for ln in lines), lines
+  assert any(str(workdir) in ln for ln in lines), lines  # Where the files are.
+  assert len(lines) <= FIXED_LINES + 2, '\n'.join(lines)
+  assert 'img/s' in proc.stderr  # The progress bar is there.
+
+  log = (workdir / 'log.txt').read_text()
+  assert 'oneDNN' in log  # TensorFlow's start-up lines, kept ...
+  assert re.search(r'^I\d{4} .*\] epoch 2/2 step', log, re.M)  # ... with the run's own lines,
+  assert 'Constructing tf.data.Dataset' in log  # TFDS's,
+  assert re.search(r'\] \[\d+\] train/accuracy=', log)  # and the metric writer's.
+
+  # Rerunning the finished run resumes at its end; --verbosity=0 shows every library's lines.
+  loud = _run(workdir, digits_dir, '--verbosity=0')
+  assert 'Constructing tf.data.Dataset' in loud.stderr
+  assert 'oneDNN' in loud.stderr
+  assert len(_text_lines(loud.stdout + loud.stderr)) > len(lines)
