@@ -38,18 +38,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def load_image(path: str, image_size: int, recipe: str) -> np.ndarray:
-  """float32 [size, size, 3] as the eval pipeline makes it; raises ValueError if unreadable."""
+  """float32 [size, size, 3] as the eval pipeline makes it; raises ValueError if unreadable.
+
+  The file goes through `zenfer_jax.data.images.read_image`, the reader `prepare` uses, then
+  through the eval pipeline's decoder: the pixels equal those of the same file prepared and
+  evaluated (16-bit images included), and the same limits apply (an image above
+  `images.MAX_IMAGE_PIXELS` is refused before it is decoded).
+  """
   import tensorflow as tf
 
-  from zenfer_jax.data import pipeline
+  from zenfer_jax.data import images, pipeline
 
   try:
-    with open(path, 'rb') as f:
-      encoded = f.read()
+    encoded = images.read_image(path)
     image = pipeline.decode(tf.constant(encoded)).numpy()
-  except (OSError, tf.errors.OpError, ValueError) as e:
+    return np.asarray(pipeline.preprocess_for_eval(image, image_size, recipe), np.float32)
+  except images.BadImage as e:
+    raise ValueError(f'cannot read image: {e}') from None
+  except (OSError, tf.errors.OpError, ValueError, MemoryError) as e:
     raise ValueError(f'cannot read image: {_short(e)}') from None
-  return np.asarray(pipeline.preprocess_for_eval(image, image_size, recipe), np.float32)
 
 
 def _short(e: Exception) -> str:

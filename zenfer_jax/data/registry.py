@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from zenfer_jax.data import images
-from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb
+from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb, common
 
 DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders')
 # Also accepted: AffectNet cropped to the annotated face boxes.
@@ -126,6 +126,42 @@ def load(
   return b, info_of(name, b)
 
 
+class SourceMismatchError(ValueError):
+  """Prepared records exist in data_dir, built from other source files than manual_dir holds."""
+
+
+def _check_source(name: str, b: tfds.core.DatasetBuilder, manual_dir: str) -> None:
+  records = os.fspath(b.data_dir)
+  stored = dict(b.info.metadata or {}).get('source') or {}
+  if not os.path.isdir(manual_dir):
+    logging.info(
+      '%s: manual_dir %s does not exist; using the records in %s (prepared from %s).',
+      name,
+      manual_dir,
+      records,
+      stored.get('manual_dir', 'an unrecorded source'),
+    )
+    return
+  if not stored.get('fingerprint'):
+    logging.warning(
+      '%s: the records in %s predate source fingerprints; they cannot be checked against '
+      'manual_dir %s and are used as they are.',
+      name,
+      records,
+      manual_dir,
+    )
+    return
+  current = common.source_fingerprint(manual_dir)
+  if current['fingerprint'] != stored['fingerprint']:
+    raise SourceMismatchError(
+      f'{name}: the records in {records} were prepared from {stored["manual_dir"]} '
+      f'({stored["files"]:,} files, {stored["bytes"]:,} bytes), but manual_dir {manual_dir} now '
+      f'holds other files ({current["files"]:,} files, {current["bytes"]:,} bytes, or changed '
+      f'annotation files). Nothing was reused or deleted: prepare into another data_dir, or '
+      f'delete {records} to rebuild it from {manual_dir}.'
+    )
+
+
 def prepare(
   name: str, data_dir: str, manual_dir: str | None = None, classes: Sequence[str] | None = None
 ) -> DatasetInfo:
@@ -134,10 +170,19 @@ def prepare(
   Manual datasets read `manual_dir` (default: TFDS's <data_dir>/downloads/manual). Unusable
   images and label lines are skipped, counted and listed in prepare_report.txt beside the
   records; a missing manual_dir or a wrong layout raises before anything is written.
+
+  Records are reused only for the manual_dir they were built from: when records exist and
+  manual_dir is given, its listing is fingerprinted and compared with the one stored at
+  preparation (`SourceMismatchError` if they differ: nothing is reused or deleted silently).
+
+  Raises:
+    SourceMismatchError: records in data_dir come from another manual_dir's contents.
   """
   _check_name(name)
   data_dir = os.fspath(data_dir)
   b = builder(name, data_dir, classes)
+  if is_prepared(b) and manual_dir and name.split('/')[0] in MANUAL:
+    _check_source(name, b, os.fspath(manual_dir))
   if not is_prepared(b):
     config = {}
     if name.split('/')[0] in MANUAL:

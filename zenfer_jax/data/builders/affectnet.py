@@ -88,6 +88,7 @@ class Affectnet(common.ImageBuilder):
     common.require_dir(image_dir, f'the AffectNet images ({IMAGE_DIR}/)')
     for name in CSV_FILES.values():
       common.require_file(os.path.join(root, name), f'the AffectNet annotation {name}')
+    common.record_source(self, root)
 
     config = self.builder_config
     skips = images.SkipLog(f'{self.name}/{config.name}')
@@ -126,8 +127,11 @@ class Affectnet(common.ImageBuilder):
           box = None
           if config.crop_faces:
             box = tuple(float(rec[k]) for k in ('face_x', 'face_y', 'face_width', 'face_height'))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, OverflowError):  # int(float('inf')) overflows.
           skips.add(split, where, f'malformed annotation row {",".join(row)[:120]!r}')
+          continue
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] in ('..', '.', ''):
+          skips.add(split, where, f'{rel!r} is not a path inside {IMAGE_DIR}/')
           continue
         if not 0 <= code < config.num_classes:
           name = CODE_NAMES[code] if 0 <= code < len(CODE_NAMES) else 'unknown'

@@ -6,11 +6,13 @@ so the input pipeline can read one class at a time (`train[a:b]`) for class-bala
 class-proportional sampling without filtering the whole dataset once per class.
 
 Metadata keys (saved to metadata.json beside the records): classes, class_ranges, split_sizes,
-skipped (list of {split, item, reason}), dropped (reason -> count), count_notes.
+skipped (list of {split, item, reason}), dropped (reason -> count), count_notes, source (the
+manual_dir and a fingerprint of its listing, see `source_fingerprint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +49,7 @@ def make_info(
       'skipped': [],
       'dropped': {},
       'count_notes': [],
+      'source': {},
     }
   )
   return tfds.core.DatasetInfo(
@@ -64,6 +67,49 @@ def make_info(
     disable_shuffling=True,
     metadata=metadata,
   )
+
+
+# Annotation files: their contents are part of the fingerprint (a relabelled list keeps its size).
+_HASHED_SUFFIXES = ('.txt', '.csv')
+
+
+def source_fingerprint(root: str) -> dict:
+  """What identifies a manual_dir's contents: every file's relative path and size, plus the bytes
+  of its annotation files (.txt, .csv), hashed.
+
+  Prepared records are reused only for the source they were built from; paths are relative, so
+  a copied or moved dataset still matches. Image bytes are not read (sizes stand for them), so
+  this costs one directory walk.
+  """
+  root = os.path.abspath(os.fspath(root))
+  digest = hashlib.sha256()
+  files, total, seen_dirs = 0, 0, set()
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    st = os.stat(dirpath)
+    if (st.st_dev, st.st_ino) in seen_dirs:  # A symlink loop.
+      dirnames[:] = []
+      continue
+    seen_dirs.add((st.st_dev, st.st_ino))
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      try:
+        size = os.stat(path).st_size
+      except OSError:  # A dangling link: listed, as the builder will report it.
+        size = -1
+      files += 1
+      total += max(size, 0)
+      digest.update(os.fsencode(os.path.relpath(path, root)) + b'\0%d\n' % size)
+      if size > 0 and name.lower().endswith(_HASHED_SUFFIXES):
+        with open(path, 'rb') as f:
+          for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+  return {'manual_dir': root, 'files': files, 'bytes': total, 'fingerprint': digest.hexdigest()}
+
+
+def record_source(builder: tfds.core.GeneratorBasedBuilder, root: str) -> None:
+  """Stores the manual_dir's fingerprint in the metadata, taken before any file is read."""
+  builder.info.metadata['source'] = source_fingerprint(root)
 
 
 def require_dir(path: str, what: str) -> None:
@@ -101,7 +147,17 @@ def generate(
   Runs lazily inside TFDS's writer; the metadata it fills is saved after all splits are written.
   """
   num_classes = builder.info.features['label'].num_classes
-  ordered = sorted(candidates, key=lambda c: (c.label, c.file_name))
+  cands = []
+  seen = set()
+  for cand in candidates:
+    # Names are stored as UTF-8 text: undecodable file-name bytes are kept as backslash escapes.
+    name = os.fsencode(cand.file_name).decode('utf-8', 'backslashreplace')
+    if name in seen:
+      skips.add(split, name, 'listed more than once; the first listing is kept')
+      continue
+    seen.add(name)
+    cands.append(cand._replace(file_name=name))
+  ordered = sorted(cands, key=lambda c: (c.label, c.file_name))
   counts = [0] * num_classes
   skipped_before = len(skips.entries)
   for cand in ordered:

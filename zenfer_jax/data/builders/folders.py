@@ -49,6 +49,7 @@ class Folders(common.ImageBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
     common.require_dir(root, 'the class-folder root (<root>/<split>/<class>/*.jpg)')
+    common.record_source(self, root)
     classes = list(self.builder_config.classes)
     splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not splits:

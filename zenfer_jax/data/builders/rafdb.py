@@ -13,6 +13,7 @@ CLASS_NAMES = ('surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger', '
 LABEL_FILE = os.path.join('basic', 'EmoLabel', 'list_patition_label.txt')  # sic: the official name
 IMAGE_DIR = os.path.join('basic', 'Image', 'aligned')
 EXPECTED_SIZES = {'train': 12_271, 'test': 3_068}
+_LABELS = ('1', '2', '3', '4', '5', '6', '7')
 
 
 class Rafdb(common.ImageBuilder):
@@ -46,6 +47,7 @@ class Rafdb(common.ImageBuilder):
     )
     image_dir = os.path.join(root, IMAGE_DIR)
     common.require_dir(image_dir, 'the RAF-DB aligned images (basic/Image/aligned/)')
+    common.record_source(self, root)
 
     skips = images.SkipLog(self.name)
     per_split = {'train': [], 'test': []}
@@ -55,12 +57,16 @@ class Rafdb(common.ImageBuilder):
         if not fields:
           continue
         where = f'{LABEL_FILE}:{line_no}'
-        if len(fields) != 2 or not fields[1].isdigit() or not 1 <= int(fields[1]) <= 7:
+        # Only the ASCII digits 1-7: str.isdigit() also accepts '²', which int() refuses.
+        if len(fields) != 2 or fields[1] not in _LABELS:
           skips.add(
             'labels', where, f'malformed label line {line.strip()!r}, expected "<name>.jpg <1..7>"'
           )
           continue
         file_name, label = fields[0], int(fields[1]) - 1
+        if os.path.basename(file_name) != file_name or file_name in ('.', '..'):
+          skips.add('labels', where, f'{file_name!r} is not a plain file name')
+          continue
         split = file_name.split('_', 1)[0]
         if split not in per_split:
           skips.add('labels', where, f'{file_name}: prefix {split!r} is neither train_ nor test_')
