@@ -9,7 +9,9 @@ The data ship with scikit-learn, so nothing is downloaded. Same recipe as the pa
 Expected: >= 95% test top-1 (360 test images).
 """
 
-from configs import default
+from zenfer_jax.config_files import sibling
+
+default = sibling(__file__, 'default')
 
 
 def get_config():

@@ -12,7 +12,9 @@ thousand images; on CPU, `--config.data.image_size=112 --config.model.structure=
 trains several times faster. No paper number: the dataset is yours.
 """
 
-from configs import default
+from zenfer_jax.config_files import sibling
+
+default = sibling(__file__, 'default')
 
 
 def get_config():

@@ -1,0 +1,79 @@
+"""The shipped configs load by path from any directory, as `--config=/path/to/config.py` loads them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = sorted(
+  p.name
+  for p in (REPO / 'configs').glob('*.py')
+  if p.name not in ('__init__.py',) and not p.name.startswith('search_')
+)
+
+# What main.py does with --config: absl's config_flags loads the file by its path.
+LOAD = """
+import sys
+from absl import flags
+from ml_collections import config_flags
+config = config_flags.DEFINE_config_file('config')
+flags.FLAGS(['main', '--config=' + sys.argv[1]])
+print(config.value.data.name, config.value.model.structure[:16], config.value.num_epochs)
+"""
+
+
+def _load_elsewhere(config_path: pathlib.Path, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  return subprocess.run(
+    [sys.executable, '-c', LOAD, str(config_path)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+@pytest.mark.parametrize('name', TRAIN_CONFIGS)
+def test_config_loads_by_path_outside_the_repository(name, tmp_path):
+  # Used to fail with ModuleNotFoundError: No module named 'configs' (a top-level import).
+  out = _load_elsewhere(REPO / 'configs' / name, tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'ModuleNotFoundError' not in out.stderr
+  data_name, structure, epochs = out.stdout.split()
+  expected = {
+    'default.py': 'rafdb',
+    'demo.py': 'digits',
+    'folders.py': 'folders',
+    'rafdb_m.py': 'rafdb',
+    'rafdb_r.py': 'rafdb',
+  }.get(name, 'affectnet/' + name[len('affectnet') : len('affectnet') + 1] + 'cls')
+  assert data_name == expected
+  assert int(epochs) > 0 and structure
+
+
+def test_a_copied_config_uses_the_base_beside_it(tmp_path):
+  mine = tmp_path / 'my_configs'
+  mine.mkdir()
+  shutil.copy(REPO / 'configs' / 'rafdb_r.py', mine / 'rafdb_r.py')
+  base = (REPO / 'configs' / 'default.py').read_text()
+  (mine / 'default.py').write_text(base.replace('config.num_epochs = 400', 'config.num_epochs = 7'))
+  out = _load_elsewhere(mine / 'rafdb_r.py', tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ['rafdb', 'zennet_r', '7']
+  (mine / 'default.py').unlink()
+  out = _load_elsewhere(mine / 'rafdb_r.py', tmp_path)
+  assert out.returncode != 0 and 'builds on the config default.py, expected beside it' in out.stderr
+
+
+def test_configs_still_import_as_a_package():
+  from configs import default, demo, folders
+
+  assert demo.get_config().data.name == 'digits'
+  assert folders.get_config().to_dict().keys() == default.get_config().to_dict().keys()
