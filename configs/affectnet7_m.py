@@ -4,7 +4,7 @@ Run:
   python -m zenfer_jax.main --config=configs/affectnet7_m.py --workdir=runs/affectnet7_m \
       --config.data.manual_dir=/data/AffectNet  # holds Manually_Annotated_Images/, training.csv, validation.csv
 
-Recipe: RECIPE.md "Training": 400 epochs (5 warmup), batch 64, SGD Nesterov 0.9,
+Recipe (the reference training scripts): 400 epochs (5 warmup), batch 64, SGD Nesterov 0.9,
 lr 0.1 x batch / 256 cosine to 0 per sample, weight decay 5e-4 on kernels, label smoothing 0.1
 + mixup Beta(0.2, 0.2), custom init, BatchNorm momentum 0.01 (PyTorch) / eps 1e-3, SA on.
 Paper top-1 on the test split: 65.23%.

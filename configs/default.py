@@ -1,4 +1,4 @@
-"""Base config: the published ZenNet-SA-FER training recipe (RECIPE.md, "Training").
+"""Base config: the published ZenNet-SA-FER training recipe, as the reference scripts run it.
 
 Every hyperparameter of a run lives here; dataset and model configs import this one and override
 a few fields. Override any field on the command line, e.g.

@@ -9,7 +9,7 @@ Run:
 Rerunning with the same --workdir resumes from the last population checkpoint. A quick look:
   --config.search.max_iterations=200 --config.search.resolution=112
 
-Recipe: RECIPE.md "Search": IDW space (SuperResIDWE{1,2,4,6}K{3,5,7}, final 1x1 conv fixed),
+Recipe (reference scripts): IDW space (SuperResIDWE{1,2,4,6}K{3,5,7}, final 1x1 conv fixed),
 Zen-score at 224x224, batch 16, mixup gamma 1e-2, population 512, 480,000 iterations, budgets on
 the reference counters: FLOPs <= 400e6, parameters <= 1e6, layers <= 14. The published search
 found ZenNet-M (zenfer_jax/presets/zennet_m.txt): 382.8M FLOPs on the reference counter.

@@ -5,7 +5,7 @@ Run:
   python -m zenfer_jax.main --config=configs/rafdb_r.py --workdir=runs/rafdb_searched_r \
       --config.model.structure=runs/search_r/best_structure.txt
 
-Recipe: RECIPE.md "Search": XXBL space (SuperResK1K{3,5,7}K1 and SuperResK{3,5,7}K{3,5,7}, every
+Recipe (reference scripts): XXBL space (SuperResK1K{3,5,7}K1 and SuperResK{3,5,7}K{3,5,7}, every
 conv width searchable, widths capped at 2048), Zen-score at 224x224, batch 16, population 512,
 480,000 iterations, FLOPs <= 400e6 on the reference counter, layers <= 10, no parameter budget.
 The reference script counts the classifier with 10 classes (--num_classes 10), kept here; it

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 
 import torch_port
 from torch_port import convert as convert_cli
@@ -61,7 +62,7 @@ def _original_wrapper(model, epoch=41):
 
 
 def _same_tree(a, b):
-  fa, fb = model_directory.flatten(a), model_directory.flatten(b)
+  fa, fb = flatten_dict(a), flatten_dict(b)
   return fa.keys() == fb.keys() and all(
     np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa
   )

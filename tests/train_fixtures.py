@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+from flax import traverse_util
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
@@ -89,16 +90,10 @@ def latest_state(workdir) -> tuple[dict, dict]:
 
   ckpts = workdir_lib.Checkpoints(str(workdir))
   try:
-    return ckpts.restore_latest()
+    return ckpts.restore('latest')
   finally:
     ckpts.close()
 
 
-def flat(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flat(v, f'{prefix}{k}/'))
-    else:
-      out[f'{prefix}{k}'] = np.asarray(v)
-  return out
+def flat(tree: dict) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep='/').items()}

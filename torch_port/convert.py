@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from torch_port import mapping
 from torch_port.checkpoint_file import (
@@ -38,7 +39,7 @@ from torch_port.checkpoint_file import (
   extract_state_dict,
   read_checkpoint,
 )
-from zenfer_jax import model_directory
+from zenfer_jax import dataset_names, model_directory
 from zenfer_jax.structure import Structure, StructureError, resolve
 
 __all__ = [
@@ -208,13 +209,13 @@ def convert_state_dict(
   for e in expected:
     if skip(e.torch_key) or e.collection is None:
       continue
-    flat[f'{e.collection}/' + '/'.join(e.path)] = mapping.to_flax(
-      np.asarray(sd[e.torch_key]), e.kind
-    ).astype(np.float32)
+    flat[(e.collection, *e.path)] = mapping.to_flax(np.asarray(sd[e.torch_key]), e.kind).astype(
+      np.float32
+    )
     report.loaded += 1
   report.loaded += sum(1 for e in expected if e.collection is None and not skip(e.torch_key))
   report.discarded = [k for k in sd if skip(k)]
-  loaded = model_directory.unflatten(flat)
+  loaded = traverse_util.unflatten_dict(flat)
   loaded.setdefault('params', {})
   loaded.setdefault('batch_stats', {})
 
@@ -229,15 +230,10 @@ def convert_state_dict(
     variables = model_directory.strict_merge(
       fresh, loaded, skip_patterns=flax_skip, what='converted checkpoint'
     )
-    variables = {
-      c: model_directory.unflatten(
-        {k: np.asarray(v) for k, v in model_directory.flatten(t).items()}
-      )
-      for c, t in variables.items()
-    }
+    variables = jax.tree_util.tree_map(np.asarray, variables)
     report.left_at_init = sorted(
       p
-      for p in model_directory.flatten(fresh)
+      for p in traverse_util.flatten_dict(fresh, sep='/')
       if any(fnmatch.fnmatchcase(p, pat) for pat in flax_skip)
     )
   else:
@@ -300,13 +296,7 @@ def _class_names(args) -> list[str] | None:
         return [ln.strip() for ln in f if ln.strip()]
     return [n.strip() for n in args.class_names.split(',')]
   if args.dataset:
-    if args.dataset == 'rafdb':
-      from zenfer_jax.data.builders.rafdb import CLASS_NAMES
-
-      return list(CLASS_NAMES)
-    from zenfer_jax.data.builders.affectnet import CLASS_NAMES
-
-    return list(CLASS_NAMES[: 7 if args.dataset.endswith('7cls') else 8])
+    return list(dataset_names.class_names(args.dataset))
   return None
 
 

@@ -23,13 +23,13 @@ import argparse
 import collections
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from flax import traverse_util
 
 from torch_port import mapping
-from zenfer_jax import model_directory
+from zenfer_jax import atomic_write, model_directory
 from zenfer_jax.structure import StructureError, resolve
 
 __all__ = ['export_state_dict', 'save_state_dict', 'main']
@@ -53,8 +53,8 @@ def export_state_dict(
 
   s = resolve(structure)
   expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-  flat = model_directory.flatten({c: variables.get(c, {}) for c in variables})
-  want = {f'{e.collection}/' + '/'.join(e.path): e for e in expected if e.collection is not None}
+  flat = traverse_util.flatten_dict(dict(variables), sep='/')
+  want = {e.flax_path: e for e in expected if e.collection is not None}
   missing = [p for p in want if p not in flat]
   unexpected = [p for p in flat if p not in want]
   misshaped = [
@@ -76,7 +76,7 @@ def export_state_dict(
     if e.collection is None:
       out[e.torch_key] = torch.tensor(int(num_batches_tracked), dtype=torch.long)
       continue
-    arr = np.asarray(flat[f'{e.collection}/' + '/'.join(e.path)], dtype=np.float32)
+    arr = np.asarray(flat[e.flax_path], dtype=np.float32)
     out[e.torch_key] = torch.from_numpy(mapping.to_torch(arr, e.kind).copy())
   return out
 
@@ -90,11 +90,8 @@ def save_state_dict(
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f'{path} already exists (pass --overwrite to replace it)')
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
-  os.close(fd)
-  try:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with atomic_write.replacing(path) as tmp:
     if path.endswith('.safetensors'):
       from safetensors.torch import save_file
 
@@ -112,11 +109,6 @@ def save_state_dict(
         else state_dict
       )
       torch.save(obj, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
 
 

@@ -12,10 +12,9 @@ import os
 import ml_collections
 
 from zenfer_jax import models, structure
-from zenfer_jax.data import registry
 from zenfer_jax.data.pipeline import RECIPES
-
-DTYPES = ('float32', 'bfloat16', 'float16')
+from zenfer_jax.dataset_names import ALL_DATASETS
+from zenfer_jax.train_state import DTYPES
 
 
 class ConfigError(ValueError):
@@ -53,7 +52,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(m.bn_eps > 0, 'model.bn_eps', m.bn_eps, 'a positive number')
   for key in ('conv_impl', 'bn_impl'):
     _check(m[key] in models.IMPLS, f'model.{key}', m[key], f'one of {models.IMPLS}')
-  _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
+  _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {tuple(DTYPES)}')
   try:  # Widths that SA or lw_att cannot split fail here, before any array exists.
     models.build_model(
       m.structure,
@@ -70,9 +69,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
       f'use_lw_att={m.use_lw_att} cannot be built: {e}'
     ) from None
 
-  _check(
-    d.name in registry.ALL_DATASETS, 'data.name', d.name, f'one of {list(registry.ALL_DATASETS)}'
-  )
+  _check(d.name in ALL_DATASETS, 'data.name', d.name, f'one of {list(ALL_DATASETS)}')
   _check(d.image_size >= 16, 'data.image_size', d.image_size, 'at least 16 pixels')
   _check(
     d.recipe == '' or d.recipe in RECIPES,

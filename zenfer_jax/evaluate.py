@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from zenfer_jax import atomic_write
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def evaluate(
   """Metrics of the model at `path` (workdir or model dir) on `name`/`split`."""
   import jax
 
-  from zenfer_jax import data, metrics, model_directory, parallel, steps, train
+  from zenfer_jax import data, metrics, model_directory, parallel, steps
   from zenfer_jax import workdir as workdir_lib
 
   variables, card = workdir_lib.load_inference(path, which)
@@ -123,7 +124,7 @@ def evaluate(
   p_eval = parallel.pmap_eval_step(
     functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=card['num_classes'])
   )
-  cm = train.evaluate_split(p_eval, parallel.replicate(variables), batches, card['num_classes'])
+  cm = steps.evaluate_split(p_eval, parallel.replicate(variables), batches, card['num_classes'])
   result = metrics.summarize(cm, info.class_names)
   result.update(
     {
@@ -188,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   out = args.output_dir or os.path.join(path, f'eval_{ds["split"]}')
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'metrics.json'), 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=2)
-    f.write('\n')
+  atomic_write.write_json(os.path.join(out, 'metrics.json'), result)
   title = (
     f'{ds["name"]}/{ds["split"]}: top-1 {100 * result["top1"]:.2f}%, '
     f'mean class {100 * result["mean_class_accuracy"]:.2f}%'

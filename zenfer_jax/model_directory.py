@@ -11,8 +11,8 @@ The card holds everything needed to rebuild the model with
 `zenfer_jax.models.build_model`, so a directory is self-describing. Writes go
 to a temporary sibling that is renamed into place at the end: a failure leaves
 nothing at the destination. `strict_merge` is the one way loaded weights enter
-a freshly initialised tree (STYLE.md habit 9): every missing, unexpected and
-mis-shaped path is reported in a single error.
+a freshly initialised tree: every missing, unexpected and mis-shaped path is
+reported in a single error, so a wrong checkpoint is diagnosed in one run.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 __all__ = [
   'CARD_NAME',
@@ -39,8 +40,6 @@ __all__ = [
   'load_model_dir',
   'load_card',
   'strict_merge',
-  'flatten',
-  'unflatten',
   'build_from_card',
 ]
 
@@ -95,30 +94,7 @@ class MergeError(ValueError):
 
 
 # ---------------------------------------------------------------------------
-# Trees
-
-
-def flatten(tree: Mapping, prefix: str = '') -> dict:
-  """Nested mappings -> {'a/b/c': leaf} in insertion order."""
-  out = {}
-  for k, v in tree.items():
-    key = f'{prefix}/{k}' if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, key))
-    else:
-      out[key] = v
-  return out
-
-
-def unflatten(flat: Mapping) -> dict:
-  out: dict = {}
-  for key, v in flat.items():
-    parts = key.split('/')
-    node = out
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = v
-  return out
+# Merging
 
 
 def _shape(x) -> tuple:
@@ -149,8 +125,9 @@ def strict_merge(
   """
   if isinstance(skip_patterns, str):
     skip_patterns = (skip_patterns,)
-  fresh = flatten(fresh_variables)
-  loaded = flatten(loaded_variables)
+  # 'collection/module/name' paths: what skip patterns match and errors name.
+  fresh = traverse_util.flatten_dict(dict(fresh_variables), sep='/')
+  loaded = traverse_util.flatten_dict(dict(loaded_variables), sep='/')
   missing, unexpected, misshaped = [], [], []
   merged = {}
   for path, fv in fresh.items():
@@ -171,7 +148,7 @@ def strict_merge(
       unexpected.append(path)
   if missing or unexpected or misshaped:
     raise MergeError(missing, unexpected, misshaped, what=what)
-  return unflatten(merged)
+  return traverse_util.unflatten_dict(merged, sep='/')
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +242,8 @@ def _to_numpy_tree(variables: Mapping) -> dict:
   out = {}
   for c in COLLECTIONS:
     tree = variables.get(c, {}) if isinstance(variables, Mapping) else {}
-    out[c] = unflatten({k: np.asarray(v) for k, v in flatten(tree).items()})
+    flat = traverse_util.flatten_dict(dict(tree))
+    out[c] = traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat.items()})
   extra = set(variables) - set(COLLECTIONS)
   if extra:
     raise ModelDirError(

@@ -47,12 +47,7 @@ def replicate(tree: Any) -> Any:
   return _p_identity(stacked)
 
 
-def first_local(x) -> np.ndarray:
-  """This process's first device's copy of a mapped value, as NumPy.
-
-  Under multi-host pmap an output spans devices of other processes, which cannot be read
-  here; every process reads its own first device (replicas are identical).
-  """
+def _first_local(x) -> np.ndarray:
   if isinstance(x, jax.Array) and x.ndim >= 1:
     local = np.asarray(x.addressable_data(0))
     return local[0] if local.ndim == x.ndim else local
@@ -60,10 +55,10 @@ def first_local(x) -> np.ndarray:
 
 
 def unreplicate_to_host(tree: Any) -> Any:
-  """One replica as NumPy (replicas are identical: gradients and statistics are averaged)."""
-  return jax.tree_util.tree_map(first_local, tree)
+  """This process's first replica of mapped values, as NumPy.
 
-
-def fetch(tree: Any) -> Any:
-  """One host transfer of mapped values whose replicas are identical (e.g. pmean'd metrics)."""
-  return jax.tree_util.tree_map(first_local, tree)
+  For values whose replicas are identical: the state (gradients and batch statistics are
+  averaged) and pmean'd or psum'd metrics. Under multi-host pmap an output spans devices of
+  other processes, which cannot be read here, so every process reads its own first device.
+  """
+  return jax.tree_util.tree_map(_first_local, tree)

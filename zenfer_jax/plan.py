@@ -225,19 +225,3 @@ def expand(
     expand_block(i, b, use_sa=use_sa, no_bn=no_bn, no_reslink=no_reslink)
     for i, b in enumerate(structure)
   )
-
-
-def iter_convs(plan) -> list[ConvOp]:
-  """Every conv of the plan, in order (projection shortcuts excluded)."""
-  out = []
-
-  def walk(ops):
-    for op in ops:
-      if isinstance(op, ConvOp):
-        out.append(op)
-      elif isinstance(op, ResidualOp):
-        walk(op.ops)
-
-  for bp in plan:
-    walk(bp.ops)
-  return out

@@ -2,18 +2,22 @@
 
 They run under `zenfer_jax.parallel`'s pmap and use its `AXIS_NAME` for every collective.
 Hyperparameters arrive as keyword arguments bound with functools.partial, so nothing here
-reads a config and a recompilation can only come from a new shape.
+reads a config and a recompilation can only come from a new shape. `evaluate_split` is the
+host loop around the mapped eval step, shared by training and `zenfer_jax.evaluate`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
 from zenfer_jax import losses, metrics
-from zenfer_jax.parallel import AXIS_NAME
+from zenfer_jax.parallel import AXIS_NAME, unreplicate_to_host
 from zenfer_jax.train_state import TrainState
 
 
@@ -70,3 +74,20 @@ def eval_step(variables: dict, batch: dict, *, apply_fn, num_classes: int) -> ja
   preds = jnp.argmax(logits, axis=-1)
   cm = metrics.confusion_matrix(batch['label'], preds, num_classes, batch['mask'])
   return lax.psum(cm, AXIS_NAME)
+
+
+def evaluate_split(
+  p_eval: Callable, variables: dict, batches: Iterable[dict], num_classes: int
+) -> np.ndarray:
+  """The confusion matrix over every example of an eval dataset.
+
+  `p_eval` is `eval_step` mapped by `zenfer_jax.parallel.pmap_eval_step`; `variables` are
+  replicated. The sum stays on the devices and crosses to the host once, at the end.
+  """
+  total = None
+  for batch in batches:
+    cm = p_eval(variables, batch)
+    total = cm if total is None else total + cm
+  if total is None:
+    return np.zeros((num_classes, num_classes), np.int64)
+  return unreplicate_to_host(total).astype(np.int64)

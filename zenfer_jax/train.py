@@ -13,7 +13,6 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -21,8 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
+from flax import traverse_util
 
-from zenfer_jax import data, metrics, model_directory, optim, parallel, steps
+from zenfer_jax import atomic_write, data, metrics, model_directory, models, optim, parallel, steps
 from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import class_list, validate_config
@@ -73,17 +73,6 @@ def model_card(config: ml_collections.ConfigDict, model, info: data.DatasetInfo)
     recipe=config.data.recipe or data.pipeline.default_recipe(config.data.name),
     source=f'zenfer_jax.train on {config.data.name}',
   )
-
-
-def evaluate_split(p_eval, variables, batches: Iterable[dict], num_classes: int) -> np.ndarray:
-  """The confusion matrix over every example of an eval dataset (one host transfer at the end)."""
-  total = None
-  for batch in batches:
-    cm = p_eval(variables, batch)
-    total = cm if total is None else total + cm
-  if total is None:
-    return np.zeros((num_classes, num_classes), np.int64)
-  return parallel.first_local(total).astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -208,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   ckpts = workdir_lib.Checkpoints(workdir)
-  restored = ckpts.restore_latest()
+  restored = ckpts.restore('latest')
   # A resumed run takes its weights from the checkpoint, never from init_from.
   variables = (
     ts.placeholder_variables(config, model)
@@ -229,12 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       os.path.join(workdir, workdir_lib.LATEST),
     )
   if is_chief:
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
-    workdir_lib.write_json(os.path.join(workdir, model_directory.CARD_NAME), card)
+    atomic_write.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
+    atomic_write.write_json(os.path.join(workdir, model_directory.CARD_NAME), card)
   start_step = int(state.step)
   last_saved = start_step if restored is not None else None
-  params_count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state.params))
-  logging.info('Model %s: %d parameters.', model.structure_text, params_count)
+  logging.info('Model %s: %d parameters.', model.structure_text, models.count_params(state.params))
 
   d = config.data
   common = dict(
@@ -278,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+    writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep='.'))
 
   state = parallel.replicate(state)
   pending: list = []
@@ -291,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def flush():
     """Fetches the steps since the last flush, checks them and adds them to the epoch sums."""
     nonlocal pending, pending_from
-    fetched = [parallel.fetch(m) for m in pending]
+    fetched = [parallel.unreplicate_to_host(m) for m in pending]
     _check_finite(fetched, pending_from, last_saved, workdir)
     for m in fetched:
       book.epoch_loss_sum += float(m['loss'])
@@ -340,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       scalars = {'train/epoch_loss': train_loss, 'train/epoch_accuracy': train_acc}
       if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        cm = evaluate_split(p_eval, variables, eval_batches, num_classes)
+        cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
         last_eval = metrics.summarize(cm, info.class_names)
         record = {
           'epoch': epoch,
@@ -400,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, seconds) -> dict:
   """Exports the best model dir and logs the run's summary."""
-  best = ckpts.restore_best()
+  best = ckpts.restore('best')
   export = os.path.join(workdir, workdir_lib.MODEL_BEST)
   if best is not None and is_chief:
     with workdir_lib.quiet():
@@ -416,7 +404,7 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
     'model_dir': export if best is not None else None,
   }
   if is_chief:
-    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+    atomic_write.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info(
     'Done. Best test top-1 %.4f at epoch %d; model exported to %s. Summary: %s',
     book.best_top1,
@@ -425,14 +413,3 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
     summary,
   )
   return summary
-
-
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(_flat(v, key + '.'))
-    else:
-      out[key] = v
-  return out

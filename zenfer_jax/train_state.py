@@ -1,6 +1,6 @@
 """The training state and how it is first filled: from scratch or from another model.
 
-Resume order (STYLE.md): the workdir's own checkpoint wins (see `zenfer_jax.workdir`); else
+Resume order: the workdir's own checkpoint wins (see `zenfer_jax.workdir`); else
 `config.init_from` (a torch_port-converted model directory or another run's workdir); else the
 model's `custom` initialisation.
 """
@@ -17,10 +17,12 @@ import numpy as np
 from absl import logging
 from flax.training import train_state
 
-from zenfer_jax import models, optim
+from zenfer_jax import model_directory, models, optim
+from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.parallel import AXIS_NAME
 from zenfer_jax.structure import resolve
 
+# config.model.dtype -> the compute dtype (parameters stay float32).
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # With only_backbone, everything outside the backbone keeps its fresh initialisation.
 HEAD_PATTERNS = ('fc/*', 'lw_att/*')
@@ -54,8 +56,6 @@ def initial_variables(
   init = jax.jit(lambda r: models.init_variables(model, r, config.data.image_size))
   variables = jax.device_get(init(rng))
   if config.init_from:
-    from zenfer_jax import workdir as workdir_lib  # Late: workdir imports this module.
-
     loaded, card = workdir_lib.load_inference(config.init_from)
     if str(resolve(card['structure'])) != model.structure_text:
       logging.warning(
@@ -86,8 +86,6 @@ def placeholder_variables(config: ml_collections.ConfigDict, model: models.ZenNe
 
 def merge_init(fresh: dict, loaded: dict, *, only_backbone: bool) -> dict:
   """`loaded` merged into `fresh`; every key must match unless outside the backbone and skipped."""
-  from zenfer_jax import model_directory
-
   skip = HEAD_PATTERNS if only_backbone else ()
   return model_directory.strict_merge(fresh, loaded, skip_patterns=skip)
 

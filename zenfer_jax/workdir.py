@@ -17,13 +17,12 @@ import contextlib
 import functools
 import json
 import os
-from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from zenfer_jax import model_directory
+from zenfer_jax import atomic_write, model_directory
 
 CONFIG = 'config.json'
 LATEST = 'checkpoints'
@@ -71,12 +70,20 @@ class Checkpoints:
     return self.latest.latest_step()
 
   @_quietly
-  def restore_latest(self) -> tuple[dict, dict] | None:
-    """(state dict, bookkeeping) of the latest checkpoint, or None when there is none."""
-    step = self.latest.latest_step()
+  def restore(self, which: str = 'latest') -> tuple[dict, dict] | None:
+    """(tree, meta) of the newest checkpoint of `which`, or None when there is none.
+
+    'latest': the full train state and the loop's bookkeeping; 'best': the variables and the
+    evaluation record that made them the best.
+    """
+    managers = {'latest': self.latest, 'best': self.best}
+    if which not in managers:
+      raise ValueError(f"which={which!r}: expected 'latest' or 'best'.")
+    manager = managers[which]
+    step = manager.latest_step()
     if step is None:
       return None
-    out = self.latest.restore(
+    out = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
     )
     return out.state, out.meta
@@ -102,27 +109,9 @@ class Checkpoints:
     self.best.wait_until_finished()
 
   @_quietly
-  def restore_best(self) -> tuple[dict, dict] | None:
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    out = self.best.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
-    return out.state, out.meta
-
-  @_quietly
   def close(self) -> None:
     self.latest.close()
     self.best.close()
-
-
-def write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -163,10 +152,7 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   if not os.path.exists(path):
     return
   kept = [r for r in read_metrics(workdir) if r['step'] <= last_step]
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(json.dumps(r) + '\n' for r in kept)
-  os.replace(tmp, path)
+  atomic_write.write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))
 
 
 def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
@@ -187,11 +173,11 @@ def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
   card = model_directory.load_card(path)
   ckpts = Checkpoints(path)
   try:
-    restored = ckpts.restore_best() if which == 'best' else None
+    restored = ckpts.restore('best') if which == 'best' else None
     if restored is not None:
       variables = restored[0]
     else:
-      latest = ckpts.restore_latest()
+      latest = ckpts.restore('latest')
       if latest is None:
         raise FileNotFoundError(f'{path!r} has no checkpoint yet.')
       variables = {'params': latest[0]['params'], 'batch_stats': latest[0]['batch_stats']}

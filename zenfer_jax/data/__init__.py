@@ -6,7 +6,8 @@ train = data.pipeline.train_dataset('rafdb', data_dir, image_size=224, ...)
 """
 
 from zenfer_jax.data import augment, builders, pipeline
-from zenfer_jax.data.registry import ALL_DATASETS, DATASETS, DatasetInfo, builder, load, prepare
+from zenfer_jax.data.registry import DatasetInfo, builder, load, prepare
+from zenfer_jax.dataset_names import ALL_DATASETS, DATASETS
 
 __all__ = [
   'ALL_DATASETS',

@@ -25,6 +25,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from zenfer_jax import atomic_write
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 MAX_IMAGE_BYTES = 256 << 20
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -181,7 +183,4 @@ def write_report(path: str, dataset: str, metadata: dict) -> None:
   lines.append(f'skipped: {len(skipped)}')
   for e in skipped:
     lines.append(f'  [{e["split"]}] {e["item"]}: {e["reason"]}')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, path)
+  atomic_write.write_text(path, '\n'.join(lines) + '\n')

@@ -35,7 +35,7 @@ from zenfer_jax.data import augment, registry
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """Train/eval preprocessing of one dataset family (RECIPE.md "Data augmentation")."""
+  """Train/eval preprocessing of one dataset family (the reference recipes; README "Datasets")."""
 
   name: str
   augment: bool  # The RAF-DB/AffectNet train chain; False: resize only (plus `shift`).
@@ -154,15 +154,6 @@ def finish_train_batch(image: tf.Tensor, lighting: tf.Tensor, box: tf.Tensor) ->
   """uint8 [..., H, W, 3] -> to [0, 1], PCA lighting, ImageNet normalisation, random erasing."""
   x = augment.to_unit(image) + lighting[..., None, None, :]
   return augment.erase(augment.normalize(x), box, 0.0)
-
-
-def preprocess_for_train(
-  image: tf.Tensor, image_size: int, recipe: Recipe | str, seed: tf.Tensor
-) -> tf.Tensor:
-  """One uint8 HWC image -> float32 [size, size, 3], normalised, through the whole train chain."""
-  r = RECIPES[recipe] if isinstance(recipe, str) else recipe
-  ex = train_example(_as_rgb(image), image_size, r, tf.convert_to_tensor(seed, tf.int64))
-  return finish_train_batch(ex['image'], ex['lighting'], ex['erase'])
 
 
 def _eval_chain(image: tf.Tensor, image_size: int, recipe: Recipe) -> tf.Tensor:

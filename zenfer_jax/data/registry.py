@@ -14,10 +14,8 @@ from absl import logging
 
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb, common
+from zenfer_jax.dataset_names import ALL_DATASETS
 
-DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders')
-# Also accepted: AffectNet cropped to the annotated face boxes.
-ALL_DATASETS = DATASETS + ('affectnet/7cls_crop', 'affectnet/8cls_crop')
 MANUAL = ('rafdb', 'affectnet', 'folders')
 REPORT_NAME = 'prepare_report.txt'
 FOLDERS_CONFIG = 'default'

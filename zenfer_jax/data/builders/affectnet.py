@@ -13,11 +13,11 @@ import os
 
 import tensorflow_datasets as tfds
 
+from zenfer_jax import dataset_names
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import common
 
-CLASS_NAMES = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
-CODE_NAMES = CLASS_NAMES + ('none', 'uncertain', 'no-face')
+CODE_NAMES = dataset_names.AFFECTNET_CLASSES + ('none', 'uncertain', 'no-face')
 IMAGE_DIR = 'Manually_Annotated_Images'
 CSV_FILES = {'train': 'training.csv', 'test': 'validation.csv'}
 COLUMNS = (
@@ -75,7 +75,7 @@ class Affectnet(common.ImageBuilder):
     n = self.builder_config.num_classes
     return common.make_info(
       self,
-      CLASS_NAMES[:n],
+      dataset_names.AFFECTNET_CLASSES[:n],
       f'AffectNet manually annotated images, expression codes 0..{n - 1}; '
       'file_name is subDirectory_filePath.',
       homepage='http://mohammadmahoor.com/affectnet/',

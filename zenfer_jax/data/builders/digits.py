@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from zenfer_jax import dataset_names
 from zenfer_jax.data.builders import common
 
-CLASS_NAMES = tuple(str(d) for d in range(10))
 SPLIT_SIZES = {'train': 1_437, 'test': 360}
 
 
@@ -43,7 +43,7 @@ class Digits(common.ImageBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return common.make_info(
       self,
-      CLASS_NAMES,
+      dataset_names.DIGITS_CLASSES,
       __doc__,
       homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
     )

@@ -6,10 +6,10 @@ import os
 
 import tensorflow_datasets as tfds
 
+from zenfer_jax import dataset_names
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import common
 
-CLASS_NAMES = ('surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger', 'neutral')
 LABEL_FILE = os.path.join('basic', 'EmoLabel', 'list_patition_label.txt')  # sic: the official name
 IMAGE_DIR = os.path.join('basic', 'Image', 'aligned')
 EXPECTED_SIZES = {'train': 12_271, 'test': 3_068}
@@ -32,7 +32,7 @@ class Rafdb(common.ImageBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return common.make_info(
       self,
-      CLASS_NAMES,
+      dataset_names.RAFDB_CLASSES,
       'RAF-DB basic expression set; labels 1..7 (surprise, fear, disgust, happiness, sadness, '
       'anger, neutral) become 0..6; file_name is the name in list_patition_label.txt.',
       homepage='http://www.whdeng.cn/raf/model1.html',

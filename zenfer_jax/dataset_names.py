@@ -1,0 +1,34 @@
+"""Dataset names and each dataset's classes in label order, importable without TensorFlow.
+
+The TFDS builders in `zenfer_jax.data` label their records in this order, and tools that only
+need the names (e.g. `torch_port.convert --dataset`, which writes them into a model card) read
+them here instead of starting TensorFlow.
+"""
+
+from __future__ import annotations
+
+__all__ = ['ALL_DATASETS', 'DATASETS', 'class_names']
+
+DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders')
+# Also accepted: AffectNet cropped to the annotated face boxes.
+ALL_DATASETS = DATASETS + ('affectnet/7cls_crop', 'affectnet/8cls_crop')
+
+# RAF-DB basic: its labels 1..7 become 0..6.
+RAFDB_CLASSES = ('surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger', 'neutral')
+# AffectNet expression codes 0..7; the 7-class variant keeps codes 0..6.
+AFFECTNET_CLASSES = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
+DIGITS_CLASSES = tuple(str(d) for d in range(10))
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+  """The classes of dataset `name` in label order; None for 'folders' (its user names them)."""
+  if name not in ALL_DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {list(ALL_DATASETS)}.')
+  family, _, config = name.partition('/')
+  if family == 'rafdb':
+    return RAFDB_CLASSES
+  if family == 'affectnet':
+    return AFFECTNET_CLASSES[: 7 if config.startswith('7cls') else 8]
+  if family == 'digits':
+    return DIGITS_CLASSES
+  return None
