@@ -14,7 +14,7 @@
 # rewritten after every section, so a cut run still leaves every finished figure on disk.
 # Measured on one H100 (2026-11-28): compiles dominate (JAX's ZenNet-M-SA train step 49 s in
 # fp32, 93 s in bf16), so the tail does not fit; split runs merge with
-# `python -m benchmarks.run --merge A.json B.json --out benchmarks/results/gpu.json`.
+# `python -m benchmarks.report --merge A.json B.json --out benchmarks/results/gpu.json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

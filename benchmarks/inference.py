@@ -28,9 +28,9 @@ class JaxInferCase:
     seed: int = 0,
   ):
     import jax
-    import jax.numpy as jnp
 
     from zenfer_jax import models
+    from zenfer_jax.train_state import DTYPES
 
     self.name = f'jax_{dtype}'
     model = models.build_model(
@@ -39,7 +39,7 @@ class JaxInferCase:
       use_sa=use_sa,
       conv_impl=conv_impl,
       bn_impl=bn_impl,
-      dtype={'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype],
+      dtype=DTYPES[dtype],
     )
     variables = jax.device_put(initial_variables(structure, use_sa, seed))
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 __all__ = [
   'summarize',
   'time_alternating',
-  'timed_first_call',
   'loadavg',
   'cpu_model',
   'machine_info',
@@ -85,13 +84,6 @@ def time_alternating(
     if log:
       log(f'  rep {r}: ' + ', '.join(f'{n}={out[n][-1]:.3f}s' for n in names))
   return out
-
-
-def timed_first_call(fn: Callable[[], object]) -> float:
-  """Wall seconds of one call (used for compile / first-call cost, reported on its own)."""
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
 
 
 def loadavg() -> list[float] | None:

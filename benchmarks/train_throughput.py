@@ -83,6 +83,7 @@ class JaxTrainCase:
     import optax
 
     from zenfer_jax import losses, models, optim
+    from zenfer_jax.train_state import DTYPES
 
     self.name = f'jax_{dtype}'
     self.steps_per_rep = steps_per_rep
@@ -93,7 +94,7 @@ class JaxTrainCase:
       use_sa=use_sa,
       conv_impl=conv_impl,
       bn_impl=bn_impl,
-      dtype={'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype],
+      dtype=DTYPES[dtype],
     )
     variables = jax.device_put(initial_variables(structure, use_sa, seed))
     params, batch_stats = variables['params'], variables['batch_stats']

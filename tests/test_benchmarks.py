@@ -1,4 +1,4 @@
-"""benchmarks.run's report: required keys, ratios computed from given figures, the table.
+"""benchmarks.report: required keys, ratios computed from given figures, the table, merging.
 
 Pure functions only (no model is built, nothing is timed): runs in well under a second.
 """
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import run, timing
+from benchmarks import report, run, timing
 
 
 def _side(seconds, items, compile_s=1.0):
@@ -79,8 +79,8 @@ def test_summarize_median_min_max_and_rates():
 
 
 def test_ratios_from_given_figures():
-  r = run.compute_ratios(_report()['results'])
-  for key in run.REQUIRED_RATIOS:
+  r = report.compute_ratios(_report()['results'])
+  for key in report.REQUIRED_RATIOS:
     assert key in r
   assert r['train_zennet_m_sa'] == pytest.approx(2.0)
   assert r['train_zennet_r_sa'] == pytest.approx(2.0)
@@ -92,7 +92,7 @@ def test_ratios_from_given_figures():
 
 
 def test_missing_figures_give_none_not_errors():
-  r = run.compute_ratios(
+  r = report.compute_ratios(
     {
       'train': {
         'zennet_m_sa': {
@@ -112,8 +112,8 @@ def test_missing_figures_give_none_not_errors():
 
 def test_markdown_and_json(tmp_path):
   rep = _report()
-  rep['ratios'] = run.compute_ratios(rep['results'])
-  md = run.to_markdown(rep)
+  rep['ratios'] = report.compute_ratios(rep['results'])
+  md = report.to_markdown(rep)
   assert (
     '| ZenNet-M-SA train step, 224px, batch 8 (images/s) | 4 (2.67–8) | — | 2 (1.6–2.67) | — | 2.00x |'
     in md
@@ -122,9 +122,9 @@ def test_markdown_and_json(tmp_path):
   assert '| Zen-score search (candidates/s) | 3 (3–3) | — | 1 (1–1) | — | 3.00x |' in md
   assert '123' in md and 'load average' in md and 'Command: `python -m benchmarks.run`' in md
   path = tmp_path / 'r.json'
-  run.write(rep, str(path))
+  report.write(rep, str(path))
   data = json.loads(path.read_text())
-  assert set(run.REQUIRED_RATIOS) <= set(data['ratios'])
+  assert set(report.REQUIRED_RATIOS) <= set(data['ratios'])
   assert data['ratios']['train_zennet_m_sa'] == pytest.approx(2.0)
   assert (tmp_path / 'r.md').read_text() == md
 
@@ -162,7 +162,7 @@ def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path
     k: v for k, v in second['results'].items() if k in ('infer_b1', 'zen_search')
   }
   second['command'] = 'python -m benchmarks.run --sections infer_b1,zen_search'
-  merged = run.merge_reports([first, second])
+  merged = report.merge_reports([first, second])
   assert set(merged['results']) == {'train', 'infer_b1', 'zen_search'}
   assert merged['skipped'] == ['infer_bn/zennet_m_sa']
   assert merged['ratios']['train_zennet_m_sa'] == pytest.approx(2.0)
@@ -172,13 +172,20 @@ def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path
   paths = []
   for i, rep in enumerate((first, second)):
     paths.append(str(tmp_path / f'r{i}.json'))
-    run.write(rep, paths[-1])
-  out = run.main(['--merge', *paths, '--out', str(tmp_path / 'm.json')])
+    report.write(rep, paths[-1])
+  out = report.main(['--merge', *paths, '--out', str(tmp_path / 'm.json')])
   assert json.loads((tmp_path / 'm.json').read_text())['ratios'] == out['ratios']
+  assert (tmp_path / 'm.md').read_text() == report.to_markdown(out)
+  # The older spelling, `python -m benchmarks.run --merge`, still works.
+  again = run.main(['--merge', *paths, '--out', str(tmp_path / 'm2.json')])
+  assert json.loads((tmp_path / 'm2.json').read_text()) == json.loads(
+    (tmp_path / 'm.json').read_text()
+  )
+  assert again['ratios'] == out['ratios']
   other = _report()
   other['device_name'] = 'GPU'
   with pytest.raises(ValueError, match='different devices'):
-    run.merge_reports([first, other])
+    report.merge_reports([first, other])
 
 
 def test_markdown_names_later_pass_figures_and_time_limited_search_sides():
@@ -188,8 +195,8 @@ def test_markdown_names_later_pass_figures_and_time_limited_search_sides():
   zs = rep['results']['zen_search']
   zs.update(iterations=100, resolution=224, max_seconds_per_side=75)
   zs['sides']['jax'].update(stopped_by_time_limit=True, iterations=12)
-  rep['ratios'] = run.compute_ratios(rep['results'])
-  md = run.to_markdown(rep)
+  rep['ratios'] = report.compute_ratios(rep['results'])
+  md = report.to_markdown(rep)
   assert (
     'Timed in a later pass, after the headline rows: zennet_m_sa: jax_bfloat16 (PyTorch eager in that pass 3.5 images/s).'
     in md
