@@ -8,7 +8,7 @@
 # dependencies; the CPU-only .venv of `make install` cannot run it. Nothing is downloaded here.
 #
 # Budget (8 min = 480 s): the run itself is cut at `timeout 470`; inside it, run.py starts no new
-# section after --budget-s 400 s. Sections run by importance: fp32 training, batch-1 latency,
+# section after --budget_s 400 s. Sections run by importance: fp32 training, batch-1 latency,
 # the Zen-score search (each side stopped after 75 s), then a later pass for JAX bf16 and
 # torch.compile training, batch-256 throughput, the input pipeline. The JSON and table are
 # rewritten after every section, so a cut run still leaves every finished figure on disk.
@@ -38,7 +38,7 @@ EOF
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export TF_CPP_MIN_LOG_LEVEL=2
 
-timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget-s 400 --out "$JSON_OUT" "$@" || {
+timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget_s 400 --out "$JSON_OUT" "$@" || {
   rc=$?
   echo "benchmarks.run exited with $rc (124: cut at 470 s); partial results are in $JSON_OUT" >&2
 }

@@ -15,25 +15,37 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import logging
 from PIL import Image
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'A prepared RAF-DB; default: synthetic.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 2048, 'Synthetic images to write.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Training resolution.')
-_BATCH = flags.DEFINE_integer('batch', 64, 'Per-device batch (one device).')
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed batches.')
-_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed batches first (tracing, buffers, autotune).')
-_THREADS = flags.DEFINE_integer(
-  'threads',
-  0,
-  'If > 0: tf.data private thread pool of this size and single-threaded ops, '
-  'so that images/s divided by threads is a clean per-core figure; 0: TF defaults.',
-)
+from zenfer_jax import cli
+
+
+def parse_args(argv: list[str] | None = None):
+  p = cli.ArgumentParser(
+    prog='python -m benchmarks.input_pipeline', description=__doc__.split('\n')[0]
+  )
+  p.add_argument('--data_dir', default=None, help='a prepared RAF-DB (default: synthetic images)')
+  p.add_argument('--num_images', type=int, default=2048, help='synthetic images to write')
+  p.add_argument('--image_size', type=int, default=224, help='training resolution')
+  p.add_argument('--batch', type=int, default=64, help='per-device batch (one device)')
+  p.add_argument('--steps', type=int, default=30, help='timed batches')
+  p.add_argument(
+    '--warmup', type=int, default=5, help='untimed batches first (tracing, buffers, autotune)'
+  )
+  p.add_argument(
+    '--threads',
+    type=int,
+    default=0,
+    help='if > 0: tf.data private thread pool of this size and single-threaded ops, so that '
+    'images/s divided by threads is a clean per-core figure; 0: TensorFlow defaults',
+  )
+  return p.parse_args(argv)
 
 
 def _cpu_seconds() -> float:
@@ -58,63 +70,66 @@ def write_synthetic_rafdb(root: str, n: int, seed: int = 0) -> None:
     f.write('\n'.join(lines) + '\n')
 
 
-def main(argv: list[str]) -> None:
-  del argv
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  cli.setup_logging(args.verbosity, uses_tensorflow=True)
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  from zenfer_jax import data  # Late: flags first, TF start-up after.
+  from zenfer_jax import data  # Late: TensorFlow starts after the logging set-up.
 
-  if _THREADS.value:
+  if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
   tfds.disable_progress_bar()
 
-  data_dir = _DATA_DIR.value
+  data_dir = args.data_dir
   if data_dir is None:
     tmp = tempfile.mkdtemp(prefix='zenfer_bench_')
     manual = os.path.join(tmp, 'manual')
-    write_synthetic_rafdb(manual, _NUM_IMAGES.value)
+    write_synthetic_rafdb(manual, args.num_images)
     data_dir = os.path.join(tmp, 'tfds')
+    logging.info('Preparing %d synthetic RAF-DB images in %s', args.num_images, tmp)
     data.prepare('rafdb', data_dir, manual_dir=manual)
   ds = data.pipeline.train_tf_dataset(
     'rafdb',
     data_dir,
-    image_size=_IMAGE_SIZE.value,
-    per_device_batch=_BATCH.value,
+    image_size=args.image_size,
+    per_device_batch=args.batch,
     num_local_devices=1,
     seed=0,
     recipe='rafdb',
   )
-  if _THREADS.value:
+  if args.threads:
     opts = tf.data.Options()
-    opts.threading.private_threadpool_size = _THREADS.value
+    opts.threading.private_threadpool_size = args.threads
     opts.threading.max_intra_op_parallelism = 1
     ds = ds.with_options(opts)
   ds = iter(tfds.as_numpy(ds))
-  for _ in range(_WARMUP.value):
+  for _ in range(args.warmup):
     next(ds)
   start, cpu_start = time.perf_counter(), _cpu_seconds()
-  for _ in range(_STEPS.value):
+  for _ in range(args.steps):
     batch = next(ds)
   elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-  assert batch['image'].shape == (1, _BATCH.value, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)
-  cores = _THREADS.value or (
+  assert batch['image'].shape == (1, args.batch, args.image_size, args.image_size, 3)
+  cores = args.threads or (
     len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   )
-  images = _STEPS.value * _BATCH.value
+  images = args.steps * args.batch
   rate = images / elapsed
   print(
-    f'RAF-DB train recipe at {_IMAGE_SIZE.value}: {rate:.1f} images/s on {cores} cores '
-    f'= {rate / cores:.1f} images/s per core (wall clock; {_STEPS.value} batches of '
-    f'{_BATCH.value} in {elapsed:.1f} s)'
+    f'RAF-DB train recipe at {args.image_size}: {rate:.1f} images/s on {cores} cores '
+    f'= {rate / cores:.1f} images/s per core (wall clock; {args.steps} batches of '
+    f'{args.batch} in {elapsed:.1f} s)'
   )
   # CPU seconds the process actually got: the per-core figure that stays honest on a busy machine.
   print(
     f'  {images / cpu:.1f} images per CPU-second ({cpu:.1f} CPU-s, '
     f'{cpu / elapsed:.2f} cores busy on average)'
   )
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

@@ -12,12 +12,11 @@ inverse ratio of latencies, the same thing): above 1 means JAX is faster.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from zenfer_jax import atomic_write
+from zenfer_jax import atomic_write, cli
 
 # The benchmarked models, keyed as in the report.
 MODELS = {
@@ -278,7 +277,7 @@ def read(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
   """Merges the reports of runs that split the sections into one (JSON and table)."""
-  p = argparse.ArgumentParser(prog='python -m benchmarks.report', description=main.__doc__)
+  p = cli.ArgumentParser(prog='python -m benchmarks.report', description=main.__doc__)
   p.add_argument('--merge', nargs='+', required=True, metavar='REPORT', help='JSON reports')
   p.add_argument('--out', required=True, help='JSON path (the .md table is written beside it)')
   a = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -45,9 +45,12 @@ import subprocess
 import sys
 import time
 
+from absl import logging
+
 from benchmarks import report as report_lib
 from benchmarks import timing
 from benchmarks.report import MODELS
+from zenfer_jax import cli
 
 SECTIONS = ('train', 'infer_b1', 'infer_bn', 'zen_search', 'input_pipeline')
 
@@ -56,7 +59,7 @@ SECTIONS = ('train', 'infer_b1', 'infer_bn', 'zen_search', 'input_pipeline')
 
 
 def _log(msg: str) -> None:
-  print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+  logging.info('[%s] %s', time.strftime('%H:%M:%S'), msg)
 
 
 def _versions() -> dict:
@@ -349,7 +352,7 @@ _CPUSEC_RE = re.compile(r'([0-9.]+) images per CPU-second')
 
 
 def run_input_pipeline(cfg) -> dict:
-  """Runs `python -m benchmarks.input_pipeline` (absl flags: its own process) and parses it."""
+  """Runs `python -m benchmarks.input_pipeline` (in its own process) and parses its output."""
   import importlib.util
 
   if importlib.util.find_spec('tensorflow') is None:  # e.g. a GPU image without TensorFlow
@@ -407,7 +410,7 @@ class Config(argparse.Namespace):
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-  p = argparse.ArgumentParser(prog='python -m benchmarks.run', description=__doc__.split('\n')[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.run', description=__doc__.split('\n')[0])
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
   p.add_argument(
     '--quick', action='store_true', help='smoke run: 64px, batch 4, 3 reps (not for the README)'
@@ -419,34 +422,34 @@ def parse_args(argv: list[str] | None = None) -> Config:
   p.add_argument('--sections', default=','.join(SECTIONS), help=f'comma list of {SECTIONS}')
   p.add_argument('--models', default=','.join(MODELS), help=f'comma list of {tuple(MODELS)}')
   p.add_argument(
-    '--torch-compile',
+    '--torch_compile',
     choices=('auto', 'on', 'off'),
     default='auto',
     help="auto: on for GPU; off on CPU (inductor's C++ build of the train graph takes "
     "minutes on 2 cores, more than the whole run's budget)",
   )
   p.add_argument(
-    '--torch-compile-sections',
+    '--torch_compile_sections',
     default='train',
     help='where torch.compile runs when enabled (comma list of train, infer_b1, infer_bn)',
   )
-  p.add_argument('--infer-bf16', action='store_true', help='on GPU, also time JAX bf16 inference')
+  p.add_argument('--infer_bf16', action='store_true', help='on GPU, also time JAX bf16 inference')
   p.add_argument(
-    '--torch-channels-last',
+    '--torch_channels_last',
     choices=('auto', 'on', 'off'),
     default='auto',
     help='also time PyTorch eager in channels_last format (auto: on for CPU, where it '
     "is PyTorch's faster layout for depthwise convs; off on GPU for the time budget)",
   )
   p.add_argument(
-    '--budget-s',
+    '--budget_s',
     type=float,
     default=0,
     help='skip the sections not started after this many seconds (0: no limit)',
   )
   p.add_argument('--resolution', type=int, default=None)
-  p.add_argument('--train-batch', type=int, default=None)
-  p.add_argument('--infer-batch', type=int, default=None)
+  p.add_argument('--train_batch', type=int, default=None)
+  p.add_argument('--infer_batch', type=int, default=None)
   p.add_argument('--reps', type=int, default=None)
   cfg = p.parse_args(argv, namespace=Config())
   gpu = cfg.device == 'gpu'
@@ -559,6 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
   if args[:1] == ['--merge']:  # The older spelling of `python -m benchmarks.report --merge`.
     return report_lib.main(args)
   cfg = parse_args(argv)
+  cli.setup_logging(cfg.verbosity, show_own_info=True)
   pinning = _pin_threads(cfg)
   if cfg.device == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')

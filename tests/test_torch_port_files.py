@@ -205,7 +205,7 @@ def test_wrong_structure_lists_every_problem_in_one_error():
 
 def test_wrong_class_count_and_flags_get_hints():
   sd = _reference(use_sa=True).state_dict()
-  with pytest.raises(CheckpointMismatchError, match=r'7 classes, not 8.*--num-classes 7'):
+  with pytest.raises(CheckpointMismatchError, match=r'7 classes, not 8.*--num_classes 7'):
     torch_port.load_torch_checkpoint(sd, TINY, 8, use_sa=True)
   with pytest.raises(CheckpointMismatchError, match='use_sa=True') as e:
     torch_port.load_torch_checkpoint(sd, TINY, 7, use_sa=False)

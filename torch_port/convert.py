@@ -8,7 +8,7 @@ Python::
 
 Command line (writes an orbax checkpoint and a model card to DIR, atomically)::
 
-    python -m torch_port.convert --checkpoint X.pth --model zennet_m --num-classes 7 --use-sa --output DIR
+    python -m torch_port.convert --checkpoint X.pth --model zennet_m --num_classes 7 --use_sa --output DIR
 
 Loading is strict: any missing, unexpected or mis-shaped key fails with one
 error listing all of them, with a hint when the cause is recognisable (SA or
@@ -19,10 +19,8 @@ has none) is loaded, the rest is left at its fresh initialisation and reported.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
-import logging
 import os
 import re
 import sys
@@ -30,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from flax import traverse_util
 
 from torch_port import mapping
@@ -39,7 +38,7 @@ from torch_port.checkpoint_file import (
   extract_state_dict,
   read_checkpoint,
 )
-from zenfer_jax import dataset_names, model_directory
+from zenfer_jax import cli, dataset_names, model_directory
 from zenfer_jax.structure import Structure, StructureError, resolve
 
 __all__ = [
@@ -49,8 +48,6 @@ __all__ = [
   'load_torch_checkpoint',
   'main',
 ]
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(model_directory.MergeError):
@@ -105,22 +102,22 @@ def _hints(
   has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
   if has_sa and not use_sa:
     hints.append(
-      'the checkpoint has SA blocks (...cweight keys): load it with use_sa=True / --use-sa'
+      'the checkpoint has SA blocks (...cweight keys): load it with use_sa=True / --use_sa'
     )
   if not has_sa and use_sa:
-    hints.append('the checkpoint has no SA blocks: load it with use_sa=False (drop --use-sa)')
+    hints.append('the checkpoint has no SA blocks: load it with use_sa=False (drop --use_sa)')
   if has_lw and not use_lw_att:
-    hints.append('the checkpoint has an lw_att head: load it with use_lw_att=True / --use-lw-att')
+    hints.append('the checkpoint has an lw_att head: load it with use_lw_att=True / --use_lw_att')
   if not has_lw and use_lw_att:
     hints.append(
-      'the checkpoint has no lw_att head: load it with use_lw_att=False (drop --use-lw-att)'
+      'the checkpoint has no lw_att head: load it with use_lw_att=False (drop --use_lw_att)'
     )
   w = sd.get(mapping.CLASSIFIER_PREFIX + 'netblock.weight')
   if w is not None and np.ndim(w) == 2:
     if w.shape[0] != num_classes:
       hints.append(
         f"the checkpoint's classifier has {w.shape[0]} classes, not {num_classes}: pass "
-        f'num_classes={w.shape[0]} (--num-classes {w.shape[0]}), or only_backbone=True to train a new head'
+        f'num_classes={w.shape[0]} (--num_classes {w.shape[0]}), or only_backbone=True to train a new head'
       )
     if w.shape[1] != structure.out_channels:
       hints.append(
@@ -269,7 +266,7 @@ def load_torch_checkpoint(
     rng=rng,
   )
   if report.left_at_init or report.discarded:
-    log.warning('only_backbone: %s', report.summary())
+    logging.warning('only_backbone: %s', report.summary())
   return variables
 
 
@@ -300,8 +297,8 @@ def _class_names(args) -> list[str] | None:
   return None
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+def _parser() -> cli.ArgumentParser:
+  p = cli.ArgumentParser(
     prog='python -m torch_port.convert',
     description='Convert a ZenNet-SA-FER PyTorch checkpoint into a zenfer_jax model directory '
     '(orbax checkpoint + model_card.json).',
@@ -310,22 +307,22 @@ def _parser() -> argparse.ArgumentParser:
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument('--model', choices=('zennet_m', 'zennet_r'), help='a published structure')
   g.add_argument('--structure', help='a structure string or a file holding one')
-  p.add_argument('--num-classes', type=int, required=True)
-  p.add_argument('--use-sa', action='store_true', help='the checkpoint was trained with --use_sa')
+  p.add_argument('--num_classes', type=int, required=True)
+  p.add_argument('--use_sa', action='store_true', help='the checkpoint was trained with --use_sa')
   p.add_argument(
-    '--use-lw-att', action='store_true', help='the checkpoint was trained with --use_lw_att'
+    '--use_lw_att', action='store_true', help='the checkpoint was trained with --use_lw_att'
   )
   p.add_argument(
-    '--only-backbone',
+    '--only_backbone',
     action='store_true',
     help='load all but the classifier (and lw_att when the checkpoint has none); '
     'those start from a fresh initialisation',
   )
   p.add_argument(
-    '--seed', type=int, default=0, help='initialisation seed for what --only-backbone leaves fresh'
+    '--seed', type=int, default=0, help='initialisation seed for what --only_backbone leaves fresh'
   )
   p.add_argument(
-    '--class-names', help='comma-separated label names in label order, or a file with one per line'
+    '--class_names', help='comma-separated label names in label order, or a file with one per line'
   )
   p.add_argument(
     '--dataset',
@@ -333,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     help="take the label names from this dataset's label order",
   )
   p.add_argument(
-    '--image-size',
+    '--image_size',
     type=int,
     default=224,
     help='input size the checkpoint was trained at (the original scripts use 224)',
@@ -345,13 +342,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  cli.setup_logging(args.verbosity)
   try:
     structure = resolve(args.model or args.structure)
     if args.class_names and args.dataset:
-      raise ValueError('give --class-names or --dataset, not both')
+      raise ValueError('give --class_names or --dataset, not both')
     names = _class_names(args)
     if names is not None and len(names) != args.num_classes:
-      raise ValueError(f'{len(names)} class names given for --num-classes {args.num_classes}')
+      raise ValueError(f'{len(names)} class names given for --num_classes {args.num_classes}')
     out = os.path.abspath(args.output)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
       raise ValueError(

@@ -19,7 +19,6 @@ to a temporary file and renamed, so a failure leaves nothing behind.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from torch_port import mapping
-from zenfer_jax import atomic_write, model_directory
+from zenfer_jax import atomic_write, cli, model_directory
 from zenfer_jax.structure import StructureError, resolve
 
 __all__ = ['export_state_dict', 'save_state_dict', 'main']
@@ -112,8 +111,8 @@ def save_state_dict(
   return path
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+def _parser() -> cli.ArgumentParser:
+  p = cli.ArgumentParser(
     prog='python -m torch_port.export',
     description='Export a zenfer_jax model directory as a PyTorch state_dict for the original ZenNet-SA-FER code.',
   )
@@ -132,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  cli.setup_logging(args.verbosity)
   try:
     variables, card = model_directory.load_model_dir(args.checkpoint)
     sd = export_state_dict(

@@ -28,28 +28,42 @@ from logging.handlers import MemoryHandler
 
 from absl import flags, logging
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# A terminal line from one of these directories is this repository's own.
-_OWN_DIRS = (_PACKAGE_DIR, os.path.join(os.path.dirname(_PACKAGE_DIR), 'torch_port'))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A log line from a file in one of these directories is this repository's own.
+_OWN_DIRS = tuple(
+  os.path.join(_ROOT, d) + os.sep for d in ('zenfer_jax', 'torch_port', 'benchmarks')
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
   """argparse with the house conventions: `--verbosity`, and hyphenated flags accepted."""
 
   def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.add_argument(
-      '-v',
-      '--verbosity',
-      type=int,
-      default=None,
-      help='absl logging level for the terminal: -1 warnings, 0 info, 1 debug; also shows '
-      "TensorFlow's C++ log lines (default: quiet, warnings and errors only)",
+    kwargs.setdefault(
+      'epilog', 'Any flag may also be spelt with hyphens (--data-dir for --data_dir).'
     )
+    super().__init__(*args, **kwargs)
+
+  def _add_verbosity(self) -> None:
+    """Last, so that --help lists a program's own flags first."""
+    if '--verbosity' not in self._option_string_actions:
+      self.add_argument(
+        '-v',
+        '--verbosity',
+        type=int,
+        default=None,
+        help='absl logging level for the terminal: -1 warnings, 0 info, 1 debug; also shows '
+        "TensorFlow's C++ log lines (default: quiet, warnings and errors only)",
+      )
 
   def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+    self._add_verbosity()
     args = sys.argv[1:] if args is None else list(args)
     return super().parse_known_args([self._underscored(a) for a in args], namespace)
+
+  def format_help(self) -> str:
+    self._add_verbosity()
+    return super().format_help()
 
   def _underscored(self, arg: str) -> str:
     """`--num-classes[=7]` -> `--num_classes[=7]` when that is a flag of this parser."""

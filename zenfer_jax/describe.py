@@ -1,6 +1,6 @@
 """Per-block table of a ZenNet: output shape, trainable parameters and reference FLOPs.
 
-    python -m zenfer_jax.describe --model zennet_m --use-sa
+    python -m zenfer_jax.describe --model zennet_m --use_sa
     python -m zenfer_jax.describe --structure 'SuperConvK3BNRELU(3,8,2,1)...' --resolution 112
 
 Shapes come from tracing the real Flax model (no compute), parameters from its
@@ -10,13 +10,12 @@ budgets use.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import jax
 import jax.numpy as jnp
 
-from zenfer_jax import counters
+from zenfer_jax import cli, counters
 from zenfer_jax.models import build_model, count_params
 from zenfer_jax.structure import StructureError, check_resolution, resolve
 
@@ -98,7 +97,7 @@ def format_table(info: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
     prog='python -m zenfer_jax.describe', description=__doc__.splitlines()[0]
   )
   parser.add_argument('--model', default='zennet_m', help='preset name (zennet_m, zennet_r)')
@@ -106,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     '--structure', default=None, help='structure string or file (overrides --model)'
   )
   parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--num-classes', type=int, default=7)
-  parser.add_argument('--use-sa', action='store_true')
-  parser.add_argument('--use-lw-att', action='store_true')
+  parser.add_argument('--num_classes', type=int, default=7)
+  parser.add_argument('--use_sa', action='store_true')
+  parser.add_argument('--use_lw_att', action='store_true')
   args = parser.parse_args(argv)
+  cli.setup_logging(args.verbosity)
   try:
     info = describe(
       args.structure or args.model,

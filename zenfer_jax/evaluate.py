@@ -24,7 +24,9 @@ from zenfer_jax import atomic_write
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  from zenfer_jax import cli
+
+  p = cli.ArgumentParser(
     prog='python -m zenfer_jax.evaluate',
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -177,6 +179,9 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  from zenfer_jax import cli
+
+  cli.setup_logging(args.verbosity, uses_tensorflow=True)
   path = args.workdir or args.checkpoint
   if not os.path.isdir(path):
     raise SystemExit(f'{path} is not a directory.')

@@ -1,6 +1,6 @@
 """Classifies images with a trained model: the top-k classes and their probabilities.
 
-  python -m zenfer_jax.predict --checkpoint DIR face1.jpg face2.png [--top-k 3] [--json]
+  python -m zenfer_jax.predict --checkpoint DIR face1.jpg face2.png [--top_k 3] [--json]
 
 DIR is a model dir (torch_port.convert output, WORKDIR/model_best) or a training workdir (its
 best checkpoint). Images are decoded and preprocessed exactly as evaluation does (TensorFlow's
@@ -19,21 +19,23 @@ from typing import Any
 
 import numpy as np
 
+from zenfer_jax import cli
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
     prog='python -m zenfer_jax.predict',
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   p.add_argument('--checkpoint', required=True, help='a model dir or a training workdir')
   p.add_argument('images', nargs='+', metavar='IMAGE')
-  p.add_argument('--top-k', dest='top_k', type=int, default=3, help='classes shown per image')
+  p.add_argument('--top_k', type=int, default=3, help='classes shown per image')
   p.add_argument('--json', action='store_true', help='print one JSON document')
   p.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
   args = p.parse_args(argv)
   if args.top_k < 1:
-    p.error(f'--top-k must be at least 1, got {args.top_k}')
+    p.error(f'--top_k must be at least 1, got {args.top_k}')
   return args
 
 
@@ -117,6 +119,7 @@ def predict(
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  cli.setup_logging(args.verbosity, uses_tensorflow=True)
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
 
   hide_gpus_from_tf()

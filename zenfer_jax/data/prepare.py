@@ -11,35 +11,56 @@ Broken images and label lines are skipped and listed in prepare_report.txt besid
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+import sys
+from collections.abc import Sequence
 
-from zenfer_jax.data import registry
+from absl import logging
 
-_DATASET = flags.DEFINE_enum('dataset', None, list(registry.ALL_DATASETS), 'Dataset to prepare.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the TFDS records are written.')
-_MANUAL_DIR = flags.DEFINE_string(
-  'manual_dir', None, 'The dataset as downloaded (official layout, or <split>/<class>/ folders).'
-)
-_CLASSES = flags.DEFINE_list(
-  'folders.classes', None, 'folders only: class names in label order, comma-separated.'
-)
-flags.mark_flags_as_required(['dataset', 'data_dir'])
+from zenfer_jax import cli
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _CLASSES.value and _DATASET.value != 'folders':
-    raise app.UsageError('--folders.classes applies to --dataset=folders only.')
-  info = registry.prepare(
-    _DATASET.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value, classes=_CLASSES.value
+def _parser() -> cli.ArgumentParser:
+  p = cli.ArgumentParser(
+    prog='python -m zenfer_jax.data.prepare', description=__doc__.split('\n')[0]
   )
+  p.add_argument('--dataset', required=True, help='dataset to prepare: rafdb, affectnet/8cls, ...')
+  p.add_argument('--data_dir', required=True, help='where the TFDS records are written')
+  p.add_argument(
+    '--manual_dir', help='the dataset as downloaded (official layout, or <split>/<class>/ folders)'
+  )
+  p.add_argument(
+    '--folders.classes',
+    dest='classes',
+    help='folders only: class names in label order, comma-separated',
+  )
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.classes and args.dataset != 'folders':
+    parser.error('--folders.classes applies to --dataset=folders only.')
+  cli.setup_logging(args.verbosity, uses_tensorflow=True)
+  from zenfer_jax.data import registry  # After setup_logging: it imports TensorFlow.
+
+  if args.dataset not in registry.ALL_DATASETS:
+    parser.error(f'--dataset {args.dataset!r}: expected one of {list(registry.ALL_DATASETS)}')
+  classes = [c for c in (args.classes or '').split(',') if c] or None
+  try:
+    info = registry.prepare(
+      args.dataset, args.data_dir, manual_dir=args.manual_dir, classes=classes
+    )
+  except (FileNotFoundError, ValueError) as e:  # The message says what to fix.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   logging.info('Prepared %s', info)
   print(
     f'{info.name}: {info.num_classes} classes {info.class_names}; split sizes '
     f'{info.split_sizes}; {info.skipped} skipped; report {info.report_path}'
   )
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())
