@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write
+from zenfer_jax import atomic_write, cli
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  from zenfer_jax import cli
-
   p = cli.ArgumentParser(
     prog='python -m zenfer_jax.evaluate',
     description=__doc__,
@@ -179,8 +177,6 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from zenfer_jax import cli
-
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
   path = args.workdir or args.checkpoint
   if not os.path.isdir(path):
