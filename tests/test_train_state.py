@@ -1,0 +1,122 @@
+"""zenfer_jax.train_state: the model from a config, first variables, and the checkpointed state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from train_fixtures import TINY, flat, tiny_config
+
+from zenfer_jax import model_directory
+from zenfer_jax import train_state as ts
+from zenfer_jax.structure import resolve
+
+NUM_CLASSES = 10
+
+
+@pytest.fixture(scope='module')
+def config():
+  return tiny_config('/unused/data_dir')
+
+
+@pytest.fixture(scope='module')
+def model(config):
+  return ts.build_model(config, NUM_CLASSES)
+
+
+@pytest.fixture(scope='module')
+def fresh(config, model):
+  return ts.initial_variables(config, model, jax.random.PRNGKey(0))
+
+
+def test_build_model_takes_everything_from_config_model(config):
+  c = tiny_config('/unused', **{'model.dtype': 'bfloat16', 'model.use_sa': False})
+  c.model.cross_device_bn = True
+  model = ts.build_model(c, 3)
+  assert model.structure_text == str(resolve(TINY))
+  assert model.num_classes == 3 and model.use_sa is False
+  assert model.dtype == jnp.bfloat16
+  assert model.bn_axis_name == 'batch'  # The collective axis of zenfer_jax.parallel.
+  assert ts.build_model(config, 3).bn_axis_name is None
+  assert model.bn_momentum == c.model.bn_momentum and model.bn_eps == c.model.bn_eps
+  assert set(ts.DTYPES) == {'float32', 'bfloat16', 'float16'}
+
+
+def test_initial_variables_are_a_function_of_the_rng(config, model, fresh):
+  again = ts.initial_variables(config, model, jax.random.PRNGKey(0))
+  other = ts.initial_variables(config, model, jax.random.PRNGKey(1))
+  a, b, c = flat(fresh), flat(again), flat(other)
+  assert sorted(a) == sorted(b) == sorted(c)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert any(not np.array_equal(a[k], c[k]) for k in a if k.endswith('kernel'))
+  assert all(isinstance(v, np.ndarray) for v in a.values())  # On the host, ready to replicate.
+
+
+def test_placeholder_variables_have_the_shapes_and_nothing_else(config, model, fresh):
+  skeleton = flat(ts.placeholder_variables(config, model))
+  real = flat(fresh)
+  assert {k: (v.shape, v.dtype) for k, v in skeleton.items()} == {
+    k: (v.shape, v.dtype) for k, v in real.items()
+  }
+  assert all(not v.any() for v in skeleton.values())
+
+
+def _model_dir(tmp_path, variables, num_classes: int) -> str:
+  card = model_directory.make_card(TINY, num_classes, use_sa=True, image_size=16)
+  return model_directory.save_model_dir(str(tmp_path / 'init'), variables, card)
+
+
+def test_init_from_loads_everything_or_only_the_backbone(tmp_path, config, model, fresh):
+  donor = jax.tree_util.tree_map(lambda x: x + 1, fresh)  # Another model's values, same tree.
+  path = _model_dir(tmp_path, donor, NUM_CLASSES)
+
+  c = tiny_config('/unused', init_from=path)
+  loaded = flat(ts.initial_variables(c, model, jax.random.PRNGKey(0)))
+  for k, v in flat(donor).items():
+    np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+
+  c = tiny_config('/unused', init_from=path, only_backbone=True)
+  backbone_only = flat(ts.initial_variables(c, model, jax.random.PRNGKey(0)))
+  for k, v in backbone_only.items():
+    expected = flat(fresh)[k] if k.startswith('params/fc/') else flat(donor)[k]
+    np.testing.assert_array_equal(v, expected, err_msg=k)
+
+
+def test_init_from_with_another_head_fails_unless_only_the_backbone_is_taken(
+  tmp_path, config, model, fresh
+):
+  other = jax.tree_util.tree_map(np.copy, fresh)  # A 7-class model: only the classifier differs.
+  other['params']['fc'] = {'kernel': np.ones((32, 7), np.float32), 'bias': np.zeros(7, np.float32)}
+  path = _model_dir(tmp_path, other, 7)
+  with pytest.raises(model_directory.MergeError, match='fc/kernel'):
+    ts.initial_variables(tiny_config('/unused', init_from=path), model, jax.random.PRNGKey(0))
+  merged = ts.initial_variables(
+    tiny_config('/unused', init_from=path, only_backbone=True), model, jax.random.PRNGKey(0)
+  )
+  assert merged['params']['fc']['kernel'].shape[-1] == NUM_CLASSES
+
+
+def test_state_dict_round_trip_after_a_step(config, model, fresh):
+  schedule = optax.constant_schedule(0.1)
+  state = ts.create_train_state(config, model, fresh, schedule)
+  assert int(state.step) == 0 and state.apply_fn == model.apply
+  assert jax.tree_util.tree_structure(state.batch_stats) == jax.tree_util.tree_structure(
+    fresh['batch_stats']
+  )
+  grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
+  step = jax.jit(lambda s: s.apply_gradients(grads=grads))  # One compile, not one per leaf op.
+  stepped = step(state)
+  saved = ts.to_state_dict(stepped)
+  assert set(saved) == {'step', 'params', 'opt_state', 'batch_stats'}
+
+  restored = ts.from_state_dict(ts.create_train_state(config, model, fresh, schedule), saved)
+  assert int(restored.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(stepped)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The momentum buffers came back too: a second step from the restored state is the same step.
+  again, ref = step(restored), step(stepped)
+  for k, v in flat(jax.device_get(ref.params)).items():
+    np.testing.assert_array_equal(flat(jax.device_get(again.params))[k], v, err_msg=k)
