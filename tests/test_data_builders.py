@@ -195,6 +195,7 @@ def test_datasets_are_registered_with_tfds():
   assert set(data.DATASETS) == {'rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders'}
 
 
+@pytest.mark.slow
 def test_prepare_cli(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   out = subprocess.run(

@@ -391,6 +391,7 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
   assert os.listdir(tmp_path / 'taken') == ['keep.txt']
 
 
+@pytest.mark.slow
 def test_command_lines_run_as_modules(tmp_path):
   """`python -m torch_port.convert` / `python -m torch_port.export` from a fresh interpreter."""
   model = randomize_(build_reference_model('zennet_r', 7), seed=5)

@@ -134,6 +134,7 @@ def test_folders_needs_its_classes():
     config_validation.validate_config(_load('folders'))
 
 
+@pytest.mark.slow
 def test_unknown_key_and_bad_type_fail_at_flag_parsing():
   base = [sys.executable, '-m', 'zenfer_jax.main', '--config=configs/demo.py', '--workdir=/tmp/x']
   for extra, match in (
@@ -155,6 +156,7 @@ def test_missing_dataset_fails_at_once_saying_where_files_go(tmp_path):
   assert not os.path.exists(tmp_path / 'w' / workdir_lib.LATEST)
 
 
+@pytest.mark.slow
 def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_dir, monkeypatch):
   # One trace of each step function for the whole run: no recompilation per step or epoch.
   monkeypatch.setattr(steps, 'train_step', chex.assert_max_traces(steps.train_step, n=1))
@@ -231,6 +233,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert any(not np.array_equal(new[k], old[k]) for k in old if k.startswith('fc/'))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   tmp_path, digits_dir, monkeypatch
 ):
@@ -256,6 +259,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert [r['step'] for r in workdir_lib.read_metrics(str(workdir))] == [3]
 
 
+@pytest.mark.slow
 def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
   import data_fixtures
 

@@ -13,6 +13,8 @@ from train_fixtures import flat, latest_state, run_main
 
 from zenfer_jax import workdir as workdir_lib
 
+pytestmark = pytest.mark.slow  # Two training subprocesses.
+
 RUN = dict(
   num_epochs=2,
   steps_per_epoch=4,

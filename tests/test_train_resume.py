@@ -20,6 +20,8 @@ from train_fixtures import REPO, flat, latest_state, main_command, run_main, sub
 from zenfer_jax import model_directory
 from zenfer_jax import workdir as workdir_lib
 
+pytestmark = pytest.mark.slow  # Three training subprocesses.
+
 # Three epochs of four steps, a checkpoint every three steps and at each epoch end, so the kill
 # lands mid-epoch and the resumed run must restore the epoch's running sums too.
 RUN = dict(num_epochs=3, steps_per_epoch=4, checkpoint_every_steps=3, log_every_steps=1)
