@@ -336,7 +336,12 @@ def _parser() -> cli.ArgumentParser:
     help='input size the checkpoint was trained at (the original scripts use 224)',
   )
   p.add_argument('--output', required=True, help='model directory to create')
-  p.add_argument('--overwrite', action='store_true', help='replace an existing non-empty --output')
+  p.add_argument(
+    '--overwrite',
+    action='store_true',
+    help='replace an existing --output that is a model directory (model_card.json + variables/ '
+    'only); any other directory is refused',
+  )
   return p
 
 
@@ -355,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(
         f'--output {out} already exists and is not empty (pass --overwrite to replace it)'
       )
+    # Before the conversion, so a refused --overwrite costs nothing.
+    model_directory.check_replaceable(out, overwrite=args.overwrite)
     import jax
 
     variables, report = _convert_any(

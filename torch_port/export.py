@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-from torch_port import mapping
+from torch_port import checkpoint_file, mapping
 from zenfer_jax import atomic_write, cli, model_directory
 from zenfer_jax.structure import StructureError, resolve
 
@@ -80,6 +80,19 @@ def export_state_dict(
   return out
 
 
+def _check_replaceable_file(path: str) -> None:
+  """Overwrite replaces a checkpoint file, never a file of another kind given by mistake."""
+  if not os.path.isfile(path):
+    raise FileExistsError(f'{path} exists and is not a regular file; it is not replaced')
+  try:
+    checkpoint_file._sniff(path)  # The format from the first bytes, as reading does.
+  except checkpoint_file.CheckpointFormatError as e:
+    raise FileExistsError(
+      f'{e}. --overwrite replaces only a PyTorch checkpoint file (.pth zip or pickle, '
+      '.safetensors); choose another --output'
+    ) from None
+
+
 def save_state_dict(
   state_dict: Mapping, path: str, *, wrapped: bool = False, overwrite: bool = False
 ) -> str:
@@ -87,8 +100,12 @@ def save_state_dict(
   import torch
 
   path = os.path.abspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f'{path} already exists (pass --overwrite to replace it)')
+  if os.path.isdir(path):
+    raise FileExistsError(f'{path} is a directory; give a file name such as {path}/model.pth')
+  if os.path.lexists(path):
+    if not overwrite:
+      raise FileExistsError(f'{path} already exists (pass --overwrite to replace it)')
+    _check_replaceable_file(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with atomic_write.replacing(path) as tmp:
     if path.endswith('.safetensors'):
@@ -125,7 +142,11 @@ def _parser() -> cli.ArgumentParser:
     action='store_true',
     help="save as the original's training checkpoint {'epoch', 'state_dict', ...} instead of a bare state_dict",
   )
-  p.add_argument('--overwrite', action='store_true')
+  p.add_argument(
+    '--overwrite',
+    action='store_true',
+    help='replace an existing --output that is a PyTorch checkpoint file; any other file is refused',
+  )
   return p
 
 

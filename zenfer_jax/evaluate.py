@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -175,6 +176,28 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
   plt.close(fig)
 
 
+OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png')
+
+
+def _check_output_dir(out: str) -> None:
+  """Replaces an earlier evaluation's files, never a user's files of the same names."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise SystemExit(f'--output_dir {out} exists and is not a directory.')
+  present = [n for n in OUTPUT_FILES if os.path.lexists(os.path.join(out, n))]
+  if not present:
+    return
+  try:
+    with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as f:
+      previous = json.load(f)
+  except (OSError, ValueError):
+    previous = None
+  if not (isinstance(previous, dict) and {'top1', 'confusion_matrix'} <= set(previous)):
+    raise SystemExit(
+      f'--output_dir {out} holds {" and ".join(present)} that an evaluation did not write; '
+      'they are not replaced. Choose another --output_dir.'
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
@@ -185,10 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
+  out = args.output_dir or os.path.join(path, f'eval_{ds["split"]}')
+  _check_output_dir(out)
   result = evaluate(
     path, which=args.which, manual_dir=args.manual_dir, batch_size=args.batch_size, **ds
   )
-  out = args.output_dir or os.path.join(path, f'eval_{ds["split"]}')
   os.makedirs(out, exist_ok=True)
   atomic_write.write_json(os.path.join(out, 'metrics.json'), result)
   title = (

@@ -36,6 +36,7 @@ __all__ = [
   'ModelDirError',
   'make_card',
   'validate_card',
+  'check_replaceable',
   'save_model_dir',
   'load_model_dir',
   'load_card',
@@ -252,6 +253,55 @@ def _to_numpy_tree(variables: Mapping) -> dict:
   return out
 
 
+def check_replaceable(directory: str | os.PathLike, *, overwrite: bool) -> None:
+  """Refuses a destination that writing a model directory would destroy.
+
+  Absent or empty is fine. Otherwise only `overwrite` of a model directory (a model card and a
+  variables/ checkpoint, nothing else) is allowed: replacing renames the old directory away and
+  deletes it, so anything else (`--output .`, a home directory, a training workdir) would be
+  lost with it.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.lexists(directory):
+    return
+  if not os.path.isdir(directory):
+    raise ModelDirError(
+      f'{directory} exists and is not a directory; a model directory is written there only '
+      'where nothing or an earlier model directory is'
+    )
+  entries = sorted(os.listdir(directory))
+  if not entries:
+    return
+  if not overwrite:
+    raise ModelDirError(
+      f'{directory} exists and is not empty; choose another output or pass overwrite'
+    )
+  foreign = [e for e in entries if e not in (CARD_NAME, VARIABLES_NAME)]
+  cwd = os.path.abspath(os.getcwd())
+  inside = cwd == directory or cwd.startswith(directory.rstrip(os.sep) + os.sep)
+  if (
+    foreign
+    or inside
+    or not os.path.isfile(os.path.join(directory, CARD_NAME))
+    or not os.path.isdir(os.path.join(directory, VARIABLES_NAME))
+  ):
+    held = ', '.join(foreign[:5]) + (f' and {len(foreign) - 5} more' if len(foreign) > 5 else '')
+    why = '; '.join(
+      reason
+      for reason, applies in (
+        (f'it holds {held}', foreign),
+        ('it is the current directory or contains it', inside),
+        (f'it lacks {CARD_NAME} or {VARIABLES_NAME}/', not foreign and not inside),
+      )
+      if applies
+    )
+    raise ModelDirError(
+      f'{directory} is not a model directory this tool wrote ({why}): overwrite replaces only a '
+      f'directory holding just {CARD_NAME} and {VARIABLES_NAME}/. Choose another output, or move '
+      'its contents away yourself'
+    )
+
+
 def save_model_dir(
   directory: str | os.PathLike, variables: Mapping, card: Mapping, *, overwrite: bool = False
 ) -> str:
@@ -259,20 +309,15 @@ def save_model_dir(
 
   Everything is written into a temporary sibling first and renamed into place
   at the end, so an error leaves `directory` untouched (absent if it was).
-  An existing non-empty `directory` is refused unless `overwrite`.
+  An existing non-empty `directory` is refused unless `overwrite`, and even then unless it is
+  a model directory (see `check_replaceable`).
   """
   import orbax.checkpoint as ocp
 
   directory = os.path.abspath(os.fspath(directory))
   card = validate_card(card)
   tree = _to_numpy_tree(variables)
-  if os.path.exists(directory):
-    if not os.path.isdir(directory):
-      raise ModelDirError(f'{directory} exists and is not a directory')
-    if os.listdir(directory) and not overwrite:
-      raise ModelDirError(
-        f'{directory} exists and is not empty; choose another output or pass overwrite'
-      )
+  check_replaceable(directory, overwrite=overwrite)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
