@@ -266,3 +266,22 @@ def test_predict_isolates_images_too_large_to_process(model_dir, tmp_path):
 def test_image_limits_are_documented():
   assert images.MAX_IMAGE_PIXELS == 8192 * 8192
   assert '64 megapixels' in images.__doc__ and '256 MiB' in images.__doc__
+
+
+def test_prepared_files_follow_the_umask(tmp_path):
+  manual = tmp_path / 'manual'
+  fx.make_folders(str(manual))
+  old = os.umask(0o027)
+  try:
+    info = data.prepare('folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES)
+  finally:
+    os.umask(old)
+  modes = {}
+  for root, dirs, files in os.walk(tmp_path / 'tfds'):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      modes[os.path.relpath(path, info.data_path)] = os.stat(path).st_mode & 0o777
+      assert modes[os.path.relpath(path, info.data_path)] == (
+        0o750 if os.path.isdir(path) else 0o640
+      ), path
+  assert {'prepare_report.txt', 'metadata.json', 'dataset_info.json'} <= set(modes)

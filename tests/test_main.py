@@ -9,9 +9,9 @@ import pytest
 from train_fixtures import REPO, main_command, subprocess_env
 
 # The terminal output of a quiet run, apart from the progress bar: process and devices, workdir,
-# the dataset's line from prepare, the run's summary, the model, the final result. One more line
-# per epoch.
-FIXED_LINES = 6
+# the dataset's line from prepare, the run's summary, the model, the result and where the files
+# are. One more line per epoch.
+FIXED_LINES = 7
 TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc')
 
 
@@ -60,8 +60,8 @@ def test_quiet_terminal_full_log_file_and_verbosity_brings_it_back(tmp_path, dig
   lines = _text_lines(output)
   epochs = [ln for ln in lines if re.match(r'epoch \d+/2 step \d+: train loss', ln)]
   assert len(epochs) == 2, lines
-  assert any(ln.startswith('Done.') for ln in lines), lines
-  assert any(str(workdir) in ln for ln in lines), lines  # Where the files are.
+  assert any(re.match(r'Done \(.*\)\. Best test top-1 \d+\.\d\d% at epoch \d', ln) for ln in lines)
+  assert any(ln.startswith(f'In {workdir}: model_best/') for ln in lines), lines  # The files.
   assert len(lines) <= FIXED_LINES + 2, '\n'.join(lines)
   assert 'img/s' in proc.stderr  # The progress bar is there.
 

@@ -130,6 +130,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
     config.steps_per_epoch,
     '-1 (from the dataset) or a positive number',
   )
+  precise = config.get('precise_bn_batches', 0)
+  _check(
+    isinstance(precise, int) and precise >= 0,
+    'precise_bn_batches',
+    precise,
+    '0 (off) or a number of training batches',
+  )
   _check(config.lr_per_256 > 0, 'lr_per_256', config.lr_per_256, 'a positive rate')
   _check(config.target_lr_per_256 >= 0, 'target_lr_per_256', config.target_lr_per_256, '>= 0')
   _check(0 <= config.momentum < 1, 'momentum', config.momentum, 'in [0, 1)')

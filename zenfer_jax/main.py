@@ -78,6 +78,12 @@ def main(argv):
     # What to fix is in the message; a traceback would only bury it.
     logging.error('%s', e, extra={'terminal': False})
     sys.exit(f'error: {e}')
+  logging.info(
+    'In %s: model_best/ (the best model, for evaluate, predict and torch_port.export), '
+    'metrics.jsonl, summary.json, TensorBoard events, %s.',
+    workdir,
+    os.path.basename(log_file),
+  )
 
 
 if __name__ == '__main__':

@@ -22,7 +22,17 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from zenfer_jax import atomic_write, data, metrics, model_directory, models, optim, parallel, steps
+from zenfer_jax import (
+  atomic_write,
+  data,
+  metrics,
+  model_directory,
+  models,
+  optim,
+  parallel,
+  precise_bn,
+  steps,
+)
 from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import class_list, validate_config
@@ -264,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   p_eval = parallel.pmap_eval_step(
     functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=num_classes)
   )
+  precise = precise_bn.for_training(config, model.apply, sched.num_train, data_dir, **common)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep='.'))
@@ -328,6 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       scalars = {'train/epoch_loss': train_loss, 'train/epoch_accuracy': train_acc}
       if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
+        if precise is not None:  # Also what the best checkpoint and the export hold.
+          variables = precise(variables)
         cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
         last_eval = metrics.summarize(cm, info.class_names)
         record = {
@@ -405,11 +418,23 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
   }
   if is_chief:
     atomic_write.write_json(os.path.join(workdir, 'summary.json'), summary)
-  logging.info(
-    'Done. Best test top-1 %.4f at epoch %d; model exported to %s. Summary: %s',
-    book.best_top1,
-    book.best_epoch,
-    export,
-    summary,
-  )
+  took = f'{int(seconds) // 60}m{int(seconds) % 60:02d}s'
+  if summary['images_per_second']:
+    took += f', {summary["images_per_second"]:.1f} img/s'
+  if best is None:
+    logging.info('Done (%s); no evaluation ran, so no model was exported.', took)
+  else:
+    last = (
+      f'; last {100 * last_eval["top1"]:.2f}% (mean class {100 * last_eval["mean_class_accuracy"]:.2f}%)'
+      if last_eval
+      else ''
+    )
+    logging.info(
+      'Done (%s). Best test top-1 %.2f%% at epoch %d%s; exported to %s.',
+      took,
+      100 * book.best_top1,
+      book.best_epoch,
+      last,
+      export,
+    )
   return summary

@@ -330,6 +330,45 @@ def train_dataset(name: str, data_dir: str, **kwargs):
   return iter(tfds.as_numpy(train_tf_dataset(name, data_dir, **kwargs)))
 
 
+def statistics_dataset(
+  name: str,
+  data_dir: str,
+  *,
+  image_size: int,
+  per_device_batch: int,
+  num_local_devices: int,
+  num_batches: int,
+  seed: int,
+  recipe: str | Recipe | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  classes: Sequence[str] | None = None,
+  shuffle_buffer: int = 16_384,
+  split: str = 'train',
+):
+  """`num_batches` training batches for recomputing BatchNorm statistics, as NumPy {'image'}.
+
+  Sampled as training samples (shuffled, class-balanced where the recipe is) but preprocessed
+  as evaluation preprocesses (no augmentation), so the statistics describe the images the model
+  is evaluated on. A fresh pipeline with the same seed yields the same batches, so the result
+  does not depend on when it is called (a resumed run recomputes the same statistics).
+  """
+  hide_gpus_from_tf()
+  r = _recipe(recipe, name)
+  builder, info = registry.load(name, data_dir, classes)
+  ds = _sampled_examples(
+    builder, info, split, r, seed, process_index, process_count, shuffle_buffer
+  )
+  ds = ds.map(
+    lambda ex: {'image': _eval_chain(decode(ex['image']), image_size, r)},
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.batch(num_local_devices * per_device_batch, drop_remainder=True).take(num_batches)
+  ds = ds.map(lambda b: _to_devices(b, num_local_devices, per_device_batch))
+  return tfds.as_numpy(ds.prefetch(2).with_options(_options()))
+
+
 def eval_num_batches(num_examples: int, local_batch: int, process_count: int) -> int:
   """Batches every process runs: enough for the largest per-process share."""
   largest = -(-num_examples // process_count)
