@@ -207,6 +207,22 @@ def test_existing_output_is_kept_unless_overwrite(model_dirs, tmp_path):
   assert out.read_bytes() == b'precious'
 
 
+def test_overwrite_replaces_only_an_earlier_export(model_dirs, tmp_path):
+  out = tmp_path / 'm.stablehlo'
+  out.write_bytes(b'someone else')
+  with pytest.raises(export_lib.ExportError, match='left alone'):
+    export_lib.export(model_dirs['tiny'], 'stablehlo', str(out), overwrite=True)
+  assert out.read_bytes() == b'someone else'
+  out.unlink()
+  export_lib.export(model_dirs['tiny'], 'stablehlo', str(out), batch=1, verify=False)
+  first = out.read_bytes()
+  export_lib.export(model_dirs['tiny'], 'stablehlo', str(out), verify=False, overwrite=True)
+  assert out.read_bytes() != first  # now with a dynamic batch
+  assert (
+    json.loads(pathlib.Path(str(out) + '.json').read_text())['export']['input']['shape'][0] is None
+  )
+
+
 def test_failure_midway_leaves_nothing(model_dirs, tmp_path, monkeypatch):
   def broken(model, variables, tmp, *args):
     with open(tmp, 'wb') as f:

@@ -16,7 +16,9 @@ Routes, each measured (README "Export and deploy"):
     onnxruntime plain Conv/BatchNorm/ReLU graphs that it fuses, 2-2.5x faster at batch 1 than
     the jax2onnx graph of the same model (which follows the CPU-specialised JAX formulation:
     1x1 convs as reshapes and matmuls, unfused normalisation), and jax2onnx's current releases
-    pin orbax-checkpoint below the version this project needs. Needs the `torch` extra.
+    pin orbax-checkpoint below the version this project needs. Needs the `torch` extra. The
+    writer is torch_port.onnx_export, found through the 'zenfer_jax.exporters' entry point,
+    since zenfer_jax itself never imports torch_port.
   * tflite: jax2tf (StableHLO inside an XlaCallModule op) -> SavedModel -> the TFLite
     converter, which lowers the StableHLO to builtin ops; checked with the LiteRT interpreter.
     `--quantize int8` calibrates on a representative set from a prepared dataset's train split
@@ -34,7 +36,6 @@ and LiteRT (a 'model_card' metadata buffer), inside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,8 @@ __all__ = [
 
 FORMATS = {'onnx': '.onnx', 'tflite': '.tflite', 'stablehlo': '.stablehlo'}
 CARD_KEY = 'model_card'  # ONNX metadata_props key and LiteRT metadata name
+# Writers that live outside zenfer_jax (which never imports torch_port) register here.
+EXPORTERS_GROUP = 'zenfer_jax.exporters'
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'logits'
 DEFAULT_TOLERANCE = 1e-4
@@ -177,74 +180,20 @@ def _with_tflite_metadata(flatbuffer: bytes, payload: bytes) -> bytes:
 
 
 def _write_onnx(model_unused, variables, tmp: str, batch: int | None, size: int, card) -> None:
-  try:
-    import torch
-  except ImportError:
+  """torch_port's writer (the reference PyTorch model through torch.onnx), via its entry point."""
+  from importlib.metadata import entry_points
+
+  found = list(entry_points(group=EXPORTERS_GROUP, name='onnx'))
+  if not found:
     raise ExportError(
-      "--format onnx goes through torch_port's reference PyTorch model: install the torch extra "
-      "(pip install -e '.[torch]')"
-    ) from None
-  import onnx
-
-  from torch_port import export_state_dict
-  from torch_port.reference_model import build_reference_model
-
-  flags = dict(use_sa=card['use_sa'], use_lw_att=card['use_lw_att'])
-  net = build_reference_model(card['structure'], card['num_classes'], **flags)
-  net.load_state_dict(
-    export_state_dict(variables, card['structure'], card['num_classes'], **flags), strict=True
-  )
-  wrapped = _NHWC(net).eval()
-  # torch.export specialises a dimension of size 1, so a dynamic batch is traced at 2.
-  example = torch.zeros(batch or 2, size, size, 3)
-  dynamic = None if batch else {'x': {0: torch.export.Dim('batch')}}
-  with torch.no_grad(), _quiet_stdout():
-    program = torch.onnx.export(
-      wrapped,
-      (example,),
-      dynamo=True,
-      input_names=[INPUT_NAME],
-      output_names=[OUTPUT_NAME],
-      dynamic_shapes=dynamic,
-      optimize=True,
-      verbose=False,
+      f'no ONNX writer is registered (entry point group {EXPORTERS_GROUP!r}): reinstall the '
+      "package (pip install -e '.[torch]') so that torch_port's writer is found"
     )
-  proto = program.model_proto
-  del proto.metadata_props[:]
-  entry = proto.metadata_props.add()
-  entry.key, entry.value = CARD_KEY, json.dumps(card)
-  proto.doc_string = f'ZenNet {card["structure"]}: NHWC float32 normalised images -> logits'
-  onnx.checker.check_model(proto)
-  onnx.save_model(proto, tmp)
-
-
-def _NHWC(net):
-  import torch
-
-  class NHWC(torch.nn.Module):
-    """The reference network behind an NHWC -> NCHW transpose (the Flax model's layout)."""
-
-    def __init__(self, inner):
-      super().__init__()
-      self.inner = inner
-
-    def forward(self, x):
-      return self.inner(x.permute(0, 3, 1, 2))
-
-  return NHWC(net)
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-  """torch.onnx prints its progress to stdout; the CLI prints one summary line instead."""
-  import io
-
-  saved = sys.stdout
-  sys.stdout = io.StringIO()
   try:
-    yield
-  finally:
-    sys.stdout = saved
+    write = found[0].load()
+    write(variables, card, tmp, batch=batch, image_size=size)
+  except ImportError as e:
+    raise ExportError(str(e)) from None
 
 
 WRITERS = {'onnx': _write_onnx, 'tflite': _write_tflite, 'stablehlo': _write_stablehlo}
@@ -285,12 +234,29 @@ def _check_output(path: str, fmt: str, overwrite: bool) -> str:
   path = os.path.abspath(os.fspath(path))
   if not path.endswith(FORMATS[fmt]):
     raise ExportError(f'--output {path}: a {fmt} file must end with {FORMATS[fmt]}')
+  if os.path.isdir(path):
+    raise ExportError(f'--output {path} is a directory; give a file name')
   for p in (path, card_path(path)):
     if os.path.exists(p) and not overwrite:
       raise ExportError(f'{p} already exists; choose another --output or pass --overwrite')
-  if os.path.isdir(path):
-    raise ExportError(f'--output {path} is a directory; give a file name')
+  if overwrite and (os.path.exists(path) or os.path.exists(card_path(path))):
+    if _written_by_export(path) != fmt:
+      raise ExportError(
+        f'{path}: --overwrite replaces only an earlier {fmt} export (a file with its card '
+        f'{os.path.basename(card_path(path))} beside it); this is not one, so it is left alone: '
+        'remove it yourself or choose another --output'
+      )
   return path
+
+
+def _written_by_export(path: str) -> str | None:
+  """The format named by the card beside `path` when this module wrote it, else None."""
+  try:
+    with open(card_path(path), encoding='utf-8') as f:
+      card = json.load(f)
+    return card['export']['format']
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def export(
