@@ -6,7 +6,9 @@
       --manual_dir=~/fer_folders --data_dir=~/tfds
   python -m zenfer_jax.data.prepare --dataset=digits --data_dir=~/tfds
 
-Broken images and label lines are skipped and listed in prepare_report.txt beside the records.
+Broken or oversized images and unusable label lines are skipped and listed in prepare_report.txt
+beside the records. Records already in data_dir are reused only for the manual_dir contents they
+were prepared from; another source is refused, naming both.
 """
 
 from __future__ import annotations
