@@ -297,6 +297,21 @@ def _class_names(args) -> list[str] | None:
   return None
 
 
+def _recipe(args) -> str | None:
+  """--recipe, else the --dataset's own; a --recipe other than the dataset's is said aloud."""
+  if args.dataset is None:
+    return args.recipe
+  usual = dataset_names.default_recipe(args.dataset)
+  if args.recipe is not None and args.recipe != usual:
+    logging.warning(
+      '--recipe %s recorded, although %s is trained with the %s recipe',
+      args.recipe,
+      args.dataset,
+      usual,
+    )
+  return args.recipe or usual
+
+
 def _parser() -> cli.ArgumentParser:
   p = cli.ArgumentParser(
     prog='python -m torch_port.convert',
@@ -327,7 +342,15 @@ def _parser() -> cli.ArgumentParser:
   p.add_argument(
     '--dataset',
     choices=('rafdb', 'affectnet/7cls', 'affectnet/8cls'),
-    help="take the label names from this dataset's label order",
+    help="take the label names from this dataset's label order, and its preprocessing recipe "
+    '(unless --recipe says otherwise)',
+  )
+  p.add_argument(
+    '--recipe',
+    choices=dataset_names.RECIPE_NAMES,
+    help='the eval preprocessing the checkpoint was trained with, recorded in the card: rafdb '
+    '(whole image resized), affectnet (shorter side resized, centre crop); default: the '
+    "--dataset's recipe",
   )
   p.add_argument(
     '--image_size',
@@ -353,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.class_names and args.dataset:
       raise ValueError('give --class_names or --dataset, not both')
     names = _class_names(args)
+    recipe = _recipe(args)
     if names is not None and len(names) != args.num_classes:
       raise ValueError(f'{len(names)} class names given for --num_classes {args.num_classes}')
     out = os.path.abspath(args.output)
@@ -389,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       use_lw_att=args.use_lw_att,
       class_names=names,
       image_size=args.image_size,
-      recipe=None,
+      recipe=recipe,
       source=source,
     )
     model_directory.save_model_dir(out, variables, card, overwrite=args.overwrite)
@@ -405,6 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {out}: {report.summary()}')
+  if recipe is None:
+    print(
+      'note: the card records no preprocessing recipe (no --recipe or --dataset): predict and '
+      'export will ask for --recipe each time',
+      file=sys.stderr,
+    )
   return 0
 
 

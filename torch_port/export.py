@@ -15,6 +15,13 @@ as 0, which PyTorch only reads when BatchNorm momentum is None, never the case
 in the original). The output file is a bare state_dict, or the original's
 training wrapper with ``--wrapped``, or .safetensors by extension; it is written
 to a temporary file and renamed, so a failure leaves nothing behind.
+
+Either .pth form is for the original script's ``--load_parameters_from`` (its
+loader takes ``checkpoint['state_dict']`` when present, else the whole file).
+Neither is for its ``--resume``: resuming also restores the SGD optimizer's
+state (``checkpoint['optimizer']``, momentum buffers per parameter group), which
+a model directory does not hold, so the wrapper carries no ``optimizer`` entry
+and ``--resume`` would fail on it.
 """
 
 from __future__ import annotations
@@ -140,7 +147,9 @@ def _parser() -> cli.ArgumentParser:
   p.add_argument(
     '--wrapped',
     action='store_true',
-    help="save as the original's training checkpoint {'epoch', 'state_dict', ...} instead of a bare state_dict",
+    help="save as the original's training checkpoint {'epoch', 'state_dict', ...} instead of a "
+    "bare state_dict; either form is for the original's --load_parameters_from, not its --resume "
+    '(which also needs optimizer state that a model directory does not hold)',
   )
   p.add_argument(
     '--overwrite',

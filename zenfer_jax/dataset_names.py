@@ -7,7 +7,14 @@ them here instead of starting TensorFlow.
 
 from __future__ import annotations
 
-__all__ = ['ALL_DATASETS', 'DATASETS', 'class_names']
+__all__ = [
+  'ALL_DATASETS',
+  'DATASETS',
+  'DEFAULT_RECIPES',
+  'RECIPE_NAMES',
+  'class_names',
+  'default_recipe',
+]
 
 DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders')
 # Also accepted: AffectNet cropped to the annotated face boxes.
@@ -18,6 +25,26 @@ RAFDB_CLASSES = ('surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger',
 # AffectNet expression codes 0..7; the 7-class variant keeps codes 0..6.
 AFFECTNET_CLASSES = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
+
+
+# The preprocessing recipes of zenfer_jax.data.pipeline.RECIPES, and the one each dataset family
+# is trained and evaluated with. A model card records its recipe, because evaluation differs:
+# RAF-DB's aligned faces are resized whole, AffectNet's images resized on the shorter side and
+# centre-cropped.
+RECIPE_NAMES = ('rafdb', 'affectnet', 'digits', 'none')
+DEFAULT_RECIPES = {
+  'rafdb': 'rafdb',
+  'affectnet': 'affectnet',
+  'digits': 'digits',
+  'folders': 'rafdb',
+}
+
+
+def default_recipe(name: str) -> str:
+  """The recipe dataset `name` (e.g. 'affectnet/8cls') is trained with."""
+  if name not in ALL_DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {list(ALL_DATASETS)}.')
+  return DEFAULT_RECIPES[name.split('/')[0]]
 
 
 def class_names(name: str) -> tuple[str, ...] | None:

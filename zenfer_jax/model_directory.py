@@ -23,10 +23,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flax import traverse_util
+
+if TYPE_CHECKING:
+  from zenfer_jax.structure import Structure
 
 __all__ = [
   'CARD_NAME',
@@ -157,7 +160,7 @@ def strict_merge(
 
 
 def make_card(
-  structure: str,
+  structure: str | os.PathLike | Structure,
   num_classes: int,
   *,
   use_sa: bool = False,
@@ -167,6 +170,15 @@ def make_card(
   recipe: str | None = None,
   source: str = '',
 ) -> dict:
+  """A validated card; `structure` is anything `build_model` takes (string, preset name such
+  as 'zennet_m', file path, Structure), stored as the full structure string so the card alone
+  rebuilds the model."""
+  from zenfer_jax.structure import StructureError, resolve
+
+  try:
+    structure = resolve(structure)
+  except (StructureError, OSError) as e:
+    raise ModelDirError(f"model card: field 'structure' is not a valid structure: {e}") from None
   card = {
     'structure': str(structure),
     'num_classes': int(num_classes),
@@ -212,6 +224,12 @@ def validate_card(card: Mapping, where: str = 'model card') -> dict:
         )
     if out.get('image_size') is not None and out['image_size'] < 1:
       problems.append(f"field 'image_size' must be positive, got {out['image_size']}")
+    from zenfer_jax.dataset_names import RECIPE_NAMES
+
+    if out.get('recipe') is not None and out['recipe'] not in RECIPE_NAMES:
+      problems.append(
+        f"field 'recipe' must be one of {list(RECIPE_NAMES)} or null, got {out['recipe']!r}"
+      )
     try:
       from zenfer_jax.structure import parse
 

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from zenfer_jax import dataset_names
 from zenfer_jax.data import augment, registry
 
 
@@ -59,12 +60,7 @@ RECIPES = {
   'digits': Recipe('digits', augment=False, shift_fraction=0.125),
   'none': Recipe('none', augment=False),
 }
-DEFAULT_RECIPE = {
-  'rafdb': 'rafdb',
-  'affectnet': 'affectnet',
-  'digits': 'digits',
-  'folders': 'rafdb',
-}
+DEFAULT_RECIPE = dict(dataset_names.DEFAULT_RECIPES)  # TF-free, so torch_port.convert can read it
 
 
 def default_recipe(name: str) -> str:
