@@ -3,22 +3,24 @@
   python -m zenfer_jax.main --config=configs/rafdb_m.py --workdir=runs/rafdb_m \
       [--config.num_epochs=100 ...]
 
-Rerunning with the same --workdir resumes. Multi-host: launched under SLURM (or with the
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables) jax.distributed is
-initialised first; see launch/.
+Rerunning with the same --workdir resumes. A run holds WORKDIR/run.lock while it runs: a second
+run on the same workdir stops at once, naming the process that holds it. Multi-host: launched
+under SLURM (or with the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables)
+jax.distributed is initialised first; see launch/.
 
 The terminal shows the start-up summary, the progress bar, one line per epoch and the result;
 WORKDIR/log.txt (log.process<i>.txt on the other processes of a multi-host run) holds every
 library's log lines as well. --verbosity=0 shows those on the terminal too.
 """
 
+import atexit
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zenfer_jax import cli
+from zenfer_jax import cli, workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
@@ -41,9 +43,27 @@ def _launched_multiprocess() -> bool:
   return False
 
 
+def _lock(workdir: str) -> None:
+  """Holds the workdir until the process exits, or exits at once naming the run that holds it."""
+  try:
+    lock = workdir_lock.acquire(workdir, 'training run')
+  except workdir_lock.WorkdirLocked as e:
+    sys.exit(f'error: {e}')
+  atexit.register(lock.release)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir.strip():
+    sys.exit(
+      "error: --workdir is empty: name the directory for this run's checkpoints and logs, "
+      'e.g. --workdir=runs/demo.'
+    )
+  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  distributed = FLAGS.distributed or (FLAGS.distributed is None and _launched_multiprocess())
+  if not distributed:  # Before anything is imported or written; process 0 of several, below.
+    _lock(workdir)
   cli.setup_logging(
     FLAGS.verbosity if FLAGS['verbosity'].present else None,
     show_own_info=True,
@@ -56,9 +76,10 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   import jax
 
-  if FLAGS.distributed or (FLAGS.distributed is None and _launched_multiprocess()):
+  if distributed:
     jax.distributed.initialize()
-  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+    if jax.process_index() == 0:
+      _lock(workdir)
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
   cli.log_to_file(log_file)
@@ -70,11 +91,20 @@ def main(argv):
   )
   logging.info('Workdir %s (full log: %s)', workdir, log_file)
   from zenfer_jax import train
+  from zenfer_jax import workdir as workdir_lib
   from zenfer_jax.config_validation import ConfigError
+  from zenfer_jax.train_state import ResumeMismatchError
 
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
-  except (ConfigError, FileNotFoundError, train.NonFiniteLossError) as e:
+  except (
+    ConfigError,
+    FileNotFoundError,
+    train.NonFiniteLossError,
+    ResumeMismatchError,
+    workdir_lib.CheckpointDamagedError,
+    workdir_lock.WorkdirLocked,
+  ) as e:
     # What to fix is in the message; a traceback would only bury it.
     logging.error('%s', e, extra={'terminal': False})
     sys.exit(f'error: {e}')

@@ -8,6 +8,7 @@ uninterrupted one does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -32,10 +33,11 @@ from zenfer_jax import (
   parallel,
   precise_bn,
   steps,
+  workdir_lock,
 )
 from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
-from zenfer_jax.config_validation import class_list, validate_config
+from zenfer_jax.config_validation import ConfigError, class_list, validate_config
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -180,9 +182,24 @@ def _check_finite(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
+
+  The run holds the workdir's lock throughout (see `zenfer_jax.workdir_lock`): a second run on
+  the same workdir stops at once instead of mixing its checkpoints and metrics into this one's.
+  """
+  if not str(workdir).strip():
+    raise ConfigError("workdir is empty: name the directory for this run's checkpoints.")
   validate_config(config, jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  with (
+    workdir_lock.hold(workdir, 'training run')
+    if jax.process_index() == 0
+    else contextlib.nullcontext()
+  ):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   info = prepare_data(config)
@@ -217,6 +234,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = ts.create_train_state(config, model, variables, lr_fn)
   book = Bookkeeping()
   if restored is not None:
+    checkpoint = os.path.join(workdir, workdir_lib.LATEST, str(int(restored[0]['step'])))
+    ts.check_resumable(state, restored[0], card, workdir=workdir, checkpoint=checkpoint)
+    if ckpts.damaged:  # Out of the way, so the steps they held are saved again.
+      ckpts.set_aside_damaged(move=is_chief)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices('zenfer_jax: damaged checkpoints set aside')
+        ckpts.set_aside_damaged(move=False)
     state = ts.from_state_dict(state, restored[0])
     book = Bookkeeping(**restored[1]['book'])
     if is_chief:

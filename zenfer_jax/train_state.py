@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from flax.training import train_state
 
 from zenfer_jax import model_directory, models, optim
@@ -30,6 +31,14 @@ HEAD_PATTERNS = ('fc/*', 'lw_att/*')
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+
+class ResumeMismatchError(ValueError):
+  """A workdir's checkpoint holds another model or optimizer than the config builds."""
+
+
+# Card fields that say which weights a checkpoint holds; any difference makes a resume wrong.
+CARD_IDENTITY = ('structure', 'num_classes', 'use_sa', 'use_lw_att', 'class_names')
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ZenNet:
@@ -126,3 +135,47 @@ def from_state_dict(state: TrainState, restored: dict) -> TrainState:
     opt_state=tree['opt_state'],
     batch_stats=tree['batch_stats'],
   )
+
+
+def _shapes(tree: dict) -> dict[str, tuple]:
+  flat = traverse_util.flatten_dict(flax.serialization.to_state_dict(tree), sep='/')
+  return {k: tuple(np.shape(v)) for k, v in flat.items() if v is not None}
+
+
+def check_resumable(
+  state: TrainState, restored: dict, card: dict, *, workdir: str, checkpoint: str
+) -> None:
+  """Raises ResumeMismatchError naming every difference between a checkpoint and this run.
+
+  Called before anything is written: resuming another model's checkpoint would otherwise
+  rewrite config.json and model_card.json to describe weights the workdir does not hold.
+  `card` is this run's model card; the workdir's own card names what the checkpoint was.
+  """
+  problems = []
+  try:
+    old_card = model_directory.load_card(workdir)
+  except model_directory.ModelDirError:
+    old_card = None
+  if old_card is not None:
+    for field in CARD_IDENTITY:
+      old, new = old_card.get(field), card.get(field)
+      if old is not None and new is not None and old != new:
+        problems.append(f'{field}: checkpoint {old!r}, this config {new!r}')
+  want, have = _shapes(to_state_dict(state)), _shapes(restored)
+  arrays = [f'{k} missing from the checkpoint' for k in want if k not in have]
+  arrays += [f'{k} not in this model' for k in have if k not in want]
+  arrays += [
+    f'{k} {have[k]} in the checkpoint, {want[k]} here'
+    for k in want
+    if k in have and have[k] != want[k]
+  ]
+  if arrays:
+    shown = '; '.join(arrays[:4]) + (f'; and {len(arrays) - 4} more' if len(arrays) > 4 else '')
+    problems.append(f'{len(arrays)} arrays differ ({shown})')
+  if problems:
+    raise ResumeMismatchError(
+      f'{workdir} holds a checkpoint ({checkpoint}) of another model than this config builds: '
+      + '; '.join(problems)
+      + f". Nothing was written. Resume with the run's own config ({workdir}/config.json), "
+      'or give this run a new --workdir.'
+    )

@@ -2,13 +2,16 @@
 
     WORKDIR/config.json          the run's full config (read back by evaluate/predict)
     WORKDIR/model_card.json      the card of the model being trained (model_directory format)
-    WORKDIR/checkpoints/<step>/  orbax: the latest full train state + loop bookkeeping
+    WORKDIR/checkpoints/<step>/  orbax: the two latest full train states + loop bookkeeping
+    WORKDIR/checkpoints.damaged/ checkpoints found damaged on resuming, set aside
     WORKDIR/best/<step>/         orbax: variables of the best test top-1 so far
     WORKDIR/metrics.jsonl        one JSON object per evaluation
     WORKDIR/model_best/          model dir exported at the end (model_directory format)
 
 Saves are synchronous and atomic (orbax writes a temporary directory and renames it), so a
-process killed at any moment leaves the previous checkpoint intact.
+process killed at any moment leaves the previous checkpoint intact. A checkpoint damaged later
+(a truncated or deleted file, a full disk, a bad copy) is a different matter: that is why two are
+kept, and restoring falls back from a damaged one to the one before it, saying which.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 
 import ml_collections
 import orbax.checkpoint as ocp
@@ -29,6 +33,11 @@ LATEST = 'checkpoints'
 BEST = 'best'
 METRICS = 'metrics.jsonl'
 MODEL_BEST = 'model_best'
+DAMAGED = 'checkpoints.damaged'
+
+
+class CheckpointDamagedError(RuntimeError):
+  """Every checkpoint there was could not be restored; the message names each and why."""
 
 
 @contextlib.contextmanager
@@ -58,35 +67,92 @@ def _manager(path: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, options=options, item_names=('state', 'meta'))
 
 
+def _short(error: BaseException, limit: int = 300) -> str:
+  """One line of an orbax/tensorstore error (they run to many lines of internals)."""
+  text = ' '.join(str(error).split())
+  text = text if len(text) <= limit else text[: limit - 3] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
 class Checkpoints:
-  """The latest train state (for resuming) and the best variables (by test top-1)."""
+  """The latest train states (for resuming) and the best variables (by test top-1).
+
+  `keep` latest checkpoints stay on disk (at least two: with one, a damaged file would leave
+  nothing to resume from). After `restore`, `damaged` lists the newer checkpoints that had to be
+  skipped as (step, directory, error).
+  """
 
   @_quietly
-  def __init__(self, workdir: str, keep: int = 1):
-    self.latest = _manager(os.path.join(os.path.abspath(workdir), LATEST), keep)
-    self.best = _manager(os.path.join(os.path.abspath(workdir), BEST), 1)
+  def __init__(self, workdir: str, keep: int = 2):
+    self.workdir = os.path.abspath(workdir)
+    self.latest = _manager(os.path.join(self.workdir, LATEST), max(keep, 2))
+    self.best = _manager(os.path.join(self.workdir, BEST), 1)
+    self.damaged: list[tuple[int, str, str]] = []
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   @_quietly
   def restore(self, which: str = 'latest') -> tuple[dict, dict] | None:
-    """(tree, meta) of the newest checkpoint of `which`, or None when there is none.
+    """(tree, meta) of the newest intact checkpoint of `which`, or None when there is none.
 
     'latest': the full train state and the loop's bookkeeping; 'best': the variables and the
-    evaluation record that made them the best.
+    evaluation record that made them the best. A checkpoint that cannot be read is reported by
+    name and the one before it is tried; CheckpointDamagedError when none can be read.
     """
     managers = {'latest': self.latest, 'best': self.best}
     if which not in managers:
       raise ValueError(f"which={which!r}: expected 'latest' or 'best'.")
     manager = managers[which]
-    step = manager.latest_step()
-    if step is None:
-      return None
-    out = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
-    return out.state, out.meta
+    self.damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        out = manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+      except Exception as e:  # orbax and tensorstore raise many types for a damaged file.
+        where = os.path.join(os.fspath(manager.directory), str(step))
+        self.damaged.append((step, where, _short(e)))
+        logging.warning('Checkpoint %s is damaged and cannot be restored (%s).', where, _short(e))
+        continue
+      if self.damaged:
+        logging.warning(
+          'Using the intact checkpoint of step %d instead: training repeats the steps since.',
+          step,
+        )
+      return out.state, out.meta
+    if self.damaged:
+      raise CheckpointDamagedError(
+        f'No {which} checkpoint in {self.workdir} can be restored: '
+        + '; '.join(f'{where}: {error}' for _, where, error in self.damaged)
+        + '. '
+        + (
+          'Move them away to train this run again from the beginning.'
+          if which == 'latest'
+          else 'Move them away: the next evaluation saves a new best.'
+        )
+      )
+    return None
+
+  def set_aside_damaged(self, move: bool = True) -> None:
+    """Moves the latest checkpoints `restore` skipped to WORKDIR/checkpoints.damaged/.
+
+    Kept for inspection, not deleted; out of the way so the steps they held are saved afresh.
+    `move=False` (processes other than the chief in a multi-host run) only rereads the list.
+    """
+    for step, where, _ in self.damaged if move else ():
+      if not os.path.isdir(where):
+        continue
+      target = os.path.join(self.workdir, DAMAGED, str(step))
+      n = 1
+      while os.path.lexists(target):
+        target = os.path.join(self.workdir, DAMAGED, f'{step}-{n}')
+        n += 1
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(where, target)
+      logging.warning('Moved the damaged checkpoint %s to %s.', where, target)
+    self.latest.reload()
 
   @_quietly
   def save_latest(self, step: int, state: dict, meta: dict) -> None:
