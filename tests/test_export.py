@@ -85,11 +85,14 @@ def _inputs(n: int, seed: int = 1) -> np.ndarray:
   return np.random.default_rng(seed).standard_normal((n, RES, RES, 3), np.float32)
 
 
-def _check_export(model_dirs, tmp_path, name, fmt, batch=None):
+def _check_export(model_dirs, tmp_path, name, fmt, batch=None, capsys=None):
+  """Export through the command line (in-process), then check the file in its own runtime."""
   out = tmp_path / f'model{export_lib.FORMATS[fmt]}'
-  report = export_lib.export(model_dirs[name], fmt, str(out), batch=batch)
+  argv = ['--checkpoint', model_dirs[name], '--format', fmt, '--output', str(out)]
+  assert export_lib.main(argv + (['--batch', str(batch)] if batch else [])) == 0
+  line = capsys.readouterr().out
+  assert float(line.split('logits ')[1].split(' relative')[0]) <= TOL, line
   assert out.is_file() and pathlib.Path(str(out) + '.json').is_file()
-  assert report['relative_error'] <= TOL
   # Only the file and its card: no temporary leftovers beside them.
   assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + '.json']
 
@@ -106,8 +109,8 @@ def _check_export(model_dirs, tmp_path, name, fmt, batch=None):
   return out, loaded
 
 
-def test_stablehlo_matches_flax_with_dynamic_batch(model_dirs, tmp_path):
-  out, loaded = _check_export(model_dirs, tmp_path, 'tiny', 'stablehlo')
+def test_stablehlo_matches_flax_with_dynamic_batch(model_dirs, tmp_path, capsys):
+  out, loaded = _check_export(model_dirs, tmp_path, 'tiny', 'stablehlo', capsys=capsys)
   assert loaded.batch is None  # checked at batch 2 by the export, at 3 here
   exported = jax.export.deserialize(bytearray(out.read_bytes()))
   assert not isinstance(exported.in_avals[0].shape[0], int)
@@ -116,14 +119,14 @@ def test_stablehlo_matches_flax_with_dynamic_batch(model_dirs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
-def test_stablehlo_matches_flax(model_dirs, tmp_path, name):
-  _check_export(model_dirs, tmp_path, name, 'stablehlo', batch=2)
+def test_stablehlo_matches_flax(model_dirs, tmp_path, name, capsys):
+  _check_export(model_dirs, tmp_path, name, 'stablehlo', batch=2, capsys=capsys)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
-def test_tflite_matches_flax_and_carries_its_card(model_dirs, tmp_path, name):
-  out, loaded = _check_export(model_dirs, tmp_path, name, 'tflite')
+def test_tflite_matches_flax_and_carries_its_card(model_dirs, tmp_path, name, capsys):
+  out, loaded = _check_export(model_dirs, tmp_path, name, 'tflite', capsys=capsys)
   assert loaded.batch == 1  # LiteRT: fixed batch, 1 unless --batch
   os.remove(str(out) + '.json')  # the card inside the file is enough
   assert runtimes.load(str(out)).card['structure'] == loaded.card['structure']
@@ -131,10 +134,10 @@ def test_tflite_matches_flax_and_carries_its_card(model_dirs, tmp_path, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
-def test_onnx_matches_flax_and_carries_its_card(model_dirs, tmp_path, name):
+def test_onnx_matches_flax_and_carries_its_card(model_dirs, tmp_path, name, capsys):
   import onnx
 
-  out, loaded = _check_export(model_dirs, tmp_path, name, 'onnx')
+  out, loaded = _check_export(model_dirs, tmp_path, name, 'onnx', capsys=capsys)
   assert loaded.batch is None and loaded.runtime == 'onnxruntime'
   proto = onnx.load(str(out))
   meta = {p.key: p.value for p in proto.metadata_props}
@@ -260,26 +263,19 @@ def test_runtime_refuses_a_file_without_a_card_and_a_stale_card(model_dirs, tmp_
 
 
 @pytest.mark.slow
-def test_cli_exports_converted_zennet_m_sa_in_all_three_formats(model_dirs, tmp_path):
-  """The 'done when' line, from the command line in a fresh process."""
-  for fmt, ext in export_lib.FORMATS.items():
-    out = tmp_path / f'zennet_m_sa{ext}'
-    proc = subprocess.run(
-      [sys.executable, '-m', 'zenfer_jax.export', '--checkpoint', model_dirs['ZenNet-M-SA']]
-      + ['--format', fmt, '--output', str(out)],
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'relative from the Flax model' in proc.stdout
-    err = float(proc.stdout.split('logits ')[1].split(' relative')[0])
-    assert err <= TOL
+def test_cli_in_a_fresh_process(model_dirs, tmp_path):
+  """`python -m zenfer_jax.export` as a user runs it (the parity tests above call its main())."""
+  out = tmp_path / 'tiny.stablehlo'
+  cmd = [sys.executable, '-m', 'zenfer_jax.export', '--format', 'stablehlo', '--output', str(out)]
   proc = subprocess.run(
-    [sys.executable, '-m', 'zenfer_jax.export', '--checkpoint', str(tmp_path / 'missing')]
-    + ['--format', 'onnx', '--output', str(tmp_path / 'x.onnx')],
+    cmd + ['--checkpoint', model_dirs['tiny']], capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert float(proc.stdout.split('logits ')[1].split(' relative')[0]) <= TOL
+  proc = subprocess.run(
+    cmd + ['--checkpoint', str(tmp_path / 'missing'), '--overwrite'],
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=600,
   )
   assert proc.returncode == 1 and 'is not a directory' in proc.stderr
