@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.recipe = ''  # '' = the dataset's own augmentation recipe.
   config.data.shuffle_buffer = 16_384
   config.data.train_split = 'train'
+  # Several processes: 'examples' (each reads and decodes only its share: reading scales out) or
+  # 'batches' (each reads every record, decodes its slice of each global batch: the same batches
+  # for any number of processes). zenfer_jax/data/pipeline.py says more.
+  config.data.process_split = 'examples'
   config.data.eval_split = 'test'
 
   # Global batch over all devices (the reference: 64 on its single GPU); the rate scales with it.

@@ -174,6 +174,18 @@ def _import_tensorflow_quietly() -> None:
           logging.info('tensorflow: %s', line, extra={'terminal': False})
 
 
+def terminal_warnings_only() -> None:
+  """From now on the terminal shows warnings and errors only, not this package's INFO lines.
+
+  For the processes other than 0 of a multi-process run: process 0 shows the progress lines for
+  the whole job, and N copies of them would bury everything else; each process's log file still
+  gets every line.
+  """
+  for handler in _installed:
+    if isinstance(handler, _TerminalHandler):
+      handler.show_own_info = False
+
+
 def log_to_file(path: str) -> None:
   """From now on every log line (and those since `setup_logging`) also goes to `path`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from zenfer_jax import models, structure
-from zenfer_jax.data.pipeline import RECIPES
+from zenfer_jax.data.pipeline import PROCESS_SPLITS, RECIPES
 from zenfer_jax.dataset_names import ALL_DATASETS
 from zenfer_jax.train_state import DTYPES
 
@@ -101,6 +101,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
       d.classes,
       f"'' ({d.name} has fixed classes; data.classes is for folders)",
     )
+  split = d.get('process_split', 'examples')
+  _check(split in PROCESS_SPLITS, 'data.process_split', split, f'one of {PROCESS_SPLITS}')
   if d.manual_dir:
     _check(
       os.path.isdir(os.path.expanduser(d.manual_dir)),

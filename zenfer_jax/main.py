@@ -4,9 +4,11 @@
       [--config.num_epochs=100 ...]
 
 Rerunning with the same --workdir resumes. A run holds WORKDIR/run.lock while it runs: a second
-run on the same workdir stops at once, naming the process that holds it. Multi-host: launched
-under SLURM (or with the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables)
-jax.distributed is initialised first; see launch/.
+run on the same workdir stops at once, naming the process that holds it. Multi-process: launched
+under SLURM, Open MPI or with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+(launch/train_local.sh), the process joins the job first (zenfer_jax.distributed); if another
+process of the job dies, this one stops within --peer_timeout_s with exit code 75 and a message
+saying so, and rerunning the same command resumes.
 
 The terminal shows the start-up summary, the progress bar, one line per epoch and the result;
 WORKDIR/log.txt (log.process<i>.txt on the other processes of a multi-host run) holds every
@@ -20,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zenfer_jax import cli, workdir_lock
+from zenfer_jax import cli, distributed, workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
@@ -30,17 +32,14 @@ flags.DEFINE_bool(
   'Call jax.distributed.initialize() (default: when the '
   'environment says this is one of several processes).',
 )
+flags.DEFINE_float(
+  'peer_timeout_s',
+  60.0,
+  'Multi-process runs: stop (exit code 75, rerun to resume) when another process of the job '
+  'has not responded for this many seconds.',
+)
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _launched_multiprocess() -> bool:
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    return True
-  for var in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
-    if int(os.environ.get(var, '1') or 1) > 1:
-      return True
-  return False
 
 
 def _lock(workdir: str) -> None:
@@ -61,8 +60,10 @@ def main(argv):
       'e.g. --workdir=runs/demo.'
     )
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-  distributed = FLAGS.distributed or (FLAGS.distributed is None and _launched_multiprocess())
-  if not distributed:  # Before anything is imported or written; process 0 of several, below.
+  multiprocess = FLAGS.distributed or (
+    FLAGS.distributed is None and distributed.launched_multiprocess()
+  )
+  if not multiprocess:  # Before anything is imported or written; process 0 of several, below.
     _lock(workdir)
   cli.setup_logging(
     FLAGS.verbosity if FLAGS['verbosity'].present else None,
@@ -76,10 +77,15 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   import jax
 
-  if distributed:
-    jax.distributed.initialize()
+  if multiprocess:
+    try:
+      distributed.initialize(FLAGS.peer_timeout_s)
+    except ValueError as e:
+      sys.exit(f'error: {e}')
     if jax.process_index() == 0:
       _lock(workdir)
+    else:
+      cli.terminal_warnings_only()
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
   cli.log_to_file(log_file)
@@ -95,8 +101,11 @@ def main(argv):
   from zenfer_jax.config_validation import ConfigError
   from zenfer_jax.train_state import ResumeMismatchError
 
+  watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
+  ok = False
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
+    ok = True
   except (
     ConfigError,
     FileNotFoundError,
@@ -108,6 +117,8 @@ def main(argv):
     # What to fix is in the message; a traceback would only bury it.
     logging.error('%s', e, extra={'terminal': False})
     sys.exit(f'error: {e}')
+  finally:
+    watchdog.finish(ok)
   logging.info(
     'In %s: model_best/ (the best model, for evaluate, predict and torch_port.export), '
     'metrics.jsonl, summary.json, TensorBoard events, %s.',

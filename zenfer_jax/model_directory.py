@@ -320,6 +320,25 @@ def check_replaceable(directory: str | os.PathLike, *, overwrite: bool) -> None:
     )
 
 
+def _this_process_checkpointer():
+  """An orbax checkpointer that coordinates with no other process.
+
+  A model directory is written by one process of a multi-process job (process 0 exports) and may
+  be read by any subset of them; orbax's default barriers would wait for all processes.
+  """
+  import jax
+  import orbax.checkpoint as ocp
+
+  if jax.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'model_dir_{me}'
+    )
+  )
+
+
 def save_model_dir(
   directory: str | os.PathLike, variables: Mapping, card: Mapping, *, overwrite: bool = False
 ) -> str:
@@ -330,8 +349,6 @@ def save_model_dir(
   An existing non-empty `directory` is refused unless `overwrite`, and even then unless it is
   a model directory (see `check_replaceable`).
   """
-  import orbax.checkpoint as ocp
-
   directory = os.path.abspath(os.fspath(directory))
   card = validate_card(card)
   tree = _to_numpy_tree(variables)
@@ -340,7 +357,7 @@ def save_model_dir(
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    with _this_process_checkpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_NAME), tree)
     with open(os.path.join(tmp, CARD_NAME), 'w', encoding='utf-8') as f:
       json.dump(card, f, indent=2)
@@ -361,15 +378,13 @@ def save_model_dir(
 
 def load_model_dir(directory: str | os.PathLike) -> tuple[dict, dict]:
   """(variables, card) of a model directory; variables are numpy trees {'params', 'batch_stats'}."""
-  import orbax.checkpoint as ocp
-
   directory = os.path.abspath(os.fspath(directory))
   card = load_card(directory)
   vpath = os.path.join(directory, VARIABLES_NAME)
   if not os.path.isdir(vpath):
     raise ModelDirError(f'{directory}: no {VARIABLES_NAME}/ checkpoint beside the model card')
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    with _this_process_checkpointer() as ckptr:
       restored = ckptr.restore(vpath)
   except Exception as e:  # orbax raises many types for a damaged checkpoint
     raise ModelDirError(f'{vpath}: cannot restore the checkpoint: {type(e).__name__}: {e}') from e

@@ -131,6 +131,7 @@ def for_training(
       seed=config.seed,
       split=config.data.train_split,
       shuffle_buffer=config.data.shuffle_buffer,
+      process_split=config.data.get('process_split', 'examples'),
       **pipeline_kwargs,
     )
     stats, used = recompute_batch_stats(

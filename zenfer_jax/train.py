@@ -278,6 +278,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     start_step=start_step,
     split=d.train_split,
     shuffle_buffer=d.shuffle_buffer,
+    process_split=d.process_split,
     **common,
   )
   eval_batches = data.pipeline.eval_dataset(

@@ -17,8 +17,15 @@ class can be read on its own (`train[a:b]`) without scanning the rest:
     dataset never sees a run of one class.
 Determinism: shuffles and sampling are seeded from (seed, process_index), and every augmentation
 is stateless, seeded by (seed, example number), so a given seed gives the same batches whatever
-the parallelism, and `start_step` skips the records (not the decoding) of the batches already
-seen.
+the number of local devices, and `start_step` skips the records (not the decoding) of the batches
+already seen.
+
+Several processes (`process_split`): by default ('examples') each process reads, shuffles and
+decodes only its own contiguous share of every class, so reading scales out; the batches then
+depend on the number of processes. With 'batches' every process walks the single-process record
+stream (records only, which is cheap next to decoding) and decodes just its slice of each global
+batch: the same global batches, augmentation included, for any number of processes and devices,
+at the price of each process reading every record.
 """
 
 from __future__ import annotations
@@ -254,6 +261,31 @@ def _sampled_examples(
   return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights), seed=seeds[1])
 
 
+PROCESS_SPLITS = ('examples', 'batches')
+
+
+def _process_stream(
+  process_split: str, process_index: int, process_count: int
+) -> tuple[int, int, bool]:
+  """(stream index, stream count, keep a slice of each global batch) for `process_split`."""
+  if process_split not in PROCESS_SPLITS:
+    raise ValueError(f'process_split={process_split!r}: expected one of {PROCESS_SPLITS}.')
+  if process_split == 'batches' and process_count > 1:
+    return 0, 1, True
+  return process_index, process_count, False
+
+
+def _own_slice(ds: tf.data.Dataset, process_index: int, local_batch: int, global_batch: int):
+  """(index, example) pairs of this process's `local_batch` slice of every global batch."""
+  lo = process_index * local_batch
+
+  def mine(index, _):
+    offset = index % global_batch
+    return tf.logical_and(offset >= lo, offset < lo + local_batch)
+
+  return ds.filter(mine)
+
+
 def _options() -> tf.data.Options:
   opts = tf.data.Options()
   opts.deterministic = True
@@ -285,23 +317,27 @@ def train_tf_dataset(
   start_step: int = 0,
   split: str = 'train',
   prefetch: int = 2,
+  process_split: str = 'examples',
 ) -> tf.data.Dataset:
   """The infinite training stream as a tf.data.Dataset of {'image', 'label'} batches.
 
   'image': float32 [num_local_devices, per_device_batch, image_size, image_size, 3];
-  'label': int32 [num_local_devices, per_device_batch].
+  'label': int32 [num_local_devices, per_device_batch]. `process_split`: see the module
+  docstring ('batches' assumes every process has `num_local_devices` devices).
   """
   hide_gpus_from_tf()
   r = _recipe(recipe, name)
   builder, info = registry.load(name, data_dir, classes)
   local_batch = num_local_devices * per_device_batch
-  ds = _sampled_examples(
-    builder, info, split, r, seed, process_index, process_count, shuffle_buffer
-  )
+  stream, streams, by_batch = _process_stream(process_split, process_index, process_count)
+  ds = _sampled_examples(builder, info, split, r, seed, stream, streams, shuffle_buffer)
   ds = ds.enumerate()
+  stream_batch = local_batch * process_count if by_batch else local_batch
   if start_step:
-    ds = ds.skip(int(start_step) * local_batch)
-  aug_seed = _seeds(seed, process_index, 1)[0] & 0x7FFFFFFF
+    ds = ds.skip(int(start_step) * stream_batch)
+  if by_batch:
+    ds = _own_slice(ds, process_index, local_batch, stream_batch)
+  aug_seed = _seeds(seed, stream, 1)[0] & 0x7FFFFFFF
 
   def _map(index, ex):
     example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
@@ -341,6 +377,7 @@ def statistics_dataset(
   classes: Sequence[str] | None = None,
   shuffle_buffer: int = 16_384,
   split: str = 'train',
+  process_split: str = 'examples',
 ):
   """`num_batches` training batches for recomputing BatchNorm statistics, as NumPy {'image'}.
 
@@ -352,9 +389,12 @@ def statistics_dataset(
   hide_gpus_from_tf()
   r = _recipe(recipe, name)
   builder, info = registry.load(name, data_dir, classes)
-  ds = _sampled_examples(
-    builder, info, split, r, seed, process_index, process_count, shuffle_buffer
-  )
+  stream, streams, by_batch = _process_stream(process_split, process_index, process_count)
+  ds = _sampled_examples(builder, info, split, r, seed, stream, streams, shuffle_buffer)
+  if by_batch:
+    local_batch = num_local_devices * per_device_batch
+    ds = _own_slice(ds.enumerate(), process_index, local_batch, local_batch * process_count)
+    ds = ds.map(lambda _, ex: ex)
   ds = ds.map(
     lambda ex: {'image': _eval_chain(decode(ex['image']), image_size, r)},
     num_parallel_calls=tf.data.AUTOTUNE,
