@@ -17,18 +17,40 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# PCA of ImageNet RGB pixels (AlexNet lighting noise), columns are eigenvectors.
-IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = (
-  (-0.5675, 0.7192, 0.4009),
-  (-0.5808, -0.0045, -0.8140),
-  (-0.5836, -0.6948, 0.4203),
+from zenfer_jax.data import augment_spec as spec
+from zenfer_jax.data.augment_spec import (
+  IMAGENET_EIGVAL,
+  IMAGENET_EIGVEC,
+  IMAGENET_MEAN,
+  IMAGENET_POLICY,
+  IMAGENET_STD,
 )
+
+
+class _TfOps:
+  """The array operations `augment_spec`'s shared draw-to-parameter functions use."""
+
+  where = staticmethod(tf.where)
+  exp = staticmethod(tf.exp)
+  sqrt = staticmethod(tf.sqrt)
+  round = staticmethod(tf.round)
+  floor = staticmethod(tf.floor)
+  minimum = staticmethod(tf.minimum)
+  argmax = staticmethod(tf.argmax)
+  any = staticmethod(tf.reduce_any)
+
+  @staticmethod
+  def int32(x):
+    return tf.cast(x, tf.int32)
+
+  @staticmethod
+  def float32(x):
+    return tf.cast(x, tf.float32)
+
+
+TF_OPS = _TfOps()
 
 
 def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -94,40 +116,34 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return image[top : top + size, left : left + size]
 
 
+def crop_window_draws(
+  seed: tf.Tensor, scale: tuple[float, float], ratio: tuple[float, float], attempts: int
+) -> tuple[tf.Tensor, ...]:
+  """The raw draws of `spec.crop_window`: area fractions, log aspects, top and left uniforms."""
+  s_area, s_ratio, s_top, s_left = _split(seed, 4)
+  return (
+    _uniform(s_area, [attempts], scale[0], scale[1]),
+    _uniform(s_ratio, [attempts], *spec.log_range(ratio)),
+    _uniform(s_top),
+    _uniform(s_left),
+  )
+
+
 def random_resized_crop_window(
   height: tf.Tensor,
   width: tf.Tensor,
   seed: tf.Tensor,
   scale: tuple[float, float] = (0.08, 1.0),
   ratio: tuple[float, float] = (3 / 4, 4 / 3),
-  attempts: int = 10,
+  attempts: int = spec.ATTEMPTS,
 ) -> tuple[tf.Tensor, ...]:
   """The (top, left, height, width) window torchvision's RandomResizedCrop would cut.
 
   Tries `attempts` random area/aspect windows at once and keeps the first that fits; if none
   does, falls back to the centre crop with the aspect ratio clamped into `ratio`.
   """
-  s_area, s_ratio, s_top, s_left = _split(seed, 4)
-  h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
-  hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-  target = hf * wf * _uniform(s_area, [attempts], scale[0], scale[1])
-  aspect = tf.exp(_uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1])))
-  cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-  first = tf.argmax(tf.cast(ok, tf.int32))
-  any_ok = tf.reduce_any(ok)
-
-  in_ratio = wf / hf
-  fb_w = tf.where(in_ratio > ratio[1], tf.cast(tf.round(hf * ratio[1]), tf.int32), w)
-  fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(wf / ratio[0]), tf.int32), h)
-  crop_w = tf.where(any_ok, cw[first], fb_w)
-  crop_h = tf.where(any_ok, ch[first], fb_h)
-  top_rand = tf.cast(tf.floor(_uniform(s_top) * tf.cast(h - crop_h + 1, tf.float32)), tf.int32)
-  left_rand = tf.cast(tf.floor(_uniform(s_left) * tf.cast(w - crop_w + 1, tf.float32)), tf.int32)
-  top = tf.where(any_ok, tf.minimum(top_rand, h - crop_h), (h - crop_h) // 2)
-  left = tf.where(any_ok, tf.minimum(left_rand, w - crop_w), (w - crop_w) // 2)
-  return top, left, crop_h, crop_w
+  draws = crop_window_draws(seed, scale, ratio, attempts)
+  return spec.crop_window(TF_OPS, height, width, *draws, ratio)
 
 
 def random_resized_crop(
@@ -269,84 +285,44 @@ def shear_x(image: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:
   return _transform(image, tf.stack([1.0, a, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
 
 
-# (name, op(image, magnitude), magnitudes for bins 0..9, signed)
-_BINS = np.arange(10)
-_AUTOAUGMENT_OPS = (
-  ('posterize', posterize, 8 - np.round(_BINS / (9 / 4)), False),
-  ('rotate', rotate, np.linspace(0.0, 30.0, 10), True),
-  ('solarize', solarize, np.linspace(255.0, 0.0, 10), False),
-  ('autocontrast', lambda im, m: autocontrast(im), np.zeros(10), False),
-  ('equalize', lambda im, m: equalize(im), np.zeros(10), False),
-  ('color', lambda im, m: color(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-  ('contrast', lambda im, m: contrast(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-  ('invert', lambda im, m: invert(im), np.zeros(10), False),
-  ('sharpness', lambda im, m: sharpness(im, 1.0 + m), np.linspace(0.0, 0.9, 10), True),
-  ('shear_x', shear_x, np.linspace(0.0, 0.3, 10), True),
-)
-_OP_INDEX = {name: i for i, (name, *_rest) in enumerate(_AUTOAUGMENT_OPS)}
-
-# The ImageNet policy of AutoAugment (Cubuk et al. 2019): 25 sub-policies of two
-# (op, probability, magnitude bin) steps; one sub-policy is drawn per image.
-IMAGENET_POLICY = (
-  (('posterize', 0.4, 8), ('rotate', 0.6, 9)),
-  (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
-  (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
-  (('posterize', 0.6, 7), ('posterize', 0.6, 6)),
-  (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
-  (('equalize', 0.4, 0), ('rotate', 0.8, 8)),
-  (('solarize', 0.6, 3), ('equalize', 0.6, 0)),
-  (('posterize', 0.8, 5), ('equalize', 1.0, 0)),
-  (('rotate', 0.2, 3), ('solarize', 0.6, 8)),
-  (('equalize', 0.6, 0), ('posterize', 0.4, 6)),
-  (('rotate', 0.8, 8), ('color', 0.4, 0)),
-  (('rotate', 0.4, 9), ('equalize', 0.6, 0)),
-  (('equalize', 0.0, 0), ('equalize', 0.8, 0)),
-  (('invert', 0.6, 0), ('equalize', 1.0, 0)),
-  (('color', 0.6, 4), ('contrast', 1.0, 8)),
-  (('rotate', 0.8, 8), ('color', 1.0, 2)),
-  (('color', 0.8, 8), ('solarize', 0.8, 7)),
-  (('sharpness', 0.4, 7), ('invert', 0.6, 0)),
-  (('shear_x', 0.6, 5), ('equalize', 1.0, 0)),
-  (('color', 0.4, 0), ('equalize', 0.6, 0)),
-  (('equalize', 0.4, 0), ('solarize', 0.2, 4)),
-  (('solarize', 0.6, 5), ('autocontrast', 0.6, 0)),
-  (('invert', 0.6, 0), ('equalize', 1.0, 0)),
-  (('color', 0.6, 4), ('contrast', 1.0, 8)),
-  (('equalize', 0.8, 0), ('equalize', 0.6, 0)),
-)
-
-
-def _policy_tables(policy):
-  ops = np.array([[_OP_INDEX[name] for name, _, _ in sub] for sub in policy], np.int32)
-  probs = np.array([[p for _, p, _ in sub] for sub in policy], np.float32)
-  mags = np.array(
-    [[_AUTOAUGMENT_OPS[_OP_INDEX[name]][2][b] for name, _, b in sub] for sub in policy], np.float32
-  )
-  signed = np.array(
-    [[_AUTOAUGMENT_OPS[_OP_INDEX[name]][3] for name, _, _ in sub] for sub in policy]
-  )
-  return ops, probs, mags, signed
+# The ops in `spec.AUTOAUGMENT_OPS` order, each as op(image, signed magnitude).
+_OP_FUNCTIONS = {
+  'posterize': posterize,
+  'rotate': rotate,
+  'solarize': solarize,
+  'autocontrast': lambda im, m: autocontrast(im),
+  'equalize': lambda im, m: equalize(im),
+  'color': lambda im, m: color(im, 1.0 + m),
+  'contrast': lambda im, m: contrast(im, 1.0 + m),
+  'invert': lambda im, m: invert(im),
+  'sharpness': lambda im, m: sharpness(im, 1.0 + m),
+  'shear_x': shear_x,
+}
+_AUTOAUGMENT_OPS = tuple(_OP_FUNCTIONS[name] for name, _, _ in spec.AUTOAUGMENT_OPS)
 
 
 def apply_autoaugment_op(image: tf.Tensor, op_index: tf.Tensor, magnitude: tf.Tensor) -> tf.Tensor:
-  """Applies op number `op_index` of `_AUTOAUGMENT_OPS` with the given (signed) magnitude."""
-  branches = [lambda op=op: op(image, magnitude) for _, op, _, _ in _AUTOAUGMENT_OPS]
+  """Applies op number `op_index` of `spec.AUTOAUGMENT_OPS` with the given (signed) magnitude."""
+  branches = [lambda op=op: op(image, magnitude) for op in _AUTOAUGMENT_OPS]
   out = tf.switch_case(tf.cast(op_index, tf.int32), branches)
   return tf.ensure_shape(out, image.shape)
 
 
-def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf.Tensor:
-  """Draws one sub-policy uniformly and applies each of its steps with the step's probability."""
-  ops, probs, mags, signed = (tf.constant(t) for t in _policy_tables(policy))
+def autoaugment_choice(seed: tf.Tensor, policy=IMAGENET_POLICY) -> tuple[tf.Tensor, ...]:
+  """The sub-policy draw for one image: (op indices [2], signed magnitudes [2], applied [2])."""
+  tables = tuple(tf.constant(t) for t in spec.policy_tables(policy))
   s_pick, s_apply, s_sign = _split(seed, 3)
   k = tf.random.stateless_uniform([], s_pick, 0, len(policy), dtype=tf.int32)
-  apply = _uniform(s_apply, [2]) < probs[k]
-  negate = (_uniform(s_sign, [2]) < 0.5) & signed[k]
-  magnitude = tf.where(negate, -mags[k], mags[k])
+  return spec.autoaugment_choice(TF_OPS, tables, k, _uniform(s_apply, [2]), _uniform(s_sign, [2]))
+
+
+def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf.Tensor:
+  """Draws one sub-policy uniformly and applies each of its steps with the step's probability."""
+  ops, magnitude, apply = autoaugment_choice(seed, policy)
   for step in range(2):
     image = tf.cond(
       apply[step],
-      lambda step=step, image=image: apply_autoaugment_op(image, ops[k, step], magnitude[step]),
+      lambda step=step, image=image: apply_autoaugment_op(image, ops[step], magnitude[step]),
       lambda image=image: image,
     )
   return image
@@ -387,6 +363,20 @@ def normalize(
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def erasing_draws(
+  seed: tf.Tensor, scale: tuple[float, float], ratio: tuple[float, float], attempts: int
+) -> tuple[tf.Tensor, ...]:
+  """The raw draws of `spec.erasing_box`: apply, area fractions, log aspects, top, left."""
+  s_apply, s_area, s_ratio, s_top, s_left = _split(seed, 5)
+  return (
+    _uniform(s_apply),
+    _uniform(s_area, [attempts], scale[0], scale[1]),
+    _uniform(s_ratio, [attempts], *spec.log_range(ratio)),
+    _uniform(s_top),
+    _uniform(s_left),
+  )
+
+
 def erasing_box(
   height: tf.Tensor,
   width: tf.Tensor,
@@ -394,7 +384,7 @@ def erasing_box(
   p: float = 0.5,
   scale: tuple[float, float] = (0.02, 0.33),
   ratio: tuple[float, float] = (0.3, 3.3),
-  attempts: int = 10,
+  attempts: int = spec.ATTEMPTS,
 ) -> tf.Tensor:
   """torchvision RandomErasing's rectangle as int32 [top, left, height, width]; all 0: none.
 
@@ -402,20 +392,8 @@ def erasing_box(
   log-uniform in `ratio`; the first of `attempts` draws that fits strictly inside is used, and if
   none fits nothing is erased.
   """
-  s_apply, s_area, s_ratio, s_top, s_left = _split(seed, 5)
-  h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
-  area = tf.cast(h * w, tf.float32)
-  target = area * _uniform(s_area, [attempts], scale[0], scale[1])
-  aspect = tf.exp(_uniform(s_ratio, [attempts], math.log(ratio[0]), math.log(ratio[1])))
-  eh = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  ew = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
-  first = tf.argmax(tf.cast(ok, tf.int32))
-  do = (_uniform(s_apply) < p) & tf.reduce_any(ok)
-  eh, ew = eh[first], ew[first]
-  top = tf.cast(tf.floor(_uniform(s_top) * tf.cast(h - eh + 1, tf.float32)), tf.int32)
-  left = tf.cast(tf.floor(_uniform(s_left) * tf.cast(w - ew + 1, tf.float32)), tf.int32)
-  return tf.where(do, tf.stack([top, left, eh, ew]), tf.zeros([4], tf.int32))
+  draws = erasing_draws(seed, scale, ratio, attempts)
+  return tf.stack(spec.erasing_box(TF_OPS, height, width, *draws, p))
 
 
 def erase(images: tf.Tensor, boxes: tf.Tensor, value: float = 0.0) -> tf.Tensor:

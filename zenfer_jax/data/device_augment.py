@@ -1,0 +1,521 @@
+"""The train recipe on the accelerator: jitted batch ops equal to the tf.data ops in `augment`.
+
+The tf.data recipe runs at about 130 images/s per CPU core, far below what one GPU trains at, so
+with `config.data.augment_on='device'` the same chain runs here, over whole batches, as part of
+the device's work: resize to the shorter side, RandomResizedCrop, horizontal flip, the
+AutoAugment ImageNet policy, PCA lighting, ImageNet normalisation and random erasing (or, for the
+recipes without augmentation, the resize and the random shift).
+
+Equal on equal parameters. Every op reproduces its TensorFlow counterpart: resizes build the
+exact weight matrices of TensorFlow's bicubic kernels (ResizeBicubic's table-quantised Keys
+cubic when enlarging, ScaleAndTranslate's antialiased Keys cubic when a side shrinks, both with
+out-of-image taps dropped and renormalised) and apply them as two matrix products at full
+float32 precision; each image is rounded back to uint8 where the tf.data chain rounds it. The
+tests state each op's tolerance (most are exact; resizes and the enhancers differ by at most one
+grey level on a few pixels, from float summation order).
+
+Same distributions. The random numbers come from JAX (threefry) instead of TensorFlow's Philox,
+so the two recipes draw different but identically distributed parameters: both turn their raw
+draws into crop windows, AutoAugment choices and erasing boxes with `augment_spec`'s shared
+functions. Each example's key is derived from (run seed, example number), like the tf.data
+seeds, so a resumed run repeats the very augmentations an uninterrupted one makes.
+
+Batched AutoAugment. One sub-policy step is one of ten ops per image; rather than computing all
+ten and selecting, the ops are grouped by what they do: a nearest-neighbour warp (rotate, shear;
+identity otherwise), a per-channel lookup table (posterize, solarize, invert, autocontrast,
+equalize; identity otherwise) and a blend with a degenerate image (color, contrast, sharpness;
+factor 1 otherwise). Each image goes through the three in turn, of which at most one changes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zenfer_jax.data import augment_spec as spec
+
+HIGHEST = jax.lax.Precision.HIGHEST
+_OP = spec.OP_INDEX
+
+
+class _JaxOps:
+  """The array operations `augment_spec`'s shared draw-to-parameter functions use."""
+
+  where = staticmethod(jnp.where)
+  exp = staticmethod(jnp.exp)
+  sqrt = staticmethod(jnp.sqrt)
+  round = staticmethod(jnp.round)
+  floor = staticmethod(jnp.floor)
+  minimum = staticmethod(jnp.minimum)
+  argmax = staticmethod(jnp.argmax)
+  any = staticmethod(jnp.any)
+
+  @staticmethod
+  def int32(x):
+    return jnp.asarray(x).astype(jnp.int32)
+
+  @staticmethod
+  def float32(x):
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+JAX_OPS = _JaxOps()
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeParams:
+  """What the device chain needs of a `pipeline.Recipe` (kept free of TensorFlow)."""
+
+  augment: bool
+  resize_ratio: float = 0.75
+  crop_scale: tuple[float, float] = (0.8, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  erasing_scale: tuple[float, float] = (0.02, 0.1)
+  erasing_ratio: tuple[float, float] = (0.3, 3.3)
+  erasing_p: float = 0.5
+  lighting_std: float = 0.1
+  shift_fraction: float = 0.0
+
+  @classmethod
+  def of(cls, recipe) -> RecipeParams:
+    """From a `pipeline.Recipe` (any object with the same fields)."""
+    return cls(
+      augment=recipe.augment,
+      resize_ratio=recipe.resize_ratio,
+      crop_scale=tuple(recipe.crop_scale),
+      erasing_scale=tuple(recipe.erasing_scale),
+      erasing_ratio=tuple(recipe.erasing_ratio),
+      erasing_p=recipe.erasing_p,
+      lighting_std=recipe.lighting_std,
+      shift_fraction=recipe.shift_fraction,
+    )
+
+  def shorter_side(self, image_size: int) -> int:
+    return round(image_size / self.resize_ratio)
+
+  def max_shift(self, image_size: int) -> int:
+    return max(1, round(image_size * self.shift_fraction)) if self.shift_fraction > 0 else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing: TensorFlow's bicubic kernels as dense [out, in] weight matrices
+
+
+def _keys_cubic(x):
+  """Keys' cubic convolution kernel with a = -0.5 (TensorFlow's 'keyscubic')."""
+  x = jnp.abs(x)
+  far = ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
+  near = ((1.5 * x - 2.5) * x) * x + 1.0
+  return jnp.where(x >= 2.0, 0.0, jnp.where(x >= 1.0, far, near))
+
+
+def _bicubic_table() -> np.ndarray:
+  """ResizeBicubic's 1025-entry coefficient table (computed in double, stored as float)."""
+  a = -0.5
+  x = np.arange(1025, dtype=np.float64) / 1024
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  x1 = x + 1.0
+  far = ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a
+  return np.stack([near, far], axis=1).astype(np.float32)
+
+
+_TABLE = _bicubic_table()
+
+
+def _normalise_rows(w):
+  total = jnp.sum(w, axis=-1, keepdims=True)
+  significant = jnp.abs(total) >= 1000.0 * np.finfo(np.float32).tiny
+  return jnp.where(significant, w * (1.0 / jnp.where(significant, total, 1.0)), w)
+
+
+def _scale_and_translate_weights(in_size: int, out_size: int, start, length):
+  """[out, in]: ScaleAndTranslate's antialiased Keys cubic for input window [start, start+length)."""
+  length_f = jnp.asarray(length, jnp.float32)
+  scale = jnp.float32(out_size) / length_f
+  inv_scale = 1.0 / scale
+  kernel_scale = jnp.maximum(inv_scale, 1.0)
+  sample = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale
+  radius = 2.0 * kernel_scale
+  length_i = jnp.asarray(length, jnp.int32)
+  span_start = jnp.clip(jnp.ceil(sample - radius - 0.5).astype(jnp.int32), 0, length_i - 1)
+  span_end = jnp.clip(jnp.floor(sample + radius - 0.5).astype(jnp.int32), 0, length_i - 1) + 1
+  source = jnp.arange(in_size, dtype=jnp.int32) - jnp.asarray(start, jnp.int32)
+  pos = (source.astype(jnp.float32)[None, :] + 0.5 - sample[:, None]) * (1.0 / kernel_scale)
+  valid = (source[None, :] >= span_start[:, None]) & (source[None, :] < span_end[:, None])
+  return _normalise_rows(jnp.where(valid, _keys_cubic(pos), 0.0))
+
+
+def _resize_bicubic_weights(in_size: int, out_size: int, start, length):
+  """[out, in]: ResizeBicubic (half-pixel centres, table-quantised Keys cubic) of the window."""
+  length_i = jnp.asarray(length, jnp.int32)
+  scale = length_i.astype(jnp.float32) / jnp.float32(out_size)
+  loc = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale - 0.5
+  base = jnp.floor(loc)
+  offset = jnp.round((loc - base) * 1024.0).astype(jnp.int32)  # lrintf: half to even
+  table = jnp.asarray(_TABLE)
+  taps = jnp.stack(
+    [table[offset, 1], table[offset, 0], table[1024 - offset, 0], table[1024 - offset, 1]], -1
+  )
+  index = base.astype(jnp.int32)[:, None] + jnp.arange(-1, 3, dtype=jnp.int32)[None, :]
+  taps = jnp.where((index >= 0) & (index < length_i), taps, 0.0)
+  taps = _normalise_rows(taps)
+  source = jnp.arange(in_size, dtype=jnp.int32) - jnp.asarray(start, jnp.int32)
+  hit = index[:, :, None] == source[None, None, :]  # [out, 4, in]
+  return jnp.sum(jnp.where(hit, taps[:, :, None], 0.0), axis=1)
+
+
+def resize_weights(in_size: int, out_size: int, start, length, antialias):
+  """[out, in] weights resizing input[start:start+length] to out_size as `augment` resizes.
+
+  `antialias` picks ScaleAndTranslate (TensorFlow's path when a side shrinks) over
+  ResizeBicubic (when both sides keep or grow); it may be traced.
+  """
+  return jnp.where(
+    antialias,
+    _scale_and_translate_weights(in_size, out_size, start, length),
+    _resize_bicubic_weights(in_size, out_size, start, length),
+  )
+
+
+def to_uint8(x):
+  return jnp.clip(jnp.round(x), 0.0, 255.0).astype(jnp.uint8)
+
+
+def resize_windows(images, windows, size: int):
+  """Cuts windows [B, 4] (top, left, height, width) from uint8 [B, H, W, C], resized to size^2.
+
+  As `augment.resize` after a crop: antialiased when either side of the window shrinks, rounded
+  to uint8.
+  """
+  _, in_h, in_w, _ = images.shape
+  top, left, h, w = (windows[:, i] for i in range(4))
+  shrinks = (h > size) | (w > size)
+  wy = jax.vmap(lambda s, n, a: resize_weights(in_h, size, s, n, a))(top, h, shrinks)
+  wx = jax.vmap(lambda s, n, a: resize_weights(in_w, size, s, n, a))(left, w, shrinks)
+  x = images.astype(jnp.float32)
+  x = jnp.einsum('boh,bhwc->bowc', wy, x, precision=HIGHEST)
+  return to_uint8(jnp.einsum('bpw,bowc->bopc', wx, x, precision=HIGHEST))
+
+
+def shorter_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+  """`augment.resize_shorter`'s output shape (float32 arithmetic, as TensorFlow computes it)."""
+  h, w, s = np.float32(height), np.float32(width), np.float32(size)
+  scale = s / np.minimum(h, w)
+  if h <= w:
+    return size, int(np.floor(w * scale))
+  return int(np.floor(h * scale)), size
+
+
+def resize_static(images, out_h: int, out_w: int):
+  """uint8 [B, H, W, C] (one shape for all) resized to (out_h, out_w) as `augment.resize`."""
+  _, in_h, in_w, _ = images.shape
+  antialias = out_h < in_h or out_w < in_w
+  wy = resize_weights(in_h, out_h, 0, in_h, antialias)
+  wx = resize_weights(in_w, out_w, 0, in_w, antialias)
+  x = jnp.einsum('oh,bhwc->bowc', wy, images.astype(jnp.float32), precision=HIGHEST)
+  return to_uint8(jnp.einsum('pw,bowc->bopc', wx, x, precision=HIGHEST))
+
+
+def flip(images, flips):
+  """Mirrors left-right the images whose `flips` entry is True."""
+  return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
+def shift(images, offsets, max_shift: int):
+  """`augment.random_shift` with its drawn offsets [B, 2] in [0, 2 * max_shift]."""
+  _, h, w, c = images.shape
+  padded = jnp.pad(images, [(0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)])
+  return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+    padded, offsets
+  )
+
+
+# --------------------------------------------------------------------------------------------
+# AutoAugment (uint8 -> uint8), one sub-policy step for a batch
+
+
+def _round_half_away(x):
+  """std::round, which TensorFlow's nearest-neighbour warp uses (jnp.round rounds half to even)."""
+  trunc = jnp.trunc(x)
+  return jnp.where(jnp.abs(x - trunc) == 0.5, trunc + jnp.sign(x), jnp.round(x))
+
+
+def _warp(images, op, magnitude):
+  """Rotate (degrees, counter-clockwise about the centre) and shear_x; identity for other ops."""
+  b, h, w, c = images.shape
+  theta = magnitude * jnp.float32(math.pi / 180.0)
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  cy, cx = jnp.float32((h - 1) / 2.0), jnp.float32((w - 1) / 2.0)
+  one, zero = jnp.ones_like(magnitude), jnp.zeros_like(magnitude)
+  rotate = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]
+  shear = [one, magnitude, zero, zero, one, zero]
+  identity = [one, zero, zero, zero, one, zero]
+  is_rot, is_shear = op == _OP['rotate'], op == _OP['shear_x']
+  t = [jnp.where(is_rot, r, jnp.where(is_shear, s, i)) for r, s, i in zip(rotate, shear, identity)]
+  t = [v[:, None, None] for v in t]
+  ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+  xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+  src_x = _round_half_away(t[0] * xs + t[1] * ys + t[2]).astype(jnp.int32)
+  src_y = _round_half_away(t[3] * xs + t[4] * ys + t[5]).astype(jnp.int32)
+  valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+  flat = jnp.clip(src_y, 0, h - 1) * w + jnp.clip(src_x, 0, w - 1)
+  gathered = jnp.take_along_axis(images.reshape(b, h * w, c), flat.reshape(b, h * w, 1), axis=1)
+  return jnp.where(valid[..., None], gathered.reshape(b, h, w, c), 0).astype(images.dtype)
+
+
+def _histograms(images):
+  """[B, 3, 256] per-channel value counts."""
+  b, h, w, c = images.shape
+  ids = images.astype(jnp.int32) + 256 * jnp.arange(c, dtype=jnp.int32)
+  ids = ids.reshape(b, -1) + (c * 256) * jnp.arange(b, dtype=jnp.int32)[:, None]
+  counts = jnp.zeros(b * c * 256, jnp.int32).at[ids.reshape(-1)].add(1)
+  return counts.reshape(b, c, 256)
+
+
+def _equalize_lut(hist):
+  """PIL ImageOps.equalize's table from per-channel histograms [..., 256]."""
+  top = 255 - jnp.argmax(hist[..., ::-1] > 0, axis=-1)
+  last = jnp.take_along_axis(hist, top[..., None], axis=-1)[..., 0]
+  step = (jnp.sum(hist, axis=-1) - last) // 255
+  safe = jnp.maximum(step, 1)[..., None]
+  exclusive = jnp.cumsum(hist, axis=-1) - hist
+  lut = jnp.clip((exclusive + safe // 2) // safe, 0, 255)
+  return jnp.where((step > 0)[..., None], lut, jnp.arange(256, dtype=jnp.int32))
+
+
+def _lookup(images, op, magnitude):
+  """Posterize, solarize, invert, autocontrast, equalize as per-channel tables; identity else."""
+  b, h, w, c = images.shape
+  v = jnp.arange(256, dtype=jnp.int32)[None, None, :]  # [1, 1, 256]
+  m = magnitude[:, None, None]
+  drop = 8 - m.astype(jnp.int32)
+  posterize = v & ((255 << drop) & 255)
+  solarize = jnp.where(v.astype(jnp.float32) >= m, 255 - v, v)
+  invert = 255 - v
+  lo = jnp.min(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]  # [B, C, 1]
+  hi = jnp.max(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]
+  scale = 255.0 / jnp.maximum(hi - lo, 1.0)
+  vf = v.astype(jnp.float32)
+  stretched = jnp.where(hi > lo, jnp.clip((vf - lo) * scale, 0.0, 255.0), vf)
+  autocontrast = jnp.floor(stretched).astype(jnp.int32)
+  equalize = _equalize_lut(_histograms(images))
+  identity = jnp.broadcast_to(v, (b, c, 256))
+  tables = [
+    (_OP['posterize'], posterize),
+    (_OP['solarize'], solarize),
+    (_OP['invert'], invert),
+    (_OP['autocontrast'], autocontrast),
+    (_OP['equalize'], equalize),
+  ]
+  lut = identity
+  o = op[:, None, None]
+  for index, table in tables:
+    lut = jnp.where(o == index, jnp.broadcast_to(table, (b, c, 256)), lut)
+  ids = images.astype(jnp.int32) + 256 * jnp.arange(c, dtype=jnp.int32)
+  out = jnp.take_along_axis(lut.reshape(b, c * 256), ids.reshape(b, -1), axis=1)
+  return out.reshape(b, h, w, c).astype(jnp.uint8)
+
+
+def _grey(x):
+  return 0.299 * x[..., 0:1] + 0.587 * x[..., 1:2] + 0.114 * x[..., 2:3]
+
+
+def _smooth(x):
+  """PIL's SMOOTH filter (3x3, centre 5, others 1, over 13) on the interior, rounded; edges kept."""
+  _, h, w, _ = x.shape
+  k1, k5 = jnp.float32(1.0 / 13.0), jnp.float32(5.0 / 13.0)
+  acc = jnp.zeros_like(x[:, 1:-1, 1:-1])
+  for dy in range(3):
+    for dx in range(3):
+      weight = k5 if (dy, dx) == (1, 1) else k1
+      acc = acc + weight * x[:, dy : h - 2 + dy, dx : w - 2 + dx]
+  return x.at[:, 1:-1, 1:-1].set(jnp.round(acc))
+
+
+def _blend(images, op, magnitude):
+  """Color, contrast, sharpness: a blend with a degenerate image; identity for other ops."""
+  x = images.astype(jnp.float32)
+  grey = _grey(x)
+  o = op[:, None, None, None]
+  degenerate = jnp.where(o == _OP['color'], jnp.round(grey), x)
+  mean = jnp.mean(grey, axis=(1, 2, 3), keepdims=True)
+  degenerate = jnp.where(o == _OP['contrast'], mean, degenerate)
+  degenerate = jnp.where(o == _OP['sharpness'], _smooth(x), degenerate)
+  is_blend = (o == _OP['color']) | (o == _OP['contrast']) | (o == _OP['sharpness'])
+  factor = jnp.where(is_blend, 1.0 + magnitude[:, None, None, None], 1.0)
+  return to_uint8(degenerate + factor * (x - degenerate))
+
+
+def autoaugment_op(images, op, magnitude):
+  """Op number `op` [B] of `spec.AUTOAUGMENT_OPS` with signed `magnitude` [B]; -1: none."""
+  return _blend(_lookup(_warp(images, op, magnitude), op, magnitude), op, magnitude)
+
+
+def autoaugment(images, ops, magnitudes, applied):
+  """Both steps of each image's sub-policy: ops, magnitudes, applied all [B, 2]."""
+
+  def one_step(step, x):
+    op = jnp.where(applied[:, step], ops[:, step], -1)
+    return autoaugment_op(x, op, magnitudes[:, step])
+
+  # A loop rather than two copies: the step compiles once.
+  return jax.lax.fori_loop(0, 2, one_step, images)
+
+
+# --------------------------------------------------------------------------------------------
+# Float ops
+
+
+def finish(images, lighting, boxes):
+  """uint8 [B, H, W, 3] -> [0, 1] + lighting [B, 3] -> ImageNet normalisation -> erase boxes."""
+  x = images.astype(jnp.float32) / 255.0 + lighting[:, None, None, :]
+  x = (x - jnp.asarray(spec.IMAGENET_MEAN, jnp.float32)) / jnp.asarray(
+    spec.IMAGENET_STD, jnp.float32
+  )
+  _, h, w, _ = x.shape
+  top, left, bh, bw = (boxes[:, i, None] for i in range(4))
+  rows = jnp.arange(h)[None, :]
+  cols = jnp.arange(w)[None, :]
+  in_rows = (rows >= top) & (rows < top + bh)
+  in_cols = (cols >= left) & (cols < left + bw)
+  inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+  return jnp.where(inside, 0.0, x)
+
+
+def lighting_offsets(alpha):
+  """eigvec @ (alpha * eigval) per image, alpha [B, 3] ~ N(0, std) (AlexNet lighting)."""
+  vec = jnp.asarray(spec.IMAGENET_EIGVEC, jnp.float32)
+  val = jnp.asarray(spec.IMAGENET_EIGVAL, jnp.float32)
+  return jnp.einsum('ij,bj->bi', vec, alpha * val, precision=HIGHEST)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter draws and the whole chain
+
+
+def example_keys(aug_seed: int, numbers):
+  """One key per example from (run seed, example number), as the tf.data seeds are derived."""
+  base = jax.random.PRNGKey(aug_seed)
+  return jax.vmap(lambda n: jax.random.fold_in(base, n))(jnp.asarray(numbers, jnp.uint32))
+
+
+_POLICY_TABLES = spec.policy_tables(spec.IMAGENET_POLICY)
+
+
+class _Uniforms:
+  """Consecutive slices of one vector of uniforms: one threefry call per example, not twenty
+  (each random call is a separate piece of the compiled program)."""
+
+  def __init__(self, values):
+    self.values, self.used = values, 0
+
+  def take(self, n: int | None = None, lo: float = 0.0, hi: float = 1.0):
+    k = 1 if n is None else n
+    u = self.values[self.used : self.used + k]
+    self.used += k
+    u = lo + u * (hi - lo)
+    return u[0] if n is None else u
+
+
+def _uniform_count(r: RecipeParams) -> int:
+  n = spec.ATTEMPTS
+  # crop: 2n + 2, flip 1, AutoAugment 1 + 2 + 2, erasing 1 + 2n + 2; or the shift's 2.
+  return (4 * n + 11) if r.augment else 2
+
+
+def _draw_one(key, height, width, r: RecipeParams, image_size: int) -> dict:
+  k_uniform, k_normal = jax.random.split(key)
+  u = _Uniforms(jax.random.uniform(k_uniform, (_uniform_count(r),)))
+  n = spec.ATTEMPTS
+  if not r.augment:
+    m = r.max_shift(image_size)
+    return {'shift': jnp.minimum(jnp.floor(u.take(2) * (2 * m + 1)), 2 * m).astype(jnp.int32)}
+  out = {}
+  window = spec.crop_window(
+    JAX_OPS,
+    height,
+    width,
+    u.take(n, *r.crop_scale),
+    u.take(n, *spec.log_range(r.crop_ratio)),
+    u.take(),
+    u.take(),
+    r.crop_ratio,
+  )
+  out['window'] = jnp.stack(window).astype(jnp.int32)
+  out['flip'] = u.take() < 0.5
+  subpolicies = len(spec.IMAGENET_POLICY)
+  k = jnp.minimum(jnp.floor(u.take() * subpolicies), subpolicies - 1).astype(jnp.int32)
+  tables = tuple(jnp.asarray(t) for t in _POLICY_TABLES)
+  ops, mags, applied = spec.autoaugment_choice(JAX_OPS, tables, k, u.take(2), u.take(2))
+  out.update(aa_ops=ops, aa_magnitudes=mags, aa_applied=applied)
+  alpha = r.lighting_std * jax.random.normal(k_normal, (3,))
+  out['lighting'] = lighting_offsets(alpha[None])[0]
+  box = spec.erasing_box(
+    JAX_OPS,
+    image_size,
+    image_size,
+    u.take(),
+    u.take(n, *r.erasing_scale),
+    u.take(n, *spec.log_range(r.erasing_ratio)),
+    u.take(),
+    u.take(),
+    r.erasing_p,
+  )
+  out['erase'] = jnp.stack(box).astype(jnp.int32)
+  assert u.used == _uniform_count(r), (u.used, _uniform_count(r))
+  return out
+
+
+def draw_params(keys, sizes, r: RecipeParams, image_size: int) -> dict:
+  """Every random parameter of each example: keys [B, 2], sizes [B, 2] (the crop source's h, w)."""
+  return jax.vmap(lambda k, s: _draw_one(k, s[0], s[1], r, image_size))(keys, sizes)
+
+
+def apply_params(images, params: dict, r: RecipeParams, image_size: int):
+  """The chain on uint8 [B, H, W, 3] with drawn `params`; float32 [B, size, size, 3] out.
+
+  With the augmenting recipe `images` are the crop source, already resized to the shorter side
+  (the windows in `params` lie inside each image's valid extent); otherwise they are already
+  image_size square and only the shift is applied.
+  """
+  b = images.shape[0]
+  if r.augment:
+    x = resize_windows(images, params['window'], image_size)
+    x = flip(x, params['flip'])
+    x = autoaugment(x, params['aa_ops'], params['aa_magnitudes'], params['aa_applied'])
+    return finish(x, params['lighting'], params['erase'])
+  x = images
+  m = r.max_shift(image_size)
+  if m:
+    x = shift(x, params['shift'], m)
+  return finish(x, jnp.zeros((b, 3), jnp.float32), jnp.zeros((b, 4), jnp.int32))
+
+
+def train_batch(
+  images, numbers, aug_seed: int, r: RecipeParams, image_size: int, sizes=None, with_params=False
+):
+  """The whole train chain for one batch, from decoded or host-resized uint8 images.
+
+  sizes None: `images` [B, H, W, 3] are decoded images of one shape; the augmenting recipe
+  resizes them to the shorter side first, the others to image_size. sizes [B, 2]: `images` are
+  canvases the host already resized (to the shorter side, or to image_size without
+  augmentation), each valid in its top-left sizes[i] corner. with_params: also returns the
+  drawn parameters (`draw_params`).
+  """
+  b = images.shape[0]
+  if sizes is None:
+    _, h, w, _ = images.shape
+    if r.augment:
+      out_h, out_w = shorter_side_shape(h, w, r.shorter_side(image_size))
+    else:
+      out_h, out_w = image_size, image_size
+    if (out_h, out_w) != (h, w):
+      images = resize_static(images, out_h, out_w)
+    sizes = jnp.broadcast_to(jnp.asarray([out_h, out_w], jnp.int32), (b, 2))
+  params = draw_params(example_keys(aug_seed, numbers), sizes, r, image_size)
+  out = apply_params(images, params, r, image_size)
+  return (out, params) if with_params else out
