@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl import logging
 from PIL import Image
 
@@ -102,6 +103,7 @@ def make_stripes(root: str, n_train: int = 100, n_test: int = 30, size: int = 40
         Image.fromarray(img).save(os.path.join(root, split, cls, f'{i:03d}.png'))
 
 
+@pytest.mark.slow  # A whole training run.
 def test_folders_config_learns_a_small_two_class_tree(tmp_path, caplog):
   from configs import folders
   from zenfer_jax import train
