@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.classes = ''  # `folders` only: the class folder names in label order, a,b,c.
   config.data.image_size = 224
   config.data.recipe = ''  # '' = the dataset's own augmentation recipe.
+  # Where the train recipe's augmentation runs: 'host' (tf.data on the CPU cores) or 'device'
+  # (jitted on the accelerator, same ops and distributions; RAF-DB-sized data stay in device
+  # memory). zenfer_jax/data/device_pipeline.py says more.
+  config.data.augment_on = 'host'
   config.data.shuffle_buffer = 16_384
   config.data.train_split = 'train'
   # Several processes: 'examples' (each reads and decodes only its share: reading scales out) or

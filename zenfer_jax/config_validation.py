@@ -103,6 +103,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
     )
   split = d.get('process_split', 'examples')
   _check(split in PROCESS_SPLITS, 'data.process_split', split, f'one of {PROCESS_SPLITS}')
+  where = d.get('augment_on', 'host')
+  _check(where in ('host', 'device'), 'data.augment_on', where, "'host' or 'device'")
   if d.manual_dir:
     _check(
       os.path.isdir(os.path.expanduser(d.manual_dir)),

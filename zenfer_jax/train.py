@@ -26,6 +26,7 @@ from flax import traverse_util
 from zenfer_jax import (
   atomic_write,
   data,
+  loop_timing,
   metrics,
   model_directory,
   models,
@@ -38,6 +39,7 @@ from zenfer_jax import (
 from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import ConfigError, class_list, validate_config
+from zenfer_jax.data import device_pipeline
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -270,7 +272,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     classes=class_list(config),
   )
   data_dir = os.path.expanduser(d.data_dir)
-  train_iter = data.pipeline.train_dataset(
+  on_device = d.get('augment_on', 'host') == 'device'
+  train_batches = device_pipeline.train_batches if on_device else data.pipeline.train_dataset
+  train_iter = train_batches(
     d.name,
     data_dir,
     per_device_batch=config.batch_size // jax.device_count(),
@@ -313,6 +317,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     config.progress_bar, sched.total_steps * sched.global_batch, start_step * sched.global_batch
   )
   t0, images_seen, last_eval = time.time(), 0, None
+  timer = loop_timing.LoopTimer(start_step)
 
   def flush():
     """Fetches the steps since the last flush, checks them and adds them to the epoch sums."""
@@ -334,13 +339,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     last_saved = step
 
   for step in range(start_step, sched.total_steps):
-    batch = next(train_iter)
+    with timer.phase('input_wait'):
+      batch = next(train_iter)
     state, step_metrics = p_train(state, batch, step_rng)
     pending.append(step_metrics)
     images_seen += sched.global_batch
     done = step + 1
     if done % config.log_every_steps == 0:
       fetched = flush()
+      timer.mark(done)
       loss = float(np.mean([m['loss'] for m in fetched]))
       writer.write_scalars(
         done,
@@ -366,9 +373,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       scalars = {'train/epoch_loss': train_loss, 'train/epoch_accuracy': train_acc}
       if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        if precise is not None:  # Also what the best checkpoint and the export hold.
-          variables = precise(variables)
-        cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
+        with timer.phase('eval'):
+          if precise is not None:  # Also what the best checkpoint and the export hold.
+            variables = precise(variables)
+          cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
         last_eval = metrics.summarize(cm, info.class_names)
         record = {
           'epoch': epoch,
@@ -406,10 +414,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         )
         if last_eval['top1'] > book.best_top1:
           book.best_top1, book.best_epoch, book.best_step = last_eval['top1'], epoch, done
-          ckpts.save_best(done, parallel.unreplicate_to_host(variables), dict(record))
+          with timer.phase('checkpoint'):
+            ckpts.save_best(done, parallel.unreplicate_to_host(variables), dict(record))
       writer.write_scalars(done, scalars)
       writer.flush()
-    save(done)
+    with timer.phase('checkpoint'):
+      save(done)
   progress.close()
   writer.flush()
   jax.effects_barrier()
@@ -423,6 +433,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       }
   summary = _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, time.time() - t0)
   ckpts.close()
+  if is_chief:
+    timing = timer.summary(max(start_step, sched.total_steps), sched.global_batch)
+    atomic_write.write_json(os.path.join(workdir, 'timing.json'), timing)
   return summary
 
 

@@ -1,0 +1,268 @@
+"""The training input when augmentation runs on the accelerator (`config.data.augment_on='device'`).
+
+`train_batches` yields the same {'image', 'label'} batches as `pipeline.train_dataset` (shaped
+[local_devices, per_device_batch, ...]), already on the devices, augmented by
+`device_augment` there. Two ways to feed it:
+
+  * resident: when this process's share of the train split decodes to images of one shape
+    within `RESIDENT_MAX_BYTES` (RAF-DB: 12,271 aligned 100x100 faces, 368 MB as uint8), the
+    share is decoded once and kept in device memory, one copy per local device. Each step the
+    host only computes which examples to take (NumPy, microseconds) and sends their indices and
+    example numbers; nothing waits on a CPU pipeline.
+  * streamed: otherwise (AffectNet: 287k images of many sizes) the tf.data stream of the host
+    path reads, decodes and resizes to the shorter side onto a fixed canvas (the long side is
+    cut to `STREAM_MAX_ASPECT` times the short one); the crop and everything after it run on the
+    device.
+
+Sampling. Resident: each epoch of this process's share is a fresh permutation seeded by
+(seed, process, epoch), the order the host path's full shuffle buffer gives (RAF-DB's default);
+class-balanced recipes (AffectNet) draw the class uniformly and an image of it uniformly, with
+replacement, as the reference's weighted sampler does. Both are functions of the step, so a
+resumed run takes the very examples an uninterrupted one takes. Streamed: the host path's own
+sampling. Either way each example's augmentation key is derived from (seed, process, example
+number), so the augmentations repeat exactly on resume too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from zenfer_jax.data import augment, device_augment, pipeline, registry
+
+RESIDENT_MAX_BYTES = 4 << 30
+STREAM_MAX_ASPECT = 1.5
+
+
+def _aug_seed(seed: int, process_index: int) -> int:
+  return pipeline._seeds(seed, process_index, 1)[0] & 0x7FFFFFFF
+
+
+def _share(info, split: str, process_index: int, process_count: int) -> list[tuple[int, int]]:
+  """This process's [start, end) range of each class (as the host path reads them)."""
+  ranges = [
+    pipeline.host_range(a, b, process_index, process_count)
+    for a, b in pipeline._class_ranges(info, split)
+  ]
+  ranges = [(a, b) for a, b in ranges if b > a]
+  if not ranges:
+    raise ValueError(
+      f'{info.name}/{split} has no examples for process {process_index} of {process_count}.'
+    )
+  return ranges
+
+
+def _decoded(builder, split: str, ranges) -> tf.data.Dataset:
+  parts = [pipeline._read(builder, split, a, b) for a, b in ranges]
+  ds = parts[0]
+  for p in parts[1:]:
+    ds = ds.concatenate(p)
+  return ds.map(
+    lambda ex: (pipeline.decode(ex['image']), tf.cast(ex['label'], tf.int32)),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+
+
+def load_resident(builder, split: str, ranges, max_bytes: int = RESIDENT_MAX_BYTES):
+  """(images uint8 [N, H, W, 3], labels int32 [N]) of the ranges, or None when they do not all
+  share one shape or would take more than `max_bytes`."""
+  total = sum(b - a for a, b in ranges)
+  first, _ = next(iter(_decoded(builder, split, ranges[:1]).take(1).as_numpy_iterator()))
+  if total * first.nbytes > max_bytes:
+    return None
+  images = np.empty((total, *first.shape), np.uint8)
+  labels = np.empty(total, np.int32)
+  for i, (image, label) in enumerate(_decoded(builder, split, ranges).as_numpy_iterator()):
+    if image.shape != first.shape:
+      return None
+    images[i], labels[i] = image, label
+  return images, labels
+
+
+def _replicate(x: np.ndarray, devices) -> jax.Array:
+  """One copy per device, stacked on a leading device axis as `jax.pmap` takes its inputs
+  (put device by device: no host-side stack of copies)."""
+  mesh = jax.sharding.Mesh(np.array(devices), ('devices',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
+  shards = [jax.device_put(x[None], d) for d in devices]
+  return jax.make_array_from_single_device_arrays((len(devices), *x.shape), sharding, shards)
+
+
+class ExampleSampler:
+  """Which examples of a resident share each step takes: a pure function of the step."""
+
+  def __init__(self, class_sizes: Sequence[int], balanced: bool, seed: int, process_index: int):
+    self.sizes = np.asarray(class_sizes, np.int64)
+    self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+    self.total = int(self.sizes.sum())
+    self.balanced = balanced
+    self.seed = (int(seed), int(process_index))
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      rng = np.random.default_rng([*self.seed, 0, epoch])
+      self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+      self._perms[epoch] = rng.permutation(self.total)
+    return self._perms[epoch]
+
+  def indices(self, step: int, batch: int) -> np.ndarray:
+    """Indices (into the resident share) of step `step`'s `batch` examples."""
+    if self.balanced:
+      rng = np.random.default_rng([*self.seed, 1, step])
+      cls = rng.integers(len(self.sizes), size=batch)
+      within = np.minimum(
+        (rng.random(batch) * self.sizes[cls]).astype(np.int64), self.sizes[cls] - 1
+      )
+      return (self.offsets[cls] + within).astype(np.int32)
+    numbers = step * batch + np.arange(batch, dtype=np.int64)
+    epochs, positions = numbers // self.total, numbers % self.total
+    out = np.empty(batch, np.int64)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      out[sel] = self._permutation(int(e))[positions[sel]]
+    return out.astype(np.int32)
+
+
+# One mapped function per (seed, recipe, size), so a second stream in the same process (a
+# rerun, a test) reuses the compiled program.
+@functools.lru_cache(maxsize=8)
+def _resident_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
+  def take_and_augment(all_images, all_labels, index, numbers):
+    image = device_augment.train_batch(all_images[index], numbers, aug_seed, params, image_size)
+    return {'image': image, 'label': all_labels[index]}
+
+  return jax.pmap(take_and_augment)
+
+
+@functools.lru_cache(maxsize=8)
+def _streamed_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
+  def augment_canvas(image, size, numbers):
+    return device_augment.train_batch(image, numbers, aug_seed, params, image_size, sizes=size)
+
+  return jax.pmap(augment_canvas)
+
+
+def _streamed_example(image, image_size: int, r: pipeline.Recipe, canvas: int):
+  """Decode-side host work: resize (to the shorter side when augmenting) onto a fixed canvas."""
+  if not r.augment:
+    image = augment.resize(image, image_size)
+    return image, tf.constant([image_size, image_size], tf.int32)
+  image = augment.resize_shorter(image, round(image_size / r.resize_ratio))
+  image = image[:canvas, :canvas]  # The long side beyond the canvas, if any, is cut.
+  shape = tf.shape(image)
+  size = tf.stack([shape[0], shape[1]])
+  image = tf.pad(image, [[0, canvas - shape[0]], [0, canvas - shape[1]], [0, 0]])
+  return tf.ensure_shape(image, [canvas, canvas, 3]), size
+
+
+def train_batches(
+  name: str,
+  data_dir: str,
+  *,
+  image_size: int,
+  per_device_batch: int,
+  num_local_devices: int,
+  seed: int,
+  recipe: str | pipeline.Recipe | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  classes: Sequence[str] | None = None,
+  shuffle_buffer: int = 16_384,
+  start_step: int = 0,
+  split: str = 'train',
+  prefetch: int = 2,
+  process_split: str = 'examples',
+  resident_max_bytes: int = RESIDENT_MAX_BYTES,
+) -> Iterator[dict]:
+  """The infinite training stream, augmented on the devices (arguments as `train_dataset`).
+
+  process_split='batches' with several processes: every process samples the whole split as one
+  process would and augments its slice of each global batch, so the global batches do not
+  depend on the number of processes (resident: each process holds the whole split).
+  """
+  pipeline.hide_gpus_from_tf()
+  r = pipeline._recipe(recipe, name)
+  params = device_augment.RecipeParams.of(r)
+  builder, info = registry.load(name, data_dir, classes)
+  stream, streams, by_batch = pipeline._process_stream(process_split, process_index, process_count)
+  ranges = _share(info, split, stream, streams)
+  aug_seed = _aug_seed(seed, stream)
+  local_batch = num_local_devices * per_device_batch
+  # The stream's batch, of which this process takes [first, first + local_batch).
+  stream_batch = local_batch * process_count if by_batch else local_batch
+  first = process_index * local_batch if by_batch else 0
+  devices = jax.local_devices()[:num_local_devices]
+
+  def per_device(x):
+    return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
+
+  resident = load_resident(builder, split, ranges, resident_max_bytes)
+  if resident is not None:
+    images, labels = resident
+    logging.info(
+      'Device augmentation: %d training images (%s, %.0f MB) resident on %d device(s).',
+      len(images),
+      'x'.join(map(str, images.shape[1:])),
+      images.nbytes / 2**20,
+      len(devices),
+    )
+    stored, stored_labels = _replicate(images, devices), _replicate(labels, devices)
+    sampler = ExampleSampler([b - a for a, b in ranges], r.balanced, seed, stream)
+
+    take_and_augment = _resident_step(aug_seed, params, image_size)
+
+    def resident_stream():
+      step = start_step
+      mine = slice(first, first + local_batch)
+      while True:
+        index = per_device(sampler.indices(step, stream_batch)[mine])
+        numbers = step * stream_batch + np.arange(stream_batch, dtype=np.int64)[mine]
+        yield take_and_augment(stored, stored_labels, index, per_device(numbers.astype(np.uint32)))
+        step += 1
+
+    return resident_stream()
+
+  canvas = max(image_size, int(np.ceil(params.shorter_side(image_size) * STREAM_MAX_ASPECT)))
+  logging.info(
+    'Device augmentation: streaming (the train split is not one shape within %.0f MB); the host '
+    'decodes and resizes onto a %dx%d canvas.',
+    resident_max_bytes / 2**20,
+    canvas if r.augment else image_size,
+    canvas if r.augment else image_size,
+  )
+  ds = pipeline._sampled_examples(
+    builder, info, split, r, seed, stream, streams, shuffle_buffer
+  ).enumerate()
+  if start_step:
+    ds = ds.skip(int(start_step) * stream_batch)
+  if by_batch:
+    ds = pipeline._own_slice(ds, process_index, local_batch, stream_batch)
+
+  def _map(number, ex):
+    image, size = _streamed_example(pipeline.decode(ex['image']), image_size, r, canvas)
+    return {
+      'image': image,
+      'size': size,
+      'number': tf.cast(number, tf.uint32),
+      'label': tf.cast(ex['label'], tf.int32),
+    }
+
+  ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
+  ds = ds.with_options(pipeline._options())
+
+  augment_canvas = _streamed_step(aug_seed, params, image_size)
+
+  def streamed():
+    for b in ds.as_numpy_iterator():
+      image = augment_canvas(per_device(b['image']), per_device(b['size']), per_device(b['number']))
+      yield {'image': image, 'label': per_device(b['label'])}
+
+  return streamed()
