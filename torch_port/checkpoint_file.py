@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from zenfer_jax.errors import UserError
+
 __all__ = ['CheckpointFormatError', 'read_checkpoint', 'extract_state_dict', 'describe_source']
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(ValueError, UserError):
   """A file or object that is not a readable PyTorch checkpoint."""
 
 

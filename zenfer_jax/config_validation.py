@@ -14,10 +14,11 @@ import ml_collections
 from zenfer_jax import models, structure
 from zenfer_jax.data.pipeline import PROCESS_SPLITS, RECIPES
 from zenfer_jax.dataset_names import ALL_DATASETS
+from zenfer_jax.errors import UserError
 from zenfer_jax.train_state import DTYPES
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
   """A config value that cannot work; the message names the key."""
 
 

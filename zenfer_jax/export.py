@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from zenfer_jax import cli
+from zenfer_jax import cli, errors
 
 __all__ = [
   'FORMATS',
@@ -66,7 +66,7 @@ OUTPUT_NAME = 'logits'
 DEFAULT_TOLERANCE = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(ValueError, errors.UserError):
   """An export that cannot be made as asked; the message says what to change."""
 
 

@@ -86,6 +86,9 @@ def main(argv):
       _lock(workdir)
     else:
       cli.terminal_warnings_only()
+  from zenfer_jax.config_validation import validate_config
+
+  validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
   cli.log_to_file(log_file)
@@ -97,26 +100,16 @@ def main(argv):
   )
   logging.info('Workdir %s (full log: %s)', workdir, log_file)
   from zenfer_jax import train
-  from zenfer_jax import workdir as workdir_lib
-  from zenfer_jax.config_validation import ConfigError
-  from zenfer_jax.train_state import ResumeMismatchError
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
     ok = True
-  except (
-    ConfigError,
-    FileNotFoundError,
-    train.NonFiniteLossError,
-    ResumeMismatchError,
-    workdir_lib.CheckpointDamagedError,
-    workdir_lock.WorkdirLocked,
-  ) as e:
-    # What to fix is in the message; a traceback would only bury it.
-    logging.error('%s', e, extra={'terminal': False})
-    sys.exit(f'error: {e}')
+  except Exception as e:
+    if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.
+      logging.error('%s', e, extra={'terminal': False})
+    raise
   finally:
     watchdog.finish(ok)
   logging.info(
@@ -128,4 +121,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_absl(main)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flax import traverse_util
 
+from zenfer_jax.errors import UserError
+
 if TYPE_CHECKING:
   from zenfer_jax.structure import Structure
 
@@ -64,11 +66,11 @@ CARD_FIELDS = {
 }
 
 
-class ModelDirError(ValueError):
+class ModelDirError(ValueError, UserError):
   """A model directory or model card that cannot be used."""
 
 
-class MergeError(ValueError):
+class MergeError(ValueError, UserError):
   """Loaded variables that do not fit the model; lists every offending path."""
 
   def __init__(

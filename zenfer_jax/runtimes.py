@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from zenfer_jax.errors import UserError
+
 __all__ = ['EXTENSIONS', 'ExportedModel', 'ExportedFileError', 'is_exported', 'load', 'read_card']
 
 EXTENSIONS = {'.onnx': 'onnx', '.tflite': 'tflite', '.stablehlo': 'stablehlo'}
@@ -29,7 +31,7 @@ CARD_KEY = 'model_card'
 _MODEL_FIELDS = ('structure', 'num_classes', 'use_sa', 'use_lw_att')
 
 
-class ExportedFileError(ValueError):
+class ExportedFileError(ValueError, UserError):
   """An exported file that cannot be loaded or run; the message says why."""
 
 

@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterator, Sequence
 from importlib import resources
 
+from zenfer_jax.errors import UserError
+
 __all__ = [
   'Block',
   'Structure',
@@ -55,7 +57,7 @@ MAX_TEXT_CHARS = 65_536
 MAX_FILE_BYTES = 1 << 20
 
 
-class StructureError(ValueError):
+class StructureError(ValueError, UserError):
   """A structure string that is not valid ZenNet structure language."""
 
   def __init__(self, message: str, position: int | None = None, text: str | None = None):

@@ -26,6 +26,7 @@ from flax import traverse_util
 from zenfer_jax import (
   atomic_write,
   data,
+  errors,
   loop_timing,
   metrics,
   model_directory,
@@ -42,7 +43,7 @@ from zenfer_jax.config_validation import ConfigError, class_list, validate_confi
 from zenfer_jax.data import device_pipeline
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, errors.UserError):
   """The loss became NaN or infinite; no checkpoint was written after it."""
 
 

@@ -20,6 +20,7 @@ from flax.training import train_state
 
 from zenfer_jax import model_directory, models, optim
 from zenfer_jax import workdir as workdir_lib
+from zenfer_jax.errors import UserError
 from zenfer_jax.parallel import AXIS_NAME
 from zenfer_jax.structure import resolve
 
@@ -33,7 +34,7 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(ValueError, UserError):
   """A workdir's checkpoint holds another model or optimizer than the config builds."""
 
 

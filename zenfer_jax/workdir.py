@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from zenfer_jax import atomic_write, model_directory
+from zenfer_jax.errors import UserError
 
 CONFIG = 'config.json'
 LATEST = 'checkpoints'
@@ -36,7 +37,7 @@ MODEL_BEST = 'model_best'
 DAMAGED = 'checkpoints.damaged'
 
 
-class CheckpointDamagedError(RuntimeError):
+class CheckpointDamagedError(RuntimeError, UserError):
   """Every checkpoint there was could not be restored; the message names each and why."""
 
 

@@ -34,6 +34,8 @@ import time
 
 from absl import logging
 
+from zenfer_jax.errors import UserError
+
 try:
   import fcntl
 except ImportError:  # Windows: exclusive creation only.
@@ -46,7 +48,7 @@ LOCK_NAME = 'run.lock'
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class WorkdirLocked(RuntimeError):
+class WorkdirLocked(RuntimeError, UserError):
   """Another live process holds the directory's lock; `holder` has its details (may be empty)."""
 
   def __init__(self, message: str, path: str, holder: dict):

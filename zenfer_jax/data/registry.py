@@ -15,6 +15,7 @@ from absl import logging
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb, common
 from zenfer_jax.dataset_names import ALL_DATASETS
+from zenfer_jax.errors import UserError
 
 MANUAL = ('rafdb', 'affectnet', 'folders')
 REPORT_NAME = 'prepare_report.txt'
@@ -124,7 +125,7 @@ def load(
   return b, info_of(name, b)
 
 
-class SourceMismatchError(ValueError):
+class SourceMismatchError(ValueError, UserError):
   """Prepared records exist in data_dir, built from other source files than manual_dir holds."""
 
 
