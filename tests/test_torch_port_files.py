@@ -121,6 +121,10 @@ def test_half_precision_checkpoint_loads_as_float32():
   assert kernel.dtype == np.float32
 
 
+# torch.save's format before zip archives: pickles one after another.
+LEGACY = {'_use_new_zipfile_serialization': False}
+
+
 class _NotAllowed:
   """Pickled by reference: loading it would import and construct this class."""
 
@@ -171,9 +175,9 @@ def test_truncated_and_non_checkpoint_files_fail_clearly(tmp_path):
   cases = {
     'cut.pth': 'truncated or damaged',
     'cut.safetensors': 'truncated or damaged',
-    'notes.txt': 'not a PyTorch checkpoint',
+    'notes.txt': 'not a checkpoint: .*notes.txt: expected a PyTorch checkpoint',
     'empty.pth': 'empty',
-    'image.jpg': 'not a PyTorch checkpoint',
+    'image.jpg': 'not a checkpoint: .*image.jpg',
     'list.pth': 'expected a state_dict',
     'dict.pth': 'not a model state_dict',
   }
@@ -182,6 +186,30 @@ def test_truncated_and_non_checkpoint_files_fail_clearly(tmp_path):
       torch_port.load_torch_checkpoint(tmp_path / name, TINY, 7, use_sa=True)
   with pytest.raises(FileNotFoundError):
     torch_port.load_torch_checkpoint(tmp_path / 'absent.pth', TINY, 7)
+
+
+def test_only_pickles_that_ask_for_code_are_said_to_run_code(tmp_path):
+  """Random bytes that start like a pickle, or a cut one, are not a checkpoint; not code."""
+  rng = np.random.default_rng(0)
+  torch.save({'state_dict': _reference().state_dict()}, tmp_path / 'legacy.pth', **LEGACY)
+  legacy = (tmp_path / 'legacy.pth').read_bytes()
+  files = {
+    'random.pth': b'\x80' + rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+    'proto2_noise.pth': b'\x80\x02' + rng.integers(0, 256, 200, dtype=np.uint8).tobytes(),
+    'legacy_cut.pth': legacy[: len(legacy) // 2],
+    'plain_pickle.pth': pickle.dumps({'a': 1}, protocol=2),
+  }
+  for name, data in files.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CheckpointFormatError) as e:
+      torch_port.load_torch_checkpoint(tmp_path / name, TINY, 7, use_sa=True)
+    assert str(e.value).startswith(f'not a checkpoint: {tmp_path / name}: '), str(e.value)
+    assert 'run code' not in str(e.value), str(e.value)
+  # The same object with a callable in it, in either torch.save format, is refused by name.
+  for extra in ({}, LEGACY):
+    torch.save({'state_dict': {}, 'x': _NotAllowed()}, tmp_path / 'custom.pth', **extra)
+    with pytest.raises(CheckpointFormatError, match=r'calls .*_NotAllowed.*would run code'):
+      torch_port.load_torch_checkpoint(tmp_path / 'custom.pth', TINY, 7, use_sa=True)
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +344,7 @@ def test_convert_and_export_command_lines(tmp_path, capsys):
       ref = fresh.eval()(x).numpy()
     assert np.abs(flax_logits - ref).max() <= 1e-5 * np.abs(ref).max(), name
   # Existing output is not overwritten by accident.
-  assert export_cli.main(['--checkpoint', str(out), '--output', str(tmp_path / 'back.pth')]) == 1
+  assert export_cli.main(['--checkpoint', str(out), '--output', str(tmp_path / 'back.pth')]) == 2
   assert 'already exists' in capsys.readouterr().err
 
 
@@ -365,15 +393,16 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
     'wrong structure': 'super-blocks',
     'wrong classes': '7 classes, not 8',
     'truncated': 'truncated',
-    'not a checkpoint': 'not a PyTorch checkpoint',
+    'not a checkpoint': 'not a checkpoint: ',
     'bad structure': 'expected',
     'names vs classes': '2 class names',
   }
   for what, argv in cases.items():
     out = tmp_path / what.replace(' ', '_')
-    assert convert_cli.main(argv + ['--output', str(out)]) == 1, what
+    assert convert_cli.main(argv + ['--output', str(out)]) == 2, what
     err = capsys.readouterr().err
     assert err.startswith('error: ') and expected[what] in err, (what, err)
+    assert err.count('\n') == 1, (what, err)  # One line, even for a list of mismatched keys.
     assert not out.exists(), what
   assert _leftovers(tmp_path) == []
   # A non-empty output directory is refused and left as it was.
@@ -387,7 +416,7 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
     '--output',
     str(tmp_path / 'taken'),
   ] + base
-  assert convert_cli.main(argv) == 1
+  assert convert_cli.main(argv) == 2
   assert os.listdir(tmp_path / 'taken') == ['keep.txt']
 
 

@@ -6,13 +6,20 @@ containers, and a pickle that needs anything else is refused with the name
 of what it asked for. The format is recognised from the file's first bytes,
 not its name, so a renamed file still reads and a non-checkpoint fails
 early with a clear message.
+
+"Would run code" is said only of a pickle that really asks for a callable
+beyond tensors and plain containers: the pickle's opcodes are read (never
+run) to tell such a file from random bytes, a truncated file or something
+that is not a pickle at all, which are "not a checkpoint: <file>: <why>".
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -38,7 +45,7 @@ def _sniff(path: str) -> str:
   with open(path, 'rb') as f:
     head = f.read(9)
   if size == 0:
-    raise CheckpointFormatError(f'{path}: the file is empty')
+    raise CheckpointFormatError(f'not a checkpoint: {path}: the file is empty')
   if head.startswith(_ZIP_MAGIC):
     return 'torch-zip'
   if len(head) == 9:
@@ -48,8 +55,8 @@ def _sniff(path: str) -> str:
   if head[0] == _PICKLE_PROTO:
     return 'torch-legacy'
   raise CheckpointFormatError(
-    f'{path}: not a PyTorch checkpoint (expected a torch.save zip archive, a legacy pickle or a '
-    f'.safetensors file; the file starts with {head[:8]!r})'
+    f'not a checkpoint: {path}: expected a PyTorch checkpoint (a torch.save zip archive, a legacy '
+    f'pickle or a .safetensors file); the file starts with {head[:8]!r}'
   )
 
 
@@ -94,38 +101,139 @@ def _load_torch(path: str, fmt: str) -> Any:
         bad = zf.testzip()
     except zipfile.BadZipFile as e:
       raise CheckpointFormatError(
-        f'{path}: truncated or damaged checkpoint (the zip archive is unreadable: {e})'
+        f'not a checkpoint: {path}: truncated or damaged (the zip archive is unreadable: {e})'
       ) from None
     if bad is not None:
       raise CheckpointFormatError(
-        f'{path}: damaged checkpoint (member {bad!r} fails its CRC check)'
+        f'not a checkpoint: {path}: damaged (member {bad!r} fails its CRC check)'
       )
   try:
     with torch.serialization.safe_globals(_numpy_data_globals()):
       return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     msg = str(e)
-    if (
-      'weights_only' in msg.lower()
-      or 'Unsupported global' in msg
-      or 'Weights only load failed' in msg
-    ):
-      detail = ''
-      for line in msg.splitlines():
-        if 'Unsupported global' in line or 'GLOBAL' in line:
-          detail = f' ({line.strip()})'
-          break
+    damage, refused = _inspect_pickle(path, fmt)
+    if damage is None and refused:
+      named = [n for n in refused if n in msg.replace(' ', '.')]
       raise CheckpointFormatError(
-        f'{path}: refused: this pickle needs more than tensors and plain containers to load{detail}. '
-        'Loading it would run code from the file, which is never done here. Re-save it in PyTorch as '
-        "torch.save(model.state_dict(), 'weights.pth') or as .safetensors."
+        f'{path}: refused: this pickle calls {(named or refused)[0]}, which is not a tensor or a '
+        'plain container. Loading it would run code from the file, which is never done here. '
+        "Re-save it in PyTorch as torch.save(model.state_dict(), 'weights.pth') or as "
+        '.safetensors.'
       ) from None
+    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
     raise CheckpointFormatError(
-      f'{path}: not a readable PyTorch checkpoint: {msg.splitlines()[0] if msg else e!r}'
+      f'not a checkpoint: {path}: {damage or f"torch.load cannot read it ({first})"}'
     ) from None
   except (RuntimeError, EOFError, OSError, ValueError, KeyError, struct.error) as e:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise CheckpointFormatError(f'{path}: truncated or damaged checkpoint: {first}') from None
+    why = (
+      'a pickle, but not a torch.save file (it does not start with the magic number torch.save '
+      'writes)'
+      if 'magic number' in first.lower()
+      else f'truncated or damaged: {first}'
+    )
+    raise CheckpointFormatError(f'not a checkpoint: {path}: {why}') from None
+
+
+# Pickle opcodes that push a string, which STACK_GLOBAL then takes as a module or a name.
+_STRING_OPS = {
+  'SHORT_BINUNICODE',
+  'BINUNICODE',
+  'BINUNICODE8',
+  'UNICODE',
+  'SHORT_BINSTRING',
+  'BINSTRING',
+  'STRING',
+}
+# A legacy torch.save file: magic number, protocol, system info, the object, its storage keys.
+_LEGACY_PICKLES = 5
+
+
+def _pickle_globals(stream: io.BufferedIOBase) -> list[str]:
+  """'module.name' of every callable one pickle refers to, read from its opcodes, never run.
+
+  Raises ValueError (from pickletools) where the stream is not a whole pickle: an unknown
+  opcode, or the end of the data before the STOP opcode.
+  """
+  names: list[str] = []
+  pushed: list = []  # What the recent opcodes pushed (strings only matter), for STACK_GLOBAL.
+  memo: dict = {}
+  for op, arg, _ in pickletools.genops(stream):
+    if op.name in ('GLOBAL', 'INST'):
+      names.append('.'.join(str(arg).split(' ', 1)))
+      pushed.append(None)
+    elif op.name == 'STACK_GLOBAL':
+      module, name = pushed[-2:] if len(pushed) >= 2 else [None, None]
+      names.append(f'{module}.{name}' if module and name else '<a computed name>')
+      pushed.append(None)
+    elif op.name in _STRING_OPS:
+      pushed.append(arg)
+    elif op.name == 'MEMOIZE':
+      memo[len(memo)] = pushed[-1] if pushed else None
+    elif op.name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+      memo[arg] = pushed[-1] if pushed else None
+    elif op.name in ('GET', 'BINGET', 'LONG_BINGET'):
+      pushed.append(memo.get(arg))
+    elif op.name not in ('FRAME', 'PROTO'):
+      pushed.append(None)
+    del pushed[:-2]
+  return names
+
+
+def _allowed_globals() -> set[str]:
+  """What torch.load(weights_only=True) rebuilds, plus the numpy data types allowed here."""
+  import torch
+
+  allowed: set[str] = set()
+  try:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed.update(_get_allowed_globals())
+  except ImportError:  # Another torch version: its storages and rebuild functions still count.
+    pass
+  for g in [*_numpy_data_globals(), *torch.serialization.get_safe_globals()]:
+    if isinstance(g, tuple):
+      allowed.add(g[1])
+    else:
+      allowed.add(f'{getattr(g, "__module__", "")}.{getattr(g, "__qualname__", g)}')
+  return allowed
+
+
+def _inspect_pickle(path: str, fmt: str) -> tuple[str | None, list[str]]:
+  """(why the file is not a whole pickle or None, the callables it asks for beyond the allowed).
+
+  For when torch.load refused a file: a pickle that is whole and names a callable that is not
+  allowed would run code; anything else (random bytes, a truncated file) is not a checkpoint.
+  """
+  try:
+    if fmt == 'torch-zip':
+      with zipfile.ZipFile(path) as zf:
+        member = next((n for n in zf.namelist() if n.endswith('data.pkl')), None)
+        if member is None:
+          return 'the zip archive holds no data.pkl: not a torch.save file', []
+        streams = [io.BytesIO(zf.read(member))]
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+      streams = [io.BytesIO(data)] * _LEGACY_PICKLES  # One stream, read pickle after pickle.
+    names: list[str] = []
+    for i, stream in enumerate(streams):
+      if fmt != 'torch-zip' and stream.tell() >= len(stream.getbuffer()) and i:
+        break  # A plain pickle, not a legacy torch.save file: it was the only one.
+      names += _pickle_globals(stream)
+  except (ValueError, EOFError, zipfile.BadZipFile, OSError) as e:
+    why = str(e) or type(e).__name__
+    return f'truncated or damaged, or not a pickle at all (reading its opcodes: {why})', []
+  allowed = _allowed_globals()
+  refused = [n for n in names if n not in allowed and not _is_torch_storage(n)]
+  return None, list(dict.fromkeys(refused))
+
+
+def _is_torch_storage(name: str) -> bool:
+  """torch.FloatStorage and the like: persistent ids name them, weights_only loads them."""
+  module, _, attr = name.rpartition('.')
+  return module in ('torch', 'torch.cuda') and attr.endswith('Storage')
 
 
 def _load_safetensors(path: str) -> Mapping:
@@ -135,7 +243,9 @@ def _load_safetensors(path: str) -> Mapping:
   try:
     return load_file(path, device='cpu')
   except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-    raise CheckpointFormatError(f'{path}: truncated or damaged .safetensors file: {e}') from None
+    raise CheckpointFormatError(
+      f'not a checkpoint: {path}: truncated or damaged .safetensors file: {e}'
+    ) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
