@@ -117,6 +117,31 @@ def test_stablehlo_matches_flax_with_dynamic_batch(model_dirs, tmp_path, capsys)
   assert exported.in_avals[0].shape[1:] == (RES, RES, 3)
 
 
+def _photo(tmp_path) -> str:
+  from PIL import Image
+
+  path = tmp_path / 'face.png'
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), np.uint8)).save(path)
+  return str(path)
+
+
+def _same_predictions(model_dir: str, exported: str, image: str) -> None:
+  from zenfer_jax import predict
+
+  want = predict.predict(model_dir, [image], top_k=7)[0]['predictions']
+  got = predict.predict(exported, [image], top_k=7)[0]['predictions']
+  assert [p['class'] for p in got] == [p['class'] for p in want]
+  np.testing.assert_allclose(
+    [p['probability'] for p in got], [p['probability'] for p in want], atol=1e-5
+  )
+
+
+def test_predict_runs_an_exported_file_as_it_runs_the_model_dir(model_dirs, tmp_path):
+  out = tmp_path / 'm.stablehlo'
+  export_lib.export(model_dirs['tiny'], 'stablehlo', str(out), verify=False)
+  _same_predictions(model_dirs['tiny'], str(out), _photo(tmp_path))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
 def test_stablehlo_matches_flax(model_dirs, tmp_path, name, capsys):
@@ -130,6 +155,7 @@ def test_tflite_matches_flax_and_carries_its_card(model_dirs, tmp_path, name, ca
   assert loaded.batch == 1  # LiteRT: fixed batch, 1 unless --batch
   os.remove(str(out) + '.json')  # the card inside the file is enough
   assert runtimes.load(str(out)).card['structure'] == loaded.card['structure']
+  _same_predictions(model_dirs[name], str(out), _photo(tmp_path))
 
 
 @pytest.mark.slow
@@ -145,6 +171,7 @@ def test_onnx_matches_flax_and_carries_its_card(model_dirs, tmp_path, name, caps
   assert [i.name for i in proto.graph.input] == ['images']
   os.remove(str(out) + '.json')
   assert runtimes.load(str(out)).card['num_classes'] == 7
+  _same_predictions(model_dirs[name], str(out), _photo(tmp_path))
 
 
 @pytest.mark.slow
