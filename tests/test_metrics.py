@@ -52,3 +52,22 @@ def test_bad_inputs_are_named():
     metrics.summarize(np.zeros((2, 3)))
   with pytest.raises(ValueError, match='2 class names'):
     metrics.summarize(np.eye(3), ['a', 'b'])
+
+
+def test_class_counts_give_the_confusion_matrix_summary():
+  """Thousands of classes are evaluated with per-class (examples, correct) counts: the same
+  summary as the confusion matrix, masked examples ignored, from a K x 2 array."""
+  rng = np.random.default_rng(0)
+  labels = jnp.asarray(rng.integers(0, 40, 300))
+  preds = jnp.where(
+    jnp.asarray(rng.random(300) < 0.6), labels, jnp.asarray(rng.integers(0, 40, 300))
+  )
+  mask = jnp.asarray(rng.random(300) < 0.9)
+  counts = np.asarray(metrics.class_counts(labels, preds, 40, mask))
+  assert counts.shape == (40, 2) and counts.dtype == np.int32
+  assert counts[:, 0].sum() == int(mask.sum())
+  names = [f'n{i:06d}' for i in range(40)]
+  expected = metrics.summarize(np.asarray(metrics.confusion_matrix(labels, preds, 40, mask)), names)
+  assert metrics.summarize_counts(counts, names) == expected
+  with pytest.raises(ValueError, match=r'\[K, 2\]'):
+    metrics.summarize_counts(np.zeros((40, 40)), names)

@@ -12,7 +12,6 @@ import os
 import ml_collections
 
 from zenfer_jax import models, structure
-from zenfer_jax.data.pipeline import PROCESS_SPLITS, RECIPES
 from zenfer_jax.dataset_names import ALL_DATASETS
 from zenfer_jax.errors import UserError
 from zenfer_jax.train_state import DTYPES
@@ -36,8 +35,24 @@ def class_list(config: ml_collections.ConfigDict) -> list[str] | None:
   return names or None
 
 
+def check_search_iterations(config: ml_collections.ConfigDict) -> None:
+  """Refuses a search with nothing to do (`config.search.max_iterations` below 1).
+
+  The search's other values are checked by `zenfer_jax.nas.evolution.validate_config`; this
+  module does not import TensorFlow at import time, so a search can call this.
+  """
+  n = config.search.max_iterations
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise ConfigError(
+      f'config.search.max_iterations={n!r}: nothing to do, the search scores that many '
+      'candidates; set it to at least 1 (configs/search_m.py uses 480000; a quick look: 200).'
+    )
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   """Raises ConfigError for the first bad value found."""
+  from zenfer_jax.data.pipeline import PROCESS_SPLITS, RECIPES  # TensorFlow: only when training.
+
   m, d = config.model, config.data
   try:
     structure.resolve(m.structure)
@@ -89,10 +104,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   names = class_list(config)
   if d.name == 'folders':
     _check(
-      names is not None and len(names) >= 2,
+      names is not None and (len(names) >= 2 or names == ['auto']),
       'data.classes',
       d.classes,
-      'at least two comma-separated class folder names, in label order',
+      "at least two comma-separated class folder names, in label order, or 'auto' (the "
+      'sorted sub-folders of train/)',
     )
     _check(len(set(names)) == len(names), 'data.classes', d.classes, 'distinct class names')
   else:

@@ -13,6 +13,7 @@ __all__ = [
   'DEFAULT_RECIPES',
   'RECIPE_NAMES',
   'class_names',
+  'class_summary',
   'default_recipe',
 ]
 
@@ -59,3 +60,12 @@ def class_names(name: str) -> tuple[str, ...] | None:
   if family == 'digits':
     return DIGITS_CLASSES
   return None
+
+
+def class_summary(names, limit: int = 12) -> str:
+  """The class list for a log line: all of a few, the first and last of thousands (identities)."""
+  names = list(names)
+  if len(names) <= limit:
+    return str(names)
+  half = limit // 2
+  return f'[{", ".join(map(repr, names[:half]))}, ..., {", ".join(map(repr, names[-half:]))}]'

@@ -76,6 +76,16 @@ def eval_step(variables: dict, batch: dict, *, apply_fn, num_classes: int) -> ja
   return lax.psum(cm, AXIS_NAME)
 
 
+def eval_counts_step(variables: dict, batch: dict, *, apply_fn, num_classes: int) -> jax.Array:
+  """Per-class (examples, correct) of this global batch, summed over devices: `eval_step` for
+  thousands of classes, where a confusion matrix is too large to reduce every batch."""
+  logits = apply_fn(variables, batch['image'], train=False)
+  preds = jnp.argmax(logits, axis=-1)
+  return lax.psum(
+    metrics.class_counts(batch['label'], preds, num_classes, batch['mask']), AXIS_NAME
+  )
+
+
 def evaluate_split(
   p_eval: Callable, variables: dict, batches: Iterable[dict], num_classes: int
 ) -> np.ndarray:

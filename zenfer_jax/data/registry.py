@@ -14,7 +14,8 @@ from absl import logging
 
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb, common
-from zenfer_jax.dataset_names import ALL_DATASETS
+from zenfer_jax.data.builders.folders import AUTO, auto_classes
+from zenfer_jax.dataset_names import ALL_DATASETS, class_summary
 from zenfer_jax.errors import UserError
 
 MANUAL = ('rafdb', 'affectnet', 'folders')
@@ -50,18 +51,31 @@ def _stored_folders_classes(data_dir: str) -> list[str] | None:
     return list(json.load(f)['classes'])
 
 
+def _is_auto(classes) -> bool:
+  if isinstance(classes, str):
+    return classes.strip() == AUTO
+  return classes is not None and list(classes) == [AUTO]
+
+
 def builder(
-  name: str, data_dir: str, classes: Sequence[str] | None = None
+  name: str,
+  data_dir: str,
+  classes: Sequence[str] | str | None = None,
+  manual_dir: str | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder for `name` under `data_dir` (prepared or not).
 
-  For `folders`, `classes` is required before preparation; afterwards it may be omitted, and if
-  given must equal the recorded class list.
+  For `folders`, `classes` is required before preparation (a list, or 'auto' with `manual_dir`:
+  the sorted sub-folders of its train split); afterwards it may be omitted or 'auto', and if
+  given as a list must equal the recorded class list.
   """
   _check_name(name)
   data_dir = os.fspath(data_dir)
+  auto = _is_auto(classes)
   if isinstance(classes, str):  # 'a,b,c' as flags and configs spell it; '' means none.
     classes = [c.strip() for c in classes.split(',') if c.strip()] or None
+  if auto:
+    classes = None
   if name == 'rafdb':
     b = Rafdb(data_dir=data_dir)
   elif name == 'digits':
@@ -75,14 +89,23 @@ def builder(
         f'The folders dataset in {data_dir!r} was prepared with classes {stored}, '
         f'not {list(classes)}; use the recorded order or prepare into another data_dir.'
       )
+    if stored is None and auto:
+      if manual_dir is None:
+        raise ValueError(
+          f"The folders dataset in {data_dir!r} is not prepared yet, and classes='auto' needs "
+          'the manual_dir whose train/ sub-folders name the classes.'
+        )
+      classes = auto_classes(os.fspath(manual_dir))
     classes = stored if stored is not None else classes
     if not classes:
       raise ValueError(
         'The folders dataset needs its class list in label order '
-        '(classes=[...] / --folders.classes=a,b,c).'
+        "(classes=[...] / --folders.classes=a,b,c, or 'auto' for the sorted sub-folders of "
+        'train/).'
       )
     b = Folders(
-      data_dir=data_dir, config=FoldersConfig(name=FOLDERS_CONFIG, classes=tuple(classes))
+      data_dir=data_dir,
+      config=FoldersConfig(name=FOLDERS_CONFIG, classes=tuple(classes), auto_classes=auto),
     )
     return b
   if classes is not None and list(classes) != b.info.features['label'].names:
@@ -113,7 +136,7 @@ def info_of(name: str, b: tfds.core.DatasetBuilder) -> DatasetInfo:
 
 
 def load(
-  name: str, data_dir: str, classes: Sequence[str] | None = None
+  name: str, data_dir: str, classes: Sequence[str] | str | None = None
 ) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
   """The builder and info of an already prepared dataset; a clear error if it is not prepared."""
   b = builder(name, data_dir, classes)
@@ -162,7 +185,10 @@ def _check_source(name: str, b: tfds.core.DatasetBuilder, manual_dir: str) -> No
 
 
 def prepare(
-  name: str, data_dir: str, manual_dir: str | None = None, classes: Sequence[str] | None = None
+  name: str,
+  data_dir: str,
+  manual_dir: str | None = None,
+  classes: Sequence[str] | str | None = None,
 ) -> DatasetInfo:
   """Builds the TFDS records of `name` under `data_dir` unless already built; returns its info.
 
@@ -179,13 +205,14 @@ def prepare(
   """
   _check_name(name)
   data_dir = os.fspath(data_dir)
-  b = builder(name, data_dir, classes)
+  default_manual = os.path.join(data_dir, 'downloads', 'manual')
+  b = builder(name, data_dir, classes, manual_dir=manual_dir or default_manual)
   if is_prepared(b) and manual_dir and name.split('/')[0] in MANUAL:
     _check_source(name, b, os.fspath(manual_dir))
   if not is_prepared(b):
     config = {}
     if name.split('/')[0] in MANUAL:
-      manual_dir = os.fspath(manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
+      manual_dir = os.fspath(manual_dir or default_manual)
       if not os.path.isdir(manual_dir):
         raise FileNotFoundError(
           f'The manual_dir {manual_dir!r} for {name} does not exist. It should hold:'
@@ -208,9 +235,10 @@ def prepare(
     )
   info = info_of(name, b)
   logging.info(
-    '%s: classes %s, split sizes %s, %d skipped (report: %s)',
+    '%s: %d classes %s, split sizes %s, %d skipped (report: %s)',
     name,
-    info.class_names,
+    info.num_classes,
+    class_summary(info.class_names),
     info.split_sizes,
     info.skipped,
     info.report_path,

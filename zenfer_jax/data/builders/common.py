@@ -135,29 +135,56 @@ def non_empty(
   return kept
 
 
+def _utf8_name(cand: Candidate) -> Candidate:
+  # Names are stored as UTF-8 text: undecodable file-name bytes are kept as backslash escapes.
+  return cand._replace(file_name=os.fsencode(cand.file_name).decode('utf-8', 'backslashreplace'))
+
+
+def _sorted(candidates: Iterable[Candidate], split: str, skips: images.SkipLog) -> list[Candidate]:
+  cands, seen = [], set()
+  for cand in map(_utf8_name, candidates):
+    if cand.file_name in seen:
+      skips.add(split, cand.file_name, 'listed more than once; the first listing is kept')
+      continue
+    seen.add(cand.file_name)
+    cands.append(cand)
+  return sorted(cands, key=lambda c: (c.label, c.file_name))
+
+
+def _in_order(
+  candidates: Iterable[Candidate], split: str, skips: images.SkipLog
+) -> Iterator[Candidate]:
+  """Streams candidates that arrive in (label, file name) order; a repeat of the previous name is
+  skipped as `_sorted` would, anything out of order is a bug in the caller."""
+  last = None
+  for cand in candidates:
+    key = (cand.label, cand.file_name)  # Before re-encoding: the order the caller sorted by.
+    if last is not None and key == last:
+      skips.add(split, _utf8_name(cand).file_name, 'listed more than once; the first is kept')
+      continue
+    if last is not None and key < last:
+      raise ValueError(f'{split}: candidate {key} arrived after {last}; expected sorted order.')
+    last = key
+    yield _utf8_name(cand)
+
+
 def generate(
   builder: tfds.core.GeneratorBasedBuilder,
   split: str,
   candidates: Iterable[Candidate],
   skips: images.SkipLog,
   expected: int | None = None,
+  grouped: bool = False,
 ) -> Iterator[tuple[str, dict]]:
   """Yields examples grouped by class, skipping (and recording) unreadable images.
 
   Runs lazily inside TFDS's writer; the metadata it fills is saved after all splits are written.
+  `grouped`: the candidates already come in (label, file name) order, as a class-folder walk
+  gives them; they are then streamed, never held in memory together (else they are collected,
+  de-duplicated and sorted first).
   """
   num_classes = builder.info.features['label'].num_classes
-  cands = []
-  seen = set()
-  for cand in candidates:
-    # Names are stored as UTF-8 text: undecodable file-name bytes are kept as backslash escapes.
-    name = os.fsencode(cand.file_name).decode('utf-8', 'backslashreplace')
-    if name in seen:
-      skips.add(split, name, 'listed more than once; the first listing is kept')
-      continue
-    seen.add(name)
-    cands.append(cand._replace(file_name=name))
-  ordered = sorted(cands, key=lambda c: (c.label, c.file_name))
+  ordered = _in_order(candidates, split, skips) if grouped else _sorted(candidates, split, skips)
   counts = [0] * num_classes
   skipped_before = len(skips.entries)
   for cand in ordered:
