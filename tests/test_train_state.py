@@ -78,11 +78,53 @@ def test_init_from_loads_everything_or_only_the_backbone(tmp_path, config, model
   for k, v in flat(donor).items():
     np.testing.assert_array_equal(loaded[k], v, err_msg=k)
 
+  # The reference's only_backbone copies every same-named, same-shaped array: with the same
+  # class count that includes the classifier.
   c = tiny_config('/unused', init_from=path, only_backbone=True)
-  backbone_only = flat(ts.initial_variables(c, model, jax.random.PRNGKey(0)))
+  report = {}
+  backbone_only = flat(ts.initial_variables(c, model, jax.random.PRNGKey(0), report))
   for k, v in backbone_only.items():
-    expected = flat(fresh)[k] if k.startswith('params/fc/') else flat(donor)[k]
+    np.testing.assert_array_equal(v, flat(donor)[k], err_msg=k)
+  assert sorted(report['copied']) == sorted(flat(donor)) and report['left_at_init'] == []
+
+
+def test_only_backbone_takes_what_matches_by_name_and_shape(tmp_path, config, model, fresh):
+  """A 7-class donor without one BatchNorm layer and with an array this model lacks: the
+  classifier (another shape) and the missing layer start fresh, the rest is copied, the extra
+  array is unused, and the report says which and why."""
+  other = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1, fresh)
+  other['params']['fc'] = {'kernel': np.ones((32, 7), np.float32), 'bias': np.zeros(7, np.float32)}
+  bn = sorted(k for k in flat(fresh) if k.startswith('batch_stats/'))[0].split('/')[1:-1]
+  node = other['batch_stats']
+  for part in bn[:-1]:
+    node = node[part]
+  del node[bn[-1]]
+  other['params']['extra'] = {'kernel': np.ones((3, 3), np.float32)}
+  report = {}
+  merged = flat(
+    ts.initial_variables(
+      tiny_config('/unused', init_from=_model_dir(tmp_path, other, 7), only_backbone=True),
+      model,
+      jax.random.PRNGKey(0),
+      report,
+    )
+  )
+  missing_bn = 'batch_stats/' + '/'.join(bn)
+  left = {e['array']: e['why'] for e in report['left_at_init']}
+  assert left['params/fc/kernel'] == 'shape (32, 7) in the checkpoint, (32, 10) here'
+  assert left['params/fc/bias'] == 'shape (7,) in the checkpoint, (10,) here'
+  assert {k for k in left if k.startswith('batch_stats/')} == {
+    f'{missing_bn}/mean',
+    f'{missing_bn}/var',
+  }
+  assert all(left[k] == 'not in the checkpoint' for k in left if k.startswith('batch_stats/'))
+  assert report['unused'] == ['params/extra/kernel']
+  assert report['source_num_classes'] == 7 and report['only_backbone'] is True
+  donor = flat(other)
+  for k, v in merged.items():
+    expected = flat(fresh)[k] if k in left else donor[k]
     np.testing.assert_array_equal(v, expected, err_msg=k)
+  assert sorted(report['copied']) == sorted(set(merged) - set(left))
 
 
 def test_init_from_with_another_head_fails_unless_only_the_backbone_is_taken(

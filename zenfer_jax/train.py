@@ -26,6 +26,7 @@ from flax import traverse_util
 from zenfer_jax import (
   atomic_write,
   data,
+  dataset_names,
   errors,
   loop_timing,
   metrics,
@@ -41,6 +42,14 @@ from zenfer_jax import train_state as ts
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_validation import ConfigError, class_list, validate_config
 from zenfer_jax.data import device_pipeline
+
+# Per-class test accuracy goes to TensorBoard for up to this many classes (metrics.jsonl always
+# has it): a face-identity pretraining's thousands of curves would bury the rest.
+PER_CLASS_SCALARS_MAX = 100
+# Evaluation sums a confusion matrix up to this many classes, per-class counts beyond.
+CONFUSION_MAX = 256
+# Which arrays config.init_from gave and which started fresh (zenfer_jax.train_state).
+INIT_REPORT = 'init_from.json'
 
 
 class NonFiniteLossError(FloatingPointError, errors.UserError):
@@ -216,7 +225,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     '%d on %d devices, lr %.4g',
     info.name,
     num_classes,
-    info.class_names,
+    dataset_names.class_summary(info.class_names),
     sched.num_train,
     sched.steps_per_epoch,
     config.num_epochs,
@@ -229,10 +238,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   ckpts = workdir_lib.Checkpoints(workdir)
   restored = ckpts.restore('latest')
   # A resumed run takes its weights from the checkpoint, never from init_from.
+  init_report: dict = {}  # What init_from gave: WORKDIR/init_from.json.
   variables = (
     ts.placeholder_variables(config, model)
     if restored is not None
-    else ts.initial_variables(config, model, init_rng)
+    else ts.initial_variables(config, model, init_rng, init_report)
   )
   state = ts.create_train_state(config, model, variables, lr_fn)
   book = Bookkeeping()
@@ -259,6 +269,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_chief:
     atomic_write.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
     atomic_write.write_json(os.path.join(workdir, model_directory.CARD_NAME), card)
+    if init_report:
+      atomic_write.write_json(os.path.join(workdir, INIT_REPORT), init_report)
   start_step = int(state.step)
   last_saved = start_step if restored is not None else None
   logging.info('Model %s: %d parameters.', model.structure_text, models.count_params(state.params))
@@ -303,8 +315,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       learning_rate_fn=lr_fn,
     )
   )
+  # Thousands of classes (identities): per-class counts instead of a confusion matrix.
+  confusion = num_classes <= CONFUSION_MAX
   p_eval = parallel.pmap_eval_step(
-    functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=num_classes)
+    functools.partial(
+      steps.eval_step if confusion else steps.eval_counts_step,
+      apply_fn=model.apply,
+      num_classes=num_classes,
+    )
   )
   precise = precise_bn.for_training(config, model.apply, sched.num_train, data_dir, **common)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
@@ -378,7 +396,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           if precise is not None:  # Also what the best checkpoint and the export hold.
             variables = precise(variables)
           cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
-        last_eval = metrics.summarize(cm, info.class_names)
+        summarize = metrics.summarize if confusion else metrics.summarize_counts
+        last_eval = summarize(cm, info.class_names)
         record = {
           'epoch': epoch,
           'step': done,
@@ -386,6 +405,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           'train_accuracy': train_acc,
           'test_top1': last_eval['top1'],
           'test_mean_class_accuracy': last_eval['mean_class_accuracy'],
+          'test_examples': last_eval['num_examples'],
           'per_class_accuracy': last_eval['per_class_accuracy'],
         }
         if is_chief:
@@ -396,13 +416,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             'test/mean_class_accuracy': last_eval['mean_class_accuracy'],
           }
         )
-        scalars.update(
-          {
-            f'test/accuracy/{k}': v
-            for k, v in last_eval['per_class_accuracy'].items()
-            if v is not None
-          }
-        )
+        if num_classes <= PER_CLASS_SCALARS_MAX:  # Not one curve per identity of VGGFace2.
+          scalars.update(
+            {
+              f'test/accuracy/{k}': v
+              for k, v in last_eval['per_class_accuracy'].items()
+              if v is not None
+            }
+          )
         logging.info(
           'epoch %d/%d step %d: train loss %.4f acc %.4f | test top-1 %.4f mean-class %.4f',
           epoch,
