@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow as tf
 from scipy import stats
 
@@ -92,10 +93,14 @@ def test_flip_and_shift_match_tf():
     np.testing.assert_array_equal(g, padded[oy : oy + 20, ox : ox + 28])
 
 
-BLENDS = ('color', 'contrast', 'sharpness')
+BLENDS = D.BLENDS
 
 
-def test_every_autoaugment_op_equals_tf_at_every_magnitude():
+IMPLS = ('batched', 'per_example')  # Accelerators' default, the CPU's default.
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_every_autoaugment_op_equals_tf_at_every_magnitude(impl):
   """All ten ops, both signs of every magnitude bin, and op -1 (none): exact, except that the
   blends (color, contrast, sharpness) may round a few pixels the other way (at most 1 grey level
   on at most 1% of pixels: compilers fuse their multiply-adds differently)."""
@@ -106,7 +111,7 @@ def test_every_autoaugment_op_equals_tf_at_every_magnitude():
   ops = np.array([c[0] for c in cases for _ in IMAGES], np.int32)
   mags = np.array([c[1] for c in cases for _ in IMAGES], np.float32)
   batch = np.stack([im for _ in cases for im in IMAGES])
-  got = np.asarray(jax.jit(D.autoaugment_op)(batch, ops, mags))
+  got = np.asarray(jax.jit(D.autoaugment_op, static_argnums=3)(batch, ops, mags, impl))
   for k, g in enumerate(got):
     if ops[k] < 0:
       name, ref = 'none', batch[k]
@@ -119,11 +124,15 @@ def test_every_autoaugment_op_equals_tf_at_every_magnitude():
       np.testing.assert_array_equal(g, ref, err_msg=f'{name} magnitude {mags[k]}')
 
 
-def test_sub_policies_drawn_by_tf_match_tf():
+@pytest.mark.parametrize('impl', IMPLS)
+def test_sub_policies_drawn_by_tf_match_tf(impl):
   n, im = 40, IMAGES[0]
   choices = [A.autoaugment_choice(tf_seed(i)) for i in range(n)]
   ops, mags, applied = (np.stack([c[j].numpy() for c in choices]) for j in range(3))
-  got = np.asarray(jax.jit(D.autoaugment)(np.repeat(im[None], n, 0), ops, mags, applied))
+  got = jax.jit(D.autoaugment, static_argnums=4)(
+    np.repeat(im[None], n, 0), ops, mags, applied, impl
+  )
+  got = np.asarray(got)
   for i, g in enumerate(got):
     ref = np.asarray(A.autoaugment_imagenet(im, tf_seed(i)))
     if set(S.AUTOAUGMENT_OPS[o][0] for o in ops[i][applied[i]]) & set(BLENDS):

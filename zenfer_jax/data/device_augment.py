@@ -20,16 +20,19 @@ draws into crop windows, AutoAugment choices and erasing boxes with `augment_spe
 functions. Each example's key is derived from (run seed, example number), like the tf.data
 seeds, so a resumed run repeats the very augmentations an uninterrupted one makes.
 
-Batched AutoAugment. One sub-policy step is one of ten ops per image; rather than computing all
-ten and selecting, the ops are grouped by what they do: a nearest-neighbour warp (rotate, shear;
+AutoAugment over a batch. One sub-policy step is one of ten ops per image. On accelerators
+('batched') the ops are grouped by what they do: a nearest-neighbour warp (rotate, shear;
 identity otherwise), a per-channel lookup table (posterize, solarize, invert, autocontrast,
 equalize; identity otherwise) and a blend with a degenerate image (color, contrast, sharpness;
-factor 1 otherwise). Each image goes through the three in turn, of which at most one changes it.
+factor 1 otherwise); every image goes through the three, of which at most one changes it. On a
+CPU ('per_example') each image runs only its own op in a loop, about 45x less work there
+(0.5 -> 0.011 CPU-s for 32 images at 112 px). `resolve_impl('auto')` picks by backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -244,18 +247,33 @@ def _round_half_away(x):
   return jnp.where(jnp.abs(x - trunc) == 0.5, trunc + jnp.sign(x), jnp.round(x))
 
 
-def _warp(images, op, magnitude):
+WARPS = ('rotate', 'shear_x')
+LOOKUPS = ('posterize', 'solarize', 'invert', 'autocontrast', 'equalize')
+BLENDS = ('color', 'contrast', 'sharpness')
+
+
+def _pick(op, candidates: dict, fallback):
+  """candidates[name] where op is that op's index, else fallback (op [B], broadcast right)."""
+  out = fallback
+  for name, value in candidates.items():
+    out = jnp.where(op == _OP[name], value, out)
+  return out
+
+
+def _warp(images, op, magnitude, ops=WARPS):
   """Rotate (degrees, counter-clockwise about the centre) and shear_x; identity for other ops."""
   b, h, w, c = images.shape
-  theta = magnitude * jnp.float32(math.pi / 180.0)
-  cos, sin = jnp.cos(theta), jnp.sin(theta)
-  cy, cx = jnp.float32((h - 1) / 2.0), jnp.float32((w - 1) / 2.0)
   one, zero = jnp.ones_like(magnitude), jnp.zeros_like(magnitude)
-  rotate = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]
-  shear = [one, magnitude, zero, zero, one, zero]
+  candidates = {}
+  if 'rotate' in ops:
+    theta = magnitude * jnp.float32(math.pi / 180.0)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    cy, cx = jnp.float32((h - 1) / 2.0), jnp.float32((w - 1) / 2.0)
+    candidates['rotate'] = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]
+  if 'shear_x' in ops:
+    candidates['shear_x'] = [one, magnitude, zero, zero, one, zero]
   identity = [one, zero, zero, zero, one, zero]
-  is_rot, is_shear = op == _OP['rotate'], op == _OP['shear_x']
-  t = [jnp.where(is_rot, r, jnp.where(is_shear, s, i)) for r, s, i in zip(rotate, shear, identity)]
+  t = [_pick(op, {k: v[i] for k, v in candidates.items()}, identity[i]) for i in range(6)]
   t = [v[:, None, None] for v in t]
   ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
   xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
@@ -287,34 +305,31 @@ def _equalize_lut(hist):
   return jnp.where((step > 0)[..., None], lut, jnp.arange(256, dtype=jnp.int32))
 
 
-def _lookup(images, op, magnitude):
-  """Posterize, solarize, invert, autocontrast, equalize as per-channel tables; identity else."""
+def _lookup(images, op, magnitude, ops=LOOKUPS):
+  """Posterize, solarize, invert, autocontrast, equalize as per-channel tables; identity else.
+
+  Only the tables of `ops` are built (equalize's needs a histogram of every image).
+  """
   b, h, w, c = images.shape
   v = jnp.arange(256, dtype=jnp.int32)[None, None, :]  # [1, 1, 256]
   m = magnitude[:, None, None]
-  drop = 8 - m.astype(jnp.int32)
-  posterize = v & ((255 << drop) & 255)
-  solarize = jnp.where(v.astype(jnp.float32) >= m, 255 - v, v)
-  invert = 255 - v
-  lo = jnp.min(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]  # [B, C, 1]
-  hi = jnp.max(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]
-  scale = 255.0 / jnp.maximum(hi - lo, 1.0)
-  vf = v.astype(jnp.float32)
-  stretched = jnp.where(hi > lo, jnp.clip((vf - lo) * scale, 0.0, 255.0), vf)
-  autocontrast = jnp.floor(stretched).astype(jnp.int32)
-  equalize = _equalize_lut(_histograms(images))
-  identity = jnp.broadcast_to(v, (b, c, 256))
-  tables = [
-    (_OP['posterize'], posterize),
-    (_OP['solarize'], solarize),
-    (_OP['invert'], invert),
-    (_OP['autocontrast'], autocontrast),
-    (_OP['equalize'], equalize),
-  ]
-  lut = identity
-  o = op[:, None, None]
-  for index, table in tables:
-    lut = jnp.where(o == index, jnp.broadcast_to(table, (b, c, 256)), lut)
+  tables = {}
+  if 'posterize' in ops:
+    tables['posterize'] = v & ((255 << (8 - m.astype(jnp.int32))) & 255)
+  if 'solarize' in ops:
+    tables['solarize'] = jnp.where(v.astype(jnp.float32) >= m, 255 - v, v)
+  if 'invert' in ops:
+    tables['invert'] = 255 - v
+  if 'autocontrast' in ops:
+    lo = jnp.min(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]  # [B, C, 1]
+    hi = jnp.max(images, axis=(1, 2)).astype(jnp.float32)[:, :, None]
+    scale = 255.0 / jnp.maximum(hi - lo, 1.0)
+    vf = v.astype(jnp.float32)
+    stretched = jnp.where(hi > lo, jnp.clip((vf - lo) * scale, 0.0, 255.0), vf)
+    tables['autocontrast'] = jnp.floor(stretched).astype(jnp.int32)
+  if 'equalize' in ops:
+    tables['equalize'] = _equalize_lut(_histograms(images))
+  lut = jnp.broadcast_to(_pick(op[:, None, None], tables, v), (b, c, 256))
   ids = images.astype(jnp.int32) + 256 * jnp.arange(c, dtype=jnp.int32)
   out = jnp.take_along_axis(lut.reshape(b, c * 256), ids.reshape(b, -1), axis=1)
   return out.reshape(b, h, w, c).astype(jnp.uint8)
@@ -336,31 +351,67 @@ def _smooth(x):
   return x.at[:, 1:-1, 1:-1].set(jnp.round(acc))
 
 
-def _blend(images, op, magnitude):
+def _blend(images, op, magnitude, ops=BLENDS):
   """Color, contrast, sharpness: a blend with a degenerate image; identity for other ops."""
   x = images.astype(jnp.float32)
-  grey = _grey(x)
   o = op[:, None, None, None]
-  degenerate = jnp.where(o == _OP['color'], jnp.round(grey), x)
-  mean = jnp.mean(grey, axis=(1, 2, 3), keepdims=True)
-  degenerate = jnp.where(o == _OP['contrast'], mean, degenerate)
-  degenerate = jnp.where(o == _OP['sharpness'], _smooth(x), degenerate)
-  is_blend = (o == _OP['color']) | (o == _OP['contrast']) | (o == _OP['sharpness'])
+  degenerates = {}
+  if 'color' in ops:
+    degenerates['color'] = jnp.round(_grey(x))
+  if 'contrast' in ops:
+    degenerates['contrast'] = jnp.mean(_grey(x), axis=(1, 2, 3), keepdims=True)
+  if 'sharpness' in ops:
+    degenerates['sharpness'] = _smooth(x)
+  degenerate = _pick(o, degenerates, x)
+  is_blend = functools.reduce(jnp.logical_or, [o == _OP[name] for name in ops])
   factor = jnp.where(is_blend, 1.0 + magnitude[:, None, None, None], 1.0)
   return to_uint8(degenerate + factor * (x - degenerate))
 
 
-def autoaugment_op(images, op, magnitude):
-  """Op number `op` [B] of `spec.AUTOAUGMENT_OPS` with signed `magnitude` [B]; -1: none."""
+def _batched_op(images, op, magnitude):
+  # At most one of the three changes an image.
   return _blend(_lookup(_warp(images, op, magnitude), op, magnitude), op, magnitude)
 
 
-def autoaugment(images, ops, magnitudes, applied):
+def _per_example_op(images, op, magnitude):
+  """Each image through only its own op (lax.switch in a loop): on a CPU, where a select over
+  every op's result costs each op for every image, about 10x less work."""
+  branches = [lambda x, m: x]
+  for name, _, _ in spec.AUTOAUGMENT_OPS:
+    group = _warp if name in WARPS else _lookup if name in LOOKUPS else _blend
+    branches.append(
+      lambda x, m, group=group, name=name: group(x, jnp.full((1,), _OP[name]), m, ops=(name,))
+    )
+
+  def one(args):
+    x, o, m = args
+    return jax.lax.switch(o + 1, branches, x[None], m[None])[0]
+
+  return jax.lax.map(one, (images, op, magnitude))
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto': 'per_example' on the CPU backend, 'batched' on accelerators."""
+  if impl == 'auto':
+    return 'per_example' if jax.default_backend() == 'cpu' else 'batched'
+  if impl not in ('batched', 'per_example'):
+    raise ValueError(f"impl={impl!r}: expected 'auto', 'batched' or 'per_example'.")
+  return impl
+
+
+def autoaugment_op(images, op, magnitude, impl: str = 'auto'):
+  """Op number `op` [B] of `spec.AUTOAUGMENT_OPS` with signed `magnitude` [B]; -1: none."""
+  if resolve_impl(impl) == 'per_example':
+    return _per_example_op(images, op, magnitude)
+  return _batched_op(images, op, magnitude)
+
+
+def autoaugment(images, ops, magnitudes, applied, impl: str = 'auto'):
   """Both steps of each image's sub-policy: ops, magnitudes, applied all [B, 2]."""
 
   def one_step(step, x):
     op = jnp.where(applied[:, step], ops[:, step], -1)
-    return autoaugment_op(x, op, magnitudes[:, step])
+    return autoaugment_op(x, op, magnitudes[:, step], impl)
 
   # A loop rather than two copies: the step compiles once.
   return jax.lax.fori_loop(0, 2, one_step, images)
