@@ -158,3 +158,17 @@ def colour_label(image_uint8: np.ndarray) -> int:
   """The class whose colour is nearest the image's mean colour."""
   mean = image_uint8.reshape(-1, 3).mean(0)
   return int(np.argmin(((COLOURS.astype(np.float64) - mean) ** 2).sum(1)))
+
+
+def make_identity_tree(
+  root: str, identities: list[str], per_class: int, others: tuple[str, ...] = (), size=(12, 10)
+) -> None:
+  """A face-identity tree in the VGGFace2 layout: train/<identity>/<k>_01.jpg (`per_class`
+  each, coloured by identity index mod 8), test/<identity>/0100_01.jpg for each identity, and
+  test/ folders for `others`, identities that train/ lacks (as all of VGGFace2's test ones)."""
+  for i, ident in enumerate(identities):
+    for k in range(per_class):
+      write_image(os.path.join(root, 'train', ident, f'{k:04d}_01.jpg'), i % 8, k, size)
+    write_image(os.path.join(root, 'test', ident, '0100_01.jpg'), i % 8, 100, size)
+  for ident in others:
+    write_image(os.path.join(root, 'test', ident, '0001_01.jpg'), 0, 1, size)

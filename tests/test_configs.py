@@ -52,7 +52,9 @@ def test_config_loads_by_path_outside_the_repository(name, tmp_path):
     'demo.py': 'digits',
     'folders.py': 'folders',
     'rafdb_m.py': 'rafdb',
+    'rafdb_m_transfer.py': 'rafdb',
     'rafdb_r.py': 'rafdb',
+    'vggface2_m.py': 'folders',
   }.get(name, 'affectnet/' + name[len('affectnet') : len('affectnet') + 1] + 'cls')
   assert data_name == expected
   assert int(epochs) > 0 and structure
@@ -77,3 +79,22 @@ def test_configs_still_import_as_a_package():
 
   assert demo.get_config().data.name == 'digits'
   assert folders.get_config().to_dict().keys() == default.get_config().to_dict().keys()
+
+
+def test_transfer_recipe_configs_are_valid_and_chain():
+  """vggface2_m pretrains on the auto classes of a folder tree for 10 epochs; rafdb_m_transfer
+  is rafdb_m initialised from that run's workdir, backbone only."""
+  from configs import rafdb_m, rafdb_m_transfer, vggface2_m
+  from zenfer_jax.config_validation import ConfigError, validate_config
+
+  pre, fine = vggface2_m.get_config(), rafdb_m_transfer.get_config()
+  validate_config(pre)
+  with pytest.raises(ConfigError, match="init_from='runs/vggface2_m'"):  # Not pretrained here.
+    validate_config(fine)
+  assert (pre.data.name, pre.data.classes, pre.num_epochs) == ('folders', 'auto', 10)
+  assert pre.model.structure == fine.model.structure == 'zennet_m'
+  assert pre.model.use_sa and fine.model.use_sa
+  assert fine.init_from == 'runs/vggface2_m' and fine.only_backbone and not fine.freeze_backbone
+  expected = rafdb_m.get_config()
+  expected.init_from, expected.only_backbone = fine.init_from, True
+  assert fine.to_dict() == expected.to_dict()

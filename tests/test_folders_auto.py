@@ -32,13 +32,8 @@ OTHERS = ['n999990', 'n999991', 'n999992']  # Test identities that train/ lacks.
 
 
 def make_identity_tree(root: str) -> None:
-  """train/<identity>/<k>_01.jpg (PER_CLASS each), test/: one per identity plus OTHERS."""
-  for i, ident in enumerate(IDENTITIES):  # Created in a non-sorted order.
-    for k in range(PER_CLASS):
-      fx.write_image(os.path.join(root, 'train', ident, f'{k:04d}_01.jpg'), i % 8, k, (12, 10))
-    fx.write_image(os.path.join(root, 'test', ident, '0100_01.jpg'), i % 8, 100, (12, 10))
-  for ident in OTHERS:
-    fx.write_image(os.path.join(root, 'test', ident, '0001_01.jpg'), 0, 1, (12, 10))
+  """The identity tree, created in a shuffled order, plus a corrupt JPEG and a text file."""
+  fx.make_identity_tree(root, IDENTITIES, PER_CLASS, OTHERS)
   fx.write_bad(os.path.join(root, 'train', IDENTITIES[3], 'broken.jpg'), 'corrupt')
   fx.write_bad(os.path.join(root, 'train', IDENTITIES[7], 'list.txt'), 'text')
 
