@@ -4,6 +4,8 @@
   python -m zenfer_jax.data.prepare --dataset=affectnet/8cls --manual_dir=~/AffectNet --data_dir=~/tfds
   python -m zenfer_jax.data.prepare --dataset=folders --folders.classes=angry,happy,sad \
       --manual_dir=~/fer_folders --data_dir=~/tfds
+  python -m zenfer_jax.data.prepare --dataset=folders --folders.classes=auto \
+      --manual_dir=~/VGGFace2 --data_dir=~/tfds      # classes: the sorted folders of train/
   python -m zenfer_jax.data.prepare --dataset=digits --data_dir=~/tfds
 
 Broken or oversized images and unusable label lines are skipped and listed in prepare_report.txt
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from absl import logging
 
 from zenfer_jax import cli
+from zenfer_jax.dataset_names import class_summary
 
 
 def _parser() -> cli.ArgumentParser:
@@ -33,7 +36,8 @@ def _parser() -> cli.ArgumentParser:
   p.add_argument(
     '--folders.classes',
     dest='classes',
-    help='folders only: class names in label order, comma-separated',
+    help="folders only: class names in label order, comma-separated, or 'auto' (the sorted "
+    'sub-folders of train/, e.g. the identities of VGGFace2)',
   )
   return p
 
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   logging.info('Prepared %s', info)
   print(
-    f'{info.name}: {info.num_classes} classes {info.class_names}; split sizes '
+    f'{info.name}: {info.num_classes} classes {class_summary(info.class_names)}; split sizes '
     f'{info.split_sizes}; {info.skipped} skipped; report {info.report_path}'
   )
   return 0
