@@ -7,7 +7,7 @@ import os
 import warnings
 
 import pytest
-from absl import logging
+from absl import flags, logging
 
 from zenfer_jax import cli
 
@@ -129,3 +129,28 @@ def test_verbosity_hands_the_terminal_to_absl(tmp_path, restore_logging):
   assert logging.get_absl_handler() in root.handlers
   assert not any(isinstance(h, cli._TerminalHandler) for h in root.handlers)
   assert logging.get_verbosity() == 0
+
+
+def test_quiet_leaves_logging_as_it_found_it(restore_logging):
+  """A library user who never set absl's verbosity keeps INFO lines after a checkpoint is read."""
+  from zenfer_jax import workdir
+
+  flag, absl_logger, root = flags.FLAGS['verbosity'], logging.get_absl_logger(), std_logging.root
+  flag.value, flag.using_default_value = -1, True  # absl's state before anyone set it.
+  absl_logger.setLevel(std_logging.NOTSET)  # Follows the root logger ...
+  root.setLevel(std_logging.INFO)  # ... which a library user set to INFO.
+  seen = []
+  handler = std_logging.Handler()
+  handler.emit = lambda record: seen.append(record.getMessage())
+  root.addHandler(handler)
+  try:
+    logging.info('before')
+    with workdir.quiet():
+      logging.info('inside')  # Orbax's file-by-file lines: dropped.
+      logging.warning('a warning inside')
+    logging.info('after')
+  finally:
+    root.removeHandler(handler)
+  assert seen == ['before', 'a warning inside', 'after']
+  assert (flag.value, flag.using_default_value) == (-1, True)
+  assert absl_logger.level == std_logging.NOTSET and root.level == std_logging.INFO

@@ -98,24 +98,16 @@ def test_evaluate_writes_metrics_and_confusion_matrix(model_dir, digits_dir, tmp
   assert Image.open(png).size[0] > 300
 
 
-def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path):
+def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path, capsys):
   model = models.build_model(TINY, 3)
   variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
   card = model_directory.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
   model_directory.save_model_dir(str(tmp_path / 'three'), variables, card)
-  with pytest.raises(ValueError, match='3 classes, digits has 10'):
-    evaluate.main(
-      [
-        '--checkpoint',
-        str(tmp_path / 'three'),
-        '--dataset',
-        'digits',
-        '--data_dir',
-        str(digits_dir),
-      ]
-    )
-  with pytest.raises(SystemExit, match='--dataset'):
-    evaluate.main(['--checkpoint', str(model_dir)])
+  argv = ['--checkpoint', str(tmp_path / 'three'), '--dataset', 'digits']
+  assert evaluate.main([*argv, '--data_dir', str(digits_dir)]) == 2
+  assert capsys.readouterr().err.startswith('error: The model has 3 classes, digits has 10')
+  assert evaluate.main(['--checkpoint', str(model_dir)]) == 2
+  assert 'say which data to evaluate on with --dataset' in capsys.readouterr().err
 
 
 def test_predict_preprocesses_as_evaluation_does(model_dir, digits_dir, test_images):

@@ -305,4 +305,4 @@ def test_cli_in_a_fresh_process(model_dirs, tmp_path):
     text=True,
     timeout=600,
   )
-  assert proc.returncode == 1 and 'is not a directory' in proc.stderr
+  assert proc.returncode == 2 and 'is not a directory' in proc.stderr

@@ -185,14 +185,14 @@ def test_predict_refuses_to_guess_the_preprocessing(tmp_path, capsys):
   d = model_directory.save_model_dir(str(tmp_path / 'm'), variables, card)
   img = tmp_path / 'x.png'
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
-  assert predict.main(['--checkpoint', d, str(img)]) == 1
+  assert predict.main(['--checkpoint', d, str(img)]) == 2  # A user error: one line, status 2.
   err = capsys.readouterr().err
   assert 'records no recipe' in err and '--recipe' in err
   assert predict.main(['--checkpoint', d, str(img), '--recipe', 'affectnet']) == 0
   model_dir_with = model_directory.save_model_dir(
     str(tmp_path / 'm2'), variables, dict(card, recipe='rafdb')
   )
-  assert predict.main(['--checkpoint', model_dir_with, str(img), '--recipe', 'affectnet']) == 1
+  assert predict.main(['--checkpoint', model_dir_with, str(img), '--recipe', 'affectnet']) == 2
   assert 'contradicts' in capsys.readouterr().err
 
 

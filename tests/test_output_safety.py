@@ -121,7 +121,7 @@ def test_export_overwrite_replaces_only_a_checkpoint_file(tmp_path, pth, capsys)
   notes.write_text('my notes\n')
   argv = ['--checkpoint', str(model_dir), '--output']
   assert export_cli.main(argv + [str(notes), '--overwrite']) != 0
-  assert 'not a PyTorch checkpoint' in capsys.readouterr().err
+  assert 'not a checkpoint: ' in capsys.readouterr().err
   assert notes.read_text() == 'my notes\n'
   assert export_cli.main(argv + [str(tmp_path), '--overwrite']) != 0  # A directory.
   assert 'is a directory' in capsys.readouterr().err
@@ -142,12 +142,12 @@ def test_evaluate_output_dir_keeps_files_it_did_not_write(tmp_path):
   out = tmp_path / 'report'
   out.mkdir()
   (out / 'metrics.json').write_text('{"loss": 1}')
-  with pytest.raises(SystemExit, match='did not write'):
+  with pytest.raises(ValueError, match='did not write'):
     evaluate._check_output_dir(str(out))
   (out / 'metrics.json').write_text(json.dumps({'top1': 0.5, 'confusion_matrix': [[1]]}))
   (out / 'confusion_matrix.png').write_bytes(b'png')
   evaluate._check_output_dir(str(out))  # An earlier evaluation's files: replaced.
   evaluate._check_output_dir(str(tmp_path / 'new'))
   (tmp_path / 'file').write_text('x')
-  with pytest.raises(SystemExit, match='not a directory'):
+  with pytest.raises(ValueError, match='not a directory'):
     evaluate._check_output_dir(str(tmp_path / 'file'))

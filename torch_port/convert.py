@@ -322,7 +322,7 @@ def _parser() -> cli.ArgumentParser:
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument('--model', choices=('zennet_m', 'zennet_r'), help='a published structure')
   g.add_argument('--structure', help='a structure string or a file holding one')
-  p.add_argument('--num_classes', type=int, required=True)
+  p.add_argument('--num_classes', type=cli.positive_int, required=True)
   p.add_argument('--use_sa', action='store_true', help='the checkpoint was trained with --use_sa')
   p.add_argument(
     '--use_lw_att', action='store_true', help='the checkpoint was trained with --use_lw_att'
@@ -354,7 +354,7 @@ def _parser() -> cli.ArgumentParser:
   )
   p.add_argument(
     '--image_size',
-    type=int,
+    type=cli.positive_int,
     default=224,
     help='input size the checkpoint was trained at (the original scripts use 224)',
   )
@@ -368,6 +368,7 @@ def _parser() -> cli.ArgumentParser:
   return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   cli.setup_logging(args.verbosity)
@@ -426,8 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     FileNotFoundError,
     ValueError,
   ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return cli.report(e)
   print(f'wrote {out}: {report.summary()}')
   if recipe is None:
     print(

@@ -159,6 +159,7 @@ def _parser() -> cli.ArgumentParser:
   return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   cli.setup_logging(args.verbosity)
@@ -182,8 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     FileNotFoundError,
     ValueError,
   ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return cli.report(e)
   flags = ' --use_sa' if card['use_sa'] else ''
   flags += ' --use_lw_att' if card['use_lw_att'] else ''
   print(

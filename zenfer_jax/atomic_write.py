@@ -14,7 +14,31 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ['replacing', 'write_json', 'write_text']
+__all__ = ['make_temporary_dir', 'replacing', 'temporary_name', 'write_json', 'write_text']
+
+
+def temporary_name(path: str | os.PathLike, kind: str = 'tmp') -> str:
+  """A name beside `path`, unique to this process and call, for a file or directory to come.
+
+  Named, not created: whoever creates it uses plain `open` / `os.mkdir`, so the user's umask
+  applies. tempfile's mkstemp (0600) and mkdtemp (0700) would not, and the mode stays on the
+  destination the temporary is renamed to.
+  """
+  path = os.path.abspath(os.fspath(path))
+  return os.path.join(
+    os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}'
+  )
+
+
+def make_temporary_dir(path: str | os.PathLike, kind: str = 'tmp') -> str:
+  """A new empty directory beside `path` (see `temporary_name`), with the umask's mode."""
+  while True:
+    name = temporary_name(path, kind)
+    try:
+      os.mkdir(name)
+      return name
+    except FileExistsError:  # pragma: no cover - 32 random bits and the pid already taken
+      continue
 
 
 @contextlib.contextmanager
@@ -25,11 +49,7 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
   cover text.
   """
   path = os.path.abspath(os.fspath(path))
-  # Named, not created: the writer creates it, so it gets the usual permissions (mkstemp's
-  # would be 0600 and would stay on the destination).
-  tmp = os.path.join(
-    os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
-  )
+  tmp = temporary_name(path)  # The writer creates it, with the umask's mode.
   try:
     yield tmp
     with open(tmp, 'rb') as f:

@@ -380,6 +380,8 @@ def run_absl(
 
 def _parse_absl_flags(argv: list[str], config_flag: str = 'config') -> list[str]:
   """absl's parsing, with every failure as one line (absl's own prints a FATAL block, exit 1)."""
+  for name in [n for n in flags.FLAGS if n.startswith(f'{config_flag}.')]:
+    delattr(flags.FLAGS, name)  # An earlier parse's overrides (in-process callers, tests).
   try:
     rest = flags.FLAGS(argv)
     if config_flag in flags.FLAGS and flags.FLAGS[config_flag].value is not None:

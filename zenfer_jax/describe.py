@@ -96,6 +96,7 @@ def format_table(info: dict) -> str:
   return '\n'.join(lines)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
   parser = cli.ArgumentParser(
     prog='python -m zenfer_jax.describe', description=__doc__.splitlines()[0]
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     '--structure', default=None, help='structure string or file (overrides --model)'
   )
   parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--num_classes', type=int, default=7)
+  parser.add_argument('--num_classes', type=cli.positive_int, default=7)
   parser.add_argument('--use_sa', action='store_true')
   parser.add_argument('--use_lw_att', action='store_true')
   args = parser.parse_args(argv)
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
       use_lw_att=args.use_lw_att,
     )
   except (StructureError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.report(e)
   print(format_table(info))
   return 0
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write, cli
+from zenfer_jax import atomic_write, cli, errors
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: the workdir config)')
   p.add_argument('--manual_dir', default=None, help='raw files, to prepare a missing dataset')
   p.add_argument('--classes', default=None, help='folders only: class names in label order, a,b')
-  p.add_argument('--batch_size', type=int, default=128, help='global eval batch size')
+  p.add_argument('--batch_size', type=cli.positive_int, default=128, help='global eval batch size')
   p.add_argument(
     '--output_dir',
     default=None,
@@ -62,7 +62,7 @@ def _dataset_args(args, path: str) -> dict[str, Any]:
   name = args.dataset or (cfg.data.name if cfg else None)
   data_dir = args.data_dir or (cfg.data.data_dir if cfg else None)
   if not name or not data_dir:
-    raise SystemExit(
+    raise errors.InvalidInput(
       f'{path} is a model dir: say which data to evaluate on with --dataset and --data_dir.'
     )
   classes = args.classes or (cfg.data.classes if cfg and name == cfg.data.name else '')
@@ -95,17 +95,17 @@ def evaluate(
   variables, card = workdir_lib.load_inference(path, which)
   info = data.prepare(name, data_dir, manual_dir=manual_dir, classes=classes)
   if info.num_classes != card['num_classes']:
-    raise ValueError(
+    raise errors.InvalidInput(
       f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
       f'({info.class_names}).'
     )
   if card['class_names'] and list(card['class_names']) != list(info.class_names):
-    raise ValueError(
+    raise errors.InvalidInput(
       f'The model was trained on the classes {card["class_names"]}, {name} has '
       f'{info.class_names} (same order required).'
     )
   if batch_size % jax.device_count():
-    raise ValueError(
+    raise errors.InvalidInput(
       f'--batch_size {batch_size} is not a multiple of {jax.device_count()} devices.'
     )
   model = model_directory.build_from_card(card)
@@ -182,7 +182,7 @@ OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png')
 def _check_output_dir(out: str) -> None:
   """Replaces an earlier evaluation's files, never a user's files of the same names."""
   if os.path.exists(out) and not os.path.isdir(out):
-    raise SystemExit(f'--output_dir {out} exists and is not a directory.')
+    raise errors.InvalidInput(f'--output_dir {out} exists and is not a directory.')
   present = [n for n in OUTPUT_FILES if os.path.lexists(os.path.join(out, n))]
   if not present:
     return
@@ -192,18 +192,22 @@ def _check_output_dir(out: str) -> None:
   except (OSError, ValueError):
     previous = None
   if not (isinstance(previous, dict) and {'top1', 'confusion_matrix'} <= set(previous)):
-    raise SystemExit(
+    raise errors.InvalidInput(
       f'--output_dir {out} holds {" and ".join(present)} that an evaluation did not write; '
       'they are not replaced. Choose another --output_dir.'
     )
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
   path = args.workdir or args.checkpoint
   if not os.path.isdir(path):
-    raise SystemExit(f'{path} is not a directory.')
+    raise errors.InvalidInput(
+      f'{path} is not a directory: give a training workdir or a model directory (WORKDIR/'
+      'model_best, torch_port.convert output).'
+    )
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
 
   hide_gpus_from_tf()

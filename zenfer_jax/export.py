@@ -40,12 +40,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from zenfer_jax import cli, errors
+from zenfer_jax import atomic_write, cli, errors
 
 __all__ = [
   'FORMATS',
@@ -146,7 +145,7 @@ def _write_tflite(
     autograph=False,
     input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)],
   )
-  saved = tempfile.mkdtemp(prefix='saved_model-', dir=os.path.dirname(tmp))
+  saved = os.path.join(os.path.dirname(tmp), 'saved_model')  # Inside export()'s own directory.
   tf.saved_model.save(module, saved, signatures=module.serve.get_concrete_function())
   converter = tf.lite.TFLiteConverter.from_saved_model(saved)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -321,7 +320,7 @@ def export(
 
   directory = os.path.dirname(output)
   os.makedirs(directory, exist_ok=True)
-  tmpdir = tempfile.mkdtemp(prefix=f'.{os.path.basename(output)}.tmp-', dir=directory)
+  tmpdir = atomic_write.make_temporary_dir(output)
   try:
     tmp = os.path.join(tmpdir, os.path.basename(output))
     if quantize:
@@ -383,20 +382,27 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--format', required=True, choices=tuple(FORMATS), dest='fmt')
   p.add_argument('--output', required=True, help='file to write (.onnx, .tflite, .stablehlo)')
   p.add_argument(
-    '--batch', type=int, help='fixed batch size (default: dynamic for onnx/stablehlo, 1 for tflite)'
+    '--batch',
+    type=cli.positive_int,
+    help='fixed batch size (default: dynamic for onnx/stablehlo, 1 for tflite)',
   )
-  p.add_argument('--image_size', type=int, help="input size (default: the card's image_size)")
+  p.add_argument(
+    '--image_size', type=cli.positive_int, help="input size (default: the card's image_size)"
+  )
   p.add_argument('--recipe', help="eval preprocessing recorded in the card (default: the card's)")
   p.add_argument('--quantize', choices=('int8',), help='tflite only: int8 weights and activations')
   p.add_argument('--dataset', help='--quantize: prepared dataset whose train split calibrates')
   p.add_argument('--data_dir', help='--quantize: the TFDS data_dir holding --dataset')
-  p.add_argument('--calibration_images', type=int, default=200, help='--quantize: how many')
-  p.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE)
+  p.add_argument(
+    '--calibration_images', type=cli.positive_int, default=200, help='--quantize: how many'
+  )
+  p.add_argument('--tolerance', type=cli.positive_float, default=DEFAULT_TOLERANCE)
   p.add_argument('--no_verify', action='store_true', help='skip the parity check of the file')
   p.add_argument('--overwrite', action='store_true', help='replace an existing --output')
   return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
@@ -437,8 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       overwrite=args.overwrite,
     )
   except (ExportError, ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return cli.report(e)
   line = f'wrote {report["path"]} and {report["card_path"]}'
   if 'relative_error' in report:
     line += (

@@ -21,13 +21,13 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flax import traverse_util
 
+from zenfer_jax import atomic_write
 from zenfer_jax.errors import UserError
 
 if TYPE_CHECKING:
@@ -357,7 +357,7 @@ def save_model_dir(
   check_replaceable(directory, overwrite=overwrite)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
+  tmp = atomic_write.make_temporary_dir(directory)  # os.mkdir: the user's umask applies.
   try:
     with _this_process_checkpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_NAME), tree)
@@ -365,8 +365,7 @@ def save_model_dir(
       json.dump(card, f, indent=2)
       f.write('\n')
     if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.old-', dir=parent)
-      os.rmdir(old)
+      old = atomic_write.temporary_name(directory, 'old')
       os.rename(directory, old)
       os.rename(tmp, directory)
       shutil.rmtree(old, ignore_errors=True)

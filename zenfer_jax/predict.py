@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import cli
+from zenfer_jax import cli, errors
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -45,13 +45,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     help='a model dir, a training workdir, or an exported .onnx/.tflite/.stablehlo file',
   )
   p.add_argument('images', nargs='*', metavar='IMAGE')
-  p.add_argument('--top_k', type=int, default=3, help='classes shown per image')
+  p.add_argument('--top_k', type=cli.positive_int, default=3, help='classes shown per image')
   p.add_argument('--json', action='store_true', help='print one JSON document')
-  p.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
+  p.add_argument('--batch_size', type=cli.positive_int, default=32, help='images per forward pass')
   p.add_argument(
     '--recipe', help='eval preprocessing (rafdb, affectnet, ...) when the card records none'
   )
-  p.add_argument('--image_size', type=int, help='input size when the card records none')
+  p.add_argument(
+    '--image_size', type=cli.positive_int, help='input size when the card records none'
+  )
   p.add_argument(
     '--detect_faces', action='store_true', help='find, align and classify every face in photos'
   )
@@ -62,7 +64,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     help='--detect_faces: five-landmark similarity transform, or the box with a margin',
   )
   p.add_argument(
-    '--min_face_confidence', type=float, default=0.9, help='--detect_faces: detector threshold'
+    '--min_face_confidence',
+    type=cli.probability,
+    default=0.9,
+    help='--detect_faces: detector threshold',
   )
   p.add_argument('--video', help='a video file: faces found and classified frame by frame')
   p.add_argument(
@@ -70,8 +75,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     help='write the picture (a directory for several images) or the video with boxes and labels',
   )
   args = p.parse_args(argv)
-  if args.top_k < 1:
-    p.error(f'--top_k must be at least 1, got {args.top_k}')
   if args.video and args.images:
     p.error('give images or --video, not both')
   if not args.video and not args.images:
@@ -131,7 +134,9 @@ class Predictor:
       self._probs = self.exported.probabilities
       fixed = self.exported.card.get('export', {}).get('input', {}).get('shape', [None, None])[1]
       if image_size and fixed and image_size != fixed:
-        raise ValueError(f'{path} takes {fixed}x{fixed} inputs; --image_size {image_size} differs')
+        raise errors.InvalidInput(
+          f'{path} takes {fixed}x{fixed} inputs; --image_size {image_size} differs'
+        )
     else:
       import jax
 
@@ -162,12 +167,12 @@ def _from_card(card: dict, field: str, given, path: str):
   """The card's value, or the one given where the card has none; never a silent default."""
   recorded = card.get(field)
   if recorded is None and given is None:
-    raise ValueError(
+    raise errors.InvalidInput(
       f'the model card of {path} records no {field}, and predicting with the wrong one gives '
       f'wrong answers: pass {_FLAG_HELP[field]}'
     )
   if recorded is not None and given is not None and recorded != given:
-    raise ValueError(
+    raise errors.InvalidInput(
       f'the model card of {path} records {field} {recorded!r}; --{field} {given!r} contradicts it'
     )
   return recorded if recorded is not None else given
@@ -405,6 +410,7 @@ def _print_faces(results: list[dict[str, Any]]) -> None:
         print(f'{r["image"]}: face {j} at [{box}]: {shown}')
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
@@ -428,8 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_directory.ModelDirError,
     runtimes.ExportedFileError,
   ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return cli.report(e)
   if args.video:
     if args.json:
       print(json.dumps(video, indent=2))

@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging as std_logging
 import os
 import shutil
 
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import flags, logging
 
 from zenfer_jax import atomic_write, model_directory
 from zenfer_jax.errors import UserError
@@ -43,13 +44,23 @@ class CheckpointDamagedError(RuntimeError, UserError):
 
 @contextlib.contextmanager
 def quiet():
-  """Orbax logs every file it touches at INFO; keep the run's log readable."""
-  old = logging.get_verbosity()
-  logging.set_verbosity(min(old, logging.WARNING))
+  """Orbax logs every file it touches at INFO; keep the run's log readable.
+
+  Afterwards everything is as it was: absl's verbosity flag and the levels of absl's logger and
+  the root logger. Setting the old verbosity back would not do: while it was never set, absl's
+  logger follows the root logger (a library user's `logging.basicConfig(level=logging.INFO)`),
+  and setting it, even to its default, pins absl's logger to WARNING for the rest of the process.
+  """
+  flag = flags.FLAGS['verbosity']
+  absl_logger, root = logging.get_absl_logger(), std_logging.getLogger()
+  saved = (flag.value, flag.using_default_value, absl_logger.level, root.level)
+  logging.set_verbosity(min(flag.value, logging.WARNING))
   try:
     yield
   finally:
-    logging.set_verbosity(old)
+    flag.value, flag.using_default_value = saved[:2]
+    absl_logger.setLevel(saved[2])
+    root.setLevel(saved[3])
 
 
 def _quietly(method):
@@ -115,8 +126,9 @@ class Checkpoints:
       except Exception as e:  # orbax and tensorstore raise many types for a damaged file.
         where = os.path.join(os.fspath(manager.directory), str(step))
         self.damaged.append((step, where, _short(e)))
-        logging.warning('Checkpoint %s is damaged and cannot be restored (%s).', where, _short(e))
         continue
+      for _, where, error in self.damaged:  # When none is intact, the error names them instead.
+        logging.warning('Checkpoint %s is damaged and cannot be restored (%s).', where, error)
       if self.damaged:
         logging.warning(
           'Using the intact checkpoint of step %d instead: training repeats the steps since.',

@@ -3,11 +3,22 @@
 from zenfer_jax import data
 info = data.prepare('rafdb', data_dir, manual_dir=...)
 train = data.pipeline.train_dataset('rafdb', data_dir, image_size=224, ...)
+
+The names below are imported when first used, not with the package: they start TensorFlow, and
+a program (`python -m zenfer_jax.data.prepare`, training) first sets up its logging with
+`zenfer_jax.cli.setup_logging`, which keeps TensorFlow's C++ start-up lines off the terminal.
+`from zenfer_jax.data import pipeline, prepare` works as usual.
 """
 
-from zenfer_jax.data import augment, builders, pipeline
-from zenfer_jax.data.registry import DatasetInfo, builder, load, prepare
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from zenfer_jax.dataset_names import ALL_DATASETS, DATASETS
+
+_SUBMODULES = ('augment', 'builders', 'pipeline')
+_FROM_REGISTRY = ('DatasetInfo', 'builder', 'load', 'prepare')
 
 __all__ = [
   'ALL_DATASETS',
@@ -20,3 +31,22 @@ __all__ = [
   'pipeline',
   'prepare',
 ]
+
+if TYPE_CHECKING:
+  from zenfer_jax.data import augment, builders, pipeline
+  from zenfer_jax.data.registry import DatasetInfo, builder, load, prepare
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    return importlib.import_module(f'{__name__}.{name}')
+  if name in _FROM_REGISTRY:
+    registry = importlib.import_module(f'{__name__}.registry')
+    value = getattr(registry, name)
+    globals()[name] = value  # Found directly from now on.
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

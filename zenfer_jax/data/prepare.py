@@ -42,6 +42,7 @@ def _parser() -> cli.ArgumentParser:
   return p
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
@@ -58,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.dataset, args.data_dir, manual_dir=args.manual_dir, classes=classes
     )
   except (FileNotFoundError, ValueError) as e:  # The message says what to fix.
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return cli.report(e)
   logging.info('Prepared %s', info)
   print(
     f'{info.name}: {info.num_classes} classes {class_summary(info.class_names)}; split sizes '
