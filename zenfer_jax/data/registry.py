@@ -215,7 +215,8 @@ def prepare(
       manual_dir = os.fspath(manual_dir or default_manual)
       if not os.path.isdir(manual_dir):
         raise FileNotFoundError(
-          f'The manual_dir {manual_dir!r} for {name} does not exist. It should hold:'
+          f'The manual_dir {manual_dir!r} for {name} does not exist: pass manual_dir '
+          f'(--manual_dir), the dataset as downloaded. It should hold:'
           f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}'
         )
       config['manual_dir'] = manual_dir
