@@ -38,6 +38,9 @@ flags.DEFINE_float(
   'Multi-process runs: stop (exit code 75, rerun to resume) when another process of the job '
   'has not responded for this many seconds.',
 )
+flags.register_validator(
+  'peer_timeout_s', lambda s: s > 0, message='--peer_timeout_s must be a positive number of seconds'
+)
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
