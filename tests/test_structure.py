@@ -216,7 +216,7 @@ def test_parse_time_is_linear_in_blocks():
     (_chain(16_000), 'a structure string of 368,003 characters exceeds the limit of 65,536'),
     (_chain(300), f'more than {S.MAX_BLOCKS} blocks'),
     ('SuperConvK3BNRELU(3,8,2,1000000)', 'sub_layers 1000000 exceeds the limit of 128'),
-    ('SuperConvK3BNRELU(3,1000000000,2,1)', 'out_channels 1000000000 exceeds the limit of 16384'),
+    ('SuperConvK3BNRELU(3,1000000000,2,1)', 'out_channels 1000000000 exceeds the limit of 65536'),
     ('SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,8,1,1000000000,1)', 'bottleneck 1000000000'),
     ('SuperConvK3BNRELU(3,8,2,1)' + 'SuperResK3K3(8,8,1,8,100)' * 11, 'sub-layers to 1101'),
     ('SuperConvK3BNRELU(3,8,2,' + '9' * 5000 + ')', 'expected an integer argument'),

@@ -12,7 +12,7 @@ building, counters, the search), so sizes far beyond any network this package ca
 refused here, in time linear in the text, before anything is built:
   * at most `MAX_BLOCKS` (256) blocks and `MAX_LAYERS` (1,024) sub-layers in all;
   * `sub_layers` at most `MAX_SUB_LAYERS` (128) per block;
-  * channels and bottlenecks at most `MAX_CHANNELS` (16,384);
+  * channels and bottlenecks at most `MAX_CHANNELS` (65,536: mutations of wide IDW blocks reach 16,800);
   * a structure string at most `MAX_TEXT_CHARS` (65,536 characters), a structure file at most
     `MAX_FILE_BYTES` (1 MiB).
 ZenNet-M and ZenNet-R use 8 and 7 blocks, at most 2,048 channels and 14 sub-layers in all.
@@ -52,7 +52,7 @@ __all__ = [
 MAX_BLOCKS = 256
 MAX_LAYERS = 1_024
 MAX_SUB_LAYERS = 128
-MAX_CHANNELS = 16_384
+MAX_CHANNELS = 65_536
 MAX_TEXT_CHARS = 65_536
 MAX_FILE_BYTES = 1 << 20
 
