@@ -91,7 +91,9 @@ while ((${#RUNNING[@]} > 0)); do
   i=${RUNNING[${done_pid}]}
   unset "RUNNING[${done_pid}]"
   if ((code > 128)); then
-    echo "process ${i} (pid ${done_pid}) was killed by signal $((code - 128))" >&2
+    echo "process ${i} (pid ${done_pid}) was killed by signal $((code - 128)) (SIG$(kill -l $((code - 128)) 2>/dev/null || echo '?'))" >&2
+  elif ((code == 75)); then
+    echo "process ${i} (pid ${done_pid}) exited with status 75: it stopped after losing another process" >&2
   elif ((code != 0)); then
     echo "process ${i} (pid ${done_pid}) exited with status ${code}" >&2
   fi

@@ -8,7 +8,10 @@
 # (coordinator = first node); pmap then spans all GPUs of all nodes and the gradient and
 # metric reductions cover the whole job. Each process reads its own share of the data.
 # WORKDIR and data_dir must be on a file system all nodes share (checkpoints are written
-# there by the job as a whole, metrics by process 0). Resubmit the same command to resume.
+# there by the job as a whole, metrics by process 0). If a node dies, the other processes stop
+# within --peer_timeout_s (default 60 s; exit status 75, naming the lost process) instead of
+# waiting in a collective. Resubmit the same command to resume. launch/train_local.sh runs the
+# same code path with N processes on one machine.
 #
 #SBATCH --job-name=zenfer-train
 #SBATCH --nodes=2

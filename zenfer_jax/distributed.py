@@ -23,6 +23,7 @@ same command resumes. JAX's own heartbeat timeout is set longer, so this message
 
 from __future__ import annotations
 
+import itertools
 import logging as std_logging
 import os
 import sys
@@ -34,6 +35,7 @@ from absl import logging
 __all__ = [
   'PEER_LOST_EXIT',
   'Watchdog',
+  'barrier',
   'initialize',
   'launched_multiprocess',
 ]
@@ -100,6 +102,31 @@ def initialize(peer_timeout_s: float = 60.0, environ: dict | None = None) -> Non
   )
 
 
+_barriers = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Returns when every process of the job has called it (with the same `name`, in the same
+  order); at once in a single-process run.
+
+  Through the coordination service, not a device collective: it can wait as long as a slow
+  process needs (compiling, say), which gloo cannot, as it gives a process 30 s to join a new
+  collective. A process lost meanwhile is the watchdog's to report.
+  """
+  import jax
+
+  if jax.process_count() == 1:
+    return
+  client = _client()
+  key = f'{_KEY}/barrier/{next(_barriers)}/{name}'
+  if client is None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(key)
+    return
+  client.wait_at_barrier(key, int(timeout_s * 1000))
+
+
 def _client():
   """The coordination service's client (JAX keeps it as private state; None if unavailable)."""
   try:
@@ -116,6 +143,11 @@ class Watchdog:
   log and stderr and ends the process at once (`os._exit`: the main thread may be blocked in a
   collective that will never complete, and exit handlers would wait on the lost peer too).
   Call `finish(ok)` when this process is done, so the others do not take its silence for a loss.
+  `client`, `index` and `count` default to JAX's coordination client and this job's.
+
+  The watchdog covers a process left waiting. A loss that breaks a transfer in flight can also
+  make the collective library (gloo) end this process itself, at once; either way it is bounded,
+  and the launcher says which process failed first.
   """
 
   def __init__(
@@ -125,18 +157,21 @@ class Watchdog:
     workdir: str = '',
     interval_s: float | None = None,
     on_lost=None,
+    client=None,
+    index: int | None = None,
+    count: int | None = None,
   ):
     import jax
 
-    self.index = jax.process_index()
-    self.count = jax.process_count()
+    self.index = jax.process_index() if index is None else index
+    self.count = jax.process_count() if count is None else count
     self.timeout = float(peer_timeout_s)
     self.interval = interval_s or min(1.0, self.timeout / 5)
     self.workdir = workdir
     self.on_lost = on_lost or self._exit
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
-    self._client = _client()
+    self._client = client if client is not None else _client()
 
   def start(self) -> Watchdog:
     if self.count > 1 and self._client is not None:
@@ -194,7 +229,7 @@ class Watchdog:
           first = ' '.join(str(e).split())[:160]
           self._lost(
             f'process {me} of {n} lost the job coordinator (process 0) for '
-            f'{self.timeout:.0f} s ({first}): process 0 died or its host is unreachable; '
+            f'{self.timeout:g} s ({first}): process 0 died or its host is unreachable; '
             f'stopping process {me} too.'
           )
         continue
@@ -215,7 +250,7 @@ class Watchdog:
           beats[i], changed[i] = value, now
         elif now - changed[i] > self.timeout:
           self._lost(
-            f'process {i} of {n} has not responded for {self.timeout:.0f} s: it died '
+            f'process {i} of {n} has not responded for {self.timeout:g} s: it died '
             f'(killed, out of memory, its host lost) or hangs; stopping process {me} too.'
           )
           return

@@ -19,12 +19,43 @@ AXIS_NAME = 'batch'
 
 def pmap_train_step(step_fn: Callable) -> Callable:
   """step_fn(state, batch, rng) -> (state, metrics), mapped; the state is donated."""
-  return jax.pmap(step_fn, axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
+  mapped = jax.pmap(step_fn, axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
+  return _aligned(mapped, 'train_step')
 
 
 def pmap_eval_step(step_fn: Callable) -> Callable:
   """step_fn(state, batch) -> outputs, mapped (nothing donated: the state lives on)."""
-  return jax.pmap(step_fn, axis_name=AXIS_NAME)
+  return _aligned(jax.pmap(step_fn, axis_name=AXIS_NAME), 'eval_step')
+
+
+def _signature(args) -> tuple:
+  leaves, tree = jax.tree_util.tree_flatten(args)
+  return tree, tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in leaves)
+
+
+def _aligned(mapped: Callable, name: str) -> Callable:
+  """`mapped`, whose first call per argument shapes in a multi-process job starts together.
+
+  A new executable's first collective sets up a gloo (CPU) context, for which every process must
+  arrive within 30 s. Processes that have drifted apart before it (unequal input start-up, files
+  only process 0 writes, a loaded machine) first wait for each other at a barrier of the
+  coordination service, which has no such limit. One process: `mapped` itself.
+  """
+  if jax.process_count() == 1:
+    return mapped
+  from zenfer_jax import distributed
+
+  started: set = set()
+
+  def call(*args):
+    key = _signature(args)
+    if key not in started:
+      distributed.barrier(f'{name}_first_call')
+      started.add(key)
+    return mapped(*args)
+
+  call.__wrapped__ = mapped
+  return call
 
 
 def _identity(x):
