@@ -269,9 +269,11 @@ def test_device_draws_have_the_tf_distributions():
 
 
 @functools.lru_cache
-def _chain(recipe: D.RecipeParams, size: int):
+def _chain(recipe: D.RecipeParams, size: int, impl: str = 'auto'):
   return jax.jit(
-    functools.partial(D.train_batch, aug_seed=5, r=recipe, image_size=size, with_params=True)
+    functools.partial(
+      D.train_batch, aug_seed=5, r=recipe, image_size=size, with_params=True, impl=impl
+    )
   )
 
 
@@ -287,11 +289,12 @@ def test_chain_is_keyed_by_example_number():
   assert len({x.tobytes() for x in a}) == 6  # Same image, six numbers: six augmentations.
 
 
-def test_chain_equals_tf_ops_on_the_device_parameters():
+@pytest.mark.parametrize('impl', IMPLS)
+def test_chain_equals_tf_ops_on_the_device_parameters(impl):
   """Resize to the shorter side, crop, flip, AutoAugment, lighting, erasing: the tf.data ops on
   the device's parameters give the device's images within one grey level (1/255/std)."""
-  n, size, im = 6, 16, IMAGES[0]
-  out, p = _chain(RAFDB, size)(np.stack([im] * n), np.arange(100, 100 + n))
+  n, size, im = 12, 16, IMAGES[0]
+  out, p = _chain(RAFDB, size, impl)(np.stack([im] * n), np.arange(100, 100 + n))
   out, p = np.asarray(out), jax.tree_util.tree_map(np.asarray, p)
   source = A.resize_shorter(im, RAFDB.shorter_side(size)).numpy()
   for i in range(n):

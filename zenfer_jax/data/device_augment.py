@@ -526,7 +526,7 @@ def draw_params(keys, sizes, r: RecipeParams, image_size: int) -> dict:
   return jax.vmap(lambda k, s: _draw_one(k, s[0], s[1], r, image_size))(keys, sizes)
 
 
-def apply_params(images, params: dict, r: RecipeParams, image_size: int):
+def apply_params(images, params: dict, r: RecipeParams, image_size: int, impl: str = 'auto'):
   """The chain on uint8 [B, H, W, 3] with drawn `params`; float32 [B, size, size, 3] out.
 
   With the augmenting recipe `images` are the crop source, already resized to the shorter side
@@ -537,7 +537,7 @@ def apply_params(images, params: dict, r: RecipeParams, image_size: int):
   if r.augment:
     x = resize_windows(images, params['window'], image_size)
     x = flip(x, params['flip'])
-    x = autoaugment(x, params['aa_ops'], params['aa_magnitudes'], params['aa_applied'])
+    x = autoaugment(x, params['aa_ops'], params['aa_magnitudes'], params['aa_applied'], impl)
     return finish(x, params['lighting'], params['erase'])
   x = images
   m = r.max_shift(image_size)
@@ -547,7 +547,14 @@ def apply_params(images, params: dict, r: RecipeParams, image_size: int):
 
 
 def train_batch(
-  images, numbers, aug_seed: int, r: RecipeParams, image_size: int, sizes=None, with_params=False
+  images,
+  numbers,
+  aug_seed: int,
+  r: RecipeParams,
+  image_size: int,
+  sizes=None,
+  with_params=False,
+  impl: str = 'auto',
 ):
   """The whole train chain for one batch, from decoded or host-resized uint8 images.
 
@@ -555,7 +562,7 @@ def train_batch(
   resizes them to the shorter side first, the others to image_size. sizes [B, 2]: `images` are
   canvases the host already resized (to the shorter side, or to image_size without
   augmentation), each valid in its top-left sizes[i] corner. with_params: also returns the
-  drawn parameters (`draw_params`).
+  drawn parameters (`draw_params`). impl: AutoAugment's strategy (`resolve_impl`).
   """
   b = images.shape[0]
   if sizes is None:
@@ -568,5 +575,5 @@ def train_batch(
       images = resize_static(images, out_h, out_w)
     sizes = jnp.broadcast_to(jnp.asarray([out_h, out_w], jnp.int32), (b, 2))
   params = draw_params(example_keys(aug_seed, numbers), sizes, r, image_size)
-  out = apply_params(images, params, r, image_size)
+  out = apply_params(images, params, r, image_size, impl)
   return (out, params) if with_params else out
