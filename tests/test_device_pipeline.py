@@ -141,3 +141,15 @@ def test_training_with_device_augmentation_is_deterministic_and_resumes_exactly(
     assert workdir_lib.read_metrics(str(tmp_path / other)) == workdir_lib.read_metrics(
       str(tmp_path / 'a')
     )
+
+
+def test_streamed_canvas_keeps_the_middle_of_a_long_side():
+  from zenfer_jax.data import augment
+
+  wide = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (10, 1, 3))
+  r = pipeline.RECIPES['rafdb']
+  canvas, size = device_pipeline._streamed_example(wide, 16, r, 32)
+  full = augment.resize_shorter(wide, 21).numpy()  # 21 x 84
+  assert canvas.shape == (32, 32, 3) and list(size.numpy()) == [21, 32]
+  np.testing.assert_array_equal(canvas[:21], full[:, 26:58])
+  assert (canvas.numpy()[21:] == 0).all()  # Padding below the 21 valid rows.

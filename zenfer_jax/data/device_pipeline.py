@@ -11,8 +11,8 @@
     example numbers; nothing waits on a CPU pipeline.
   * streamed: otherwise (AffectNet: 287k images of many sizes) the tf.data stream of the host
     path reads, decodes and resizes to the shorter side onto a fixed canvas (the long side is
-    cut to `STREAM_MAX_ASPECT` times the short one); the crop and everything after it run on the
-    device.
+    cut to its middle `STREAM_MAX_ASPECT` times the short one); the crop and everything after it
+    run on the device.
 
 Sampling. Resident: each epoch of this process's share is a fresh permutation seeded by
 (seed, process, epoch), the order the host path's full shuffle buffer gives (RAF-DB's default);
@@ -155,7 +155,9 @@ def _streamed_example(image, image_size: int, r: pipeline.Recipe, canvas: int):
     image = augment.resize(image, image_size)
     return image, tf.constant([image_size, image_size], tf.int32)
   image = augment.resize_shorter(image, round(image_size / r.resize_ratio))
-  image = image[:canvas, :canvas]  # The long side beyond the canvas, if any, is cut.
+  shape = tf.shape(image)  # A long side beyond the canvas, if any, keeps its middle.
+  top, left = tf.maximum(shape[0] - canvas, 0) // 2, tf.maximum(shape[1] - canvas, 0) // 2
+  image = image[top : top + canvas, left : left + canvas]
   shape = tf.shape(image)
   size = tf.stack([shape[0], shape[1]])
   image = tf.pad(image, [[0, canvas - shape[0]], [0, canvas - shape[1]], [0, 0]])
