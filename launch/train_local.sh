@@ -9,8 +9,9 @@
 # Process 0 hosts JAX's coordinator on 127.0.0.1:PORT (PORT: a free port unless set). With GPUs
 # (nvidia-smi lists some) each process gets its share of them through CUDA_VISIBLE_DEVICES (the
 # GPU count must divide by N); without, each gets DEVICES_PER_PROCESS host CPU devices
-# (default 1) and the processes talk through gloo over TCP. The config's batch_size is the global
-# batch of the whole job, as in every other launch.
+# (default 1) and the processes talk through gloo over TCP; JAX_PLATFORMS=cpu asks for that
+# where GPUs are too. The config's batch_size is the global batch of the whole job, as in every
+# other launch. Needs bash 5.1 or newer.
 #
 # Process 0 prints to this terminal; process i > 0 has its lines prefixed with [i]. Each process
 # writes its own log (WORKDIR/log.txt, WORKDIR/log.process<i>.txt). When a process dies, the
@@ -33,7 +34,9 @@ if [[ -z "${PORT:-}" ]]; then
 fi
 
 GPUS=()
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+if [[ "${JAX_PLATFORMS:-}" == cpu ]]; then
+  :  # CPU devices asked for, even where GPUs are.
+elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
   IFS=, read -r -a GPUS <<<"${CUDA_VISIBLE_DEVICES}"
 elif command -v nvidia-smi >/dev/null 2>&1; then
   mapfile -t GPUS < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true)

@@ -171,3 +171,17 @@ def test_prepare_cli_with_auto(tree, tmp_path):
   first = sorted(IDENTITIES)
   assert f'folders: {NUM_CLASSES} classes [{first[0]!r}' in out.stdout
   assert f"'train': {NUM_CLASSES * PER_CLASS}" in out.stdout and '2 skipped' in out.stdout
+
+
+def test_digits_as_folders_for_the_transfer_demo(tmp_path):
+  """The README's two-stage digits example: disjoint digit sets as class-folder trees."""
+  from zenfer_jax.data import digits_folders
+
+  assert digits_folders.main([f'--out={tmp_path / "d"}', '--digits=7,5,9,6,8']) == 0
+  info = data.prepare(
+    'folders', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'd'), classes='auto'
+  )
+  assert info.class_names == ['5', '6', '7', '8', '9']
+  assert info.split_sizes == {'train': 718, 'test': 178}  # The digits split, i % 5 == 0 test.
+  with pytest.raises(SystemExit):
+    digits_folders.main([f'--out={tmp_path / "d"}', '--digits=1'])  # Exists: refused.

@@ -64,7 +64,7 @@ def _launcher(workdir, data_dir, cache_dir) -> tuple[list[str], dict]:
     args.append(f'--config.{key}={str(value).lower() if isinstance(value, bool) else value}')
   args.append(f'--peer_timeout_s={PEER_TIMEOUT_S}')
   env = subprocess_env(cache_dir=cache_dir)
-  env.update(PYTHON=sys.executable, DEVICES_PER_PROCESS='2', CUDA_VISIBLE_DEVICES='')
+  env.update(PYTHON=sys.executable, DEVICES_PER_PROCESS='2', JAX_PLATFORMS='cpu')
   return args, env
 
 
@@ -84,11 +84,12 @@ def two_by_two(tmp_path_factory, digits_dir, cache_dir):
 
 
 def test_two_processes_equal_one_process_and_write_once(
-  tmp_path, digits_dir, cache_dir, two_by_two
+  tmp_path, digits_dir, cache_dir, two_by_two, monkeypatch
 ):
   workdir, proc = two_by_two
   assert 'in 2 processes x 2 CPU device(s)' in proc.stdout
   one = tmp_path / 'one_by_four'
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # Host devices, as the job's, on any machine.
   run_main(one, digits_dir, devices=4, cache_dir=cache_dir, **RUN)
 
   ref, ref_meta = latest_state(one)
@@ -159,7 +160,9 @@ def test_sigkill_of_one_process_stops_the_other_and_a_rerun_resumes(
   assert 'rerun the same command to resume' in err
   # Process 0 either waited for process 1 and its watchdog stopped it, saying why, or a transfer
   # in flight broke and the collective runtime (gloo) ended it at once: both are bounded.
-  watchdog = f'process 0 (pid {pids[0]}) exited with status {distributed.PEER_LOST_EXIT}: it stopped' in err
+  watchdog = (
+    f'process 0 (pid {pids[0]}) exited with status {distributed.PEER_LOST_EXIT}: it stopped' in err
+  )
   if watchdog:
     assert f'process 1 of 2 has not responded for {PEER_TIMEOUT_S} s' in err
   else:

@@ -29,17 +29,25 @@ from absl import logging
 
 from zenfer_jax.data import images
 from zenfer_jax.data.builders import common
+from zenfer_jax.dataset_names import class_summary
 
 AUTO = 'auto'
 TRAIN = 'train'
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class FoldersConfig(tfds.core.BuilderConfig):
   classes: tuple[str, ...] = ()
   # The classes were read from the train split's folders (classes='auto'): folders of other
   # splits outside them are left out and reported instead of being an error.
   auto_classes: bool = False
+
+  def __repr__(self) -> str:
+    # TFDS logs the config each time a builder is made: not 8,631 identities each time.
+    return (
+      f'FoldersConfig(name={self.name!r}, {len(self.classes)} classes '
+      f'{class_summary(self.classes, limit=6)}, auto_classes={self.auto_classes})'
+    )
 
 
 def _subdirs(path: str) -> list[str]:
