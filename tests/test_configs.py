@@ -50,6 +50,7 @@ def test_config_loads_by_path_outside_the_repository(name, tmp_path):
   expected = {
     'default.py': 'rafdb',
     'demo.py': 'digits',
+    'digits_folders.py': 'folders',
     'folders.py': 'folders',
     'rafdb_m.py': 'rafdb',
     'rafdb_m_transfer.py': 'rafdb',
