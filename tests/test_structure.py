@@ -193,12 +193,13 @@ def _chain(n: int) -> str:
   return 'SuperConvK3BNRELU(3,8,2,1)' + 'SuperResK3K3(8,8,1,8,1)' * (n - 1)
 
 
-def _seconds(fn, repeats: int = 3) -> float:
+def _seconds(fn, repeats: int = 7) -> float:
+  # CPU time of this process, best of several: wall time on a loaded machine measures the load.
   best = float('inf')
   for _ in range(repeats):
-    t = time.perf_counter()
+    t = time.process_time()
     fn()
-    best = min(best, time.perf_counter() - t)
+    best = min(best, time.process_time() - t)
   return best
 
 
@@ -206,8 +207,10 @@ def test_parse_time_is_linear_in_blocks():
   # Validating the whole chain after every block made 2,000 blocks take 10 s (quadratic).
   small, large = _chain(32), _chain(S.MAX_BLOCKS)
   assert len(S.parse(large)) == S.MAX_BLOCKS
-  ratio = _seconds(lambda: S.parse(large)) / _seconds(lambda: S.parse(small))
-  assert ratio < 24, f'8x the blocks took {ratio:.1f}x the time (quadratic would be ~64x)'
+  # One parse of 8x the blocks against eight parses of the small chain: linear is ~1x,
+  # quadratic ~8x; both sides are long enough for the clock's resolution.
+  ratio = _seconds(lambda: S.parse(large)) / _seconds(lambda: [S.parse(small) for _ in range(8)])
+  assert ratio < 3, f'8x the blocks took {ratio:.1f}x the time of 8 small parses (quadratic ~8x)'
 
 
 @pytest.mark.parametrize(
