@@ -54,3 +54,11 @@ def test_markdown_has_one_row_per_run_and_the_input_paths():
     '| ZenNet-M-SA | host | float32 | 700.0 | 1.2% | 0.05 | 2.5 | 0.30 | 12 | 1.3 |',
   ]
   assert '| tf.data on the host | 130.0 | 0.490 | 3.0 |' in table
+
+
+def test_runs_pick_the_platform_and_share_a_compilation_cache(monkeypatch):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  gpu = e2e._environment('gpu', '/cache')
+  assert gpu['JAX_PLATFORMS'] == 'cuda' and gpu['JAX_COMPILATION_CACHE_DIR'] == '/cache/xla_cache'
+  assert e2e._environment('cpu', '/cache')['JAX_PLATFORMS'] == 'cpu'
+  assert e2e.REPO in gpu['PYTHONPATH'].split(':')
