@@ -135,6 +135,42 @@ def test_train_per_process_epochs_are_disjoint_and_cover_the_split(digits_dir, d
   assert seen == multiset(imgs[split == 'train'])
 
 
+def test_process_split_batches_gives_every_process_count_the_same_global_batches(digits_dir):
+  """process_split='batches': processes' local batches, side by side, are the single-process
+  global batches, augmentation included, from the start and after a resume at step 2."""
+  kwargs = dict(image_size=16, per_device_batch=4, seed=5, recipe='digits')
+  for start in (0, 2):
+    one = pipeline.train_dataset(
+      'digits', digits_dir, num_local_devices=4, start_step=start, **kwargs
+    )
+    shares = [
+      pipeline.train_dataset(
+        'digits',
+        digits_dir,
+        num_local_devices=2,
+        process_index=k,
+        process_count=2,
+        process_split='batches',
+        start_step=start,
+        **kwargs,
+      )
+      for k in range(2)
+    ]
+    for _ in range(3):
+      whole = next(one)
+      parts = [next(s) for s in shares]
+      for key in ('image', 'label'):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+  default = pipeline.train_dataset(
+    'digits', digits_dir, num_local_devices=2, process_index=1, process_count=2, **kwargs
+  )
+  assert not np.array_equal(next(default)['image'], next(shares[1])['image'])  # 'examples'.
+  with pytest.raises(ValueError, match="process_split='rows'"):
+    pipeline.train_dataset(
+      'digits', digits_dir, num_local_devices=1, process_split='rows', **kwargs
+    )
+
+
 @pytest.fixture(scope='module')
 def rafdb_dir(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('rafdb_manual'))
