@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zenfer_jax.data import augment_spec as spec
+from zenfer_jax.layers import cpu_kernels
 
 HIGHEST = jax.lax.Precision.HIGHEST
 _OP = spec.OP_INDEX
@@ -393,7 +394,8 @@ def _per_example_op(images, op, magnitude):
 def resolve_impl(impl: str) -> str:
   """'auto': 'per_example' on the CPU backend, 'batched' on accelerators."""
   if impl == 'auto':
-    return 'per_example' if jax.default_backend() == 'cpu' else 'batched'
+    # The backend is read in one place (cpu_kernels.resolve_impl); 'cpu' there means per example.
+    return 'per_example' if cpu_kernels.resolve_impl('auto') == 'cpu' else 'batched'
   if impl not in ('batched', 'per_example'):
     raise ValueError(f"impl={impl!r}: expected 'auto', 'batched' or 'per_example'.")
   return impl
