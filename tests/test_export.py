@@ -132,7 +132,11 @@ def _same_predictions(model_dir: str, exported: str, image: str) -> None:
   got = predict.predict(exported, [image], top_k=7)[0]['predictions']
   assert [p['class'] for p in got] == [p['class'] for p in want]
   np.testing.assert_allclose(
-    [p['probability'] for p in got], [p['probability'] for p in want], atol=1e-5
+    # The exports' contract is 1e-4 relative on logits; 224 px ONNX/LiteRT runs land ~6e-5 apart.
+    [p['probability'] for p in got],
+    [p['probability'] for p in want],
+    rtol=1e-4,
+    atol=1e-6,
   )
 
 
