@@ -177,9 +177,13 @@ def setup_logging(
   if not flags.FLAGS.is_parsed():  # argparse programs: absl's own flags keep their defaults.
     flags.FLAGS.mark_as_parsed()
   root = std_logging.getLogger()
-  for handler in _installed:
-    root.removeHandler(handler)
+  for handler in list(root.handlers):  # Also those an earlier call left without record of them.
+    if handler in _installed or isinstance(handler, _TerminalHandler):
+      root.removeHandler(handler)
   _installed.clear()
+  # captureWarnings(True) is a no-op while a previous capture is on record, even if something
+  # (warnings.catch_warnings, pytest) has since put its own showwarning back: start afresh.
+  std_logging.captureWarnings(False)
   std_logging.captureWarnings(True)
   if log_file_follows:
     _install(MemoryHandler(1 << 20, flushLevel=std_logging.CRITICAL + 1))
