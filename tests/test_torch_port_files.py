@@ -246,31 +246,70 @@ def test_wrong_class_count_and_flags_get_hints():
     torch_port.load_torch_checkpoint(extra, TINY, 7, use_sa=True)
 
 
-def test_only_backbone_leaves_the_head_at_init_and_says_so(caplog):
-  import jax
+def _original_only_backbone(checkpoint_sd, fresh_variables, classes, use_lw_att, structure=TINY):
+  """The oracle: the original load_model(..., only_backbone=True) on a PyTorch model that holds
+  `fresh_variables` (every key of the checkpoint that the model has with the same size replaces
+  the model's value); its logits are what the converted variables must give."""
+  target = build_reference_model(structure, classes, use_sa=True, use_lw_att=use_lw_att)
+  target.load_state_dict(
+    torch_port.export_state_dict(
+      fresh_variables, structure, classes, use_sa=True, use_lw_att=use_lw_att
+    ),
+    strict=True,
+  )
+  model_dict = target.state_dict()
+  for k, v in checkpoint_sd.items():
+    if k in model_dict and model_dict[k].size() == v.size():
+      model_dict[k] = v
+  target.load_state_dict(model_dict)
+  return target.eval()
 
+
+def _fresh(classes, use_lw_att, seed, structure=TINY):
+  model = build_model(structure, classes, use_sa=True, use_lw_att=use_lw_att)
+  from zenfer_jax.models import init_variables
+
+  v = init_variables(model, jax.random.PRNGKey(seed), resolution=32)
+  return {c: jax.device_get(v.get(c, {})) for c in ('params', 'batch_stats')}
+
+
+def test_only_backbone_takes_what_matches_by_key_and_shape_like_the_original(caplog):
   model = _reference(classes=7, use_lw_att=False)
   sd = model.state_dict()
   full = torch_port.load_torch_checkpoint(sd, TINY, 7, use_sa=True)
+  x = torch.randn(2, 3, 32, 32)
+
+  # Another class count and an lw_att head the checkpoint lacks: both start fresh, from `rng`.
   variables, report = convert_state_dict(
     sd, TINY, 3, use_sa=True, use_lw_att=True, only_backbone=True, rng=jax.random.PRNGKey(3)
   )
-  assert report.left_at_init == sorted(
-    ['params/fc/kernel', 'params/fc/bias', 'params/lw_att/res_scale', 'params/lw_att/x_scale']
-    + [
-      f'params/lw_att/sa/{n}'
-      for n in ('cweight', 'cbias', 'sweight', 'sbias', 'gn_scale', 'gn_bias')
-    ]
-  )
+  lw_att = ['params/lw_att/res_scale', 'params/lw_att/x_scale'] + [
+    f'params/lw_att/sa/{n}' for n in ('cweight', 'cbias', 'sweight', 'sbias', 'gn_scale', 'gn_bias')
+  ]
+  assert report.left_at_init == sorted(['params/fc/kernel', 'params/fc/bias'] + lw_att)
+  why = dict(report.transfer.fresh)
+  assert why['params/fc/kernel'] == 'shape (7, 32) in the checkpoint, (3, 32) here (PyTorch layout)'
+  assert why['params/lw_att/x_scale'] == 'not in the checkpoint'
   assert report.discarded == ['fc_linear.netblock.weight', 'fc_linear.netblock.bias']
+  assert report.transfer.unused == [] and report.loaded == len(sd) - 2
   assert _same_tree(variables['params']['backbone'], full['params']['backbone'])
   assert _same_tree(variables['batch_stats'], full['batch_stats'])
-  assert variables['params']['fc']['kernel'].shape == (32, 3)
-  np.testing.assert_array_equal(variables['params']['lw_att']['res_scale'], [1.0])
+  fresh = _fresh(3, True, seed=3)
+  assert _same_tree(variables['params']['fc'], fresh['params']['fc'])
+  assert _same_tree(variables['params']['lw_att'], fresh['params']['lw_att'])
+  with torch.no_grad():
+    want = _original_only_backbone(sd, fresh, 3, True)(x).numpy()
+  got = _logits(variables, x, classes=3, use_lw_att=True)
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
   # The public function logs the same report.
   with caplog.at_level('WARNING'):
     torch_port.load_torch_checkpoint(sd, TINY, 3, use_sa=True, use_lw_att=True, only_backbone=True)
   assert 'left at initialisation' in caplog.text and 'params/fc/kernel' in caplog.text
+
+  # The same class count: the classifier is copied too, as the original copies it.
+  variables, report = convert_state_dict(sd, TINY, 7, use_sa=True, only_backbone=True)
+  assert report.left_at_init == [] and report.discarded == []
+  assert _same_tree(variables, full)
 
   # A checkpoint's lw_att is kept when the model has one, discarded when it has none.
   with_lw = _reference(use_lw_att=True).state_dict()
@@ -281,9 +320,81 @@ def test_only_backbone_leaves_the_head_at_init_and_says_so(caplog):
   )
   v, r = convert_state_dict(with_lw, TINY, 3, use_sa=True, use_lw_att=False, only_backbone=True)
   assert 'lw_att.SAlayer.cweight' in r.discarded and 'lw_att' not in v['params']
-  # The backbone stays strict.
-  with pytest.raises(CheckpointMismatchError):
-    convert_state_dict(sd, TINY.replace('K1K3K1', 'K1K5K1'), 3, use_sa=True, only_backbone=True)
+  assert 'lw_att.SAlayer.cweight' in r.transfer.unused
+
+  # Another structure: what differs starts fresh (the original does not fail), the rest loads.
+  other = TINY.replace('K1K3K1', 'K1K5K1')
+  v, r = convert_state_dict(
+    sd, other, 7, use_sa=True, only_backbone=True, rng=jax.random.PRNGKey(1)
+  )
+  five = [p for p, _ in r.transfer.fresh]
+  assert five and all(p.startswith('params/backbone/block2/') for p in five), five
+  assert all('(PyTorch layout)' in w for _, w in r.transfer.fresh)
+  assert all(k.startswith('module_list.2.') for k in r.discarded) and len(r.discarded) == len(five)
+  with torch.no_grad():
+    want = _original_only_backbone(sd, _fresh(7, False, 1, other), 7, False, other)(x).numpy()
+  got = np.asarray(
+    build_model(other, 7, use_sa=True, depthwise_impl='xla').apply(
+      v, x.numpy().transpose(0, 2, 3, 1), train=False
+    )
+  )
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_convert_only_backbone_is_trainings_init_from_rule(tmp_path, capsys):
+  """A 20-identity .pth into a 7-class model two ways: `torch_port.convert --only_backbone`, and
+  a strict conversion that training then loads with init_from + only_backbone. The same arrays
+  are copied and the same are left fresh, with the same values where copied."""
+  from train_fixtures import flat, tiny_config
+
+  from zenfer_jax import train_state as ts
+
+  pretrained = _reference(classes=20, use_lw_att=False, seed=4)
+  torch.save(_original_wrapper(pretrained), tmp_path / 'best-params_rank0.pth')
+  common = ['--checkpoint', str(tmp_path / 'best-params_rank0.pth'), '--structure', TINY]
+  common += ['--use_sa', '--image_size', '16']
+  out = tmp_path / 'rafdb_init'
+  argv = common + ['--num_classes', '7', '--only_backbone', '--seed', '5', '--output', str(out)]
+  assert convert_cli.main(argv) == 0, capsys.readouterr().err
+  assert 'left at initialisation (2): params/fc/bias, params/fc/kernel' in capsys.readouterr().out
+  variables, card = model_directory.load_model_dir(out)
+  record = card['init_from']
+  assert record['only_backbone'] is True and record['source_num_classes'] == 20
+  assert record['init_from'] == str(tmp_path / 'best-params_rank0.pth')
+  assert {e['array'] for e in record['left_at_init']} == {'params/fc/kernel', 'params/fc/bias'}
+  assert record['unused'] == []
+  assert '[only_backbone: ' in card['source'] and '2 left at initialisation]' in card['source']
+  strict = torch_port.load_torch_checkpoint(pretrained.state_dict(), TINY, 20, use_sa=True)
+  converted = flat(variables)
+  for k, v in flat(strict).items():
+    if not k.startswith('params/fc/'):
+      np.testing.assert_array_equal(converted[k], v, err_msg=k)
+  fresh = flat(_fresh(7, False, seed=5))
+  for k in ('params/fc/kernel', 'params/fc/bias'):
+    np.testing.assert_array_equal(converted[k], fresh[k], err_msg=k)
+
+  # Training's path from the same file: strict conversion (20 classes), then init_from.
+  assert convert_cli.main(common + ['--num_classes', '20', '--output', str(tmp_path / 'vgg')]) == 0
+  config = tiny_config(
+    '/unused',
+    **{
+      'model.structure': TINY,
+      'model.use_sa': True,
+      'model.use_lw_att': False,
+      'init_from': str(tmp_path / 'vgg'),
+      'only_backbone': True,
+    },
+  )
+  report = {}
+  trained_from = flat(
+    ts.initial_variables(config, ts.build_model(config, 7), jax.random.PRNGKey(0), report)
+  )
+  assert sorted(report['copied']) == sorted(record['copied'])
+  assert sorted(e['array'] for e in report['left_at_init']) == [
+    e['array'] for e in record['left_at_init']
+  ]
+  for k in record['copied']:
+    np.testing.assert_array_equal(trained_from[k], converted[k], err_msg=k)
 
 
 # ---------------------------------------------------------------------------

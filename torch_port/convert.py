@@ -13,14 +13,19 @@ Command line (writes an orbax checkpoint and a model card to DIR, atomically)::
 Loading is strict: any missing, unexpected or mis-shaped key fails with one
 error listing all of them, with a hint when the cause is recognisable (SA or
 lw_att flags, class count, structure). `only_backbone` is the original's
-transfer option: everything but the classifier (and lw_att when the checkpoint
-has none) is loaded, the rest is left at its fresh initialisation and reported.
+transfer option (`load_model(..., only_backbone=True)`), decided by the rule
+training's `init_from` uses (`zenfer_jax.train_state.merge_matching`): every
+checkpoint tensor whose key this model has, with the same PyTorch shape, is
+loaded; every other array keeps its fresh initialisation. So the classifier is
+fresh when the class count differs and loaded when it matches, lw_att is loaded
+when both models have it, and an array of another width starts fresh instead of
+failing. The command line records what was copied and what was left, with the
+reason, in the model card's `init_from` field, as training does in init_from.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import re
 import sys
@@ -71,6 +76,9 @@ class LoadReport:
   left_at_init: list[str] = dataclasses.field(default_factory=list)  # Flax paths
   discarded: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys not used
   source: str = ''
+  # only_backbone: training's TransferReport (Flax paths; why each array was left at init).
+  transfer: Any = None
+  source_num_classes: int | None = None  # The checkpoint classifier's outputs, when it has one.
 
   def summary(self) -> str:
     lines = [f'loaded {self.loaded} tensors']
@@ -183,58 +191,84 @@ def convert_state_dict(
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
   sd = extract_state_dict(state_dict, where='state_dict')
   expected = mapping.entries(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-  report = LoadReport()
-
-  ckpt_has_lw = any(k.startswith(mapping.LW_ATT_PREFIX) for k in sd)
-  skip_prefixes: tuple[str, ...] = ()
-  flax_skip: list[str] = []
   if only_backbone:
-    skip_prefixes = (mapping.CLASSIFIER_PREFIX,)
-    flax_skip.append('params/fc/*')
-    if use_lw_att and not ckpt_has_lw:
-      skip_prefixes += (mapping.LW_ATT_PREFIX,)
-      flax_skip.append('params/lw_att/*')
-    elif not use_lw_att:
-      skip_prefixes += (mapping.LW_ATT_PREFIX,)
+    return _convert_matching(sd, s, num_classes, expected, use_sa, use_lw_att, rng)
 
-  def skip(key: str) -> bool:
-    return key.startswith(skip_prefixes) if skip_prefixes else False
-
-  _check_keys(sd, expected, skip, s, num_classes, use_sa, use_lw_att)
-
+  _check_keys(sd, expected, lambda key: False, s, num_classes, use_sa, use_lw_att)
   flat = {}
   for e in expected:
-    if skip(e.torch_key) or e.collection is None:
+    if e.collection is not None:
+      flat[(e.collection, *e.path)] = mapping.to_flax(np.asarray(sd[e.torch_key]), e.kind).astype(
+        np.float32
+      )
+  variables = traverse_util.unflatten_dict(flat)
+  variables.setdefault('params', {})
+  variables.setdefault('batch_stats', {})
+  return variables, LoadReport(loaded=len(expected))
+
+
+def _convert_matching(
+  sd: Mapping[str, np.ndarray],
+  s: Structure,
+  num_classes: int,
+  expected: Sequence[mapping.Entry],
+  use_sa: bool,
+  use_lw_att: bool,
+  rng: Any,
+) -> tuple[dict, LoadReport]:
+  """The original's only_backbone, by the rule training's `init_from` uses.
+
+  The rule (`zenfer_jax.train_state.merge_matching`) is applied where the original applies it:
+  to the checkpoint's state_dict and the fresh model's state_dict in PyTorch layout, so a name
+  and a shape decide exactly as `load_model(..., only_backbone=True)` decides. The merged
+  state_dict then goes through the strict conversion.
+  """
+  import jax
+
+  from zenfer_jax.models import build_model, init_variables
+  from zenfer_jax.train_state import TransferReport, merge_matching
+
+  model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
+  fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)
+  fresh = traverse_util.flatten_dict(jax.device_get(dict(fresh)), sep='/')
+  fresh_sd = {
+    e.torch_key: (
+      np.zeros((), np.int64)
+      if e.collection is None
+      else mapping.to_torch(np.asarray(fresh[e.flax_path], np.float32), e.kind)
+    )
+    for e in expected
+  }
+  merged_sd, transfer = merge_matching(fresh_sd, sd)
+  variables, _ = convert_state_dict(merged_sd, s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+
+  # The report in this model's Flax paths, like training's init_from.json. Counters
+  # (num_batches_tracked) have no Flax counterpart: they count as loaded, nothing more.
+  flax_path = {e.torch_key: e.flax_path for e in expected if e.collection is not None}
+  shapes = {e.torch_key: e.torch_shape for e in expected}
+  copied = [flax_path[k] for k in transfer.copied if k in flax_path]
+  fresh_why = []
+  for key, _ in transfer.fresh:
+    if key not in flax_path:
       continue
-    flat[(e.collection, *e.path)] = mapping.to_flax(np.asarray(sd[e.torch_key]), e.kind).astype(
-      np.float32
+    why = (
+      'not in the checkpoint'
+      if key not in sd
+      else f'shape {tuple(np.shape(sd[key]))} in the checkpoint, {shapes[key]} here '
+      '(PyTorch layout)'
     )
-    report.loaded += 1
-  report.loaded += sum(1 for e in expected if e.collection is None and not skip(e.torch_key))
-  report.discarded = [k for k in sd if skip(k)]
-  loaded = traverse_util.unflatten_dict(flat)
-  loaded.setdefault('params', {})
-  loaded.setdefault('batch_stats', {})
-
-  if flax_skip:
-    import jax
-
-    from zenfer_jax.models import build_model, init_variables
-
-    model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
-    fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)
-    fresh = {c: fresh.get(c, {}) for c in model_directory.COLLECTIONS}
-    variables = model_directory.strict_merge(
-      fresh, loaded, skip_patterns=flax_skip, what='converted checkpoint'
-    )
-    variables = jax.tree_util.tree_map(np.asarray, variables)
-    report.left_at_init = sorted(
-      p
-      for p in traverse_util.flatten_dict(fresh, sep='/')
-      if any(fnmatch.fnmatchcase(p, pat) for pat in flax_skip)
-    )
-  else:
-    variables = loaded
+    fresh_why.append((flax_path[key], why))
+  taken = set(transfer.copied)
+  report = LoadReport(
+    loaded=len(taken),
+    left_at_init=sorted(p for p, _ in fresh_why),
+    discarded=[k for k in sd if k not in taken],
+    transfer=TransferReport(sorted(copied), sorted(fresh_why), transfer.unused),
+  )
+  head = sd.get(mapping.CLASSIFIER_PREFIX + 'netblock.bias')
+  if head is not None and np.ndim(head) == 1:
+    report.source_num_classes = int(np.shape(head)[0])
   return variables, report
 
 
@@ -252,9 +286,9 @@ def load_torch_checkpoint(
 
   Accepts a path (.pth, .pth.tar, .safetensors), a loaded checkpoint dict or a
   bare state_dict; {'state_dict': ...} wrappers and 'module.' prefixes are
-  handled. Strict unless `only_backbone`, which leaves the classifier (and
-  lw_att when the checkpoint has none) at a fresh initialisation from `rng`
-  and logs what it left.
+  handled. Strict unless `only_backbone`, which loads every tensor whose key
+  and shape this model has and leaves the rest at a fresh initialisation from
+  `rng` (module docstring), logging what it left.
   """
   variables, report = _convert_any(
     path_or_state_dict,
@@ -330,8 +364,9 @@ def _parser() -> cli.ArgumentParser:
   p.add_argument(
     '--only_backbone',
     action='store_true',
-    help='load all but the classifier (and lw_att when the checkpoint has none); '
-    'those start from a fresh initialisation',
+    help="the original's transfer option: load every tensor whose key and shape this model "
+    'has (the classifier only when the class count matches); the rest starts from a fresh '
+    "initialisation, listed in the card's init_from field",
   )
   p.add_argument(
     '--seed', type=int, default=0, help='initialisation seed for what --only_backbone leaves fresh'
@@ -403,9 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       source += f' ({report.source})'
     if args.only_backbone:
       source += (
-        ' [only_backbone: classifier'
-        + (' and lw_att' if any(p.startswith('params/lw_att') for p in report.left_at_init) else '')
-        + ' freshly initialised]'
+        f' [only_backbone: {len(report.transfer.copied)} arrays copied by name and shape, '
+        f'{len(report.left_at_init)} left at initialisation]'
       )
     card = model_directory.make_card(
       str(structure),
@@ -417,6 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       recipe=recipe,
       source=source,
     )
+    if args.only_backbone:
+      # What training records in WORKDIR/init_from.json, in the card of the directory written.
+      card['init_from'] = report.transfer.as_dict(
+        os.path.abspath(args.checkpoint), {'num_classes': report.source_num_classes}
+      )
     model_directory.save_model_dir(out, variables, card, overwrite=args.overwrite)
   except (
     CheckpointFormatError,
