@@ -558,6 +558,8 @@ class ProgramSet:
     self._futures: dict[object, Future] = {}
     self._lock = threading.Lock()
     self._pool: ThreadPoolExecutor | None = None
+    self._bg_pool: ThreadPoolExecutor | None = None
+    self._background: set = set()
     self.compile_seconds = 0.0
 
   def _compile(self, key, build):
@@ -577,16 +579,28 @@ class ProgramSet:
       self.compile_seconds += time.perf_counter() - t
     return compiled
 
-  def get(self, key, build) -> Future:
+  def get(self, key, build, background: bool = False) -> Future:
+    """The program's future; `background` compiles queue on one thread of their own, so a
+    program needed now never waits behind them (and takes theirs over if it has not started)."""
     with self._lock:
       fut = self._futures.get(key)
+      if fut is not None and not background and key in self._background and fut.cancel():
+        fut = None  # needed now: move it from the background queue to the main one
       if fut is None or (fut.done() and fut.exception() is not None):
-        if self._pool is None:
-          workers = int(os.environ.get('ZENFER_COMPILE_THREADS', 0)) or max(
-            1, min(8, os.cpu_count() or 1)
-          )
-          self._pool = ThreadPoolExecutor(workers, thread_name_prefix='zen-programs')
-        fut = self._futures[key] = self._pool.submit(self._compile, key, build)
+        if background:
+          if self._bg_pool is None:
+            self._bg_pool = ThreadPoolExecutor(1, thread_name_prefix='zen-programs-bg')
+          pool = self._bg_pool
+          self._background.add(key)
+        else:
+          if self._pool is None:
+            workers = int(os.environ.get('ZENFER_COMPILE_THREADS', 0)) or max(
+              1, min(8, os.cpu_count() or 1)
+            )
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix='zen-programs')
+          pool = self._pool
+          self._background.discard(key)
+        fut = self._futures[key] = pool.submit(self._compile, key, build)
     return fut
 
   def __contains__(self, key) -> bool:

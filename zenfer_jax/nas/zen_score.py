@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -263,7 +264,9 @@ class ZenScorer:
   kernel_sizes: the layer kinds every program
   supports (a search passes its space's; None: those of the structures scored). candidates:
   structures scored per call (`score_batch`); 1 keeps each structure's tables unbatched.
-  weight_capacity / max_layers: initial weight-buffer length and layers per stage; both grow
+  complete_grid: compile every combination of the levels seen so far in the background (see
+  `_complete_grid`). weight_capacity / max_layers: initial weight-buffer length and layers per
+  stage; both grow
   (by doubling, with new programs) when a structure needs more. draws_per_call: draws vmapped
   together ('auto': as many as fit about 1 GiB).
   """
@@ -287,6 +290,7 @@ class ZenScorer:
     weight_capacity: int = 0,
     max_layers: int = 32,
     draws_per_call: int | str = 'auto',
+    complete_grid: bool = True,
   ):
     if bn_variance not in BN_VARIANCES:
       raise ValueError(f'bn_variance must be one of {BN_VARIANCES}, got {bn_variance!r}')
@@ -334,6 +338,9 @@ class ZenScorer:
     self._capacity_chunks = _num_chunks(max(int(weight_capacity), 1))
     # (stage, in_level, first_level, level) of every stage program this scorer has run.
     self.levels_used: set[tuple[int, int, int, int]] = set()
+    # Per stage program kind: the in, first and stage levels seen so far (see _complete_grid).
+    self._seen: dict[prog.StageSpec, tuple[set, set, set]] = {}
+    self.complete_grid = complete_grid
     self._cache: dict[tuple[str, object], ZenScore] = {}
 
   # -------------------------------------------------------------------------- planning
@@ -414,6 +421,10 @@ class ZenScorer:
         level, first_level = min(fits)
       if record:
         self.levels_used.add((i, in_level, first_level, level))
+        seen = self._seen.setdefault(base, (set(), set(), set()))
+        seen[0].add(in_level)
+        seen[1].add(first_level)
+        seen[2].add(level)
       specs.append(
         dataclasses.replace(base, in_level=in_level, first_level=first_level, level=level)
       )
@@ -439,10 +450,26 @@ class ZenScorer:
       out.append(per_stage)
     return out
 
-  def _program(self, spec: prog.StageSpec):
+  def _program(self, spec: prog.StageSpec, background: bool = False):
     return prog.PROGRAMS.get(
-      ('stage', spec), lambda: (prog._stage_program(spec), prog.stage_avals(spec))
+      ('stage', spec),
+      lambda: (prog._stage_program(spec), prog.stage_avals(spec)),
+      background=background,
     )
+
+  def _complete_grid(self) -> None:
+    """Compile, on a background thread, every combination of the levels seen so far.
+
+    A stage's programs form a grid, in_level x first_level x level; a search meets most of
+    its levels within its first candidates but some combinations only much later (a rare
+    wide first conv with an already common stage level, say). Completing the grid as soon as
+    a level appears moves those compiles to the start, where they overlap the scoring.
+    """
+    for base, (ins, firsts, levels) in self._seen.items():
+      for il, fl, lv in itertools.product(sorted(ins), sorted(firsts), sorted(levels)):
+        spec = dataclasses.replace(base, in_level=il, first_level=fl, level=lv)
+        if ('stage', spec) not in prog.PROGRAMS:
+          self._program(spec, background=True)
 
   def _aux_programs(self):
     n, capacity = self.instances, self._capacity_chunks
@@ -480,13 +507,16 @@ class ZenScorer:
     return keys
 
   def warmup(self, structures: Sequence[str | Structure]) -> int:
-    """Compile every program scoring `structures` needs; returns how many programs exist."""
+    """Compile every program scoring `structures` needs (and their level grid, when
+    `complete_grid`); returns how many programs this process holds."""
     futures = list(self._aux_programs())
     for g in range(0, len(structures), self.candidates):
       layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
       futures += [self._program(spec) for spec in self._plan(layouts)]
-    for f in futures:
-      f.result()
+    if self.complete_grid:
+      self._complete_grid()
+    for key in prog.PROGRAMS.keys():
+      prog.PROGRAMS.get(key, None).result()
     return len(prog.PROGRAMS)
 
   # -------------------------------------------------------------------------- scoring
@@ -533,6 +563,8 @@ class ZenScorer:
     specs = self._plan(layouts)
     tables = self._tables(layouts, specs)
     programs = [self._program(spec) for spec in specs]  # all compile in parallel
+    if self.complete_grid:
+      self._complete_grid()
     inputs, weights = self._aux_programs()
     n = self.draws_per_call
     used = np.repeat([-(-lay.num_weights // _CHUNK) for lay in layouts], n).astype(np.int32)
