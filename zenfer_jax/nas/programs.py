@@ -272,24 +272,33 @@ def _bn(y, valid, relu: bool, bn_variance: str):
   return out.reshape(y.shape), jnp.sum(jnp.where(valid, read, 0.0))
 
 
-def _kernel(buf, offset, k: int, cin, cout, ci0, co0, ki: int, ko: int, kmax: int | None = None):
+def _rows(buf, starts, length: int):
+  """buf[s : s + length] for every s in `starts`: contiguous runs, copied as such (a gather
+  of single elements costs XLA on CPU several times more). The buffer keeps a margin past its
+  last weight (see ZenScorer), so a run that starts at a real weight never reaches the end."""
+  flat = starts.reshape(-1)
+  rows = jax.vmap(lambda st: lax.dynamic_slice(buf, (st,), (length,)))(flat)
+  return rows.reshape(starts.shape + (length,))
+
+
+def _kernel(buf, offset, k, cin, cout, ci0, co0, ki: int, ko: int, kmax: int | None = None):
   """Block [ci0:ci0+ki, co0:co0+ko] of the HWIO kernel (k, k, cin, cout) stored at `offset`.
 
   Out-of-range entries are zero. With `kmax`, the k x k kernel sits centred in a kmax x kmax
   one with zero taps (exact for the k // 2 padding used everywhere); `k` may then be traced.
   """
   size = k if kmax is None else kmax
-  i = jnp.arange(size)[:, None, None, None]
-  j = jnp.arange(size)[None, :, None, None]
-  ci = ci0 + jnp.arange(ki)[None, None, :, None]
-  co = co0 + jnp.arange(ko)[None, None, None, :]
-  valid = (ci < cin) & (co < cout)
+  i = jnp.arange(size)[:, None, None]
+  j = jnp.arange(size)[None, :, None]
+  ci = ci0 + jnp.arange(ki)[None, None, :]
+  valid = ci < cin
   if kmax is not None:
     shift = (kmax - k) // 2
     i, j = i - shift, j - shift
     valid = valid & (i >= 0) & (i < k) & (j >= 0) & (j < k)
-  idx = offset + ((i * k + j) * cin + ci) * cout + co
-  return jnp.where(valid, buf[jnp.where(valid, idx, 0)], 0.0)
+  starts = jnp.where(valid, offset + ((i * k + j) * cin + ci) * cout + co0, 0)
+  w = _rows(buf, starts, ko)
+  return jnp.where(valid[..., None] & (co0 + jnp.arange(ko) < cout), w, 0.0)
 
 
 def _conv(x, w, stride: int):
@@ -334,11 +343,10 @@ def _dense(buf, off, k, cin, cout, x, ci0, co0, ko: int, stride: int, kmax: int)
   ki = x.shape[-1]
 
   def term(win, dy, dx):
-    ci = ci0 + jnp.arange(ki)[:, None]
-    co = co0 + jnp.arange(ko)[None, :]
-    valid = (ci < cin) & (co < cout)
-    idx = off + ((dy * k + dx) * cin + ci) * cout + co
-    w = jnp.where(valid, buf[jnp.where(valid, idx, 0)], 0.0)
+    ci = ci0 + jnp.arange(ki)
+    starts = jnp.where(ci < cin, off + ((dy * k + dx) * cin + ci) * cout + co0, 0)
+    valid = (ci < cin)[:, None] & (co0 + jnp.arange(ko) < cout)[None, :]
+    w = jnp.where(valid, _rows(buf, starts, ko), 0.0)
     return jnp.einsum('nhwc,cd->nhwd', win, w)
 
   return _tap_sum(x, k, stride, kmax, term, ko)
@@ -366,10 +374,11 @@ def _depthwise(buf, off, k, c, c0, y, stride: int, spec: StageSpec):
       feature_group_count=t,
     )
 
+  valid = lane < c
+
   def term(win, dy, dx):
-    valid = lane < c
-    w = jnp.where(valid, buf[jnp.where(valid, off + (dy * k + dx) * c + lane, 0)], 0.0)
-    return win * w
+    w = lax.dynamic_slice(buf, (off + (dy * k + dx) * c + c0,), (t,))
+    return win * jnp.where(valid, w, 0.0)
 
   return _tap_sum(y, k, stride, kmax, term, t)
 

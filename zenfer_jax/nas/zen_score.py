@@ -372,7 +372,9 @@ class ZenScorer:
             )
         while len(st) > self.max_layers:
           self.max_layers *= 2
-    while max(lay.num_weights for lay in layouts) > self._capacity_chunks * _CHUNK:
+    # A margin past the last weight: kernels are read in contiguous runs of up to a level's
+    # width (programs._rows), and no run that starts at a real weight may reach the end.
+    while max(lay.num_weights for lay in layouts) + 4 * 2048 > self._capacity_chunks * _CHUNK:
       self._capacity_chunks *= 2
     plans = [prog.stage_levels(lay, self.level_ratio, self.max_level_step) for lay in layouts]
     first_need = max(p[0] for p in plans)
