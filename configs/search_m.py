@@ -58,10 +58,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Off: the published networks score 0.90 (M) and 0.62 (R), so it did not find them.
   config.search.efficient_score = config_dict.placeholder(float)
 
+  # Candidates drawn, scored in one call and inserted per step (1: the reference's sequential
+  # loop; 0: per device, 1 on CPU and 16 on accelerators, see evolution.default_candidates_per_step).
+  config.search.candidates_per_step = 0
+
   config.search.checkpoint_every = 100  # iterations; a kill loses at most this many
   # Wall-clock seconds for one call (None: no limit): the search checkpoints and stops, and the
   # same command resumes it (a batch job's time limit).
   config.search.max_seconds = config_dict.placeholder(float)
   # JAX's persistent compilation cache, shared by every search on this machine ('' turns it off).
   config.search.compilation_cache_dir = '~/.cache/zenfer_jax/jax_compilation_cache'
+  # --config.search.warmup_only=True: compile the programs of the first `warmup_candidates`
+  # candidates into that cache, print how many and how long, and exit.
+  config.search.warmup_only = False
+  config.search.warmup_candidates = 256
   return config

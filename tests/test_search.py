@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,14 @@ import pytest
 from configs import search_m, search_r
 from zenfer_jax import counters
 from zenfer_jax.nas import evolution
-from zenfer_jax.nas.population import BEST_FILE, LOG_FILE, STATE_FILE, load_state
+from zenfer_jax.nas.population import (
+  BEST_FILE,
+  LOG_FILE,
+  PROGRESS_FILE,
+  STATE_FILE,
+  SUMMARY_FILE,
+  load_state,
+)
 from zenfer_jax.structure import resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -36,8 +44,11 @@ def _log(workdir):
   return [json.loads(line) for line in (pathlib.Path(workdir) / LOG_FILE).read_text().splitlines()]
 
 
+TIMING_KEYS = ('score_s', 'elapsed_s', 'compiled_programs')  # differ between processes
+
+
 def _untimed_log(workdir):
-  return [{k: v for k, v in rec.items() if k != 'score_s'} for rec in _log(workdir)]
+  return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in _log(workdir)]
 
 
 def test_reference_configs():
@@ -129,6 +140,23 @@ def test_search_with_zen_score(tmp_path):
   # Distinct structures got distinct scores: the score follows the structure, not a constant.
   by_structure = {r['structure']: r['score'] for r in log}
   assert len(set(by_structure.values())) == len(by_structure) > 4
+  # What a user sees: cumulative programs and wall time on every row, a summary, a plot.
+  programs = [r['compiled_programs'] for r in log]
+  elapsed = [r['elapsed_s'] for r in log]
+  assert programs == sorted(programs) and 3 <= programs[-1] <= 40
+  assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+  summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+  assert summary['candidates_scored'] == state.num_scored == len(log)
+  assert summary['compiled_programs'] == programs[-1] and summary['compile_s'] > 0
+  assert 0 < summary['scoring_s'] <= summary['elapsed_s']
+  assert summary['candidates_per_s'] == pytest.approx(len(log) / summary['elapsed_s'])
+  assert (summary['best_structure'], summary['best_score']) == max(
+    state.population, key=lambda p: p[1]
+  )
+  png = (tmp_path / PROGRESS_FILE).read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+  assert [p[0] for p in saved.progress] == sorted(p[0] for p in saved.progress)
+  assert saved.progress[-1][2] == summary['best_score']
 
 
 def _fast_config(**search):
@@ -159,7 +187,8 @@ def test_resume_retraces_the_same_search(tmp_path):
     )
 
 
-def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
+@pytest.mark.parametrize('per_step', [1, 16])
+def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, per_step):
   """Kill the CLI with SIGKILL mid-search, resume, and get exactly the uninterrupted result."""
   every, total = 40, 3000
   args = [
@@ -172,6 +201,7 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
     '--config.search.population_size=20',
     f'--config.search.max_iterations={total}',
     f'--config.search.checkpoint_every={every}',
+    f'--config.search.candidates_per_step={per_step}',
     '--config.search.compilation_cache_dir=',
   ]
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
@@ -196,15 +226,70 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
   logged = (tmp_path / 'k' / LOG_FILE).read_text().splitlines()
   reached = max(json.loads(line)['iteration'] for line in logged if line.endswith('}'))
   saved = load_state(str(tmp_path / 'k'))
-  assert saved.next_iteration % every == 0 and reached + 1 - saved.next_iteration < every
+  # Checkpoints fall on step ends; a step of 16 may carry one past a multiple of 40.
+  assert saved.next_iteration % per_step == 0 and saved.next_iteration % every < per_step
+  assert reached + 1 - saved.next_iteration < every + per_step
   assert saved.next_iteration < total
 
-  c = _fast_config(max_iterations=total, checkpoint_every=every)
+  c = _fast_config(max_iterations=total, checkpoint_every=every, candidates_per_step=per_step)
   resumed = evolution.run_search(c, str(tmp_path / 'k'), progress=False)
   whole = evolution.run_search(c, str(tmp_path / 'w'), progress=False)
   assert resumed.population == whole.population
   assert _untimed_log(tmp_path / 'k') == _untimed_log(tmp_path / 'w')
   assert (tmp_path / 'k' / BEST_FILE).read_text() == (tmp_path / 'w' / BEST_FILE).read_text()
+  # Both step sizes find structures within every budget.
+  for rec in _log(tmp_path / 'w'):
+    assert rec['flops'] <= 400e6 and rec['model_size'] <= 1e6 and rec['layers'] <= 14
+
+
+def test_candidates_per_step_draws_from_the_step_population(tmp_path):
+  """A step of C proposes C candidates from the same population, scores them in one call,
+  then appends them in order; any C is deterministic."""
+  calls = []
+
+  class Batched:
+    def __call__(self, structure, seed):
+      raise AssertionError('a batched scorer is called through score_many')
+
+    def score_many(self, structures, seeds):
+      calls.append(len(structures))
+      return [(seed % 1000) / 1000 for seed in seeds]
+
+  c = _fast_config(max_iterations=96, candidates_per_step=8, checkpoint_every=40)
+  a = evolution.run_search(c, str(tmp_path / 'a'), scorer=Batched(), progress=False)
+  assert 1 < max(calls) <= 8 and len(calls) <= 12  # at most one call per step (96 / 8)
+  b = evolution.run_search(c, str(tmp_path / 'b'), scorer=Batched(), progress=False)
+  assert a.population == b.population
+  assert _untimed_log(tmp_path / 'a') == _untimed_log(tmp_path / 'b')
+  # stop_after rounds up to whole steps, so a resumed search takes the same steps.
+  cut = evolution.run_search(c, str(tmp_path / 'c'), scorer=Batched(), progress=False, stop_after=5)
+  assert cut.next_iteration == 8
+  resumed = evolution.run_search(c, str(tmp_path / 'c'), scorer=Batched(), progress=False)
+  assert resumed.population == a.population
+  # Another step size is another (deterministic) search from the same seed.
+  c1 = _fast_config(max_iterations=96, candidates_per_step=1, checkpoint_every=40)
+  one = evolution.run_search(c1, str(tmp_path / 'd'), scorer=Batched(), progress=False)
+  assert one.population != a.population
+  with pytest.raises(evolution.SearchConfigError, match='candidates_per_step: 8 there, 1 now'):
+    evolution.run_search(c1, str(tmp_path / 'a'), scorer=_never, progress=False)
+
+
+def test_zen_search_in_batches_is_deterministic(tmp_path):
+  """The JAX Zen-score, 4 candidates per call: the same search twice, and resumed."""
+  c = _config(
+    resolution=16,
+    batch_size=2,
+    population_size=6,
+    max_iterations=16,
+    checkpoint_every=8,
+    candidates_per_step=4,
+    budget_flops=2.0e6,
+  )
+  a = evolution.run_search(c, str(tmp_path / 'a'), progress=False)
+  evolution.run_search(c, str(tmp_path / 'b'), progress=False, stop_after=8)
+  b = evolution.run_search(c, str(tmp_path / 'b'), progress=False)
+  assert a.population == b.population and a.num_scored >= 8
+  assert _untimed_log(tmp_path / 'a') == _untimed_log(tmp_path / 'b')
 
 
 def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
@@ -223,15 +308,31 @@ def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
   assert bad.returncode == 2
   assert "config.search.max_layers=2 is below the initial structure's 6 layers" in bad.stderr
   assert not work.exists() or not os.listdir(work)
+  tiny = [
+    '--config.search.max_iterations=6',
+    '--config.search.resolution=16',
+    '--config.search.batch_size=2',
+    '--config.search.budget_flops=1e7',
+    f'--config.search.compilation_cache_dir={cache}',
+  ]
+  # Warm-up: compiles the first candidates' programs into the cache, scores nothing.
+  warm = subprocess.run(
+    base + tiny + ['--config.search.warmup_only=True', '--config.search.warmup_candidates=6'],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert warm.returncode == 0, warm.stderr[-3000:]
+  m = re.search(
+    r'warm-up: (\d+) programs for the first (\d+) candidates .* in [\d.]+ s', warm.stdout
+  )
+  assert m and 3 <= int(m[1]) <= 30 and 1 <= int(m[2]) <= 6, warm.stdout
+  assert not work.exists() or not os.listdir(work)
+  cached = len([p for p in cache.rglob('*') if p.is_file()])
+  assert cached >= int(m[1])
   ok = subprocess.run(
-    base
-    + [
-      '--config.search.max_iterations=6',
-      '--config.search.resolution=16',
-      '--config.search.batch_size=2',
-      '--config.search.budget_flops=1e7',
-      f'--config.search.compilation_cache_dir={cache}',
-    ],
+    base + tiny,
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -244,8 +345,8 @@ def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
   log = _log(work)
   assert max(r['score'] for r in log) == max(r['score'] for r in log if r['structure'] == best)
   assert all(r['layers'] <= 10 and r['flops'] <= 1e7 for r in log)
-  # The persistent compilation cache kept the compiled pieces (zero minimum compile time).
-  assert len([p for p in cache.rglob('*') if p.is_file()]) >= 10
+  # The persistent compilation cache keeps every program (zero minimum compile time).
+  assert len([p for p in cache.rglob('*') if p.is_file()]) >= cached
 
 
 def test_efficient_score_filter(tmp_path):
@@ -301,7 +402,7 @@ def test_time_limit_stops_with_a_checkpoint_and_resumes_the_same_search(tmp_path
   whole = evolution.run_search(c, str(tmp_path / 'a'), scorer=slow, progress=False)
   t0 = time.perf_counter()
   cut = evolution.run_search(c, str(tmp_path / 'b'), scorer=slow, progress=False, max_seconds=0.3)
-  assert time.perf_counter() - t0 < 0.3 + 1.0
+  assert time.perf_counter() - t0 < 0.3 + 2.5  # the stop writes a checkpoint, a summary, a plot
   assert 0 < cut.next_iteration < 120
   # The stop wrote a checkpoint even though checkpoint_every was not reached.
   assert load_state(str(tmp_path / 'b')).next_iteration == cut.next_iteration

@@ -1,4 +1,4 @@
-"""Zen-score: parity with the reference search step, equality with the Flax model, no retracing."""
+"""Zen-score: parity with the reference search step, equality with the Flax model, no recompiling."""
 
 import functools
 import importlib
@@ -143,15 +143,16 @@ def test_equals_flax_model_without_residual_links():
     abs(expected['running'][0] - expected['running'][1]) > 1e-3
   )  # two draws, two different networks
   assert np.all(np.abs(expected['running'] - expected['batch']) > 1e-3)
-  # exact widths with XLA's depthwise conv; coarse buckets (heavy padding) with the shifted one.
-  for steps, impl in ((None, 'xla'), (1, 'shift')):
+  # A fine ladder with XLA's depthwise conv (kernels centred in 5x5); a coarse one (heavy
+  # padding) with the shifted taps.
+  for ratio, impl in ((2, 'xla'), (8, 'shift')):
     for bn_variance in ('running', 'batch'):
       scorer = ZenScorer(
-        mixup_gamma=0.01, bn_variance=bn_variance, steps_per_octave=steps, depthwise_impl=impl, **kw
+        mixup_gamma=0.01, bn_variance=bn_variance, level_ratio=ratio, depthwise_impl=impl, **kw
       )
       got = np.asarray(scorer.scores(MIXED, 5))
       np.testing.assert_allclose(
-        got, expected[bn_variance], rtol=0, atol=2e-4, err_msg=f'{steps} {impl}'
+        got, expected[bn_variance], rtol=0, atol=2e-4, err_msg=f'{ratio} {impl}'
       )
 
 
@@ -165,40 +166,26 @@ def test_zen_score_entry_point():
     zen_score(MIXED, bn_variance='nope')
 
 
-def test_seen_shapes_never_trace_again():
-  scorer = ZenScorer(resolution=16, batch_size=4, repeats=2, steps_per_octave=1)
+def test_seen_levels_never_compile_again():
+  scorer = ZenScorer(resolution=16, batch_size=4, repeats=2)
   first = scorer(MIXED, seed=0)
   assert isinstance(first, ZenScore) and np.isfinite(first.mean) and len(first.scores) == 2
-  traces = dict(zs.TRACES)
-  # Same structure, new seed: new weights and inputs, no new trace.
+  programs = zs.compiled_programs()
+  # Same structure, new seed: new weights and inputs, no new program.
   second = scorer(MIXED, seed=1)
   assert second.mean != first.mean
-  assert dict(zs.TRACES) == traces
+  assert zs.compiled_programs() == programs
   # Seen structure and seed: served from the cache, nothing runs.
   assert scorer(MIXED, seed=0) is first
-  # A different structure whose units bucket to shapes already compiled (wider widths in the same bucket).
-  other = MIXED.replace(
-    'SuperResK1K3K1(24,40,1,16,1)SuperResK3K3(40,', 'SuperResK1K3K1(24,36,1,16,1)SuperResK3K3(36,'
-  )
-  assert zs.channel_bucket(36, 1) == zs.channel_bucket(40, 1)
+  # A different structure whose stage widths fall in the same levels (other widths, depth,
+  # kernel size and expansion), with the same layer kinds.
+  other = MIXED.replace('SuperResIDWE2K5(16,24,2,16,1)', 'SuperResIDWE6K5(16,24,2,24,2)')
+  assert zs.network_units(other) != zs.network_units(MIXED)
   scorer(other, seed=0)
-  assert dict(zs.TRACES) == traces
-  # A second scorer with the same settings shares every compiled piece.
-  ZenScorer(resolution=16, batch_size=4, repeats=2, steps_per_octave=1)(MIXED, seed=2)
-  assert dict(zs.TRACES) == traces
-
-
-def test_channel_buckets():
-  widths = range(1, 4097)
-  buckets = {zs.channel_bucket(c) for c in widths if c % 8 == 0}
-  for c in widths:
-    b = zs.channel_bucket(c)
-    assert b >= c and b <= max(8, 1.25 * c + 8)
-    if c > 8:
-      assert b % 8 == 0
-  assert zs.channel_bucket(3) == 3 and zs.channel_bucket(2048) == 2048
-  assert len(buckets) <= 40  # few shapes cover every width a search can produce
-  assert zs.channel_bucket(100, None) == 100
+  assert zs.compiled_programs() == programs
+  # A second scorer with the same settings shares every compiled program.
+  ZenScorer(resolution=16, batch_size=4, repeats=2)(MIXED, seed=2)
+  assert zs.compiled_programs() == programs
 
 
 def test_units_chain_matches_plan():
@@ -238,14 +225,14 @@ def test_full_resolution_agrees_with_pytorch_reference_algorithm(reference):
   assert 29 < ours.mean < 31  # measured: 30.07 +- 0.06 (JAX), 30.04 +- 0.05 (PyTorch) over 8 draws
 
 
-def test_piece_compile_options_turn_off_gpu_autotuning_only(monkeypatch):
-  zs = importlib.import_module('zenfer_jax.nas.zen_score')
+def test_compile_options_turn_off_gpu_autotuning_only(monkeypatch):
+  from zenfer_jax.nas import programs
 
   monkeypatch.delenv('ZENFER_SEARCH_GPU_AUTOTUNE', raising=False)
-  assert zs.piece_compile_options('cpu') == {}
-  assert zs.piece_compile_options('gpu') == {'xla_gpu_autotune_level': 0}
+  assert programs.compile_options('cpu') == {}
+  assert programs.compile_options('gpu') == {'xla_gpu_autotune_level': 0}
   monkeypatch.setenv('ZENFER_SEARCH_GPU_AUTOTUNE', '1')
-  assert zs.piece_compile_options('gpu') == {}
+  assert programs.compile_options('gpu') == {}
   # The option is a real XLA debug option: this XLA accepts it (a misspelt one is refused).
   lowered = jax.jit(lambda x: x * 2).lower(jnp.ones(3))
   np.testing.assert_array_equal(

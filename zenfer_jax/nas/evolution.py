@@ -8,11 +8,18 @@ on the reference counters, latency) or the optional efficient-score filter;
 otherwise score it and append it. The best structure is the population's
 maximum at the end.
 
+With `config.search.candidates_per_step` = C > 1, one *step* draws C
+candidates from the population as it stands (trimmed once, at the step's
+start), scores them in one call and appends them in order; C = 1 is the
+reference's sequential loop. Steps cover iterations [kC, (k + 1)C), so a
+search stopped and resumed at any step boundary takes the same steps.
+
 Differences, all deliberate: a structure is scored once and its score reused
 (the reference builds a fresh random network each time, so a repeated
 structure there gets a new draw), and each structure's draw is seeded from
-the structure string and `config.seed`, so a score never depends on the
-search's history, and a resumed search retraces the killed one exactly.
+the structure string and `config.seed`. Padding and batching change a score
+only by float rounding, and whatever they depend on is saved with the
+checkpoint, so a resumed search retraces the killed one exactly.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
   BEST_FILE,
   LOG_FILE,
+  PROGRESS_FILE,
+  SUMMARY_FILE,
   SearchState,
   atomic_write_text,
   load_state,
   save_state,
 )
-from zenfer_jax.structure import Structure, StructureError, resolve
+from zenfer_jax.structure import BLOCK_TYPES, Structure, StructureError, resolve
 
 __all__ = [
   'SearchConfigError',
@@ -48,6 +57,11 @@ __all__ = [
   'Scorer',
   'jax_scorer',
   'make_scorer',
+  'JaxZenScorer',
+  'default_candidates_per_step',
+  'summary',
+  'plot_progress',
+  'warmup_structures',
   'PROXIES',
 ]
 
@@ -72,6 +86,7 @@ _TRAJECTORY_KEYS = (
   'efficient_score',
   'bn_variance',
   'proxy',
+  'candidates_per_step',
 )
 # Zero-shot proxies, as the reference's --zero_shot_score offers them; 'zen' is the one its scripts use.
 PROXIES = ('zen', 'flops', 'params', 'random')
@@ -182,6 +197,14 @@ def validate_config(config) -> SearchSetup:
       f'config.search.proxy={proxy!r} is not a proxy; set it to one of {list(PROXIES)}'
     )
   settings['proxy'] = proxy
+  cps = _get(s, 'candidates_per_step', 1)
+  if cps == 0:
+    cps = default_candidates_per_step()
+  if not isinstance(cps, int) or cps < 1:
+    raise SearchConfigError(
+      f'config.search.candidates_per_step must be a positive integer or 0 (per device), got {cps!r}'
+    )
+  settings['candidates_per_step'] = cps
   settings['seed'] = int(config.seed)
   return SearchSetup(space=space, init=init, settings=settings)
 
@@ -203,6 +226,18 @@ def enable_compilation_cache(cache_dir: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
+def default_candidates_per_step() -> int:
+  """Candidates per step when the config says 0: what is fastest on the default device.
+
+  CPU: 1. Measured on the 2-core CPU (benchmarks/search_throughput.py), several candidates in
+  one call only run their loops to the longest candidate's trip counts. Accelerators: 16, so a
+  call fills the device (not yet measured on one).
+  """
+  import jax
+
+  return 1 if jax.default_backend() == 'cpu' else 16
+
+
 def make_scorer(settings: dict[str, Any]) -> Scorer:
   """The configured proxy: the JAX Zen-score, or the reference's cheap baselines."""
   proxy = settings['proxy']
@@ -217,19 +252,82 @@ def make_scorer(settings: dict[str, Any]) -> Scorer:
   return lambda s, seed: float(np.random.default_rng(seed).standard_normal())
 
 
-def jax_scorer(settings: dict[str, Any]) -> Scorer:
-  """Zen-score with the search's settings (see zenfer_jax.nas.zen_score)."""
-  from zenfer_jax.nas.zen_score import ZenScorer
+class JaxZenScorer:
+  """The search's fitness: the Zen-score through the bounded program set.
 
-  scorer = ZenScorer(
-    resolution=settings['resolution'],
-    batch_size=settings['batch_size'],
-    repeats=settings['repeats'],
-    mixup_gamma=settings['mixup_gamma'],
-    bn_variance=settings['bn_variance'],
-    weight_capacity=1 << 21,  # covers 1M-parameter networks twice over
-  )
-  return lambda structure, seed: scorer(structure, seed).mean
+  Every program it runs supports the whole space (its layer families and kernel sizes), so the
+  search never needs another kind. `score_many` scores one step's candidates in one call.
+  """
+
+  def __init__(self, settings: dict[str, Any]):
+    from zenfer_jax.nas.zen_score import ZenScorer
+
+    space = space_lib.get_space(settings['space'])
+    types = [t for group in space.groups for t in group]
+    self.scorer = ZenScorer(
+      resolution=settings['resolution'],
+      batch_size=settings['batch_size'],
+      repeats=settings['repeats'],
+      mixup_gamma=settings['mixup_gamma'],
+      bn_variance=settings['bn_variance'],
+      families=sorted({BLOCK_TYPES[t].family for t in types}),
+      kernel_sizes=sorted({BLOCK_TYPES[t].kernel_size for t in types}),
+      candidates=settings['candidates_per_step'],
+      # Conv weights never exceed the parameter budget; without one, start at 2M and grow.
+      weight_capacity=int(settings['budget_model_size'] or (1 << 21)),
+    )
+
+  def __call__(self, structure: Structure, seed: int) -> float:
+    return float(self.score_many([structure], [seed])[0])
+
+  def score_many(self, structures: list[Structure], seeds: list[int]) -> list[float]:
+    return [float(v) for v in self.scorer.score_batch(structures, seeds).mean(axis=1)]
+
+  def stats(self) -> tuple[int, float]:
+    """(programs compiled, compile seconds) in this process so far."""
+    from zenfer_jax.nas.zen_score import compile_seconds, compiled_programs
+
+    return compiled_programs(), compile_seconds()
+
+  def state(self) -> dict[str, Any]:
+    return {'levels_used': sorted(list(t) for t in self.scorer.levels_used)}
+
+  def restore(self, state: dict[str, Any]) -> None:
+    self.scorer.levels_used = {tuple(t) for t in state.get('levels_used', [])}
+
+  def warmup(self, structures: list[Structure]) -> int:
+    """Compile the programs `structures` need, grouped as a search would score them."""
+    return self.scorer.warmup(structures)
+
+
+def warmup_structures(config, count: int) -> list[Structure]:
+  """The first `count` candidates the search proposes that pass its budgets.
+
+  Until the population first reaches its size nothing is trimmed and parents are drawn
+  uniformly, so these do not depend on any score: they are exactly the search's own first
+  candidates (fewer if trimming starts earlier). Repeats are dropped, as the search scores a
+  structure once.
+  """
+  setup = validate_config(config)
+  settings = setup.settings
+  rng = np.random.Generator(np.random.PCG64(settings['seed']))
+  state = SearchState(settings=settings)
+  out: dict[str, Structure] = {}
+  size = config.search.population_size
+  for it in range(config.search.max_iterations):
+    if len(out) >= count:
+      break
+    state.trim(size)
+    candidate = _propose(state, setup, rng)
+    if _screen(candidate, dict(settings, budget_latency=None), {}, it) is not None:
+      out.setdefault(str(candidate), candidate)
+      state.population.append((str(candidate), 0.0))
+  return list(out.values())
+
+
+def jax_scorer(settings: dict[str, Any]) -> JaxZenScorer:
+  """Zen-score with the search's settings (see zenfer_jax.nas.zen_score)."""
+  return JaxZenScorer(settings)
 
 
 def measure_latency(
@@ -301,6 +399,15 @@ def _read_scores(workdir: str, num_bytes: int) -> dict[str, float]:
   return scores
 
 
+def _propose(state: SearchState, setup: SearchSetup, rng: np.random.Generator) -> Structure:
+  """One mutation by the reference's rule: of the initial structure while the population has at
+  most 10 members (1 block), else of a uniformly drawn member (2 blocks)."""
+  if len(state.population) <= 10:
+    return space_lib.mutate(setup.init, setup.space, rng, num_replaces=1)
+  parent = state.population[int(rng.integers(0, len(state.population)))][0]
+  return space_lib.mutate(resolve(parent), setup.space, rng, num_replaces=2)
+
+
 def run_search(
   config,
   workdir: str,
@@ -312,11 +419,12 @@ def run_search(
 ) -> SearchState:
   """Run (or resume) the search described by `config` in `workdir`; returns the final state.
 
-  scorer: structure, seed -> score; the JAX Zen-score by default. stop_after:
-  run at most this many iterations in this call (benchmarks, tests). max_seconds
-  (or config.search.max_seconds): stop after the iteration that passes this much
-  wall time in this call, with a checkpoint, so a job with a wall-clock limit
-  (a SLURM slot, a benchmark's budget) ends cleanly and the next call resumes.
+  scorer: structure, seed -> score (with an optional `score_many(structures, seeds)` that
+  scores a step's candidates in one call); the JAX Zen-score by default. stop_after: run at
+  most this many iterations in this call, rounded up to whole steps (benchmarks, tests).
+  max_seconds (or config.search.max_seconds): stop after the step that passes this much wall
+  time in this call, with a checkpoint, so a job with a wall-clock limit (a SLURM slot, a
+  benchmark's budget) ends cleanly and the next call resumes.
   """
   setup = validate_config(config)
   settings = setup.settings
@@ -332,22 +440,29 @@ def run_search(
   if state.rng_state is not None:
     rng.bit_generator.state = state.rng_state
 
+  per_step = settings['candidates_per_step']
   max_iterations = s.max_iterations
   checkpoint_every = s.checkpoint_every
-  end = (
-    max_iterations if stop_after is None else min(max_iterations, state.next_iteration + stop_after)
-  )
+  end = max_iterations
+  if stop_after is not None:
+    end = min(max_iterations, -(-(state.next_iteration + stop_after) // per_step) * per_step)
   if state.next_iteration >= end:
-    _write_best(workdir, state)
+    _write_outputs(workdir, state, settings)
     return state
 
   if scorer is None:
     if settings['proxy'] == 'zen':
       enable_compilation_cache(os.path.expanduser(_get(s, 'compilation_cache_dir', '') or ''))
     scorer = make_scorer(settings)
+  if hasattr(scorer, 'restore'):
+    scorer.restore(state.scorer_state)
+  stats = getattr(scorer, 'stats', lambda: (0, 0.0))
+  programs_before, compile_before = stats()
   known = _read_scores(workdir, state.log_bytes)
   latencies: dict[str, float] = {}
   log_file = _open_log(workdir, state.log_bytes)
+  # Record the progress curve at most ~2,000 times over the whole search.
+  progress_every = max(1, max_iterations // 2000)
 
   bar = None
   if progress:
@@ -367,40 +482,89 @@ def run_search(
   if max_seconds is not None and not max_seconds > 0:
     raise SearchConfigError(f'max_seconds must be positive, got {max_seconds!r}')
   deadline = None if max_seconds is None else start + float(max_seconds)
-  elapsed_before = state.elapsed_s
+  session = dict(
+    elapsed=state.elapsed_s,
+    scoring=state.scoring_s,
+    compile=state.compile_s,
+    programs=state.compiled_programs,
+  )
+
+  def totals():
+    programs, compile_s = stats()
+    return (
+      session['programs'] + programs - programs_before,
+      session['compile'] + compile_s - compile_before,
+      session['elapsed'] + time.perf_counter() - start,
+    )
 
   try:
-    for it in range(state.next_iteration, end):
+    while state.next_iteration < end:
+      it = state.next_iteration
+      n = min(per_step - it % per_step, end - it)
       state.trim(s.population_size)
-      if len(state.population) <= 10:
-        candidate = space_lib.mutate(setup.init, setup.space, rng, num_replaces=1)
-      else:
-        parent = state.population[int(rng.integers(0, len(state.population)))][0]
-        candidate = space_lib.mutate(resolve(parent), setup.space, rng, num_replaces=2)
-      record = _evaluate(candidate, settings, s, scorer, known, latencies, it)
-      if record is not None:
+      proposals = []
+      for j in range(n):
+        candidate = _propose(state, setup, rng)
+        proposals.append((it + j, candidate, _screen(candidate, settings, latencies, it + j)))
+      fresh: dict[str, Structure] = {}
+      for _, candidate, record in proposals:
+        if record is not None and record['structure'] not in known:
+          fresh.setdefault(record['structure'], candidate)
+      t = time.perf_counter()
+      if fresh:
+        texts = list(fresh)
+        seeds = [structure_seed(text, settings['seed']) for text in texts]
+        if hasattr(scorer, 'score_many'):
+          values = scorer.score_many([fresh[x] for x in texts], seeds)
+        else:
+          values = [scorer(fresh[x], seed) for x, seed in zip(texts, seeds)]
+        for text, value in zip(texts, values):
+          known[text] = float(value)
+      score_s = time.perf_counter() - t
+      state.scoring_s += score_s
+      accepted = [p for p in proposals if p[2] is not None]
+      programs, _, elapsed = totals()
+      for _, _, record in accepted:
+        text = record['structure']
+        record.update(
+          score=known[text],
+          cached=text not in fresh,
+          score_s=round(score_s / len(accepted), 4),
+          compiled_programs=programs,
+          elapsed_s=round(elapsed, 3),
+        )
+        fresh.pop(text, None)
         line = (json.dumps(record) + '\n').encode()
         log_file.write(line)
-        log_file.flush()
         state.log_bytes += len(line)
-        state.population.append((record['structure'], record['score']))
+        state.population.append((text, record['score']))
         state.num_scored += 1
         scored_here += 1
-      state.next_iteration = it + 1
+      log_file.flush()
+      state.next_iteration = it + n
+      if state.population and (
+        state.next_iteration // progress_every != it // progress_every
+        or state.next_iteration == end
+      ):
+        best = state.best()
+        state.progress.append([state.next_iteration, round(elapsed, 3), best[1], state.median()])
       if bar is not None:
         rate = scored_here / max(time.perf_counter() - start, 1e-9)
         best = state.best()
         bar.set_postfix(
           cand_per_s=f'{rate:.2f}', best=f'{best[1]:.3f}' if best else '-', refresh=False
         )
-        bar.update(1)
+        bar.update(n)
       out_of_time = deadline is not None and time.perf_counter() >= deadline
-      if state.next_iteration % checkpoint_every == 0 or state.next_iteration == end or out_of_time:
+      crossed = state.next_iteration // checkpoint_every != it // checkpoint_every
+      if crossed or state.next_iteration == end or out_of_time:
         os.fsync(log_file.fileno())
         state.rng_state = rng.bit_generator.state
-        state.elapsed_s = elapsed_before + time.perf_counter() - start
+        state.compiled_programs, state.compile_s, state.elapsed_s = totals()
+        if hasattr(scorer, 'state'):
+          state.scorer_state = scorer.state()
         save_state(workdir, state)
-        _write_best(workdir, state)
+        _write_outputs(workdir, state, settings)
       if out_of_time:
         break
   finally:
@@ -410,16 +574,8 @@ def run_search(
   return state
 
 
-def _evaluate(
-  candidate: Structure,
-  settings,
-  s,
-  scorer: Scorer,
-  known: dict[str, float],
-  latencies,
-  iteration: int,
-):
-  """The candidate's log record, or None when a budget or filter rejects it."""
+def _screen(candidate: Structure, settings, latencies, iteration: int):
+  """The candidate's log record (without its score), or None when a budget or filter rejects it."""
   text = str(candidate)
   num_classes = settings['num_classes']
   layers = counters.num_layers(candidate)
@@ -448,19 +604,65 @@ def _evaluate(
     if eff > settings['efficient_score']:
       return None
     record['efficient_score'] = eff
-  t = time.perf_counter()
-  cached = text in known
-  if not cached:
-    known[text] = float(scorer(candidate, structure_seed(text, settings['seed'])))
-  record.update(
-    score=known[text],
-    flops=flops,
-    model_size=size,
-    layers=layers,
-    cached=cached,
-    score_s=round(time.perf_counter() - t, 4),
-  )
+  record.update(flops=flops, model_size=size, layers=layers)
   return record
+
+
+def summary(state: SearchState, settings: dict[str, Any]) -> dict[str, Any]:
+  """What search_summary.json holds: throughput, compile cost and the best structure so far."""
+  best = state.best()
+  elapsed = max(state.elapsed_s, 1e-9)
+  return {
+    'iterations': state.next_iteration,
+    'candidates_scored': state.num_scored,
+    'compiled_programs': state.compiled_programs,
+    'compile_s': round(state.compile_s, 3),
+    'scoring_s': round(state.scoring_s, 3),
+    'elapsed_s': round(state.elapsed_s, 3),
+    'candidates_per_s': state.num_scored / elapsed,
+    'candidates_per_step': settings['candidates_per_step'],
+    'best_score': None if best is None else best[1],
+    'best_structure': None if best is None else best[0],
+    'population_median': state.median(),
+    'settings': {k: v for k, v in settings.items()},
+  }
+
+
+def plot_progress(state: SearchState, path: str) -> None:
+  """Best and median population score against iterations and against wall time."""
+  if not state.progress:
+    return
+  import matplotlib
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  p = np.asarray(state.progress, dtype=np.float64)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+  for ax, x, label in ((axes[0], p[:, 0], 'iterations'), (axes[1], p[:, 1], 'wall time (s)')):
+    ax.plot(x, p[:, 2], label='best')
+    ax.plot(x, p[:, 3], label='population median')
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('score')
+  axes[0].legend(loc='lower right')
+  fig.suptitle(
+    f'{state.settings.get("space")} search at {state.settings.get("resolution")} px: '
+    f'{state.num_scored} candidates scored'
+  )
+  fig.tight_layout()
+  tmp = os.path.join(os.path.dirname(os.path.abspath(path)), '.tmp-progress.png')
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _write_outputs(workdir: str, state: SearchState, settings: dict[str, Any]) -> None:
+  _write_best(workdir, state)
+  atomic_write_text(
+    os.path.join(workdir, SUMMARY_FILE), json.dumps(summary(state, settings), indent=1) + '\n'
+  )
+  plot_progress(state, os.path.join(workdir, PROGRESS_FILE))
 
 
 def _write_best(workdir: str, state: SearchState) -> None:

@@ -26,11 +26,15 @@ __all__ = [
   'STATE_FILE',
   'LOG_FILE',
   'BEST_FILE',
+  'SUMMARY_FILE',
+  'PROGRESS_FILE',
 ]
 
 STATE_FILE = 'search_state.json'
 LOG_FILE = 'candidates.jsonl'
 BEST_FILE = 'best_structure.txt'
+SUMMARY_FILE = 'search_summary.json'
+PROGRESS_FILE = 'search_progress.png'
 _VERSION = 1
 
 
@@ -61,6 +65,19 @@ class SearchState:
   log_bytes: int = 0
   num_scored: int = 0
   elapsed_s: float = 0.0
+  # What the summary reports, summed over every session of the search.
+  scoring_s: float = 0.0
+  compile_s: float = 0.0
+  compiled_programs: int = 0
+  # [iteration, elapsed_s, best score, median population score], for search_progress.png.
+  progress: list[list[float]] = dataclasses.field(default_factory=list)
+  # The scorer's own resumable state (which padded programs it has used; see ZenScorer).
+  scorer_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def median(self) -> float | None:
+    if not self.population:
+      return None
+    return float(np.median([s for _, s in self.population]))
 
   def best(self) -> tuple[str, float] | None:
     if not self.population:

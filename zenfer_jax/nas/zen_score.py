@@ -15,25 +15,20 @@ builds this network without SA blocks whatever the training flags say
 (`compute_nas_score` creates its MasterNet without `argv`), so neither does
 this module.
 
-Why it is not a Flax model under one jit: a search scores thousands of
-different structures, and a whole-network jit costs 10-20 s of compile per
-structure on a 2-core CPU, ten times what the reference spends scoring one.
-Without residual links every network here is a plain chain of *units*
-(conv -> BatchNorm -> ReLU), so each unit runs as two compiled pieces (the
-conv with its kernel fetch; BatchNorm and ReLU), each keyed by shape alone and
-reused by every later structure with a unit of that shape; the pieces a new
-structure lacks compile ahead of use on a thread pool. Channel widths are
-rounded up to a small set of buckets (`channel_bucket`) so that few distinct
-shapes exist at all; padded channels carry exact zeros (zero weights in,
-BatchNorm maps an all-zero channel to zero) and are left out of every
-statistic, so a padded score is the unpadded network's score. The draws of a
-call run together under `vmap` (in memory-bounded groups at high resolution).
-On CPU a depthwise conv runs as k*k shifted multiply-adds (`depthwise_shift`),
-measured 5-10x faster there than XLA's grouped convolution, equal to 2e-7.
+Why not a Flax model under one jit: a search scores thousands of different
+structures, and a whole-network jit costs 10-20 s of compile per structure on a
+2-core CPU. The network runs instead through a small, bounded set of compiled
+*stage programs* (`zenfer_jax.nas.programs`): one per resolution stage, keyed by
+two padded width levels, with depth, kernel sizes and the wide (expanded)
+widths as runtime values. Padding is exact: padded channels carry zeros and
+stay out of every statistic. The draws of a call run together under `vmap`
+(in memory-bounded groups at high resolution), and a search can score several
+candidates in one call.
 
-Weights are drawn on device: per draw one flat N(0, 1) buffer (fixed-size
-chunks, each from its own folded key, so its values do not depend on how long
-the buffer is), and unit `u` reads its HWIO kernel at
+Weights are drawn on device: per draw one flat N(0, 1) buffer from a
+counter-based generator (value i depends on the draw's key and i only, so
+values do not depend on how long the buffer is), and unit `u` reads its HWIO
+kernel at
 ``buffer[offset_u : offset_u + k*k*cin*cout]`` in the *unpadded* layout.
 `network_weights` returns exactly those kernels, which is how the tests load
 them into the Flax model and compare.
@@ -41,12 +36,10 @@ them into the Flax model and compare.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +47,8 @@ import numpy as np
 from jax import lax
 
 from zenfer_jax import plan as plan_lib
-from zenfer_jax.layers.conv import default_depthwise_impl, depthwise_shift
+from zenfer_jax.layers.conv import default_depthwise_impl
+from zenfer_jax.nas import programs as prog
 from zenfer_jax.structure import Structure, resolve
 
 __all__ = [
@@ -65,9 +59,10 @@ __all__ = [
   'network_units',
   'network_weights',
   'network_inputs',
-  'channel_bucket',
   'BN_EPS',
   'BN_MOMENTUM',
+  'compiled_programs',
+  'compile_seconds',
 ]
 
 BN_EPS = 1e-3
@@ -160,257 +155,120 @@ def network_units(structure: str | Structure) -> tuple[Unit, ...]:
   return tuple(units)
 
 
-def channel_bucket(channels: int, steps_per_octave: int | None = 4) -> int:
-  """The padded width a unit with `channels` outputs is compiled for.
-
-  None keeps the width (exact shapes). Otherwise widths up to 32 round up to
-  a multiple of 8 and wider ones to one of `steps_per_octave` evenly spaced
-  multiples per octave (4: 40, 48, 56, 64, 80, 96, 112, 128, 160, ...), so a
-  whole search space needs only a few dozen distinct shapes.
-  """
-  if steps_per_octave is None or channels <= 8:
-    return channels
-  if channels <= 32:
-    return -(-channels // 8) * 8
-  octave = 1 << (channels - 1).bit_length() - 1  # largest power of two < channels
-  step = max(8, octave // steps_per_octave)
-  return -(-channels // step) * step
-
-
 def _draw_keys(seed, repeats: int) -> jax.Array:
   key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
   return jax.random.split(key, repeats)
 
 
-# ---------------------------------------------------------------------------
-# Compiled pieces. Each is jitted once per static signature and shared by
-# every scorer in the process; TRACES counts traces per piece for the tests.
-# ---------------------------------------------------------------------------
-TRACES: collections.Counter = collections.Counter()
-_TRACES_LOCK = threading.Lock()
+def _mix32(x):
+  """A 32-bit integer mixer (full avalanche): the core of the counter-based generator."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
 
 
-def _count_trace(name: str) -> None:
-  with _TRACES_LOCK:  # pieces are traced on the compile threads
-    TRACES[name] += 1
+def _normals(words, start, n: int):
+  """Values start .. start + n - 1 of the N(0, 1) stream seeded by two uint32 `words`.
 
-
-def piece_compile_options(backend: str | None = None) -> dict:
-  """XLA options for the compiled pieces: no convolution autotuning on GPUs.
-
-  A cold search compiles hundreds of tiny pieces, each run a few times per candidate. On a
-  GPU XLA autotunes every convolution at compile time by timing cuDNN's algorithms on the
-  device, and those trials queue on the one GPU; on an H100 a 100-iteration cold search did
-  not finish in 180 s where PyTorch needed 8 s (its side of benchmarks/search_throughput runs
-  without cudnn.benchmark, on cuDNN's heuristic algorithm choice, as this then does).
-  Not yet measured on a GPU; ZENFER_SEARCH_GPU_AUTOTUNE=1 keeps autotuning.
+  Value i depends only on (words, i): a counter-based hash of i gives a uniform, and the
+  inverse normal CDF (sqrt(2) erfinv(2u - 1), a polynomial) turns it into a normal. On the
+  2-core CPU this is several times cheaper than jax.random.normal (threefry, 20 rounds), and
+  a candidate of the search draws about a million values.
   """
-  backend = backend or jax.default_backend()
-  if (
-    backend in ('gpu', 'cuda', 'rocm') and os.environ.get('ZENFER_SEARCH_GPU_AUTOTUNE', '0') != '1'
-  ):
-    return {'xla_gpu_autotune_level': 0}
-  return {}
+  i = jnp.asarray(start, jnp.uint32) + jnp.arange(n, dtype=jnp.uint32)
+  h = _mix32(_mix32(i ^ words[0]) ^ words[1])
+  # (2k + 1) / 2^23 - 1 for a 23-bit k: exact in float32, symmetric, never -1 or 1.
+  u = ((h >> 9) * 2 + 1).astype(jnp.float32) * (1.0 / (1 << 23)) - 1.0
+  return np.float32(np.sqrt(2.0)) * lax.erf_inv(u)
 
 
-def _compile_piece(fn, args, static):
-  lowered = fn.lower(*args, **static)
-  options = piece_compile_options()
-  if options:
-    try:
-      return lowered.compile(compiler_options=options)
-    except Exception:
-      pass
-  return lowered.compile()
+def _key_words(key, stream: int):
+  return jax.random.key_data(jax.random.fold_in(key, stream)).reshape(-1)[:2].astype(jnp.uint32)
 
 
-class _CompiledPieces:
-  """Compiled unit pieces by signature, compiled ahead of use on a thread pool.
-
-  All pieces a structure lacks start compiling before its first unit runs,
-  so compiles overlap one another (XLA compiles without holding the GIL) and
-  the execution of the units before them. Measured on the 2-core CPU: 8
-  conv pieces compile in 0.65 s on two threads against 0.96 s on one.
-  """
-
-  def __init__(self):
-    self._futures: dict[tuple, Future] = {}
-    self._lock = threading.Lock()
-    self._pool: ThreadPoolExecutor | None = None
-
-  def get(self, fn, args: tuple[jax.ShapeDtypeStruct, ...], static: dict) -> Future:
-    key = (fn.__name__, tuple((a.shape, str(a.dtype)) for a in args), tuple(sorted(static.items())))
-    with self._lock:
-      fut = self._futures.get(key)
-      if fut is None or (fut.done() and fut.exception() is not None):
-        if self._pool is None:
-          workers = int(os.environ.get('ZENFER_COMPILE_THREADS', 0)) or max(
-            1, min(8, os.cpu_count() or 1)
-          )
-          self._pool = ThreadPoolExecutor(workers, thread_name_prefix='zen-score-compile')
-        fut = self._futures[key] = self._pool.submit(_compile_piece, fn, args, static)
-    return fut
-
-  def __len__(self) -> int:
-    return len(self._futures)
-
-
-_PIECES = _CompiledPieces()
-_I32 = jax.ShapeDtypeStruct((), jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=('batch_size', 'resolution'))
-def _inputs(keys, gamma, *, batch_size: int, resolution: int):
+def _inputs_fn(keys, gamma, *, batch_size: int, resolution: int):
   """Per draw the stacked batch [x; x + gamma * x2], shape (R, 2B, H, W, 3)."""
-  _count_trace('inputs')
 
   def one(key):
-    shape = (2, batch_size, resolution, resolution, 3)
-    x, x2 = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
-    return jnp.concatenate([x, x + gamma * x2], axis=0)
+    size = batch_size * resolution * resolution * 3
+    z = _normals(_key_words(key, 1), 0, -(-2 * size // _CHUNK) * _CHUNK)
+    x, x2 = z[:size], z[size : 2 * size]  # flat until the end: a 3-wide minor axis is slow
+    both = jnp.concatenate([x, x + gamma * x2])
+    return both.reshape(2 * batch_size, resolution, resolution, 3)
 
   return jax.vmap(one)(keys)
+
+
+_inputs = jax.jit(_inputs_fn, static_argnames=('batch_size', 'resolution'))
+
+
+def _chunk_normals(words, c):
+  return _normals(words, c * _CHUNK, _CHUNK)
 
 
 @functools.partial(jax.jit, static_argnames=('num_chunks',))
 def _weight_buffer(keys, *, num_chunks: int):
   """Per draw a flat N(0, 1) buffer of num_chunks * _CHUNK values, shape (R, L)."""
-  _count_trace('weights')
 
   def one(key):
-    wkey = jax.random.fold_in(key, 2)
-    chunks = jax.vmap(
-      lambda c: jax.random.normal(jax.random.fold_in(wkey, c), (_CHUNK,), jnp.float32)
-    )(jnp.arange(num_chunks))
-    return chunks.reshape(-1)
+    return _normals(_key_words(key, 2), 0, num_chunks * _CHUNK)
 
   return jax.vmap(one)(keys)
 
 
-def _gather_kernel(buf, offset, cin, cout, *, k: int, cin_pad: int, cout_pad: int, depthwise: bool):
-  """The unit's HWIO kernel from the flat buffer, zero-padded to (k, k, cin_pad|1, cout_pad)."""
-  i = jnp.arange(k)[:, None, None, None]
-  j = jnp.arange(k)[None, :, None, None]
-  co = jnp.arange(cout_pad)[None, None, None, :]
-  if depthwise:
-    idx = (i * k + j) * cout + co
-    valid = co < cout
-  else:
-    ci = jnp.arange(cin_pad)[None, None, :, None]
-    idx = ((i * k + j) * cin + ci) * cout + co
-    valid = (ci < cin) & (co < cout)
-  idx = jnp.where(valid, offset + idx, 0)
-  return jnp.where(valid, buf[idx], 0.0)
+def _weights_fn(keys, used_chunks, *, capacity_chunks: int):
+  """The same buffers as `_weight_buffer`, `capacity_chunks` long, drawn up to `used_chunks`.
 
-
-@functools.partial(
-  jax.jit, static_argnames=('kernel_size', 'stride', 'depthwise', 'cout_pad', 'depthwise_impl')
-)
-def _unit_conv(
-  x, buf, offset, cin, cout, *, kernel_size, stride, depthwise, cout_pad, depthwise_impl
-):
-  """The unit's convolution for every draw, its kernel read from the draw's weight buffer.
-
-  x: (R, 2B, H, W, cin_pad), buf: (R, L). Depthwise kernels run as shifted
-  multiply-adds on CPU (`depthwise_shift`) and as XLA's grouped conv
-  elsewhere. Dense kernels differ per draw, so a plain `vmap` would make one
-  grouped conv over all draws, a slow path on CPU; 1x1 kernels become a
-  batched matmul and larger ones loop over the draws instead.
+  One compiled program serves every candidate: the chunk count is a runtime value, and chunks
+  past it (never read) stay zero, so a small network does not pay for the largest one's draws.
   """
-  _count_trace('conv')
-  k = kernel_size
-  pad = k // 2
-  w = jax.vmap(
-    lambda b: _gather_kernel(
-      b, offset, cin, cout, k=k, cin_pad=x.shape[-1], cout_pad=cout_pad, depthwise=depthwise
-    )
-  )(buf)
 
-  def conv(x, w):
-    return lax.conv_general_dilated(
-      x,
-      w,
-      window_strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=x.shape[-1] if depthwise else 1,
-    )
+  def one(key, used):
+    words = _key_words(key, 2)
+    buf = jnp.zeros((capacity_chunks * _CHUNK,), jnp.float32)
 
-  if depthwise:
-    if depthwise_impl == 'shift':
-      return jax.vmap(lambda x, w: depthwise_shift(x, w, stride, pad))(x, w)
-    return jax.vmap(conv)(x, w)
-  if k == 1:
-    xs = x[:, :, ::stride, ::stride, :]
-    return jnp.einsum('rnhwc,rcd->rnhwd', xs, w[:, 0, 0])
-  if x.shape[0] == 1:
-    return conv(x[0], w[0])[None]
-  return lax.map(lambda xw: conv(*xw), (x, w))
+    def body(c, buf):
+      return lax.dynamic_update_slice(buf, _chunk_normals(words, c), (c * _CHUNK,))
 
+    return lax.fori_loop(0, used, body, buf)
 
-@functools.partial(jax.jit, static_argnames=('relu', 'bn_variance'))
-def _unit_bn(y, cout, *, relu, bn_variance):
-  """Train-mode BatchNorm per pass (and ReLU) for every draw.
-
-  y: (R, 2B, H, W, C) with the two passes stacked on the batch axis. Returns
-  the output and per draw this layer's log(sqrt(mean over the `cout` real
-  channels of the variance the score reads)). The variance is taken in one
-  sweep around a per-channel shift (the channel's first value), which keeps
-  E[d^2] - E[d]^2 free of cancellation unless a channel's mean sits many
-  standard deviations away from its first value; padded channels are all
-  zero and stay zero.
-  """
-  _count_trace('bn')
-  r, n2, h, w, c = y.shape
-  m = (n2 // 2) * h * w
-  yp = y.reshape(r, 2, m, c)
-  d = yp - yp[:, :, :1, :]
-  mean_d = jnp.mean(d, axis=2, keepdims=True)
-  var = jnp.maximum(jnp.mean(d * d, axis=2, keepdims=True) - mean_d * mean_d, 0.0)
-  out = (d - mean_d) * lax.rsqrt(var + BN_EPS)
-  if relu:
-    out = jnp.maximum(out, 0.0)
-  var = var.reshape(r, 2, c)
-  if bn_variance == 'running':
-    unbiased = var * (m / max(m - 1, 1))
-    mom = BN_MOMENTUM
-    read = (1 - mom) * ((1 - mom) * 1.0 + mom * unbiased[:, 0]) + mom * unbiased[:, 1]
-  else:
-    read = var[:, 0]
-  real = jnp.arange(c) < cout
-  mean_read = jnp.sum(jnp.where(real, read, 0.0), axis=-1) / cout
-  return out.reshape(y.shape), 0.5 * jnp.log(mean_read)
-
-
-@jax.jit
-def _log_delta(x):
-  """Per draw log(mean over the batch of sum |f(x) - f(x + gamma x2)|)."""
-  _count_trace('delta')
-  n2 = x.shape[1]
-  diff = jnp.abs(x[:, : n2 // 2] - x[:, n2 // 2 :])
-  return jnp.log(jnp.mean(jnp.sum(diff, axis=(2, 3, 4)), axis=1))
+  return jax.vmap(one)(keys, used_chunks)
 
 
 def _num_chunks(total: int) -> int:
-  """Chunks for `total` weights, rounded up to a power of two so few buffer shapes exist."""
+  """Chunks for `total` weights, rounded up to a power of two (the buffer capacity ladder)."""
   need = max(1, -(-total // _CHUNK))
   return 1 << (need - 1).bit_length()
 
 
-class ZenScorer:
-  """Scores structures with fixed settings; caches scores by structure string.
+def _default_chunk() -> int:
+  # CPU: 32-channel chunks keep the padding of the wide widths small; accelerators prefer
+  # fewer, larger steps.
+  return 32 if jax.default_backend() == 'cpu' else 128
 
-  Every compiled piece is keyed by shape only, so a structure made of unit
-  shapes seen before costs no compile at all, and a structure seen before
+
+class ZenScorer:
+  """Scores structures with fixed settings through the bounded program set.
+
+  Programs are keyed by stage position, two width levels and the settings below, never by a
+  structure, so a search compiles a handful of programs and then none; a structure seen before
   costs nothing (its score is cached for each seed).
 
-  steps_per_octave: channel buckets (see `channel_bucket`; None: exact widths;
-  'auto': 4 on CPU, 1 (powers of two) on accelerators).
-  depthwise_impl: 'shift' (k*k shifted multiply-adds), 'xla' (grouped conv) or
-  'auto' ('shift' on CPU, where it is measured faster).
-  weight_capacity: weights per draw to allocate up front; the buffer grows by
-  doubling when a structure needs more, which recompiles every conv once.
-  draws_per_call: draws vmapped together ('auto': as many as fit about 1 GiB).
+  level_ratio: the width ladder 8 * ratio**i the stage widths are padded to (larger: fewer
+  programs, more padding). level_slack: a stage may run on an already compiled program up to
+  this many ladder steps wider instead of compiling its own (0: always the exact level). chunk: channels per step of the wide-width loops ('auto': 32 on CPU,
+  128 on accelerators). depthwise_impl: 'shift' (k*k shifted multiply-adds, measured faster on
+  CPU), 'xla' (grouped conv, the kernel centred in the largest size) or 'auto'. families /
+  kernel_sizes: the layer kinds every program
+  supports (a search passes its space's; None: those of the structures scored). candidates:
+  structures scored per call (`score_batch`); 1 keeps each structure's tables unbatched.
+  complete_grid: compile every combination of the levels seen so far in the background (see
+  `_complete_grid`). weight_capacity / max_layers: initial weight-buffer length and layers per
+  stage; both grow
+  (by doubling, with new programs) when a structure needs more. draws_per_call: draws vmapped
+  together ('auto': as many as fit about 1 GiB).
   """
 
   def __init__(
@@ -421,32 +279,52 @@ class ZenScorer:
     repeats: int = 1,
     mixup_gamma: float = 1e-2,
     bn_variance: str = 'running',
-    steps_per_octave: int | None | str = 'auto',
+    level_ratio: int = 4,
+    level_slack: int = 1,
+    max_level_step: int | None = None,
+    chunk: int | str = 'auto',
     depthwise_impl: str = 'auto',
+    families: Sequence[str] | None = None,
+    kernel_sizes: Sequence[int] | None = None,
+    candidates: int = 1,
     weight_capacity: int = 0,
+    max_layers: int = 32,
     draws_per_call: int | str = 'auto',
+    complete_grid: bool = True,
   ):
     if bn_variance not in BN_VARIANCES:
       raise ValueError(f'bn_variance must be one of {BN_VARIANCES}, got {bn_variance!r}')
     if depthwise_impl not in ('auto', 'xla', 'shift'):
       raise ValueError(f"depthwise_impl must be 'auto', 'xla' or 'shift', got {depthwise_impl!r}")
-    for name, v in (('resolution', resolution), ('batch_size', batch_size), ('repeats', repeats)):
+    for name, v in (
+      ('resolution', resolution),
+      ('batch_size', batch_size),
+      ('repeats', repeats),
+      ('candidates', candidates),
+      ('max_layers', max_layers),
+    ):
       if not isinstance(v, int) or v < 1:
         raise ValueError(f'{name} must be a positive integer, got {v!r}')
     if batch_size < 2:
       raise ValueError(
         'batch_size must be at least 2: the unbiased batch variance needs two samples'
       )
+    if not isinstance(level_ratio, int) or level_ratio < 2:
+      raise ValueError(f'level_ratio must be an integer >= 2, got {level_ratio!r}')
     self.resolution = resolution
     self.batch_size = batch_size
     self.repeats = repeats
     self.mixup_gamma = float(mixup_gamma)
     self.bn_variance = bn_variance
-    if steps_per_octave == 'auto':
-      # CPU time goes into arithmetic, so pad little; an accelerator does padded channels
-      # almost for free and a compile costs it far more than a run, so pad to powers of two.
-      steps_per_octave = 4 if jax.default_backend() == 'cpu' else 1
-    self.steps_per_octave = steps_per_octave
+    self.level_ratio = level_ratio
+    self.max_level_step = max_level_step
+    self.level_slack = int(level_slack)
+    self.chunk = _default_chunk() if chunk == 'auto' else int(chunk)
+    self.depthwise_impl = default_depthwise_impl() if depthwise_impl == 'auto' else depthwise_impl
+    self.families = None if families is None else tuple(f for f in prog.FAMILIES if f in families)
+    self.kernel_sizes = None if kernel_sizes is None else tuple(sorted(set(kernel_sizes)))
+    self.candidates = candidates
+    self.max_layers = max_layers
     if draws_per_call == 'auto':
       # Activations of a draw scale with (2B) x H x W x width; cap one call near 1 GiB
       # assuming 64 channels at full resolution.
@@ -457,68 +335,252 @@ class ZenScorer:
         f"draws_per_call must be a positive integer or 'auto', got {draws_per_call!r}"
       )
     self.draws_per_call = min(draws_per_call, repeats)
-    self.depthwise_impl = default_depthwise_impl() if depthwise_impl == 'auto' else depthwise_impl
+    self._capacity_chunks = _num_chunks(max(int(weight_capacity), 1))
+    # (stage, in_level, first_level, level) of every stage program this scorer has run.
+    self.levels_used: set[tuple[int, int, int, int]] = set()
+    # Per stage program kind: the in, first and stage levels seen so far (see _complete_grid).
+    self._seen: dict[prog.StageSpec, tuple[set, set, set]] = {}
+    self.complete_grid = complete_grid
     self._cache: dict[tuple[str, object], ZenScore] = {}
-    # The weight buffer's length is part of every compiled conv's signature, so it only
-    # ever grows (doubling); values do not depend on it (see _weight_buffer).
-    self._num_chunks = _num_chunks(max(int(weight_capacity), 1))
+
+  # -------------------------------------------------------------------------- planning
+
+  @property
+  def instances(self) -> int:
+    return self.candidates * self.draws_per_call
+
+  def _plan(self, layouts: Sequence[prog.Layout], record: bool = True):
+    """Stage specs and per-candidate tables for candidates scored together."""
+    sig = layouts[0].signature(self.resolution)
+    for lay in layouts[1:]:
+      if lay.signature(self.resolution) != sig:
+        raise ValueError('candidates scored together must share strides and plain convs')
+    all_layers = [layer for lay in layouts for st in lay.stages for layer in st]
+    fams = (
+      self.families
+      or tuple(f for f in prog.FAMILIES if any(layer.family == f for layer in all_layers))
+      or ('idw',)
+    )
+    ks = self.kernel_sizes or tuple(sorted({layer.kernel_size for layer in all_layers} or {3}))
+    for lay in layouts:
+      for st in lay.stages:
+        for layer in st:
+          if layer.family not in fams or layer.kernel_size not in ks:
+            raise ValueError(
+              f'a {layer.family} layer with kernel {layer.kernel_size} is outside the programs '
+              f'this scorer compiles (families {fams}, kernel sizes {ks})'
+            )
+        while len(st) > self.max_layers:
+          self.max_layers *= 2
+    # A margin past the last weight: kernels are read in contiguous runs of up to a level's
+    # width (programs._rows), and no run that starts at a real weight may reach the end.
+    while max(lay.num_weights for lay in layouts) + 4 * 2048 > self._capacity_chunks * _CHUNK:
+      self._capacity_chunks *= 2
+    plans = [prog.stage_levels(lay, self.level_ratio, self.max_level_step) for lay in layouts]
+    first_need = max(p[0] for p in plans)
+    needs = [max(p[2][i] for p in plans) for i in range(len(layouts[0].stages))]
+    (fk, fs, frelu), stages, (lk, ls, lrelu) = sig
+    specs, in_level = [], 3
+    for i, (h_in, entry, has_layers) in enumerate(stages):
+      base = prog.StageSpec(
+        index=i,
+        h_in=h_in,
+        entry_stride=entry,
+        has_layers=has_layers,
+        first=(fk, fs, frelu) if i == 0 else None,
+        last=(lk, ls, lrelu) if i == len(stages) - 1 else None,
+        in_level=0,
+        first_level=0,
+        level=0,
+        families=fams,
+        kmax=max(ks),
+        chunk=self.chunk,
+        last_chunk=max(self.chunk, 256),
+        instances=self.instances,
+        shared_structure=self.candidates == 1,
+        batch_size=self.batch_size,
+        max_layers=self.max_layers,
+        capacity=self._capacity_chunks * _CHUNK,
+        bn_variance=self.bn_variance,
+        depthwise_impl=self.depthwise_impl,
+      )
+      first_level = first_need if i == 0 else 0
+      level = needs[i]
+      # Reuse levels this scorer has used before (at most `level_slack` ladder steps wider)
+      # rather than compiling a new program: padding is exact, and a compile costs as much as
+      # scoring dozens of candidates. The choice depends only on `self.levels_used` (which a
+      # search saves with its checkpoints), so a resumed search makes the same choices.
+      bound = self.level_ratio**self.level_slack
+      fits = [
+        (lv, fl)
+        for si, il, fl, lv in self.levels_used
+        if si == i
+        and il == in_level
+        and first_level <= fl <= first_level * bound
+        and level <= lv <= level * bound
+      ]
+      if self.level_slack and fits and (level, first_level) not in fits:
+        level, first_level = min(fits)
+      if record:
+        self.levels_used.add((i, in_level, first_level, level))
+        seen = self._seen.setdefault(base, (set(), set(), set()))
+        seen[0].add(in_level)
+        seen[1].add(first_level)
+        seen[2].add(level)
+      specs.append(
+        dataclasses.replace(base, in_level=in_level, first_level=first_level, level=level)
+      )
+      in_level = level
+    return specs
+
+  def _tables(self, layouts, specs):
+    """Per candidate and stage: (layer rows, layer count, first-conv row, last-conv row)."""
+    out = []
+    for lay in layouts:
+      per_stage = []
+      for spec, stage in zip(specs, lay.stages):
+        rows = prog.layer_rows(stage, spec.families, spec.max_layers)
+        f, last = lay.first, lay.last
+        per_stage.append(
+          (
+            rows,
+            np.int32(len(stage)),
+            np.array([f.in_channels, f.out_channels, f.offset], np.int32),
+            np.array([last.in_channels, last.out_channels, last.offset], np.int32),
+          )
+        )
+      out.append(per_stage)
+    return out
+
+  def _program(self, spec: prog.StageSpec, background: bool = False):
+    return prog.PROGRAMS.get(
+      ('stage', spec),
+      lambda: (prog._stage_program(spec), prog.stage_avals(spec)),
+      background=background,
+    )
+
+  def _complete_grid(self) -> None:
+    """Compile, on a background thread, every combination of the levels seen so far.
+
+    A stage's programs form a grid, in_level x first_level x level; a search meets most of
+    its levels within its first candidates but some combinations only much later (a rare
+    wide first conv with an already common stage level, say). Completing the grid as soon as
+    a level appears moves those compiles to the start, where they overlap the scoring.
+    """
+    for base, (ins, firsts, levels) in self._seen.items():
+      for il, fl, lv in itertools.product(sorted(ins), sorted(firsts), sorted(levels)):
+        spec = dataclasses.replace(base, in_level=il, first_level=fl, level=lv)
+        if ('stage', spec) not in prog.PROGRAMS:
+          self._program(spec, background=True)
+
+  def _aux_programs(self):
+    n, capacity = self.instances, self._capacity_chunks
+    key_aval = jax.eval_shape(lambda: _draw_keys(0, n))
+    inputs = prog.PROGRAMS.get(
+      ('inputs', n, self.batch_size, self.resolution, self.mixup_gamma),
+      lambda: (
+        jax.jit(
+          functools.partial(
+            _inputs_fn,
+            gamma=self.mixup_gamma,
+            batch_size=self.batch_size,
+            resolution=self.resolution,
+          )
+        ),
+        (key_aval,),
+      ),
+    )
+    weights = prog.PROGRAMS.get(
+      ('weights', n, capacity),
+      lambda: (
+        jax.jit(functools.partial(_weights_fn, capacity_chunks=capacity)),
+        (key_aval, jax.ShapeDtypeStruct((n,), jnp.int32)),
+      ),
+    )
+    return inputs, weights
+
+  def program_keys(self, structures: Sequence[str | Structure]) -> list:
+    """The programs scoring `structures` (in groups of `candidates`) needs; compiles nothing."""
+    keys = []
+    for g in range(0, len(structures), self.candidates):
+      layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
+      for spec in self._plan(layouts, record=False):
+        keys.append(('stage', spec))
+    return keys
+
+  def warmup(self, structures: Sequence[str | Structure]) -> int:
+    """Compile every program scoring `structures` needs (and their level grid, when
+    `complete_grid`); returns how many programs this process holds."""
+    futures = list(self._aux_programs())
+    for g in range(0, len(structures), self.candidates):
+      layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
+      futures += [self._program(spec) for spec in self._plan(layouts)]
+    if self.complete_grid:
+      self._complete_grid()
+    for key in prog.PROGRAMS.keys():
+      prog.PROGRAMS.get(key, None).result()
+    return len(prog.PROGRAMS)
+
+  # -------------------------------------------------------------------------- scoring
+
+  def score_batch(
+    self, structures: Sequence[str | Structure], seeds: Sequence[int | jax.Array]
+  ) -> np.ndarray:
+    """Per-draw scores of each structure, shape (len(structures), repeats); nothing cached.
+
+    Structures go `candidates` at a time (a short last group is padded with copies of its
+    first structure, dropped after), draws `draws_per_call` at a time, so every call has the
+    same instance count and no new program is needed.
+    """
+    if len(structures) != len(seeds):
+      raise ValueError(f'{len(structures)} structures but {len(seeds)} seeds')
+    out = np.zeros((len(structures), self.repeats), np.float64)
+    for g in range(0, len(structures), self.candidates):
+      group = list(range(g, min(g + self.candidates, len(structures))))
+      padded = group + [group[0]] * (self.candidates - len(group))
+      layouts = [prog.network_layout(structures[i]) for i in padded]
+      draw_keys = [_draw_keys(seeds[i], self.repeats) for i in padded]
+      n = self.draws_per_call
+      groups = -(-self.repeats // n)
+      if groups * n > self.repeats:
+        draw_keys = [
+          jnp.concatenate(
+            [k, jax.random.split(jax.random.fold_in(k[0], 7), groups * n - self.repeats)]
+          )
+          for k in draw_keys
+        ]
+      for d in range(groups):
+        keys = jnp.concatenate([k[d * n : (d + 1) * n] for k in draw_keys])
+        got = np.asarray(self._score_instances(layouts, keys), np.float64).reshape(-1, n)
+        for row, i in enumerate(group):
+          hi = min(n, self.repeats - d * n)
+          out[i, d * n : d * n + hi] = got[row, :hi]
+    return out
 
   def scores(self, structure: str | Structure, seed: int | jax.Array = 0) -> np.ndarray:
-    """Per-draw scores, shape (repeats,); nothing is cached.
+    """Per-draw scores, shape (repeats,); nothing is cached."""
+    return self.score_batch([structure], [seed])[0]
 
-    Draws run `draws_per_call` at a time (one compiled shape; the last group is
-    padded with extra draws that are dropped), so memory stays bounded at 224.
-    """
-    units = network_units(structure)
-    keys = _draw_keys(seed, self.repeats)
+  def _score_instances(self, layouts, keys) -> jax.Array:
+    specs = self._plan(layouts)
+    tables = self._tables(layouts, specs)
+    programs = [self._program(spec) for spec in specs]  # all compile in parallel
+    if self.complete_grid:
+      self._complete_grid()
+    inputs, weights = self._aux_programs()
     n = self.draws_per_call
-    groups = -(-self.repeats // n)
-    if groups * n > self.repeats:
-      extra = jax.random.split(jax.random.fold_in(keys[0], 7), groups * n - self.repeats)
-      keys = jnp.concatenate([keys, extra])
-    out = [np.asarray(self._score_keys(units, keys[g * n : (g + 1) * n])) for g in range(groups)]
-    return np.concatenate(out)[: self.repeats]
-
-  def _score_keys(self, units, keys) -> jax.Array:
-    x = _inputs(keys, self.mixup_gamma, batch_size=self.batch_size, resolution=self.resolution)
-    total = units[-1].offset + units[-1].num_weights
-    self._num_chunks = max(self._num_chunks, _num_chunks(total))
-    buf = _weight_buffer(keys, num_chunks=self._num_chunks)
-    # Every piece's signature follows from the structure alone: request them all first.
-    f32 = jnp.float32
-    r, n2, h, cin_pad = keys.shape[0], 2 * self.batch_size, self.resolution, 3
-    buf_aval = jax.ShapeDtypeStruct(buf.shape, f32)
-    steps = []
-    for u in units:
-      cout_pad = channel_bucket(u.out_channels, self.steps_per_octave)
-      conv = _PIECES.get(
-        _unit_conv,
-        (jax.ShapeDtypeStruct((r, n2, h, h, cin_pad), f32), buf_aval, _I32, _I32, _I32),
-        dict(
-          kernel_size=u.kernel_size,
-          stride=u.stride,
-          depthwise=u.depthwise,
-          cout_pad=cout_pad,
-          depthwise_impl=self.depthwise_impl,
-        ),
-      )
-      k = u.kernel_size
-      h = (h + 2 * (k // 2) - k) // u.stride + 1
-      bn = _PIECES.get(
-        _unit_bn,
-        (jax.ShapeDtypeStruct((r, n2, h, h, cout_pad), f32), _I32),
-        dict(relu=u.relu, bn_variance=self.bn_variance),
-      )
-      steps.append((u, conv, bn))
-      cin_pad = cout_pad
-    delta = _PIECES.get(_log_delta, (jax.ShapeDtypeStruct((r, n2, h, h, cin_pad), f32),), {})
-    log_bn = None
-    for u, conv, bn in steps:
-      cout = np.int32(u.out_channels)
-      y = conv.result()(x, buf, np.int32(u.offset), np.int32(u.in_channels), cout)
-      x, term = bn.result()(y, cout)
-      log_bn = term if log_bn is None else log_bn + term
-    return delta.result()(x) + log_bn
+    used = np.repeat([-(-lay.num_weights // _CHUNK) for lay in layouts], n).astype(np.int32)
+    x = inputs.result()(keys)
+    buf = weights.result()(keys, used)
+    total = None
+    for s, (spec, program) in enumerate(zip(specs, programs)):
+      if spec.shared_structure:
+        args = tables[0][s]
+      else:
+        args = tuple(np.repeat(np.stack([t[s][j] for t in tables]), n, axis=0) for j in range(4))
+      x, lb = program.result()(x, buf, *args)
+      total = lb if total is None else total + lb
+    return x + total  # the last stage returns the log-delta in place of an activation
 
   def __call__(self, structure: str | Structure, seed: int = 0) -> ZenScore:
     s = resolve(structure)
@@ -539,6 +601,16 @@ class ZenScorer:
   @property
   def cache_size(self) -> int:
     return len(self._cache)
+
+
+def compiled_programs() -> int:
+  """Programs built in this process (stage programs, inputs, weights), from all scorers."""
+  return len(prog.PROGRAMS)
+
+
+def compile_seconds() -> float:
+  """Wall-clock seconds spent compiling them (summed over the compile threads)."""
+  return prog.PROGRAMS.compile_seconds
 
 
 _SCORERS: dict[tuple, ZenScorer] = {}
