@@ -24,7 +24,7 @@ Exact, not approximate: padded channels carry exact zeros (their weights are mas
 BatchNorm maps an all-zero channel to zero) and every BatchNorm statistic and running-variance
 term is summed over real channels only, so a padded score is the unpadded network's score up to
 float rounding. Weights are read from the flat per-draw N(0, 1) buffer in the *unpadded* layout
-(`zen_score.network_weights`), so the draws do not depend on levels, chunks or batching.
+(`units.network_units`, drawn by `zen_score.network_weights`), so the draws do not depend on levels, chunks or batching.
 
 Batching: every program is `vmap`ped over instances (draws, and candidates when a search scores
 several per step); candidates scored together share the maximum level per stage.
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from zenfer_jax.nas.units import network_units
 from zenfer_jax.structure import Structure, resolve
 
 __all__ = [
@@ -144,8 +145,6 @@ def width_level(channels: int, ratio: int = 2) -> int:
 
 def network_layout(structure: str | Structure) -> Layout:
   """The residual-free network of `structure` as first conv, stages of layers, last conv."""
-  from zenfer_jax.nas.zen_score import network_units  # the unit chain and weight offsets
-
   s = resolve(structure)
   units = network_units(s)
   groups: list[list] = []
