@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# The GPU benchmark: everything in one run, within 8 minutes on one H100 or H200.
+# The GPU benchmark: the search, the training and inference steps, and training end to end,
+# each a stage with its own time limit and its own JSON, written as the stage ends, so a run cut
+# short still leaves every finished stage on disk. One device window of about 10 minutes holds
+# all three; a lease that allows at most 10 minutes a command runs them in two calls:
 #
-#   bash benchmarks/gpu.sh                 # writes benchmarks/results/gpu.json and gpu.md
-#   PYTHON=/path/to/python JSON_OUT=/tmp/gpu.json bash benchmarks/gpu.sh
+#   bash benchmarks/gpu.sh                          # every stage, into benchmarks/results/
+#   STAGES=search bash benchmarks/gpu.sh            # then: STAGES=steps,e2e bash benchmarks/gpu.sh
+#   PYTHON=/path/to/python OUT_DIR=/tmp/gpu bash benchmarks/gpu.sh
+#
+# Stages, most important first:
+#   search  benchmarks.search_throughput --long: 2,000 iterations at 224 px, batch 16, from
+#           init_m (configs/search_m.py); JAX cold (empty compilation cache), JAX warm (the same
+#           search in a new process), PyTorch eager scoring the same algorithm; each side stops
+#           after SEARCH_SIDE_S seconds (default 75) with the iterations it reached.
+#           -> gpu_search.json (+ .md), the three search directories under gpu_search/
+#   steps   benchmarks.run --device gpu: train step and batch-1 inference of both models, JAX
+#           (fp32, bf16 in a later pass) against PyTorch eager. -> gpu.json (+ gpu.md)
+#   e2e     benchmarks.train_end_to_end --device gpu: the real `zenfer_jax.main` on a RAF-DB-sized
+#           generated dataset, device augmentation, fp32 and bf16. -> e2e_gpu.json (+ .md)
+#
+# JAX's persistent compilation cache (under OUT_DIR/jax_cache) is shared by the steps and e2e
+# stages so a model's step compiles once; the search's cold side uses an empty cache of its own
+# (that is the point of its figure) and its warm side reuses it.
 #
 # Needs a Python with CUDA builds of JAX (jax[cuda12]) and PyTorch next to this project's
 # dependencies; the CPU-only .venv of `make install` cannot run it. Nothing is downloaded here.
-#
-# Budget (8 min = 480 s): the run itself is cut at `timeout 470`; inside it, run.py starts no new
-# section after --budget_s 400 s. Sections run by importance: fp32 training, batch-1 latency,
-# the Zen-score search (each side stopped after 75 s), then a later pass for JAX bf16 and
-# torch.compile training, batch-256 throughput, the input pipeline. The JSON and table are
-# rewritten after every section, so a cut run still leaves every finished figure on disk.
-# Measured on one H100 (2026-11-28): compiles dominate (JAX's ZenNet-M-SA train step 49 s in
-# fp32, 93 s in bf16), so the tail does not fit; split runs merge with
-# `python -m benchmarks.report --merge A.json B.json --out benchmarks/results/gpu.json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-.venv/bin/python}"
-JSON_OUT="${JSON_OUT:-benchmarks/results/gpu.json}"
+OUT_DIR="${OUT_DIR:-benchmarks/results}"
+STAGES="${STAGES:-search,steps,e2e}"
+SEARCH_SIDE_S="${SEARCH_SIDE_S:-75}"
 START=$(date +%s)
+mkdir -p "$OUT_DIR"
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
@@ -37,12 +50,30 @@ EOF
 # Both frameworks share the GPU in one process; JAX must not preallocate 75% of its memory.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export TF_CPP_MIN_LOG_LEVEL=2
+export JAX_COMPILATION_CACHE_DIR="$OUT_DIR/jax_cache"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-timeout 470 "$PYTHON" -m benchmarks.run --device gpu --budget_s 400 --out "$JSON_OUT" "$@" || {
-  rc=$?
-  echo "benchmarks.run exited with $rc (124: cut at 470 s); partial results are in $JSON_OUT" >&2
+# stage NAME LIMIT_S COMMAND...: runs one stage under its limit and goes on whatever happens.
+stage() {
+  local name=$1 limit=$2
+  shift 2
+  case ",$STAGES," in *",$name,"*) ;; *) return 0 ;; esac
+  echo "== $name (limit ${limit} s, $(( $(date +%s) - START )) s so far)"
+  timeout "$limit" "$@" || echo "gpu.sh: stage $name exited with $? (124: cut at ${limit} s)" >&2
 }
 
-echo
-cat "${JSON_OUT%.json}.md"
+stage search 300 env -u JAX_COMPILATION_CACHE_DIR "$PYTHON" -m benchmarks.search_throughput --long \
+  --max_seconds "$SEARCH_SIDE_S" --torch_device cuda \
+  --json "$OUT_DIR/gpu_search.json" --keep "$OUT_DIR/gpu_search"
+
+stage steps 240 "$PYTHON" -m benchmarks.run --device gpu --budget_s 200 \
+  --sections train,infer_b1 --out "$OUT_DIR/gpu.json"
+
+stage e2e 280 "$PYTHON" -m benchmarks.train_end_to_end --device gpu \
+  --augment_on device --dtypes float32,bfloat16 --timeout 120 \
+  --cache_dir "$OUT_DIR/e2e_cache" --out "$OUT_DIR/e2e_gpu.json"
+
+for f in gpu_search gpu e2e_gpu; do
+  [ -f "$OUT_DIR/$f.md" ] && { echo; cat "$OUT_DIR/$f.md"; }
+done
 echo "gpu.sh: $(( $(date +%s) - START )) s in all"
