@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
   import jax
   import torch
 
-  from zenfer_jax.layers.conv import default_depthwise_impl
+  from zenfer_jax.layers.cpu_kernels import resolve_impl
 
   torch.set_num_threads(cfg.threads)
   if cfg.device == 'gpu':
@@ -627,7 +627,9 @@ def main(argv: list[str] | None = None) -> dict:
     'loadavg_start': timing.loadavg(),
     'results': {},
   }
-  report['settings']['depthwise_impl'] = default_depthwise_impl()
+  # What the models' conv_impl/bn_impl='auto' chose on this backend ('cpu' or 'xla').
+  report['settings']['conv_impl'] = resolve_impl('auto', 'conv_impl')
+  report['settings']['bn_impl'] = resolve_impl('auto', 'bn_impl')
   results = report['results']
   t_start = time.perf_counter()
 

@@ -1,7 +1,10 @@
 """Search throughput: candidates scored per second, JAX against PyTorch, same algorithm.
 
-  python -m benchmarks.search_throughput --iterations 1000 --resolution 64 --batch-size 8
+  python -m benchmarks.search_throughput --iterations 1000 --resolution 64 --batch_size 8
   python -m benchmarks.search_throughput --long          # 2,000 iterations at 224, batch 16 (GPU)
+
+Flags are spelt with underscores, as every program here spells them (zenfer_jax.cli); the
+hyphenated spellings (--batch-size, --torch-device, ...) are still accepted.
 
 Every side runs `zenfer_jax.nas.evolution.run_search` with configs/search_m.py (IDW space,
 ZenNet-M budgets) from init_m for the same number of iterations, each in a fresh process;
@@ -31,6 +34,7 @@ import tempfile
 import time
 
 from benchmarks.timing import loadavg, machine_info
+from zenfer_jax import cli
 
 RESULT = 'SEARCH_THROUGHPUT_RESULT '
 
@@ -103,26 +107,31 @@ def run_child(args) -> dict:
   }
 
 
-def run_side(name: str, args, cache: str | None) -> dict:
-  """One side in a fresh process (no state shared with the others but the cache directory)."""
-  child = 'torch' if name == 'torch' else 'jax'
+def child_command(name: str, args, cache: str | None) -> list[str]:
+  """The command line that runs side `name` in a fresh process."""
   cmd = [
     sys.executable,
     '-m',
     'benchmarks.search_throughput',
-    f'--child={child}',
+    f'--child={"torch" if name == "torch" else "jax"}',
     f'--iterations={args.iterations}',
     f'--resolution={args.resolution}',
-    f'--batch-size={args.batch_size}',
-    f'--torch-device={args.torch_device}',
-    f'--candidates-per-step={args.candidates_per_step}',
+    f'--batch_size={args.batch_size}',
+    f'--torch_device={args.torch_device}',
+    f'--candidates_per_step={args.candidates_per_step}',
   ]
   if cache:
     cmd.append(f'--cache={cache}')
   if args.keep:
     cmd.append(f'--workdir={os.path.join(args.keep, name)}')
   if args.max_seconds:
-    cmd.append(f'--max-seconds={args.max_seconds}')
+    cmd.append(f'--max_seconds={args.max_seconds}')
+  return cmd
+
+
+def run_side(name: str, args, cache: str | None) -> dict:
+  """One side in a fresh process (no state shared with the others but the cache directory)."""
+  cmd = child_command(name, args, cache)
   before = loadavg()
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
@@ -133,13 +142,15 @@ def run_side(name: str, args, cache: str | None) -> dict:
   return out
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def parse_args(argv=None) -> argparse.Namespace:
+  p = cli.ArgumentParser(
+    prog='python -m benchmarks.search_throughput',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  p.add_argument('--iterations', type=int, default=200)
-  p.add_argument('--resolution', type=int, default=224)
-  p.add_argument('--batch-size', type=int, default=16)
+  p.add_argument('--iterations', type=cli.positive_int, default=200)
+  p.add_argument('--resolution', type=cli.positive_int, default=224)
+  p.add_argument('--batch_size', type=cli.positive_int, default=16)
   p.add_argument(
     '--long', action='store_true', help='the GPU run: 2,000 iterations at 224 px, batch 16'
   )
@@ -149,17 +160,17 @@ def main(argv=None):
     help='comma list of jax_cold, jax_warm, torch (run in this order; jax_warm needs jax_cold '
     'first; jax is jax_cold under the name benchmarks/run.py reads)',
   )
-  p.add_argument('--torch-device', default='cpu')
+  p.add_argument('--torch_device', default='cpu')
   p.add_argument(
-    '--candidates-per-step',
+    '--candidates_per_step',
     type=int,
     default=0,
     help='JAX side (0: the per-device default); PyTorch scores one at a time whatever this is',
   )
   p.add_argument('--json', default=None, help='also write the results here')
   p.add_argument(
-    '--max-seconds',
-    type=float,
+    '--max_seconds',
+    type=cli.positive_float,
     default=None,
     help='per side: stop the search after this much wall time (the figure then covers the '
     'iterations reached)',
@@ -173,8 +184,15 @@ def main(argv=None):
   p.add_argument('--workdir', default=None, help=argparse.SUPPRESS)
   p.add_argument('--cache', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.candidates_per_step < 0:
+    p.error(f'--candidates_per_step={args.candidates_per_step}: give 0 (per device) or more')
   if args.long:
     args.iterations, args.resolution, args.batch_size = 2000, 224, 16
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
   if args.child:
     print(RESULT + json.dumps(run_child(args)), flush=True)
     return None
