@@ -15,7 +15,9 @@ moves the FLOPs count by 3 x the last width. The published search found ZenNet-R
 
 import ml_collections
 
-from configs import search_m
+from zenfer_jax.config_files import sibling
+
+search_m = sibling(__file__, 'search_m')
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,6 +1,8 @@
-"""The evolutionary search: outputs, budgets, bad configs, resume, and a real SIGKILL."""
+"""The evolutionary search: outputs, budgets, bad configs, resume, damaged state, the workdir lock,
+and a real SIGKILL."""
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -13,11 +15,12 @@ import numpy as np
 import pytest
 
 from configs import search_m, search_r
-from zenfer_jax import counters
+from zenfer_jax import counters, workdir_lock
 from zenfer_jax.nas import evolution
 from zenfer_jax.nas.population import (
   BEST_FILE,
   LOG_FILE,
+  PREVIOUS_STATE_FILE,
   PROGRESS_FILE,
   STATE_FILE,
   SUMMARY_FILE,
@@ -26,6 +29,15 @@ from zenfer_jax.nas.population import (
 from zenfer_jax.structure import resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+# Another process that holds a directory's lock, as a running training run or search would.
+HOLDER = (
+  'import sys, time\n'
+  'from zenfer_jax import workdir_lock\n'
+  'workdir_lock.acquire(sys.argv[1], sys.argv[2])\n'
+  'print("held", flush=True)\n'
+  'time.sleep(120)\n'
+)
 
 
 def _config(base=search_m, **search):
@@ -47,8 +59,28 @@ def _log(workdir):
 TIMING_KEYS = ('score_s', 'elapsed_s', 'compiled_programs')  # differ between processes
 
 
-def _untimed_log(workdir):
-  return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in _log(workdir)]
+def _untimed_log(workdir, also=()):
+  skip = TIMING_KEYS + tuple(also)
+  return [{k: v for k, v in rec.items() if k not in skip} for rec in _log(workdir)]
+
+
+@pytest.fixture
+def held_workdir(tmp_path):
+  """(tmp_path / 'held', the process holding its lock as a training run), for the test."""
+  workdir = tmp_path / 'held'
+  proc = subprocess.Popen(
+    [sys.executable, '-c', HOLDER, str(workdir), 'training run'],
+    cwd=REPO,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert proc.stdout.readline().strip() == 'held'
+    yield workdir, proc
+  finally:
+    proc.kill()
+    proc.wait()
 
 
 def test_reference_configs():
@@ -99,6 +131,9 @@ def test_reference_configs():
     ),
     (dict(proxy='zenn'), r"proxy='zenn' is not a proxy"),
     (dict(population_size=0), r'population_size must be a positive integer'),
+    # init_m has 5 stride-2 layers: below 32 px its deepest maps have no pixel left.
+    (dict(resolution=1), r'resolution 1 is below the 32 pixels this structure needs'),
+    (dict(resolution=16), r'resolution 16 is below the 32 pixels .* use at least 32'),
   ],
 )
 def test_bad_config_fails_before_scoring(tmp_path, change, message):
@@ -110,12 +145,12 @@ def test_bad_config_fails_before_scoring(tmp_path, change, message):
 def test_search_with_zen_score(tmp_path):
   """A real, tiny search: every output, budgets honoured, the result feeds a model."""
   c = _config(
-    resolution=16,
+    resolution=32,
     batch_size=4,
     population_size=6,
     max_iterations=16,
     checkpoint_every=5,
-    budget_flops=2.0e6,
+    budget_flops=9.0e6,  # init_m: 3.3e6 at 32 px
   )
   state = evolution.run_search(c, str(tmp_path), progress=False)
   log = _log(tmp_path)
@@ -123,7 +158,7 @@ def test_search_with_zen_score(tmp_path):
   for rec in log:
     s = resolve(rec['structure'])
     assert (
-      rec['flops'] == counters.flops(s, 16) <= 2.0e6
+      rec['flops'] == counters.flops(s, 32) <= 9.0e6
       and rec['model_size'] <= 1e6
       and rec['layers'] <= 14
     )
@@ -185,6 +220,107 @@ def test_resume_retraces_the_same_search(tmp_path):
     evolution.run_search(
       _fast_config(population_size=21), str(tmp_path / 'b'), scorer=_never, progress=False
     )
+
+
+def test_a_search_refuses_a_workdir_in_use_and_holds_its_own(tmp_path, held_workdir):
+  workdir, proc = held_workdir
+  t0 = time.time()
+  with pytest.raises(
+    workdir_lock.WorkdirLocked, match=rf'in use by another training run \(pid {proc.pid} on host'
+  ):
+    evolution.run_search(_fast_config(), str(workdir), scorer=_never, progress=False)
+  assert time.time() - t0 < 2  # At once, not after a wait.
+  assert os.listdir(workdir) == [workdir_lock.LOCK_NAME]  # Nothing of the search's.
+  # Its own workdir: held (as a search, by this process) while it runs, released at the end.
+  own, holders = tmp_path / 'own', []
+
+  def scorer(structure, seed):
+    holders.append(workdir_lock.holder(own))
+    return (seed % 1000) / 1000
+
+  evolution.run_search(_fast_config(max_iterations=30), str(own), scorer=scorer, progress=False)
+  assert holders and all(h['what'] == 'search' and h['pid'] == os.getpid() for h in holders)
+  assert workdir_lock.holder(own) is None and not (own / workdir_lock.LOCK_NAME).exists()
+
+
+def test_files_are_created_with_the_umask(tmp_path):
+  old = os.umask(0o027)
+  try:  # Checkpoints at 25, 50 and 60: a previous state file too.
+    evolution.run_search(_fast_config(max_iterations=60), str(tmp_path), progress=False)
+  finally:
+    os.umask(old)
+  for name in (STATE_FILE, PREVIOUS_STATE_FILE, SUMMARY_FILE, BEST_FILE, PROGRESS_FILE, LOG_FILE):
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # No temporaries.
+
+
+def _damage(path: pathlib.Path) -> None:
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])  # A truncated copy, as a full disk leaves it.
+
+
+def test_damaged_latest_state_falls_back_to_the_previous_one(tmp_path, caplog):
+  c = _fast_config(max_iterations=160, checkpoint_every=40)
+  whole = evolution.run_search(c, str(tmp_path / 'a'), progress=False)
+  work = tmp_path / 'b'
+  evolution.run_search(c, str(work), progress=False, stop_after=130)
+  previous = json.loads((work / PREVIOUS_STATE_FILE).read_text())
+  assert (previous['next_iteration'], load_state(str(work)).next_iteration) == (120, 130)
+  _damage(work / STATE_FILE)
+  with caplog.at_level(logging.WARNING):
+    resumed = evolution.run_search(c, str(work), progress=False)
+  assert f'{work / STATE_FILE} is damaged (not whole JSON' in caplog.text
+  assert f'resuming from the previous checkpoint {work / PREVIOUS_STATE_FILE} (iteration 120' in (
+    caplog.text
+  )
+  # Rows logged after iteration 120 were cut away and written again, once.
+  assert resumed.population == whole.population
+  assert _untimed_log(tmp_path / 'a') == _untimed_log(work)
+  # The damaged file was not rotated over the intact previous one.
+  assert json.loads((work / PREVIOUS_STATE_FILE).read_text())['next_iteration'] == 120
+  assert load_state(str(work)).next_iteration == 160
+  # Neither checkpoint intact: refused, naming both, every time, touching nothing.
+  _damage(work / STATE_FILE)
+  (work / PREVIOUS_STATE_FILE).write_text('{"version": 1, "next_iteration": 3}')
+  log_before = (work / LOG_FILE).read_bytes()
+  for _ in range(2):
+    with pytest.raises(evolution.SearchStateError) as e:
+      evolution.run_search(c, str(work), scorer=_never, progress=False)
+    message = str(e.value)
+    assert f'{work / STATE_FILE} is damaged (not whole JSON' in message
+    assert f'{work / PREVIOUS_STATE_FILE} is damaged (not a search state' in message
+    assert 'Start the search in a new --workdir' in message
+  assert (work / LOG_FILE).read_bytes() == log_before
+
+
+@pytest.mark.parametrize('loss', ['deleted', 'cut'])
+def test_a_lost_candidate_log_is_continued_and_resumes_again(tmp_path, caplog, loss):
+  """The checkpoint holds the search; a log that lost rows is continued, not refused."""
+  c = _fast_config(max_iterations=160, checkpoint_every=40)
+  uninterrupted = evolution.run_search(c, str(tmp_path / 'a'), progress=False)
+  whole = _untimed_log(tmp_path / 'a', also=['cached'])
+  work = tmp_path / 'b'
+  evolution.run_search(c, str(work), progress=False, stop_after=80)
+  kept = []
+  if loss == 'deleted':
+    (work / LOG_FILE).unlink()
+  else:
+    _damage(work / LOG_FILE)
+    data = (work / LOG_FILE).read_bytes()
+    kept = whole[: data.count(b'\n')]  # Its whole lines; the last one is cut in the middle.
+    assert not data.endswith(b'\n')
+  with caplog.at_level(logging.WARNING):
+    evolution.run_search(c, str(work), progress=False, stop_after=40)
+  words = 'it was deleted' if loss == 'deleted' else 'it was cut short or edited'
+  assert words in caplog.text and 'The search continues from the checkpoint' in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # The second resume finds log and state in agreement.
+    resumed = evolution.run_search(c, str(work), progress=False)
+  assert 'vouches for' not in caplog.text
+  assert load_state(str(work)).log_bytes == (work / LOG_FILE).stat().st_size
+  assert resumed.population == uninterrupted.population
+  # What is left of the log, then every row from the checkpoint on, as the whole search wrote them.
+  assert _untimed_log(work, also=['cached']) == kept + [r for r in whole if r['iteration'] >= 80]
 
 
 @pytest.mark.parametrize('per_step', [1, 16])
@@ -277,13 +413,13 @@ def test_candidates_per_step_draws_from_the_step_population(tmp_path):
 def test_zen_search_in_batches_is_deterministic(tmp_path):
   """The JAX Zen-score, 4 candidates per call: the same search twice, and resumed."""
   c = _config(
-    resolution=16,
+    resolution=32,
     batch_size=2,
     population_size=6,
     max_iterations=16,
     checkpoint_every=8,
     candidates_per_step=4,
-    budget_flops=2.0e6,
+    budget_flops=9.0e6,
   )
   a = evolution.run_search(c, str(tmp_path / 'a'), progress=False)
   evolution.run_search(c, str(tmp_path / 'b'), progress=False, stop_after=8)
@@ -292,22 +428,47 @@ def test_zen_search_in_batches_is_deterministic(tmp_path):
   assert _untimed_log(tmp_path / 'a') == _untimed_log(tmp_path / 'b')
 
 
-def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+def _one_line(proc, *words):
+  """stderr is one `error:` line holding `words`, with exit status 2 and no traceback."""
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith('error: ') and 'Traceback' not in proc.stderr
+  for word in words:
+    assert word in lines[0], (word, lines[0])
+
+
+def test_cli_errors_lock_progress_and_compilation_cache(tmp_path, held_workdir):
+  env = dict(ENV)
+  env.pop('ZENFER_TRACEBACK', None)
   work, cache = tmp_path / 'work', tmp_path / 'cache'
-  base = [
-    sys.executable,
-    '-m',
-    'zenfer_jax.search',
-    '--config=configs/search_r.py',
-    f'--workdir={work}',
-  ]
-  bad = subprocess.run(
-    base + ['--config.search.max_layers=2'], cwd=REPO, env=env, capture_output=True, text=True
+  base = [sys.executable, '-m', 'zenfer_jax.search', '--config=configs/search_r.py']
+
+  def run(*args, workdir=work):
+    return subprocess.run(
+      base + [f'--workdir={workdir}', *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+  # A user error is one line and exit status 2, before the workdir is created.
+  _one_line(
+    run('--config.search.resolution=1'),
+    'config.search.resolution 1 is below the 8 pixels this structure needs',
   )
-  assert bad.returncode == 2
-  assert "config.search.max_layers=2 is below the initial structure's 6 layers" in bad.stderr
-  assert not work.exists() or not os.listdir(work)
+  assert not work.exists()
+  # --verbosity=1 adds the traceback, for a bug report; the error is still the last line.
+  nothing = run('--config.search.max_iterations=0', '--verbosity=1')
+  assert nothing.returncode == 2 and 'Traceback (most recent call last)' in nothing.stderr
+  assert (
+    nothing.stderr.rstrip()
+    .splitlines()[-1]
+    .startswith('error: config.search.max_iterations=0: nothing to do')
+  )
+  # A workdir another run holds: refused at once, naming it, with nothing written there.
+  held, holder = held_workdir
+  _one_line(
+    run('--config.search.max_iterations=6', workdir=held),
+    f'{held} is in use by another training run (pid {holder.pid} on host',
+  )
+  assert os.listdir(held) == [workdir_lock.LOCK_NAME]
   tiny = [
     '--config.search.max_iterations=6',
     '--config.search.resolution=16',
@@ -316,13 +477,7 @@ def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
     f'--config.search.compilation_cache_dir={cache}',
   ]
   # Warm-up: compiles the first candidates' programs into the cache, scores nothing.
-  warm = subprocess.run(
-    base + tiny + ['--config.search.warmup_only=True', '--config.search.warmup_candidates=6'],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
+  warm = run(*tiny, '--config.search.warmup_only=True', '--config.search.warmup_candidates=6')
   assert warm.returncode == 0, warm.stderr[-3000:]
   m = re.search(
     r'warm-up: (\d+) programs for the first (\d+) candidates .* in [\d.]+ s', warm.stdout
@@ -331,13 +486,7 @@ def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
   assert not work.exists() or not os.listdir(work)
   cached = len([p for p in cache.rglob('*') if p.is_file()])
   assert cached >= int(m[1])
-  ok = subprocess.run(
-    base + tiny,
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
+  ok = run(*tiny)
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert 'cand_per_s=' in ok.stderr and 'best=' in ok.stderr
   best = (work / BEST_FILE).read_text().strip()
@@ -347,6 +496,32 @@ def test_cli_bad_config_progress_and_compilation_cache(tmp_path):
   assert all(r['layers'] <= 10 and r['flops'] <= 1e7 for r in log)
   # The persistent compilation cache keeps every program (zero minimum compile time).
   assert len([p for p in cache.rglob('*') if p.is_file()]) >= cached
+  # Every log line is in WORKDIR/log.txt; the lock went with the process.
+  assert 'Searching on' in (work / 'log.txt').read_text()
+  assert not (work / workdir_lock.LOCK_NAME).exists()
+
+
+def test_search_r_loads_by_path_outside_the_repository(tmp_path):
+  """As --config=/path/to/configs/search_r.py loads it, from a directory that is not the repo."""
+  load = (
+    'import sys\n'
+    'from absl import flags\n'
+    'from ml_collections import config_flags\n'
+    "config = config_flags.DEFINE_config_file('config')\n"
+    "flags.FLAGS(['search', '--config=' + sys.argv[1]])\n"
+    'print(config.value.search.space, config.value.search.population_size)\n'
+  )
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  out = subprocess.run(
+    [sys.executable, '-c', load, str(REPO / 'configs' / 'search_r.py')],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]  # Was: No module named 'configs'.
+  assert out.stdout.split() == ['XXBL', '512']
 
 
 def test_efficient_score_filter(tmp_path):
@@ -370,12 +545,12 @@ def test_latency_budget(tmp_path):
   seconds = evolution.measure_latency(
     resolve(search_m.get_config().search.init_structure),
     batch_size=2,
-    resolution=16,
+    resolution=32,
     num_classes=7,
     repeats=1,
   )
   assert 0 < seconds < 5
-  tiny = dict(resolution=16, batch_size=2, budget_flops=None, max_iterations=2)
+  tiny = dict(resolution=32, batch_size=2, budget_flops=None, max_iterations=2)
   with pytest.raises(
     evolution.SearchConfigError, match=r"budget_latency=1e-09 s is below the initial structure's"
   ):
@@ -410,3 +585,26 @@ def test_time_limit_stops_with_a_checkpoint_and_resumes_the_same_search(tmp_path
   assert resumed.next_iteration == 120 and resumed.population == whole.population
   with pytest.raises(evolution.SearchConfigError, match='max_seconds'):
     evolution.run_search(c, str(tmp_path / 'c'), scorer=slow, progress=False, max_seconds=0)
+
+
+def test_search_throughput_flags_take_both_spellings(tmp_path, capsys):
+  from benchmarks import search_throughput as bench
+
+  args = bench.parse_args(
+    ['--batch_size=8', '--candidates-per-step', '4', '--torch-device=cuda', '--max_seconds=5']
+  )
+  assert (args.batch_size, args.candidates_per_step, args.torch_device, args.max_seconds) == (
+    8,
+    4,
+    'cuda',
+    5.0,
+  )
+  # The command line each side runs in its own process parses back to the same settings.
+  child = bench.parse_args(bench.child_command('jax_warm', args, str(tmp_path))[3:])
+  assert (child.child, child.cache) == ('jax', str(tmp_path))
+  for key in ('iterations', 'resolution', 'batch_size', 'torch_device', 'candidates_per_step'):
+    assert getattr(child, key) == getattr(args, key), key
+  assert child.max_seconds == args.max_seconds
+  with pytest.raises(SystemExit) as e:
+    bench.parse_args(['--batch_size=0'])
+  assert e.value.code == 2 and '0 is not a positive integer' in capsys.readouterr().err

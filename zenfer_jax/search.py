@@ -7,10 +7,14 @@ Writes to --workdir: best_structure.txt (feed it to training with
 --config.model.structure=WORKDIR/best_structure.txt), candidates.jsonl (every
 scored candidate: structure, score, FLOPs, model size, layers, and the search's
 cumulative compiled_programs and elapsed_s), search_state.json (the population,
-written atomically every config.search.checkpoint_every iterations), and at every
-checkpoint search_summary.json (candidates/s, compile and scoring time, best so
-far) and search_progress.png. Rerunning with the same --workdir resumes; a bad
-config fails before anything is scored.
+written atomically every config.search.checkpoint_every iterations, the checkpoint
+before it kept as search_state.previous.json), at every checkpoint search_summary.json
+(candidates/s, compile and scoring time, best so far) and search_progress.png, and
+log.txt (every log line). Rerunning with the same --workdir resumes; a damaged latest
+checkpoint falls back to the previous one, saying so. A bad config fails before
+anything is scored, as one line on stderr with exit status 2 (--verbosity=1 adds the
+traceback). The search holds WORKDIR/run.lock while it runs: a second search (or
+training run) on the same workdir stops at once, naming the process that holds it.
 
   --config.search.warmup_only=True compiles the programs of the search's first
   config.search.warmup_candidates candidates into the persistent compilation cache,
@@ -18,11 +22,13 @@ config fails before anything is scored.
 """
 
 import os
-import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from zenfer_jax import cli, workdir_lock
+from zenfer_jax.errors import InvalidInput
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -38,41 +44,69 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir.strip():
+    raise InvalidInput(
+      "--workdir is empty: name the directory for the search's checkpoints and results, "
+      'e.g. --workdir=runs/search_m.'
+    )
+  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  config = FLAGS.config
+  warmup_only = bool(config.search.get('warmup_only', False))
+  cli.setup_logging(
+    FLAGS.verbosity if FLAGS['verbosity'].present else None,
+    show_own_info=True,
+    log_file_follows=not warmup_only,  # Warm-up writes nothing to the workdir.
+  )
+  from zenfer_jax import config_validation
   from zenfer_jax.nas import evolution
 
-  try:
-    evolution.validate_config(FLAGS.config)
-  except evolution.SearchConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  import jax
-
-  logging.info('Searching on %s', jax.devices())
-  if FLAGS.config.search.get('warmup_only', False):
-    setup = evolution.validate_config(FLAGS.config)
-    s = FLAGS.config.search
-    if setup.settings['proxy'] != 'zen':
-      print('warm-up: nothing to compile for proxy', setup.settings['proxy'])
-      return
-    evolution.enable_compilation_cache(os.path.expanduser(s.get('compilation_cache_dir', '') or ''))
-    t = time.perf_counter()
-    structures = evolution.warmup_structures(FLAGS.config, s.get('warmup_candidates', 256))
-    scorer = evolution.jax_scorer(setup.settings)
-    count = scorer.warmup(structures)
-    programs, compile_s = scorer.stats()
-    print(
-      f'warm-up: {count} programs for the first {len(structures)} candidates '
-      f'({setup.settings["space"]}, {s.resolution} px, batch {s.batch_size}, '
-      f'{setup.settings["candidates_per_step"]} per step, {jax.devices()[0].platform}) in '
-      f'{time.perf_counter() - t:.1f} s ({compile_s:.1f} s compiling, summed over threads)'
-    )
+  # The user's mistakes first, before the workdir is created or anything is compiled.
+  config_validation.check_search_iterations(config)
+  setup = evolution.validate_config(config)
+  if warmup_only:
+    warmup(config, setup)
     return
-  state = evolution.run_search(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+  with workdir_lock.hold(workdir, 'search'):
+    log_file = os.path.join(workdir, 'log.txt')
+    cli.log_to_file(log_file)
+    import jax
+
+    logging.info('Searching on %s; workdir %s (full log: %s)', jax.devices(), workdir, log_file)
+    try:
+      state = evolution.run_search(config, workdir, progress=FLAGS.progress)
+    except Exception as e:
+      if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.
+        logging.error('%s', e, extra={'terminal': False})
+      raise
   best = state.best()
   if best is not None:
-    logging.info('best score %.4f: %s', best[1], best[0])
+    logging.info('best score %.4f: %s', best[1], best[0], extra={'terminal': False})
     print(f'best score {best[1]:.4f} after {state.next_iteration} iterations: {best[0]}')
 
 
+def warmup(config, setup) -> None:
+  """Compiles the first candidates' programs into the persistent cache; prints how many."""
+  import jax
+
+  from zenfer_jax.nas import evolution
+
+  s = config.search
+  if setup.settings['proxy'] != 'zen':
+    print('warm-up: nothing to compile for proxy', setup.settings['proxy'])
+    return
+  evolution.enable_compilation_cache(os.path.expanduser(s.get('compilation_cache_dir', '') or ''))
+  t = time.perf_counter()
+  structures = evolution.warmup_structures(config, s.get('warmup_candidates', 256))
+  scorer = evolution.jax_scorer(setup.settings)
+  count = scorer.warmup(structures)
+  _, compile_s = scorer.stats()
+  print(
+    f'warm-up: {count} programs for the first {len(structures)} candidates '
+    f'({setup.settings["space"]}, {s.resolution} px, batch {s.batch_size}, '
+    f'{setup.settings["candidates_per_step"]} per step, {jax.devices()[0].platform}) in '
+    f'{time.perf_counter() - t:.1f} s ({compile_s:.1f} s compiling, summed over threads)'
+  )
+
+
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_absl(main)

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import counters
+from zenfer_jax import atomic_write, counters, workdir_lock
+from zenfer_jax.errors import UserError
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
   BEST_FILE,
@@ -43,14 +44,21 @@ from zenfer_jax.nas.population import (
   PROGRESS_FILE,
   SUMMARY_FILE,
   SearchState,
-  atomic_write_text,
+  SearchStateError,
   load_state,
   save_state,
 )
-from zenfer_jax.structure import BLOCK_TYPES, Structure, StructureError, resolve
+from zenfer_jax.structure import (
+  BLOCK_TYPES,
+  Structure,
+  StructureError,
+  check_resolution,
+  resolve,
+)
 
 __all__ = [
   'SearchConfigError',
+  'SearchStateError',
   'validate_config',
   'run_search',
   'structure_seed',
@@ -92,7 +100,7 @@ _TRAJECTORY_KEYS = (
 PROXIES = ('zen', 'flops', 'params', 'random')
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(ValueError, UserError):
   """A search configuration that cannot run; the message says what to change."""
 
 
@@ -135,6 +143,12 @@ def validate_config(config) -> SearchSetup:
     v = _get(s, key, 1)
     if not isinstance(v, int) or v < 1:
       raise SearchConfigError(f'config.search.{key} must be a positive integer, got {v!r}')
+  try:
+    check_resolution(init, s.resolution, 'config.search.resolution')
+  except StructureError as e:
+    raise SearchConfigError(
+      f'{e}, or start from a config.search.init_structure with fewer stride-2 layers'
+    ) from None
   if s.batch_size < 2:
     raise SearchConfigError(
       'config.search.batch_size must be at least 2 (the BatchNorm variance is unbiased)'
@@ -374,16 +388,41 @@ def _check_resume(state: SearchState, setup: SearchSetup, workdir: str) -> None:
     )
 
 
-def _open_log(workdir: str, keep_bytes: int):
-  """The candidate log, cut back to the bytes the checkpoint vouches for, opened for appending."""
+def _open_log(workdir: str, state: SearchState):
+  """The candidate log, cut back to the bytes the checkpoint vouches for, opened for appending.
+
+  A log that lost rows the checkpoint vouches for (deleted, or cut short) does not stop the
+  search: the population, the RNG and the progress curve are in the checkpoint, so the search
+  continues exactly, appending to what is left of the log (its whole lines), and says which
+  rows are gone. `state.log_bytes` then counts what the log really holds, so the next resume
+  finds them in agreement. Refusing instead would lose the whole search for the sake of rows
+  that are lost either way.
+  """
   path = os.path.join(workdir, LOG_FILE)
-  if os.path.exists(path):
-    if os.path.getsize(path) < keep_bytes:
-      raise SearchConfigError(f'{path} is shorter than its checkpoint says; it was edited or lost')
+  size = os.path.getsize(path) if os.path.exists(path) else 0
+  keep = state.log_bytes
+  if size < keep:
+    keep = 0
+    if size:
+      with open(path, 'rb') as f:
+        keep = f.read().rfind(b'\n') + 1  # Whole lines only.
+    log.warning(
+      '%s holds %d bytes but the checkpoint at iteration %d vouches for %d: %s. The search '
+      'continues from the checkpoint (its population is intact); the log keeps its first %d '
+      'bytes and new candidates are appended after them, so rows of earlier iterations are '
+      'missing from it.',
+      path,
+      size,
+      state.next_iteration,
+      state.log_bytes,
+      'it was deleted' if not os.path.exists(path) else 'it was cut short or edited',
+      keep,
+    )
+    state.log_bytes = keep
+  if os.path.exists(path) and size != keep:
     with open(path, 'r+b') as f:
-      f.truncate(keep_bytes)
-  f = open(path, 'ab')
-  return f
+      f.truncate(keep)
+  return open(path, 'ab')
 
 
 def _read_scores(workdir: str, num_bytes: int) -> dict[str, float]:
@@ -425,8 +464,21 @@ def run_search(
   max_seconds (or config.search.max_seconds): stop after the step that passes this much wall
   time in this call, with a checkpoint, so a job with a wall-clock limit (a SLURM slot, a
   benchmark's budget) ends cleanly and the next call resumes.
+
+  The search holds WORKDIR/run.lock while it runs (`zenfer_jax.workdir_lock`): a second search
+  or training run on the same workdir raises WorkdirLocked at once, naming the holding process,
+  instead of interleaving its candidates and checkpoints with this one's.
   """
   setup = validate_config(config)
+  if max_seconds is None:
+    max_seconds = _get(config.search, 'max_seconds')
+  if max_seconds is not None and not max_seconds > 0:
+    raise SearchConfigError(f'max_seconds must be positive, got {max_seconds!r}')
+  with workdir_lock.hold(workdir, 'search'):
+    return _run_search(config, setup, workdir, scorer, progress, stop_after, max_seconds)
+
+
+def _run_search(config, setup, workdir, scorer, progress, stop_after, max_seconds) -> SearchState:
   settings = setup.settings
   s = config.search
   os.makedirs(workdir, exist_ok=True)
@@ -458,9 +510,9 @@ def run_search(
     scorer.restore(state.scorer_state)
   stats = getattr(scorer, 'stats', lambda: (0, 0.0))
   programs_before, compile_before = stats()
+  log_file = _open_log(workdir, state)
   known = _read_scores(workdir, state.log_bytes)
   latencies: dict[str, float] = {}
-  log_file = _open_log(workdir, state.log_bytes)
   # Record the progress curve at most ~2,000 times over the whole search.
   progress_every = max(1, max_iterations // 2000)
 
@@ -477,10 +529,6 @@ def run_search(
     )
   scored_here = 0
   start = time.perf_counter()
-  if max_seconds is None:
-    max_seconds = _get(s, 'max_seconds')
-  if max_seconds is not None and not max_seconds > 0:
-    raise SearchConfigError(f'max_seconds must be positive, got {max_seconds!r}')
   deadline = None if max_seconds is None else start + float(max_seconds)
   session = dict(
     elapsed=state.elapsed_s,
@@ -611,15 +659,15 @@ def _screen(candidate: Structure, settings, latencies, iteration: int):
 def summary(state: SearchState, settings: dict[str, Any]) -> dict[str, Any]:
   """What search_summary.json holds: throughput, compile cost and the best structure so far."""
   best = state.best()
-  elapsed = max(state.elapsed_s, 1e-9)
+  elapsed = round(state.elapsed_s, 3)  # candidates_per_s agrees with the elapsed_s it shows.
   return {
     'iterations': state.next_iteration,
     'candidates_scored': state.num_scored,
     'compiled_programs': state.compiled_programs,
     'compile_s': round(state.compile_s, 3),
     'scoring_s': round(state.scoring_s, 3),
-    'elapsed_s': round(state.elapsed_s, 3),
-    'candidates_per_s': state.num_scored / elapsed,
+    'elapsed_s': elapsed,
+    'candidates_per_s': state.num_scored / max(elapsed, 1e-9),
     'candidates_per_step': settings['candidates_per_step'],
     'best_score': None if best is None else best[1],
     'best_structure': None if best is None else best[0],
@@ -651,21 +699,20 @@ def plot_progress(state: SearchState, path: str) -> None:
     f'{state.num_scored} candidates scored'
   )
   fig.tight_layout()
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)), '.tmp-progress.png')
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    with atomic_write.replacing(path) as tmp:
+      fig.savefig(tmp, dpi=90, format='png')
+  finally:
+    plt.close(fig)
 
 
 def _write_outputs(workdir: str, state: SearchState, settings: dict[str, Any]) -> None:
   _write_best(workdir, state)
-  atomic_write_text(
-    os.path.join(workdir, SUMMARY_FILE), json.dumps(summary(state, settings), indent=1) + '\n'
-  )
+  atomic_write.write_json(os.path.join(workdir, SUMMARY_FILE), summary(state, settings), indent=1)
   plot_progress(state, os.path.join(workdir, PROGRESS_FILE))
 
 
 def _write_best(workdir: str, state: SearchState) -> None:
   best = state.best()
   if best is not None:
-    atomic_write_text(os.path.join(workdir, BEST_FILE), best[0] + '\n')
+    atomic_write.write_text(os.path.join(workdir, BEST_FILE), best[0] + '\n')
