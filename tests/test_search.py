@@ -608,3 +608,23 @@ def test_search_throughput_flags_take_both_spellings(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     bench.parse_args(['--batch_size=0'])
   assert e.value.code == 2 and '0 is not a positive integer' in capsys.readouterr().err
+
+
+def test_progress_plot_is_redrawn_at_most_once_a_minute_and_at_the_end(tmp_path, monkeypatch):
+  drawn = []
+  real = evolution.plot_progress
+  monkeypatch.setattr(
+    evolution,
+    'plot_progress',
+    lambda state, path: drawn.append(state.next_iteration) or real(state, path),
+  )
+  c = _fast_config(max_iterations=60, checkpoint_every=10)
+  evolution.run_search(c, str(tmp_path / 'slow'), progress=False)
+  assert drawn == [10, 60]  # The first checkpoint, then nothing within a minute until the end.
+  assert load_state(str(tmp_path / 'slow')).next_iteration == 60  # Every checkpoint was saved.
+  drawn.clear()
+  monkeypatch.setattr(evolution, 'PLOT_EVERY_S', 0.0)
+  evolution.run_search(c, str(tmp_path / 'every'), progress=False)
+  assert drawn == [10, 20, 30, 40, 50, 60]
+  png = (tmp_path / 'every' / PROGRESS_FILE).read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
