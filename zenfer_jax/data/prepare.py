@@ -8,6 +8,10 @@
       --manual_dir=~/VGGFace2 --data_dir=~/tfds      # classes: the sorted folders of train/
   python -m zenfer_jax.data.prepare --dataset=digits --data_dir=~/tfds
 
+--beam prepares through TFDS's Apache Beam path (folders only): Beam's DirectRunner with
+--beam_workers processes here, or any Beam runner given in --beam_pipeline_options (Beam's own
+flags, e.g. "--runner=FlinkRunner --flink_master=host:8081"); same records and report.
+
 Broken or oversized images and unusable label lines are skipped and listed in prepare_report.txt
 beside the records. Records already in data_dir are reused only for the manual_dir contents they
 were prepared from; another source is refused, naming both.
@@ -15,6 +19,7 @@ were prepared from; another source is refused, naming both.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +44,21 @@ def _parser() -> cli.ArgumentParser:
     help="folders only: class names in label order, comma-separated, or 'auto' (the sorted "
     'sub-folders of train/, e.g. the identities of VGGFace2)',
   )
+  p.add_argument(
+    '--beam',
+    action='store_true',
+    help="prepare with Apache Beam (TFDS's Beam path; folders only): the DirectRunner here",
+  )
+  p.add_argument(
+    '--beam_workers',
+    type=cli.positive_int,
+    help='with --beam: DirectRunner worker processes (default: one per CPU)',
+  )
+  p.add_argument(
+    '--beam_pipeline_options',
+    default='',
+    help='with --beam: Beam pipeline flags, space-separated, e.g. "--runner=FlinkRunner ..."',
+  )
   return p
 
 
@@ -48,15 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.classes and args.dataset != 'folders':
     parser.error('--folders.classes applies to --dataset=folders only.')
+  if (args.beam_workers or args.beam_pipeline_options) and not args.beam:
+    parser.error('--beam_workers and --beam_pipeline_options apply with --beam only.')
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
   from zenfer_jax.data import registry  # After setup_logging: it imports TensorFlow.
 
   if args.dataset not in registry.ALL_DATASETS:
     parser.error(f'--dataset {args.dataset!r}: expected one of {list(registry.ALL_DATASETS)}')
+  if args.beam and not registry.supports_beam(args.dataset):
+    parser.error(f'--beam: {args.dataset} has no Beam preparation (folders has); leave out --beam.')
   classes = [c for c in (args.classes or '').split(',') if c] or None
   try:
     info = registry.prepare(
-      args.dataset, args.data_dir, manual_dir=args.manual_dir, classes=classes
+      args.dataset,
+      args.data_dir,
+      manual_dir=args.manual_dir,
+      classes=classes,
+      beam=args.beam,
+      beam_workers=args.beam_workers,
+      beam_pipeline_options=shlex.split(args.beam_pipeline_options),
     )
   except (FileNotFoundError, ValueError) as e:  # The message says what to fix.
     return cli.report(e)

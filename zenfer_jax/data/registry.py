@@ -184,11 +184,39 @@ def _check_source(name: str, b: tfds.core.DatasetBuilder, manual_dir: str) -> No
     )
 
 
+def supports_beam(name: str) -> bool:
+  """Whether `name` can be prepared with a Beam runner (`prepare(..., beam=True)`)."""
+  _check_name(name)
+  cls = {'rafdb': Rafdb, 'digits': Digits, 'folders': Folders}.get(name.split('/')[0], Affectnet)
+  return cls.SUPPORTS_BEAM
+
+
+def beam_options(workers: int | None = None, pipeline_options: Sequence[str] = ()):
+  """Beam's PipelineOptions for preparation: Beam's DirectRunner on this machine unless
+  `pipeline_options` (Beam's own flags, e.g. `--runner=FlinkRunner`) name another runner.
+
+  `workers`: DirectRunner worker processes (default: one per CPU).
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  flags = list(pipeline_options)
+  if not any(f.startswith('--runner') for f in flags):
+    flags.append('--runner=DirectRunner')
+  if not any(f.startswith('--direct_num_workers') for f in flags):
+    flags.append(f'--direct_num_workers={workers or os.cpu_count() or 1}')
+  if not any(f.startswith('--direct_running_mode') for f in flags):
+    flags.append('--direct_running_mode=multi_processing')
+  return PipelineOptions(flags=flags)
+
+
 def prepare(
   name: str,
   data_dir: str,
   manual_dir: str | None = None,
   classes: Sequence[str] | str | None = None,
+  beam: bool = False,
+  beam_workers: int | None = None,
+  beam_pipeline_options: Sequence[str] = (),
 ) -> DatasetInfo:
   """Builds the TFDS records of `name` under `data_dir` unless already built; returns its info.
 
@@ -200,10 +228,19 @@ def prepare(
   manual_dir is given, its listing is fingerprinted and compared with the one stored at
   preparation (`SourceMismatchError` if they differ: nothing is reused or deleted silently).
 
+  `beam`: prepare through TFDS's Apache Beam path (`beam_options`: the DirectRunner with
+  `beam_workers` processes, or the runner `beam_pipeline_options` names), to the same records and
+  report; for the builders that support it (`supports_beam`).
+
   Raises:
     SourceMismatchError: records in data_dir come from another manual_dir's contents.
   """
   _check_name(name)
+  if beam and not supports_beam(name):
+    raise ValueError(
+      f'{name} has no Beam preparation (only {[n for n in ALL_DATASETS if supports_beam(n)]}); '
+      'prepare it without beam.'
+    )
   data_dir = os.fspath(data_dir)
   default_manual = os.path.join(data_dir, 'downloads', 'manual')
   b = builder(name, data_dir, classes, manual_dir=manual_dir or default_manual)
@@ -220,7 +257,9 @@ def prepare(
           f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}'
         )
       config['manual_dir'] = manual_dir
-    logging.info('Preparing %s into %s', name, b.data_dir)
+    if beam:
+      config['beam_options'] = beam_options(beam_workers, beam_pipeline_options)
+    logging.info('Preparing %s into %s%s', name, b.data_dir, ' with Beam' if beam else '')
     # TFDS prints that it is 'downloading' (nothing is: the files are local) to stdout, which
     # belongs to a program's result; its lines go to the log instead.
     with contextlib.redirect_stdout(io.StringIO()) as printed:

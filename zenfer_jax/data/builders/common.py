@@ -151,7 +151,7 @@ def _sorted(candidates: Iterable[Candidate], split: str, skips: images.SkipLog) 
   return sorted(cands, key=lambda c: (c.label, c.file_name))
 
 
-def _in_order(
+def in_order(
   candidates: Iterable[Candidate], split: str, skips: images.SkipLog
 ) -> Iterator[Candidate]:
   """Streams candidates that arrive in (label, file name) order; a repeat of the previous name is
@@ -166,6 +166,43 @@ def _in_order(
       raise ValueError(f'{split}: candidate {key} arrived after {last}; expected sorted order.')
     last = key
     yield _utf8_name(cand)
+
+
+def read_examples(
+  ordered: Iterable[Candidate], split: str, skips: images.SkipLog
+) -> Iterator[dict]:
+  """The examples of the readable candidates, in their order; the others are recorded in
+  `skips`. Both the plain and the Beam path read images through this."""
+  for cand in ordered:
+    try:
+      encoded = images.read_image(cand.path, cand.crop_box)
+    except images.BadImage as e:
+      skips.add(split, cand.file_name, str(e))
+      continue
+    yield {'image': encoded, 'label': cand.label, 'file_name': cand.file_name}
+
+
+def record_counts(
+  builder: tfds.core.GeneratorBasedBuilder,
+  split: str,
+  counts: Sequence[int],
+  skipped: Sequence[dict],
+  skipped_in_split: int,
+) -> int:
+  """Stores a written split's per-class ranges and size, and the skips so far; returns the size.
+
+  `skipped` is every skip of the splits written so far, in their writing order.
+  """
+  meta = builder.info.metadata
+  ranges, start = [], 0
+  for n in counts:
+    ranges.append([start, start + n])
+    start += n
+  meta['class_ranges'][split] = ranges
+  meta['split_sizes'][split] = start
+  meta['skipped'] = list(skipped)
+  logging.info('%s/%s: wrote %d examples, skipped %d', builder.name, split, start, skipped_in_split)
+  return start
 
 
 def generate(
@@ -184,39 +221,20 @@ def generate(
   de-duplicated and sorted first).
   """
   num_classes = builder.info.features['label'].num_classes
-  ordered = _in_order(candidates, split, skips) if grouped else _sorted(candidates, split, skips)
+  ordered = in_order(candidates, split, skips) if grouped else _sorted(candidates, split, skips)
   counts = [0] * num_classes
   skipped_before = len(skips.entries)
-  for cand in ordered:
-    try:
-      encoded = images.read_image(cand.path, cand.crop_box)
-    except images.BadImage as e:
-      skips.add(split, cand.file_name, str(e))
-      continue
-    counts[cand.label] += 1
-    yield cand.file_name, {'image': encoded, 'label': cand.label, 'file_name': cand.file_name}
-  meta = builder.info.metadata
-  ranges, start = [], 0
-  for n in counts:
-    ranges.append([start, start + n])
-    start += n
-  meta['class_ranges'][split] = ranges
-  meta['split_sizes'][split] = start
-  meta['skipped'] = list(skips.entries)
-  logging.info(
-    '%s/%s: wrote %d examples, skipped %d',
-    builder.name,
-    split,
-    start,
-    len(skips.entries) - skipped_before,
-  )
+  for example in read_examples(ordered, split, skips):
+    counts[example['label']] += 1
+    yield example['file_name'], example
+  start = record_counts(builder, split, counts, skips.entries, len(skips.entries) - skipped_before)
   if expected is not None and start != expected:
     note = (
       f'{split}: {start} examples prepared, the reference split has {expected} '
       f'(difference {start - expected:+d})'
     )
     logging.warning('%s: %s', builder.name, note)
-    meta['count_notes'].append(note)
+    builder.info.metadata['count_notes'].append(note)
 
 
 class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -230,5 +248,30 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls) -> epath.Path | None:
     return epath.Path(inspect.getfile(cls))
 
+  # Whether `_split_generators` can return Beam transforms (see `beam_split`); set by builders
+  # that implement it. Preparing with a Beam runner is refused for the others.
+  SUPPORTS_BEAM = False
+  _uses_beam = False  # Set per preparation by `_generate_splits`.
+
   def _generate_examples(self, **kwargs):
     raise NotImplementedError('zenfer-jax builders return generators from _split_generators.')
+
+  def _generate_splits(self, dl_manager, download_config):
+    # The DownloadConfig says whether TFDS runs a Beam pipeline; `_split_generators` does not see
+    # it, so it is noted here, the one place both are known.
+    self._uses_beam = (
+      download_config.beam_runner is not None or download_config.beam_options is not None
+    )
+    self._beam_reports = []
+    if self._uses_beam and not self.SUPPORTS_BEAM:
+      raise ValueError(
+        f'{self.name} has no Beam preparation; prepare it without a Beam runner (--beam).'
+      )
+    return super()._generate_splits(dl_manager, download_config)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    # After the Beam pipeline has run, before TFDS saves the metadata: the per-split counts and
+    # skips the workers wrote beside the records go into it as the plain path puts them.
+    from zenfer_jax.data.builders import beam_split
+
+    beam_split.collect_reports(self, self._beam_reports)

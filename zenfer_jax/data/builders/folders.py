@@ -21,6 +21,7 @@ read and written before the next is listed, so memory does not grow with the num
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 
@@ -86,6 +87,8 @@ class Folders(common.ImageBuilder):
   """One split per sub-directory of manual_dir, one class per sub-sub-directory."""
 
   name = 'folders'
+  # With a Beam runner each class folder is one element, listed and read on a worker.
+  SUPPORTS_BEAM = True
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -157,6 +160,15 @@ class Folders(common.ImageBuilder):
         )
     if not present:
       raise ValueError(f'{self.name}: no split of {root!r} holds a folder of the class list.')
+    if self._uses_beam:
+      from zenfer_jax.data.builders import beam_split
+
+      return {
+        split: beam_split.grouped_split(
+          self, split, labels, functools.partial(_read_class_folder, root, split)
+        )
+        for split, labels in present.items()
+      }
     return {
       split: common.generate(
         self, split, self._candidates(root, split, labels, skips), skips, grouped=True
@@ -181,3 +193,12 @@ class Folders(common.ImageBuilder):
           skips.add(split, rel, f'not an image file (expected {"/".join(images.IMAGE_SUFFIXES)})')
         else:
           yield common.Candidate(rel, os.path.join(cls_dir, fname), label)
+
+
+def _read_class_folder(
+  root: str, split: str, group: tuple[int, str], skips: images.SkipLog
+) -> Iterator[dict]:
+  """A Beam worker's share: one class folder's examples, listed and read as the plain path
+  reads them (same order, same skips)."""
+  candidates = Folders._candidates(root, split, [group], skips)
+  return common.read_examples(common.in_order(candidates, split, skips), split, skips)
