@@ -268,10 +268,3 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         f'{self.name} has no Beam preparation; prepare it without a Beam runner (--beam).'
       )
     return super()._generate_splits(dl_manager, download_config)
-
-  def _process_pipeline_result(self, pipeline_result) -> None:
-    # After the Beam pipeline has run, before TFDS saves the metadata: the per-split counts and
-    # skips the workers wrote beside the records go into it as the plain path puts them.
-    from zenfer_jax.data.builders import beam_split
-
-    beam_split.collect_reports(self, self._beam_reports)

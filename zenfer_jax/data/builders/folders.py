@@ -115,6 +115,13 @@ class Folders(common.ImageBuilder):
     )
     return info
 
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    # After the Beam pipeline has run, before TFDS saves the metadata: the per-split counts and
+    # skips the workers wrote beside the records go into it as the plain path puts them.
+    from zenfer_jax.data.builders import beam_split
+
+    beam_split.collect_reports(self, self._beam_reports)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
     common.require_dir(root, 'the class-folder root (<root>/<split>/<class>/*.jpg)')
