@@ -183,17 +183,16 @@ class ZenScorer:
 
   level_ratio: the width ladder 8 * ratio**i the stage widths are padded to (larger: fewer
   programs, more padding). level_slack: a stage may run on an already compiled program up to
-  this many ladder steps wider instead of compiling its own (0: always the exact level). chunk: channels per step of the wide-width loops ('auto': 32 on CPU,
-  128 on accelerators). depthwise_impl: 'shift' (k*k shifted multiply-adds, measured faster on
-  CPU), 'xla' (grouped conv, the kernel centred in the largest size) or 'auto'. families /
-  kernel_sizes: the layer kinds every program
-  supports (a search passes its space's; None: those of the structures scored). candidates:
-  structures scored per call (`score_batch`); 1 keeps each structure's tables unbatched.
-  complete_grid: compile every combination of the levels seen so far in the background (see
-  `_complete_grid`). weight_capacity / max_layers: initial weight-buffer length and layers per
-  stage; both grow
-  (by doubling, with new programs) when a structure needs more. draws_per_call: draws vmapped
-  together ('auto': as many as fit about 1 GiB).
+  this many ladder steps wider instead of compiling its own (0: always the exact level).
+  chunk: channels per step of the wide-width loops ('auto': 32 on CPU, 128 on accelerators).
+  depthwise_impl: 'shift' (k*k shifted multiply-adds, measured faster on CPU), 'xla' (grouped
+  conv, the kernel centred in the largest size) or 'auto'. families / kernel_sizes: the layer
+  kinds every program supports (a search passes its space's; None: those of the structures
+  scored). candidates: structures scored per call (`score_batch`); 1 keeps each structure's
+  tables unbatched. complete_grid: compile every combination of the levels seen so far in the
+  background (see `_complete_grid`). weight_capacity / max_layers: initial weight-buffer length
+  and layers per stage; both grow (by doubling, with new programs) when a structure needs more.
+  draws_per_call: draws vmapped together ('auto': as many as fit about 1 GiB).
   """
 
   def __init__(
