@@ -37,6 +37,7 @@ from benchmarks.timing import loadavg, machine_info
 from zenfer_jax import cli
 
 RESULT = 'SEARCH_THROUGHPUT_RESULT '
+PUBLISHED_ITERATIONS = 480_000  # ZenNet-M's and ZenNet-R's search
 
 
 def _config(iterations: int, resolution: int, batch_size: int, cache_dir: str, per_step: int):
@@ -98,6 +99,12 @@ def run_child(args) -> dict:
     'seconds': round(seconds, 2),
     'cpu_seconds': round(cpu, 2),
     'candidates_per_s': state.num_scored / seconds,
+    # The published search (480,000 iterations) at this rate, with this run's share of scored
+    # candidates among iterations (budget rejects and repeats are not scored).
+    'projected_published_search_hours': PUBLISHED_ITERATIONS
+    * (state.num_scored / max(state.next_iteration, 1))
+    / max(state.num_scored / seconds, 1e-12)
+    / 3600,
     'candidates_per_cpu_s': state.num_scored / max(cpu, 1e-9),
     'compiled_programs': summary['compiled_programs'],
     'compile_s': summary['compile_s'],
@@ -226,6 +233,11 @@ def main(argv=None):
         wall = by[side]['candidates_per_s'] / by['torch']['candidates_per_s']
         cpu = by[side]['candidates_per_cpu_s'] / by['torch']['candidates_per_cpu_s']
         print(f'{side} / torch: {wall:.2f}x (wall clock), {cpu:.2f}x (per CPU-second)')
+  for r in results:
+    hours = r['projected_published_search_hours']
+    print(
+      f'{r["side"]}: the published {PUBLISHED_ITERATIONS:,}-iteration search at this rate: {hours:,.1f} h'
+    )
   return {'machine': machine_info(), 'args': vars(args), 'results': results}
 
 
