@@ -1,6 +1,6 @@
 """benchmarks.export_accuracy: top-1 of a model and its exports on a prepared split.
 
-A tiny random model on the prepared digits split (360 test images, 16 px): the model dir's
+A tiny model (random convolutions, least-squares head) on the prepared digits split (360 test images, 16 px): the model dir's
 figure must equal `zenfer_jax.evaluate`'s on the same split, and its StableHLO export (the
 quickest format to write) must predict the same classes.
 """
@@ -13,13 +13,19 @@ import pytest
 from benchmarks import export_accuracy
 from zenfer_jax import data, evaluate, model_directory
 from zenfer_jax import export as export_lib
+from zenfer_jax.data import pipeline
 
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
 DIGITS = [str(i) for i in range(10)]
 SIZE = 16
 
 
-def _model_dir(path, class_names, seed=0) -> str:
+def _model_dir(path, class_names, digits_dir=None, seed=0) -> str:
+  """Random convolutions; with `digits_dir`, a least-squares classifier on their pooled features.
+
+  A purely random model gives nearly every image the same class, so a label paired with the
+  wrong image would go unnoticed; the fitted head makes each prediction depend on the image.
+  """
   card = model_directory.make_card(
     STRUCTURE,
     len(class_names),
@@ -30,7 +36,29 @@ def _model_dir(path, class_names, seed=0) -> str:
   )
   model = model_directory.build_from_card(card)
   variables = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
-  return model_directory.save_model_dir(str(path), dict(variables), card)
+  variables = jax.tree_util.tree_map(np.asarray, dict(variables))
+  if digits_dir is not None:
+    feats, labels = [], []
+    for b in pipeline.eval_dataset(
+      'digits',
+      digits_dir,
+      split='train',
+      image_size=SIZE,
+      per_device_batch=500,
+      num_local_devices=1,
+      recipe='digits',
+    ):
+      keep = b['mask'].reshape(-1)
+      x = b['image'].reshape(-1, SIZE, SIZE, 3)[keep]
+      f = model.apply(variables, x, train=False, method=model.features)
+      feats.append(np.asarray(f).mean(axis=(1, 2)))
+      labels.append(b['label'].reshape(-1)[keep])
+    x = np.concatenate(feats)
+    x = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
+    y = np.eye(len(class_names), dtype=np.float32)[np.concatenate(labels)]
+    w = np.linalg.lstsq(x, y, rcond=None)[0]
+    variables['params']['fc'] = {'kernel': w[:-1], 'bias': w[-1]}
+  return model_directory.save_model_dir(str(path), variables, card)
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +69,7 @@ def digits_dir(tmp_path_factory):
 
 
 def test_model_dir_matches_evaluate_and_its_export_predicts_the_same(tmp_path, digits_dir):
-  model = _model_dir(tmp_path / 'model', DIGITS, seed=3)
+  model = _model_dir(tmp_path / 'model', DIGITS, digits_dir)
   hlo = str(tmp_path / 'model.stablehlo')
   export_lib.export(model, 'stablehlo', hlo)
   rows = export_accuracy.measure([model, hlo], 'digits', digits_dir, batch_size=50)
@@ -51,6 +79,8 @@ def test_model_dir_matches_evaluate_and_its_export_predicts_the_same(tmp_path, d
   assert rows[0]['total'] == cm.sum() == 360  # every test image once, padding left out
   assert rows[0]['correct'] == np.trace(cm)
   assert rows[0]['top1'] == pytest.approx(want['top1'])
+  # The predictions depend on the image (else a label paired with the wrong image would pass).
+  assert rows[0]['top1'] > 0.5 and (cm.sum(axis=0) > 0).all()
   assert (rows[0]['format'], rows[1]['format']) == ('flax', 'stablehlo')
   assert rows[1]['correct'] == rows[0]['correct']
   assert rows[1]['agreement_with_first'] == 1.0
