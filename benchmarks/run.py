@@ -267,7 +267,7 @@ def run_zen_search(cfg) -> dict:
   Its methodology, kept as is: each side runs the same evolutionary search (configs/search_m.py)
   for the same number of iterations from an empty compilation cache, and the figure is
   candidates scored per wall-clock second of the whole search, compile included, one run per
-  side (a second in-process run would reuse compiled pieces, so reps are not repeatable here).
+  side (a second in-process run would reuse compiled programs, so reps are not repeatable here).
   Its own process inherits this one's CPU pinning and thread variables.
   """
   import tempfile
@@ -327,7 +327,7 @@ def run_zen_search(cfg) -> dict:
           'best_score',
           'loadavg_before',
           'loadavg_after',
-          'compiled_pieces',
+          'compiled_programs',
         )
         if r.get(k) is not None
       }

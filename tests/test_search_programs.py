@@ -6,7 +6,9 @@ exact widths, fed the very kernels and inputs the JAX scorer draws (`network_wei
 """
 
 import importlib
+import threading
 
+import jax
 import numpy as np
 import pytest
 
@@ -207,3 +209,44 @@ def test_programs_do_not_grow_with_new_structures():
   )
   assert zs.compiled_programs() == before + 1
   assert sorted(scorer.levels_used) == [(0, 3, 32, 32), (0, 3, 32, 128)]
+
+
+def test_warmup_waits_for_the_background_grid_and_drops_it_when_asked():
+  """Warm-up compiles every program of the candidates and of their level grid (the grid queues
+  on one background thread; a program needed now takes a queued one over)."""
+  started, gate = threading.Event(), threading.Event()
+
+  def held(result):  # Holds the one background thread until the test lets it go.
+    def build():
+      started.set()
+      gate.wait()
+      return jax.jit(lambda x: x + result), (1.0,)
+
+    return build
+
+  prog.PROGRAMS.get(('gate', 1), held(1.0), True)
+  assert started.wait(30)
+  threading.Timer(3.0, gate.set).start()  # The grid queues behind it meanwhile.
+  scorer = zs.ZenScorer(
+    resolution=16, batch_size=2, families=('idw',), kernel_sizes=(3, 5), weight_capacity=1 << 20
+  )
+  structures = [  # Stage 2 enters at level 32 and runs at 32, or enters at 128 and runs at 128:
+    'SuperConvK3BNRELU(3,16,2,1)SuperResIDWE2K3(16,24,2,16,1)'  # the grid adds 32 -> 128 and
+    'SuperResIDWE2K3(24,24,2,16,1)SuperConvK1BNRELU(24,128,1,1)',  # 128 -> 32.
+    'SuperConvK3BNRELU(3,16,2,1)SuperResIDWE2K3(16,96,2,48,1)'
+    'SuperResIDWE2K5(96,96,2,48,1)SuperConvK1BNRELU(96,128,1,1)',
+  ]
+  count = scorer.warmup(structures)
+  assert count > len(set(scorer.program_keys(structures))) + 2  # + inputs and weights
+  futures = prog.PROGRAMS.futures()
+  assert count == len(futures)
+  assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+  # A background program still queued when a search ends is dropped, not compiled at exit.
+  started.clear()
+  gate.clear()
+  prog.PROGRAMS.get(('gate', 2), held(2.0), True)
+  prog.PROGRAMS.get('queued', lambda: (jax.jit(lambda x: x + 1), (1.0,)), True)
+  assert started.wait(30)
+  assert prog.PROGRAMS.cancel_background() == 1 and 'queued' not in prog.PROGRAMS
+  gate.set()
+  assert prog.PROGRAMS.get(('gate', 2), None, True).result() is not None

@@ -318,6 +318,12 @@ class JaxZenScorer:
     """Compile the programs `structures` need, grouped as a search would score them."""
     return self.scorer.warmup(structures)
 
+  def close(self) -> None:
+    """Drops the background compiles not started yet (the process need not wait for them)."""
+    from zenfer_jax.nas import programs
+
+    programs.PROGRAMS.cancel_background()
+
 
 def warmup_structures(config, count: int) -> list[Structure]:
   """The first `count` candidates the search proposes that pass its budgets.
@@ -629,6 +635,8 @@ def _run_search(config, setup, workdir, scorer, progress, stop_after, max_second
     log_file.close()
     if bar is not None:
       bar.close()
+    if hasattr(scorer, 'close'):
+      scorer.close()
   return state
 
 

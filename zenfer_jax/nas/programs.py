@@ -5,13 +5,13 @@ Why this shape. A residual-free candidate is: a first conv, residual *layers* gr
 mutation, and an XLA program has static shapes, so programs keyed by exact widths (or by one
 width bucket per unit) keep compiling all search long: a 1,000-iteration search at 64 px met
 over 300 distinct unit shapes even with power-of-two buckets. Here a program is one whole
-stage, keyed by two width *levels* only (a geometric ladder 8, 16, 32, ...):
+stage, keyed by two width *levels* only (a geometric ladder 8, 32, 128, ... at the default
+ratio 4):
 
   * ``in_level``: the width of the activation that enters the stage (the previous stage's
     level, or 3 for the image), and
   * ``level``: the stage's own level, the width every activation between its layers is
-    padded to (it covers every thin width of the stage: layer inputs and outputs, and the
-    K1KXK1 bottleneck).
+    padded to (it covers every thin width of the stage: layer inputs and outputs).
 
 The *wide* width inside a layer (the IDW expansion, the KXKX bottleneck, the K1KXK1 kxk
 output, the last conv's width) is not in the key at all: the layer runs a loop over chunks of
@@ -509,12 +509,16 @@ def _stage_instance(spec: StageSpec, x, buf, table, num_layers, first_row, last_
   return jnp.log(jnp.mean(dsum)), log_bn + 0.5 * jnp.log(s / cout)
 
 
-TRACES: dict[str, int] = {}
+# Traces of each stage program kind (by stage index), for the tests: a structure that fits
+# the compiled programs must not trace again. Programs trace on several compile threads.
+TRACES: dict[int, int] = {}
+_TRACES_LOCK = threading.Lock()
 
 
 def _stage_program(spec: StageSpec):
   def run(x, buf, table, num_layers, first_row, last_row):
-    TRACES[spec.index] = TRACES.get(spec.index, 0) + 1
+    with _TRACES_LOCK:
+      TRACES[spec.index] = TRACES.get(spec.index, 0) + 1
     shared = None if spec.shared_structure else 0
     if spec.instances == 1 and spec.shared_structure:  # no batch axis: a simpler program
       out = _stage_instance(spec, x[0], buf[0], table, num_layers, first_row, last_row)
@@ -589,12 +593,15 @@ class ProgramSet:
 
   def get(self, key, build, background: bool = False) -> Future:
     """The program's future; `background` compiles queue on one thread of their own, so a
-    program needed now never waits behind them (and takes theirs over if it has not started)."""
+    program needed now never waits behind them (and takes theirs over if it has not started).
+    `build` may be None only for a program already asked for."""
     with self._lock:
       fut = self._futures.get(key)
       if fut is not None and not background and key in self._background and fut.cancel():
         fut = None  # needed now: move it from the background queue to the main one
       if fut is None or (fut.done() and fut.exception() is not None):
+        if build is None:
+          raise KeyError(f'no program {key!r} to wait for, and nothing to build it with')
         if background:
           if self._bg_pool is None:
             self._bg_pool = ThreadPoolExecutor(1, thread_name_prefix='zen-programs-bg')
@@ -610,6 +617,38 @@ class ProgramSet:
           self._background.discard(key)
         fut = self._futures[key] = pool.submit(self._compile, key, build)
     return fut
+
+  def futures(self) -> list[Future]:
+    with self._lock:
+      return list(self._futures.values())
+
+  def wait_all(self) -> None:
+    """Blocks until every program asked for so far, background ones included, is compiled
+    (and raises the first compile error). A queued background future taken over by a caller is
+    replaced in the table, so the table is read again until nothing is pending."""
+    while True:
+      pending = [f for f in self.futures() if not f.done()]
+      if not pending:
+        return
+      for f in pending:
+        if not f.cancelled():
+          f.result()
+
+  def cancel_background(self) -> int:
+    """Drops the background compiles not started yet; returns how many.
+
+    Python joins a pool's threads at exit only after they have run everything queued, so a
+    search that ends with its level grid still queued would otherwise compile it all first.
+    """
+    dropped = 0
+    with self._lock:
+      for key in list(self._background):
+        fut = self._futures.get(key)
+        if fut is not None and fut.cancel():
+          del self._futures[key]
+          self._background.discard(key)
+          dropped += 1
+    return dropped
 
   def __contains__(self, key) -> bool:
     return key in self._futures
@@ -661,7 +700,3 @@ def layer_rows(stage: Sequence[Layer], families, max_layers: int) -> np.ndarray:
       *layer.offsets,
     )
   return rows
-
-
-def ceil_to(x: int, m: int) -> int:
-  return -(-x // m) * m

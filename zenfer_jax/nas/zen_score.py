@@ -65,9 +65,9 @@ __all__ = [
   'compile_seconds',
 ]
 
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.1  # PyTorch convention: weight of the new batch statistic.
-_CHUNK = 1 << 16  # weight-buffer chunk length (values per folded key)
+BN_EPS = prog.BN_EPS
+BN_MOMENTUM = prog.BN_MOMENTUM  # PyTorch convention: weight of the new batch statistic.
+_CHUNK = 1 << 16  # the weight buffer grows, and is drawn, in runs of this many values
 BN_VARIANCES = ('running', 'batch')
 
 
@@ -178,8 +178,8 @@ class ZenScorer:
   """Scores structures with fixed settings through the bounded program set.
 
   Programs are keyed by stage position, two width levels and the settings below, never by a
-  structure, so a search compiles a handful of programs and then none; a structure seen before
-  costs nothing (its score is cached for each seed).
+  structure, so a search compiles a handful of programs and then none. `__call__` caches each
+  structure's score per seed; `score_batch` caches nothing (the search keeps its own cache).
 
   level_ratio: the width ladder 8 * ratio**i the stage widths are padded to (larger: fewer
   programs, more padding). level_slack: a stage may run on an already compiled program up to
@@ -296,13 +296,16 @@ class ZenScorer:
             )
         while len(st) > self.max_layers:
           self.max_layers *= 2
-    # A margin past the last weight: kernels are read in contiguous runs of up to a level's
-    # width (programs._rows), and no run that starts at a real weight may reach the end.
-    while max(lay.num_weights for lay in layouts) + 4 * 2048 > self._capacity_chunks * _CHUNK:
-      self._capacity_chunks *= 2
     plans = [prog.stage_levels(lay, self.level_ratio, self.max_level_step) for lay in layouts]
     first_need = max(p[0] for p in plans)
     needs = [max(p[2][i] for p in plans) for i in range(len(layouts[0].stages))]
+    # A margin past the last weight: kernels are read in contiguous runs of up to a level's
+    # width or a chunk (programs._rows), and no run that starts at a real weight may reach the
+    # end (dynamic_slice would clamp it and read shifted weights). A reused level is at most
+    # level_ratio ** level_slack wider than the one needed.
+    run = max(first_need, *needs, self.chunk, 256) * self.level_ratio**self.level_slack
+    while max(lay.num_weights for lay in layouts) + run > self._capacity_chunks * _CHUNK:
+      self._capacity_chunks *= 2
     (fk, fs, frelu), stages, (lk, ls, lrelu) = sig
     specs, in_level = [], 3
     for i, (h_in, entry, has_layers) in enumerate(stages):
@@ -435,14 +438,14 @@ class ZenScorer:
   def warmup(self, structures: Sequence[str | Structure]) -> int:
     """Compile every program scoring `structures` needs (and their level grid, when
     `complete_grid`); returns how many programs this process holds."""
-    futures = list(self._aux_programs())
+    self._aux_programs()
     for g in range(0, len(structures), self.candidates):
       layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
-      futures += [self._program(spec) for spec in self._plan(layouts)]
+      for spec in self._plan(layouts):
+        self._program(spec)
     if self.complete_grid:
       self._complete_grid()
-    for key in prog.PROGRAMS.keys():
-      prog.PROGRAMS.get(key, None).result()
+    prog.PROGRAMS.wait_all()
     return len(prog.PROGRAMS)
 
   # -------------------------------------------------------------------------- scoring
