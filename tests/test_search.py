@@ -628,3 +628,12 @@ def test_progress_plot_is_redrawn_at_most_once_a_minute_and_at_the_end(tmp_path,
   assert drawn == [10, 20, 30, 40, 50, 60]
   png = (tmp_path / 'every' / PROGRESS_FILE).read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('per_step', [1, 4])
+def test_warmup_structures_are_the_searchs_first_candidates(tmp_path, per_step):
+  c = _fast_config(population_size=512, max_iterations=60, candidates_per_step=per_step)
+  evolution.run_search(c, str(tmp_path / 's'), progress=False)
+  searched = list(dict.fromkeys(rec['structure'] for rec in _log(tmp_path / 's')))
+  warm = [str(s) for s in evolution.warmup_structures(c, 30)]
+  assert len(searched) >= 30 and warm == searched[:30]

@@ -330,24 +330,27 @@ def warmup_structures(config, count: int) -> list[Structure]:
 
   Until the population first reaches its size nothing is trimmed and parents are drawn
   uniformly, so these do not depend on any score: they are exactly the search's own first
-  candidates (fewer if trimming starts earlier). Repeats are dropped, as the search scores a
-  structure once.
+  candidates (fewer if trimming starts earlier), drawn in steps of `candidates_per_step` from
+  the step's population as `run_search` draws them. Repeats are dropped, as the search scores
+  a structure once.
   """
   setup = validate_config(config)
   settings = setup.settings
   rng = np.random.Generator(np.random.PCG64(settings['seed']))
   state = SearchState(settings=settings)
   out: dict[str, Structure] = {}
-  size = config.search.population_size
-  for it in range(config.search.max_iterations):
-    if len(out) >= count:
-      break
+  size, end = config.search.population_size, config.search.max_iterations
+  per_step, it = settings['candidates_per_step'], 0
+  while it < end and len(out) < count:
+    n = min(per_step, end - it)
     state.trim(size)
-    candidate = _propose(state, setup, rng)
-    if _screen(candidate, dict(settings, budget_latency=None), {}, it) is not None:
-      out.setdefault(str(candidate), candidate)
-      state.population.append((str(candidate), 0.0))
-  return list(out.values())
+    proposals = [(it + j, _propose(state, setup, rng)) for j in range(n)]
+    for i, candidate in proposals:
+      if _screen(candidate, dict(settings, budget_latency=None), {}, i) is not None:
+        out.setdefault(str(candidate), candidate)
+        state.population.append((str(candidate), 0.0))
+    it += n
+  return list(out.values())[:count]
 
 
 def jax_scorer(settings: dict[str, Any]) -> JaxZenScorer:
