@@ -32,6 +32,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from zenfer_jax import atomic_write
+
 
 def write_tree(root: str, classes: int, per_class: int, size: int, seed: int = 0) -> int:
   """train/ of `classes` identity folders with `per_class` images each; returns the image count."""
@@ -158,9 +160,7 @@ def main(argv=None) -> int:
     'runs': runs,
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=2)
-    f.write('\n')
+  atomic_write.write_json(args.out, record)
   return 0
 
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 
 from benchmarks.timing import loadavg, machine_info
-from zenfer_jax import cli
+from zenfer_jax import atomic_write, cli
 
 RESULT = 'SEARCH_THROUGHPUT_RESULT '
 PUBLISHED_ITERATIONS = 480_000  # ZenNet-M's and ZenNet-R's search
@@ -210,7 +210,9 @@ def main(argv=None):
     for side in args.sides.split(','):
       results.append(run_side(side, args, cache if side.startswith('jax') else None))
       if args.json:  # after each side: a caller's timeout during the next one keeps this figure
-        _write(args.json, {'machine': machine_info(), 'args': vars(args), 'results': results})
+        atomic_write.write_json(
+          args.json, {'machine': machine_info(), 'args': vars(args), 'results': results}
+        )
   print(
     f'search throughput: {args.iterations} iterations from init_m (configs/search_m.py), '
     f'{args.resolution}x{args.resolution}, batch {args.batch_size}, compile included, one run each'
@@ -239,13 +241,6 @@ def main(argv=None):
       f'{r["side"]}: the published {PUBLISHED_ITERATIONS:,}-iteration search at this rate: {hours:,.1f} h'
     )
   return {'machine': machine_info(), 'args': vars(args), 'results': results}
-
-
-def _write(path: str, report: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, path)
 
 
 if __name__ == '__main__':
