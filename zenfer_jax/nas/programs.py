@@ -172,18 +172,7 @@ def network_layout(structure: str | Structure) -> Layout:
         'programs (neither search space produces one)'
       )
     family = s.blocks[int(key[0][len('block') :])].family
-    if family == 'idw':
-      e, d, p = us
-      layer = Layer(
-        family,
-        d.kernel_size,
-        d.stride,
-        e.in_channels,
-        e.out_channels,
-        p.out_channels,
-        (e.offset, d.offset, p.offset),
-      )
-    elif family == 'kxkx':
+    if family == 'kxkx':
       a, b = us
       layer = Layer(
         family,
@@ -194,7 +183,7 @@ def network_layout(structure: str | Structure) -> Layout:
         b.out_channels,
         (a.offset, b.offset, 0),
       )
-    else:
+    else:  # idw (expand, depthwise, project) and k1kxk1: the middle unit has the kernel.
       a, b, c = us
       layer = Layer(
         family,
