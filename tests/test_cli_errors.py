@@ -23,7 +23,6 @@ from train_fixtures import REPO, TINY, subprocess_env
 from zenfer_jax import cli, config_validation, describe, errors, evaluate, export, predict
 from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.config_files import sibling
-from zenfer_jax.data import registry
 
 DEFAULT_CONFIG = str(REPO / 'configs' / 'default.py')
 TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc')
@@ -91,14 +90,27 @@ def _torch_cli(name: str):
 
 
 def _prepare_cli():
-  """The prepare module; importing it shadows the package's prepare() function: put it back."""
   import importlib
 
-  import zenfer_jax.data
+  return importlib.import_module('zenfer_jax.data.prepare').main
 
-  module = importlib.import_module('zenfer_jax.data.prepare')
-  zenfer_jax.data.prepare = registry.prepare
-  return module.main
+
+def test_data_prepare_stays_callable_after_its_command_module_is_imported():
+  """Importing zenfer_jax.data.prepare (the command) rebinds the package's prepare attribute to
+  the module; in a fresh process, so the import order is the one under test."""
+  code = (
+    'import zenfer_jax.data.prepare\n'
+    'from zenfer_jax import data\n'
+    'try:\n'
+    '  data.prepare("no_such_dataset", "unused")\n'
+    'except ValueError as e:\n'
+    '  print(e)\n'
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("Unknown dataset 'no_such_dataset'; expected one of"), proc.stdout
 
 
 CASES = {
