@@ -1,6 +1,8 @@
-"""Shared fixtures: the ground-truth reference facts kept beside the tests."""
+"""Shared fixtures: the ground-truth reference facts kept beside the tests, and the process-wide
+logging state that command-line programs set up, put back after a test."""
 
 import json
+import logging as std_logging
 import os
 import pathlib
 
@@ -27,3 +29,29 @@ def reference_dir() -> pathlib.Path:
 @pytest.fixture(scope='session')
 def model_facts() -> dict:
   return json.loads((REFERENCE_DIR / 'model_facts.json').read_text())
+
+
+@pytest.fixture
+def restore_logging():
+  """The programs set up logging and parse absl flags for the whole process: put it back."""
+  from absl import flags, logging
+
+  from zenfer_jax import cli
+
+  root = std_logging.getLogger()
+  handlers, level = list(root.handlers), root.level
+  verbosity = flags.FLAGS['verbosity']
+  saved = (verbosity.value, verbosity.using_default_value, logging.get_absl_logger().level)
+  yield
+  for handler in list(root.handlers):
+    if handler not in handlers:
+      root.removeHandler(handler)
+      handler.close()
+  for handler in handlers:
+    if handler not in root.handlers:
+      root.addHandler(handler)
+  root.setLevel(level)
+  verbosity.value, verbosity.using_default_value = saved[:2]
+  logging.get_absl_logger().setLevel(saved[2])
+  std_logging.captureWarnings(False)
+  cli._installed.clear()

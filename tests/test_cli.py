@@ -80,24 +80,6 @@ def test_terminal_shows_own_progress_lines_and_everyones_warnings():
   assert warning.startswith('W') and warning.endswith('tfds_reader.py:1] message 7')
 
 
-@pytest.fixture
-def restore_logging():
-  root = std_logging.getLogger()
-  handlers, level, verbosity = list(root.handlers), root.level, logging.get_verbosity()
-  yield
-  for handler in list(root.handlers):
-    if handler not in handlers:
-      root.removeHandler(handler)
-      handler.close()
-  for handler in handlers:
-    if handler not in root.handlers:
-      root.addHandler(handler)
-  root.setLevel(level)
-  logging.set_verbosity(verbosity)
-  std_logging.captureWarnings(False)
-  cli._installed.clear()
-
-
 def test_quiet_run_keeps_every_line_in_the_log_file(tmp_path, capsys, restore_logging):
   cli.setup_logging(None, show_own_info=True, log_file_follows=True)
   logging.info('before the file: own line')  # This test file is not one of the package's own,

@@ -9,7 +9,6 @@ through their `main(argv)`; two slow tests run real command lines.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-from absl import flags, logging
 from train_fixtures import REPO, TINY, subprocess_env
 
 from zenfer_jax import cli, config_validation, describe, errors, evaluate, export, predict
@@ -29,25 +27,9 @@ TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc
 
 
 @pytest.fixture(autouse=True)
-def restore_state(monkeypatch):
-  """The programs set up logging and parse absl flags for the whole process: put it back."""
+def restore_state(monkeypatch, restore_logging):
+  """Every test here runs a program in this process (see conftest.restore_logging)."""
   monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
-  root = std_logging.getLogger()
-  handlers, level = list(root.handlers), root.level
-  verbosity = flags.FLAGS['verbosity']
-  saved = (verbosity.value, verbosity.using_default_value, logging.get_absl_logger().level)
-  yield
-  for handler in list(root.handlers):
-    if handler not in handlers:
-      root.removeHandler(handler)
-      handler.close()
-  for handler in handlers:
-    if handler not in root.handlers:
-      root.addHandler(handler)
-  root.setLevel(level)
-  verbosity.value, verbosity.using_default_value = saved[:2]
-  logging.get_absl_logger().setLevel(saved[2])
-  std_logging.captureWarnings(False)
   cli._installed.clear()
 
 
