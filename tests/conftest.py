@@ -31,6 +31,16 @@ def model_facts() -> dict:
   return json.loads((REFERENCE_DIR / 'model_facts.json').read_text())
 
 
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory) -> str:
+  """The digits dataset prepared once per test process (tests only read it)."""
+  from zenfer_jax import data
+
+  path = str(tmp_path_factory.mktemp('digits_tfds'))
+  data.prepare('digits', path)
+  return path
+
+
 @pytest.fixture
 def restore_logging():
   """The programs set up logging and parse absl flags for the whole process: put it back."""

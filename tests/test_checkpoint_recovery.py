@@ -101,15 +101,6 @@ def test_when_every_checkpoint_is_damaged_each_is_named(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
-@pytest.fixture(scope='module')
 def trained(tmp_path_factory, digits_dir):
   """A finished two-epoch run (checkpoints at steps 3 and 6), never modified by a test."""
   from zenfer_jax import train

@@ -21,13 +21,6 @@ def to_uint8(x):
 
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('digits'))
-  data.prepare('digits', d)
-  return d
-
-
-@pytest.fixture(scope='module')
 def digit_images():
   imgs, labels = digits_lib.digit_images()
   split = np.array([digits_lib.split_of(i) for i in range(len(labels))])

@@ -14,15 +14,6 @@ from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.data import device_pipeline, pipeline
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
 def test_plain_sampler_visits_every_example_once_per_epoch_as_a_function_of_the_step():
   sampler = device_pipeline.ExampleSampler([5, 7, 4], balanced=False, seed=3, process_index=0)
   stream = np.concatenate([sampler.indices(step, 6) for step in range(8)])  # 48 = 3 epochs

@@ -16,15 +16,6 @@ CLASSES = [str(d) for d in range(10)]
 
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
-@pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
   """A freshly initialised tiny model, with a random classifier so predictions vary."""
   model = models.build_model(TINY, 10, use_sa=True)

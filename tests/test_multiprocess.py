@@ -43,15 +43,6 @@ TEST_IMAGES = 360
 
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
-@pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('xla_cache')
 
