@@ -244,9 +244,14 @@ def test_warmup_waits_for_the_background_grid_and_drops_it_when_asked():
   # A background program still queued when a search ends is dropped, not compiled at exit.
   started.clear()
   gate.clear()
+  compiled = zs.compiled_programs()
+  assert compiled == count
   prog.PROGRAMS.get(('gate', 2), held(2.0), True)
   prog.PROGRAMS.get('queued', lambda: (jax.jit(lambda x: x + 1), (1.0,)), True)
   assert started.wait(30)
+  # Asked for is not compiled: the running and the queued program are not counted yet.
+  assert len(prog.PROGRAMS) == count + 2 and zs.compiled_programs() == compiled
   assert prog.PROGRAMS.cancel_background() == 1 and 'queued' not in prog.PROGRAMS
   gate.set()
   assert prog.PROGRAMS.get(('gate', 2), None, True).result() is not None
+  assert zs.compiled_programs() == compiled + 1

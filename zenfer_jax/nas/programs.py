@@ -562,6 +562,8 @@ class ProgramSet:
     self._bg_pool: ThreadPoolExecutor | None = None
     self._background: set = set()
     self.compile_seconds = 0.0
+    # Finished compiles only: the table also holds queued and running ones.
+    self.compiled = 0
 
   def _compile(self, key, build):
     t = time.perf_counter()
@@ -578,6 +580,7 @@ class ProgramSet:
       compiled = lowered.compile()
     with self._lock:
       self.compile_seconds += time.perf_counter() - t
+      self.compiled += 1
     return compiled
 
   def get(self, key, build, background: bool = False) -> Future:

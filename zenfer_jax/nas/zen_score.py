@@ -531,8 +531,9 @@ class ZenScorer:
 
 
 def compiled_programs() -> int:
-  """Programs built in this process (stage programs, inputs, weights), from all scorers."""
-  return len(prog.PROGRAMS)
+  """Programs compiled so far in this process (stage programs, inputs, weights), from all
+  scorers; queued or still compiling ones are not counted."""
+  return prog.PROGRAMS.compiled
 
 
 def compile_seconds() -> float:
