@@ -38,9 +38,23 @@ class DatasetInfo:
   data_path: str = ''
 
 
+# Builder class by dataset family (the part of a name before '/').
+_BUILDERS: dict[str, type[tfds.core.DatasetBuilder]] = {
+  'rafdb': Rafdb,
+  'digits': Digits,
+  'affectnet': Affectnet,
+  'folders': Folders,
+}
+
+
 def _check_name(name: str) -> None:
   if name not in ALL_DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; expected one of {list(ALL_DATASETS)}.')
+
+
+def _builder_class(name: str) -> type[tfds.core.DatasetBuilder]:
+  _check_name(name)
+  return _BUILDERS[name.split('/')[0]]
 
 
 def _stored_folders_classes(data_dir: str) -> list[str] | None:
@@ -76,12 +90,11 @@ def builder(
     classes = [c.strip() for c in classes.split(',') if c.strip()] or None
   if auto:
     classes = None
-  if name == 'rafdb':
-    b = Rafdb(data_dir=data_dir)
-  elif name == 'digits':
-    b = Digits(data_dir=data_dir)
-  elif name.startswith('affectnet/'):
+  cls = _builder_class(name)
+  if cls is Affectnet:
     b = Affectnet(data_dir=data_dir, config=name.split('/', 1)[1])
+  elif cls is not Folders:
+    b = cls(data_dir=data_dir)
   else:
     stored = _stored_folders_classes(data_dir)
     if stored is not None and classes is not None and list(classes) != stored:
@@ -186,9 +199,7 @@ def _check_source(name: str, b: tfds.core.DatasetBuilder, manual_dir: str) -> No
 
 def supports_beam(name: str) -> bool:
   """Whether `name` can be prepared with a Beam runner (`prepare(..., beam=True)`)."""
-  _check_name(name)
-  cls = {'rafdb': Rafdb, 'digits': Digits, 'folders': Folders}.get(name.split('/')[0], Affectnet)
-  return cls.SUPPORTS_BEAM
+  return _builder_class(name).SUPPORTS_BEAM
 
 
 def beam_options(workers: int | None = None, pipeline_options: Sequence[str] = ()):
