@@ -110,6 +110,11 @@ def measure(
     labels.append(batch['label'].reshape(-1)[keep])
     for out, (_, logits, _, _) in zip(preds, models, strict=True):
       out.append(np.argmax(logits(x), -1))
+  if not labels or not sum(len(v) for v in labels):
+    raise errors.InvalidInput(
+      f'{dataset} split {split!r} in {data_dir} holds no examples: nothing to compare the '
+      'exports on'
+    )
   labels = np.concatenate(labels)
   preds = [np.concatenate(p) for p in preds]
   rows = []
