@@ -59,9 +59,16 @@ def subprocess_env(devices: int | None = None, cache_dir=None) -> dict:
   env = dict(os.environ)
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  env.pop('XLA_FLAGS', None)
+  # The parent's flags minus its device count (conftest's compile-speed flag stays).
+  flags = [
+    f
+    for f in env.pop('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
   if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    flags.append(f'--xla_force_host_platform_device_count={devices}')
+  if flags:
+    env['XLA_FLAGS'] = ' '.join(flags)
   if cache_dir:
     env['JAX_COMPILATION_CACHE_DIR'] = str(cache_dir)
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
