@@ -6,6 +6,7 @@ exact widths, fed the very kernels and inputs the JAX scorer draws (`network_wei
 """
 
 import importlib
+import json
 import threading
 
 import jax
@@ -255,3 +256,21 @@ def test_warmup_waits_for_the_background_grid_and_drops_it_when_asked():
   gate.set()
   assert prog.PROGRAMS.get(('gate', 2), None, True).result() is not None
   assert zs.compiled_programs() == compiled + 1
+
+
+def test_a_restored_scorer_plans_the_programs_the_saved_one_would():
+  """Through JSON, as a search checkpoint keeps it: the levels used, the level grid seen and the
+  grown buffer sizes come back, so a resumed search asks for the same programs (and finds the
+  killed process's in the persistent cache) and completes the same grid."""
+  kw = dict(resolution=16, batch_size=2, families=('idw',), kernel_sizes=(3, 5, 7))
+  saved = zs.ZenScorer(weight_capacity=1 << 10, max_layers=1, complete_grid=False, **kw)
+  structures = random_structures('IDW', 3, seed=5)
+  for s in structures:
+    saved._plan([prog.network_layout(s)])
+  state = json.loads(json.dumps(saved.state()))
+  fresh = zs.ZenScorer(weight_capacity=1 << 10, max_layers=1, complete_grid=False, **kw)
+  assert fresh.program_keys(structures[:1]) != saved.program_keys(structures[:1])
+  fresh.restore(state)
+  assert fresh.state() == saved.state()
+  assert fresh._seen == saved._seen and fresh.levels_used == saved.levels_used
+  assert fresh.program_keys(structures) == saved.program_keys(structures)

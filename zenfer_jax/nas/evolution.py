@@ -309,10 +309,10 @@ class JaxZenScorer:
     return compiled_programs(), compile_seconds()
 
   def state(self) -> dict[str, Any]:
-    return {'levels_used': sorted(list(t) for t in self.scorer.levels_used)}
+    return self.scorer.state()
 
   def restore(self, state: dict[str, Any]) -> None:
-    self.scorer.levels_used = {tuple(t) for t in state.get('levels_used', [])}
+    self.scorer.restore(state)
 
   def warmup(self, structures: list[Structure]) -> int:
     """Compile the programs `structures` need, grouped as a search would score them."""

@@ -267,6 +267,35 @@ class ZenScorer:
     self.complete_grid = complete_grid
     self._cache: dict[tuple[str, object], ZenScore] = {}
 
+  # -------------------------------------------------------------------------- resuming
+
+  def state(self) -> dict:
+    """What a resumed search needs to plan exactly the programs this scorer would: the levels
+    used, the level grid seen so far and the buffer sizes (all part of the programs' keys, so a
+    resumed process also finds the killed one's programs in the persistent cache). JSON-able."""
+    return {
+      'levels_used': sorted(list(t) for t in self.levels_used),
+      'capacity_chunks': self._capacity_chunks,
+      'max_layers': self.max_layers,
+      'seen': [
+        [dataclasses.asdict(base), sorted(ins), sorted(firsts), sorted(levels)]
+        for base, (ins, firsts, levels) in self._seen.items()
+      ],
+    }
+
+  def restore(self, state: dict) -> None:
+    """Takes `state()`'s output; sizes only ever grow, so a restore never shrinks them."""
+    self.levels_used = {tuple(t) for t in state.get('levels_used', [])}
+    self._capacity_chunks = max(self._capacity_chunks, int(state.get('capacity_chunks', 0)))
+    self.max_layers = max(self.max_layers, int(state.get('max_layers', 0)))
+    self._seen = {}
+    for fields, ins, firsts, levels in state.get('seen', []):
+      # JSON turned the spec's tuples into lists; a spec must compare equal to a planned one.
+      base = prog.StageSpec(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+      )
+      self._seen[base] = (set(ins), set(firsts), set(levels))
+
   # -------------------------------------------------------------------------- planning
 
   @property
