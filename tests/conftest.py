@@ -5,6 +5,8 @@ import json
 import logging as std_logging
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -18,7 +20,24 @@ if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
     os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
   ).strip()
 
+# One persistent compilation cache for the session: both pytest workers and every training or
+# search subprocess compile many of the same small programs (the tiny demo model's steps, the
+# reference models' inits). Made by the controller before the workers start, so they inherit it;
+# a test that needs its own cache passes one explicitly.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='zenfer-tests-xla-cache-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  _SESSION_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
+else:
+  _SESSION_CACHE = None
+
 REFERENCE_DIR = pathlib.Path(__file__).parent / 'reference'
+
+
+def pytest_unconfigure(config):
+  if _SESSION_CACHE:  # Only the process that made it removes it.
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import export_accuracy
-from zenfer_jax import data, evaluate, model_directory
+from zenfer_jax import evaluate, model_directory
 from zenfer_jax import export as export_lib
 from zenfer_jax.data import pipeline
 
@@ -59,13 +59,6 @@ def _model_dir(path, class_names, digits_dir=None, seed=0) -> str:
     w = np.linalg.lstsq(x, y, rcond=None)[0]
     variables['params']['fc'] = {'kernel': w[:-1], 'bias': w[-1]}
   return model_directory.save_model_dir(str(path), variables, card)
-
-
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('digits'))
-  data.prepare('digits', d)
-  return d
 
 
 def test_model_dir_matches_evaluate_and_its_export_predicts_the_same(tmp_path, digits_dir):

@@ -15,15 +15,6 @@ FIXED_LINES = 7
 TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc')
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
 def _run(workdir, data_dir, *flags: str) -> subprocess.CompletedProcess:
   env = subprocess_env()
   env.pop('TF_CPP_MIN_LOG_LEVEL', None)  # The program itself must keep TensorFlow quiet.

@@ -36,15 +36,6 @@ def _load(name):
   return importlib.import_module(f'configs.{name}').get_config()
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_validates_and_documents_its_run(name):
   config = _load(name)

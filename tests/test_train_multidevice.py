@@ -25,15 +25,6 @@ RUN = dict(
 )
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
 def test_four_devices_equal_one_device_with_cross_device_batchnorm(tmp_path, digits_dir):
   run_main(tmp_path / 'one', digits_dir, devices=1, **RUN)
   proc = run_main(tmp_path / 'four', digits_dir, devices=4, **RUN)

@@ -27,15 +27,6 @@ pytestmark = pytest.mark.slow  # Three training subprocesses.
 RUN = dict(num_epochs=3, steps_per_epoch=4, checkpoint_every_steps=3, log_every_steps=1)
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from zenfer_jax import data
-
-  path = tmp_path_factory.mktemp('tfds')
-  data.prepare('digits', str(path))
-  return path
-
-
 def _checkpoint_steps(workdir) -> list[int]:
   path = os.path.join(workdir, workdir_lib.LATEST)
   if not os.path.isdir(path):
