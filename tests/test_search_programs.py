@@ -269,7 +269,9 @@ def test_a_restored_scorer_plans_the_programs_the_saved_one_would():
     saved._plan([prog.network_layout(s)])
   state = json.loads(json.dumps(saved.state()))
   fresh = zs.ZenScorer(weight_capacity=1 << 10, max_layers=1, complete_grid=False, **kw)
+  before = fresh.state()
   assert fresh.program_keys(structures[:1]) != saved.program_keys(structures[:1])
+  assert fresh.state() == before  # asking plans nothing for real
   fresh.restore(state)
   assert fresh.state() == saved.state()
   assert fresh._seen == saved._seen and fresh.levels_used == saved.levels_used

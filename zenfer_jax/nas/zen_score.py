@@ -456,12 +456,17 @@ class ZenScorer:
     return inputs, weights
 
   def program_keys(self, structures: Sequence[str | Structure]) -> list:
-    """The programs scoring `structures` (in groups of `candidates`) needs; compiles nothing."""
+    """The programs scoring `structures` (in groups of `candidates`) needs; compiles nothing
+    and changes nothing (planning may grow the buffer sizes: they are put back)."""
+    sizes = self._capacity_chunks, self.max_layers
     keys = []
-    for g in range(0, len(structures), self.candidates):
-      layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
-      for spec in self._plan(layouts, record=False):
-        keys.append(('stage', spec))
+    try:
+      for g in range(0, len(structures), self.candidates):
+        layouts = [prog.network_layout(s) for s in structures[g : g + self.candidates]]
+        for spec in self._plan(layouts, record=False):
+          keys.append(('stage', spec))
+    finally:
+      self._capacity_chunks, self.max_layers = sizes
     return keys
 
   def warmup(self, structures: Sequence[str | Structure]) -> int:
