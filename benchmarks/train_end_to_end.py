@@ -169,6 +169,7 @@ def train_run(args, model: str, augment_on: str, dtype: str, manual: str, record
     'steps_per_epoch': steps_per_epoch,
     'log_every_steps': args.warmup,
     'progress_bar': False,
+    'compilation_cache_dir': '',  # The environment's cache (above), not the home directory's.
   }
   command = [
     sys.executable,

@@ -12,6 +12,8 @@ An unknown field is an error at flag parsing (the config is locked); a bad value
 
 import ml_collections
 
+from zenfer_jax import compilation_cache
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -84,4 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.log_every_steps = 100
   config.progress_bar = True
+  # JAX's persistent compilation cache (shared with the search's): a resumed or repeated run
+  # loads its compiled steps instead of compiling them again. '' leaves JAX's own settings
+  # (JAX_COMPILATION_CACHE_DIR) in charge.
+  config.compilation_cache_dir = compilation_cache.DEFAULT_DIR
   return config

@@ -19,6 +19,8 @@ The reference builds its Zen-score network without SA blocks, so this search doe
 import ml_collections
 from ml_collections import config_dict
 
+from zenfer_jax import compilation_cache
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -67,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   # same command resumes it (a batch job's time limit).
   config.search.max_seconds = config_dict.placeholder(float)
   # JAX's persistent compilation cache, shared by every search on this machine ('' turns it off).
-  config.search.compilation_cache_dir = '~/.cache/zenfer_jax/jax_compilation_cache'
+  config.search.compilation_cache_dir = compilation_cache.DEFAULT_DIR
   # --config.search.warmup_only=True: compile the programs of the first `warmup_candidates`
   # candidates into that cache, print how many and how long, and exit.
   config.search.warmup_only = False

@@ -202,6 +202,20 @@ def test_main_config_file_missing_or_not_python(tmp_path, monkeypatch, capsys):
   _one_line(rc, capsys.readouterr().err, 'notes.txt: not a Python config file')
 
 
+def test_main_unusable_compilation_cache_dir_is_one_line(tmp_path, monkeypatch, capsys):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  workdir = tmp_path / 'w'
+  argv = [
+    f'--config={DEFAULT_CONFIG}',
+    f'--workdir={workdir}',
+    f'--config.compilation_cache_dir={blocker}/cache',
+  ]
+  rc = _main_program(argv, monkeypatch)
+  _one_line(rc, capsys.readouterr().err, 'compilation_cache_dir=', 'Not a directory', str(blocker))
+  assert not (workdir / 'log.txt').exists()
+
+
 def test_main_config_value_error_comes_before_the_log_file(tmp_path, monkeypatch, capsys):
   workdir = tmp_path / 'run'
   argv = [f'--config={DEFAULT_CONFIG}', f'--workdir={workdir}', '--config.batch_size=0']

@@ -35,14 +35,19 @@ def _checkpoint_steps(workdir) -> list[int]:
 
 
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
+  # The runs share compiled programs through config.compilation_cache_dir, as a user's do.
   cache = tmp_path / 'xla_cache'
+  run = dict(RUN, compilation_cache_dir=str(cache))
   ref_dir, run_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
-  run_main(ref_dir, digits_dir, cache_dir=cache, **RUN)
+  run_main(ref_dir, digits_dir, **run)
+  compiled = set(os.listdir(cache))
+  assert compiled, 'nothing was written to the compilation cache'
+  assert f'Compilation cache: {cache}' in (ref_dir / 'log.txt').read_text()
 
   proc = subprocess.Popen(
-    main_command(run_dir, digits_dir, **RUN),
+    main_command(run_dir, digits_dir, **run),
     cwd=REPO,
-    env=subprocess_env(cache_dir=cache),
+    env=subprocess_env(),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
   )
@@ -56,7 +61,9 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
   killed_at = _checkpoint_steps(run_dir)
   assert killed_at and killed_at[-1] < 12, killed_at
 
-  run_main(run_dir, digits_dir, cache_dir=cache, **RUN)
+  run_main(run_dir, digits_dir, **run)
+  # The killed run and the rerun compiled nothing the first run had not (every step was found).
+  assert set(os.listdir(cache)) == compiled
 
   ref_state, ref_meta = latest_state(ref_dir)
   state, meta = latest_state(run_dir)

@@ -22,6 +22,8 @@ TINY_OVERRIDES = {
   'warmup_epochs': 1,
   'progress_bar': False,
   'log_every_steps': 2,
+  # Not the home directory's cache: tests use the session's (conftest) or one of their own.
+  'compilation_cache_dir': '',
 }
 
 

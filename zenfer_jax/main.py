@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zenfer_jax import cli, distributed, workdir_lock
+from zenfer_jax import cli, compilation_cache, distributed, workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
@@ -92,6 +92,7 @@ def main(argv):
   from zenfer_jax.config_validation import validate_config
 
   validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
+  cache = compilation_cache.enable(FLAGS.config.compilation_cache_dir)
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
   cli.log_to_file(log_file)
@@ -102,6 +103,7 @@ def main(argv):
     jax.local_devices(),
   )
   logging.info('Workdir %s (full log: %s)', workdir, log_file)
+  logging.info('Compilation cache: %s', cache or jax.config.jax_compilation_cache_dir or 'off')
   from zenfer_jax import train
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()

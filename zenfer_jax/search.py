@@ -27,7 +27,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zenfer_jax import cli, workdir_lock
+from zenfer_jax import cli, compilation_cache, workdir_lock
 from zenfer_jax.errors import InvalidInput
 
 FLAGS = flags.FLAGS
@@ -94,7 +94,7 @@ def warmup(config, setup) -> None:
   if setup.settings['proxy'] != 'zen':
     print('warm-up: nothing to compile for proxy', setup.settings['proxy'])
     return
-  evolution.enable_compilation_cache(os.path.expanduser(s.get('compilation_cache_dir', '') or ''))
+  compilation_cache.enable(s.get('compilation_cache_dir', '') or '')
   t = time.perf_counter()
   structures = evolution.warmup_structures(config, s.get('warmup_candidates', 256))
   scorer = evolution.jax_scorer(setup.settings)

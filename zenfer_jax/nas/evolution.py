@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write, counters, workdir_lock
+from zenfer_jax import atomic_write, compilation_cache, counters, workdir_lock
 from zenfer_jax.errors import UserError
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
@@ -231,18 +231,6 @@ def validate_config(config) -> SearchSetup:
 def structure_seed(structure: str, seed: int) -> int:
   """The Zen-score seed of a structure: a function of the structure string and config.seed only."""
   return zlib.crc32(f'{seed}:{structure}'.encode()) & 0x7FFFFFFF
-
-
-def enable_compilation_cache(cache_dir: str) -> None:
-  """JAX's persistent compilation cache, keeping every entry however quick its compile was."""
-  if not cache_dir:
-    return
-  import jax
-
-  os.makedirs(cache_dir, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def default_candidates_per_step() -> int:
@@ -518,7 +506,7 @@ def _run_search(config, setup, workdir, scorer, progress, stop_after, max_second
 
   if scorer is None:
     if settings['proxy'] == 'zen':
-      enable_compilation_cache(os.path.expanduser(_get(s, 'compilation_cache_dir', '') or ''))
+      compilation_cache.enable(_get(s, 'compilation_cache_dir', '') or '')
     scorer = make_scorer(settings)
   if hasattr(scorer, 'restore'):
     scorer.restore(state.scorer_state)
