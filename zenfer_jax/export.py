@@ -314,8 +314,9 @@ def export(
   if recipe is not None:
     card = dict(card, recipe=recipe)
   variables = {c: variables[c] for c in ('params', 'batch_stats') if c in variables}
-  # Native depthwise convolutions: they become DEPTHWISE_CONV_2D / grouped Conv in the files.
-  model = model_directory.build_from_card(card, depthwise_impl='xla')
+  # XLA's plain ops, never the CPU backend's formulations: native (depthwise) convolutions
+  # become CONV_2D / DEPTHWISE_CONV_2D / grouped Conv in the files, and every runtime reads them.
+  model = model_directory.build_from_card(card, conv_impl='xla', bn_impl='xla')
   full_card = export_card(card, fmt, batch, size, quantize)
 
   directory = os.path.dirname(output)
