@@ -579,7 +579,9 @@ def _shuffle_attention_fwd(x, cweight, cbias, sweight, sbias, gn_scale, gn_bias,
   params = (cweight, cbias, sweight, sbias, gn_scale, gn_bias)
   v = _sa_channel_vectors(params, groups, x.shape[-1] // groups)
   xf = x.astype(jnp.float32)
-  a, b, mu, r = _sa_gates(xf, v, eps)
+  # Kept in memory: left fusible, XLA recomputed these per-channel coefficients (and their
+  # tiling) for every element of the gate's elementwise pass, which then took ~15x as long.
+  a, b, mu, r = _materialized(lambda: jnp.stack(_sa_gates(xf, v, eps)), sweight)
   out = xf * jax.nn.sigmoid(a[:, None, None, :] * xf + b[:, None, None, :])
   return _shuffle2(out), (x, params, a, b, mu, r)
 
@@ -602,8 +604,12 @@ def _shuffle_attention_bwd(groups, eps, res, g):
   sp = v['spatial'] > 0
   k = v['sw'] * v['gs']
   d = q - mu * p  # sum(gz * (x - mu))
-  c3 = jnp.where(sp, -k * r**3 * d / hw, 0.0)
-  c2 = jnp.where(sp, -k * r * p / hw - c3 * mu, v['cw'] * p / hw)
+
+  def coefficients():
+    c3 = jnp.where(sp, -k * r**3 * d / hw, 0.0)
+    return jnp.stack([c3, jnp.where(sp, -k * r * p / hw - c3 * mu, v['cw'] * p / hw)])
+
+  c3, c2 = _materialized(coefficients, params[2])
   dx = gu * sg + e(a) * gz + e(c2) + e(c3) * xf  # a = k * r on spatial channels, 0 elsewhere
 
   def fold(t):  # (N, C) -> per-group-channel sums (per_group,)
