@@ -1,8 +1,8 @@
-"""CPU formulations of convolution and BatchNorm, and the one place that chooses them.
+"""CPU formulations of convolution, BatchNorm and the SA block, and the one place that chooses them.
 
 XLA's CPU lowering of a few ops the ZenNets lean on (7x7 depthwise convs, the input gradient of
-a strided conv, thin stride-1 convs, 1x1 convs' weight gradients, BatchNorm's autodiff backward)
-is several times slower than the arithmetic requires. Each function here computes the same
+a strided conv, thin dense convs, 1x1 convs' weight gradients, BatchNorm's and the SA block's
+autodiff backward) is several times slower than the arithmetic requires. Each function here computes the same
 values as XLA's op (equal up to float32 summation order; the tests compare both, gradients
 included) in a form the CPU runs faster, most with a hand-written backward pass. They are used
 only where they were measured faster; README's performance notes have the numbers.
