@@ -12,9 +12,11 @@ from zenfer_jax.layers.conv import Conv
 from zenfer_jax.layers.cpu_kernels import (
   conv_blocked,
   conv_strided,
+  conv_wfold,
   depthwise_shift,
   resolve_impl,
   use_output_blocked,
+  wfold_factors,
 )
 
 
@@ -92,6 +94,43 @@ def test_conv_blocked_matches_xla(h, w, cin, cout, k):
   x = jnp.asarray(rng.standard_normal((2, h, w, cin), dtype=np.float32))
   kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout), dtype=np.float32))
   _check(jax.jit(lambda a, b, s, p: conv_blocked(a, b, p), static_argnums=(2, 3)), x, kernel, 1)
+
+
+# ZenNet-R's thin convs at small sizes: the RGB stem (forward and gradient folds differ), 8 and
+# 16 channels, k 3/5/7, stride 1 and 2 (odd heights, where the last padded row is never read).
+@pytest.mark.parametrize(
+  'h,w,cin,cout,k,stride,fold,grad_fold',
+  [
+    (8, 8, 3, 8, 3, 1, 4, 2),
+    (6, 8, 8, 8, 3, 1, 2, 2),
+    (8, 12, 8, 8, 5, 1, 2, 2),
+    (10, 8, 8, 8, 7, 1, 4, 4),
+    (6, 6, 16, 16, 7, 1, 2, 2),
+    (7, 4, 8, 5, 3, 1, 1, 4),
+    (12, 12, 8, 8, 5, 2, 2, 2),
+    (9, 8, 8, 8, 7, 2, 2, 2),
+    (10, 12, 8, 8, 3, 2, 1, 1),
+  ],
+)
+def test_conv_wfold_matches_xla(h, w, cin, cout, k, stride, fold, grad_fold):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, h, w, cin), dtype=np.float32))
+  kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout), dtype=np.float32))
+  fn = jax.jit(lambda a, b, s, p: conv_wfold(a, b, s, p, fold, grad_fold), static_argnums=(2, 3))
+  _check(fn, x, kernel, stride)
+
+
+def test_wfold_selection():
+  assert wfold_factors((16, 224, 224, 3), (3, 3, 3, 8), 1, 1) == (4, 2)  # RGB stem
+  assert wfold_factors((16, 224, 224, 8), (3, 3, 8, 8), 1, 1) == (2, 2)
+  assert wfold_factors((16, 56, 56, 8), (7, 7, 8, 8), 1, 1) == (4, 4)
+  assert wfold_factors((16, 28, 28, 16), (7, 7, 16, 16), 1, 1) == (2, 2)
+  assert wfold_factors((16, 224, 224, 8), (5, 5, 8, 8), 2, 1) == (2, 2)
+  assert wfold_factors((16, 56, 56, 16), (7, 7, 16, 16), 2, 1) is None  # no faster at 16
+  assert wfold_factors((16, 56, 56, 160), (1, 1, 160, 8), 1, 1) is None  # 1x1: a matmul
+  assert wfold_factors((16, 56, 56, 32), (3, 3, 32, 32), 1, 1) is None  # wide
+  assert wfold_factors((16, 28, 27, 8), (3, 3, 8, 8), 1, 1) is None  # W not in whole blocks
+  assert wfold_factors((16, 28, 28, 8), (3, 3, 1, 8), 1, 8) is None  # grouped
 
 
 def test_output_blocked_selection():

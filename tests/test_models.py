@@ -200,6 +200,29 @@ def test_model_impls_agree(tiny_sa):
     np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5 * scale)
 
 
+# Large enough (> 2^19 elements per thin activation) that the W-folded convs, not the batch-1
+# blocked ones, are chosen: the RGB stem, a stride-2 5x5 at 8 channels, 7x7 at 8 and 16.
+THIN_R = (
+  'SuperConvK3BNRELU(3,8,1,1)SuperResK1K5K1(8,8,2,8,1)'
+  'SuperResK1K7K1(8,16,1,8,1)SuperResK1K7K1(16,16,1,16,1)'
+)
+
+
+def test_model_impls_agree_where_convs_are_w_folded():
+  x = jax.random.normal(jax.random.key(2), (2, 184, 184, 3))
+  a = build_model(THIN_R, 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
+  b = build_model(THIN_R, 7, use_sa=True, conv_impl='xla', bn_impl='xla')
+  v = init_variables(a, jax.random.key(4), 16)
+  assert 'conv_wfold' in str(jax.make_jaxpr(a.apply)(v, x))
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(a.apply)(v, x)), np.asarray(jax.jit(b.apply)(v, x)), rtol=1e-4, atol=1e-4
+  )
+  ga, gb = jax.tree.leaves(_train_grads(a, v, x)), jax.tree.leaves(_train_grads(b, v, x))
+  scale = max(float(np.max(np.abs(g))) for g in gb)
+  for p, q in zip(ga, gb):
+    np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5 * scale)
+
+
 def test_auto_impls_resolve_once_to_the_explicit_choice(tiny_sa):
   want = 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   auto = build_model(TINY, 7, use_sa=True)

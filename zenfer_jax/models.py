@@ -119,7 +119,8 @@ class _OpRunner:
       elif isinstance(op, plan_lib.ReLUOp):
         x = nn.relu(x)
       elif isinstance(op, plan_lib.SAOp):
-        x = ShuffleAttention(groups=op.groups, name=f'sa{op.index}')(x)
+        # SA's per-channel GroupNorm is a normalisation: it follows the BatchNorm choice.
+        x = ShuffleAttention(groups=op.groups, impl=self.cfg.bn_impl, name=f'sa{op.index}')(x)
       elif isinstance(op, plan_lib.ResidualOp):
         x = ResidualLayer(op=op, cfg=self.cfg, name=f'layer{op.index}')(x, self.train)
       else:  # pragma: no cover

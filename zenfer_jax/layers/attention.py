@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zenfer_jax.layers import cpu_kernels
+
 __all__ = ['ShuffleAttention', 'LightweightAttention', 'channel_shuffle']
 
 
@@ -30,10 +32,14 @@ class ShuffleAttention(nn.Module):
 
   Per half-group channel j there are four scalars (cweight, cbias, sweight,
   sbias) and a per-channel GroupNorm (one group per channel, eps 1e-5).
+  impl: 'xla' (the plain form below, differentiated by autodiff), 'cpu' (the same block as one
+  gate per channel with a closed-form backward, `cpu_kernels.shuffle_attention`, where it was
+  measured faster) or 'auto' (`cpu_kernels.resolve_impl`).
   """
 
   groups: int = 4
   gn_epsilon: float = 1e-5
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,6 +62,11 @@ class ShuffleAttention(nn.Module):
     gn_bias = self.param('gn_bias', nn.initializers.zeros, (half,), jnp.float32)
 
     dtype = x.dtype
+    if cpu_kernels.resolve_impl(
+      self.impl, 'ShuffleAttention.impl'
+    ) == 'cpu' and cpu_kernels.use_shuffle_attention(x.shape):
+      params = (cweight, cbias, sweight, sbias, gn_scale, gn_bias)
+      return cpu_kernels.shuffle_attention(x, *params, g, self.gn_epsilon).astype(dtype)
     xg = x.astype(jnp.float32).reshape(n, h, w, g, per_group)
     x0, x1 = xg[..., :first], xg[..., first:]
 

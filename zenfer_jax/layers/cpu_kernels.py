@@ -1,8 +1,8 @@
-"""CPU formulations of convolution and BatchNorm, and the one place that chooses them.
+"""CPU formulations of convolution, BatchNorm and the SA block, and the one place that chooses them.
 
 XLA's CPU lowering of a few ops the ZenNets lean on (7x7 depthwise convs, the input gradient of
-a strided conv, thin stride-1 convs, 1x1 convs' weight gradients, BatchNorm's autodiff backward)
-is several times slower than the arithmetic requires. Each function here computes the same
+a strided conv, thin dense convs, 1x1 convs' weight gradients, BatchNorm's and the SA block's
+autodiff backward) is several times slower than the arithmetic requires. Each function here computes the same
 values as XLA's op (equal up to float32 summation order; the tests compare both, gradients
 included) in a form the CPU runs faster, most with a hand-written backward pass. They are used
 only where they were measured faster; README's performance notes have the numbers.
@@ -33,6 +33,10 @@ __all__ = [
   'conv_strided',
   'conv_blocked',
   'use_output_blocked',
+  'conv_wfold',
+  'wfold_factors',
+  'shuffle_attention',
+  'use_shuffle_attention',
   'batch_norm_forward',
   'batch_norm_train',
   'global_count',
@@ -76,6 +80,9 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) ->
     return pointwise_matmul(x, kernel, stride)
   if use_output_blocked(x.shape, kernel.shape, stride, groups):
     return conv_blocked(x, kernel, pad)
+  folds = wfold_factors(x.shape, kernel.shape, stride, groups)
+  if folds is not None and pad == k // 2:
+    return conv_wfold(x, kernel, stride, pad, *folds)
   # Not for an RGB stem (ZenNet-M's 3->64): its input gradient is never needed in training,
   # and through the phases its forward alone is slower.
   if stride > 1 and cin >= 8:
@@ -383,6 +390,247 @@ def _conv_blocked_bwd(pad, res, g):
 
 
 conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
+
+
+def _wfold_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, fold: int) -> jax.Array:
+  """The same conv with `fold` output columns (stride*fold input columns) folded into channels.
+
+  In NHWC, viewing (N, H, W, C) as (N, H, W/B, B*C) is a free reshape, so unlike folding both
+  spatial axes (`conv_blocked`) no transposed copy is made. Output column j = J*fold + a reads
+  input column stride*j + d - pad = J*B + t with t = stride*a + d - pad, i.e. folded column
+  J + t // B, phase t % B; the kernel is re-laid accordingly (zero where a folded tap has no
+  original one). The GEMM gets B*cin rows and fold*cout columns instead of cin and cout, which
+  XLA's CPU conv runs several times faster at 3-16 channels, for a few more multiply-adds.
+  """
+  n, h, w, c = x.shape
+  k, co = kernel.shape[0], kernel.shape[-1]
+  s, b = stride, stride * fold
+  wo = (w + 2 * pad - k) // s + 1
+  qmin, qmax = (-pad) // b, (s * (fold - 1) + k - 1 - pad) // b
+  q = np.arange(qmin, qmax + 1)[:, None, None]
+  d = q * b + np.arange(b)[None, :, None] - s * np.arange(fold)[None, None, :] + pad
+  valid = (d >= 0) & (d < k)
+  kf = kernel[:, np.where(valid, d, 0)]  # (k, nq, b, fold, c, co)
+  kf = jnp.where(valid[None, :, :, :, None, None], kf, jnp.zeros((), kf.dtype))
+  kf = kf.transpose(0, 1, 2, 4, 3, 5).reshape(k, qmax - qmin + 1, b * c, fold * co)
+  nj = wo // fold
+  y = lax.conv_general_dilated(
+    x.reshape(n, h, w // b, b * c),
+    kf,
+    (s, 1),
+    ((pad, pad), (-qmin, nj - 1 + qmax - (w // b - 1))),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
+  return y.reshape(n, y.shape[1], nj * fold, co)
+
+
+def wfold_factors(
+  shape: tuple, kernel_shape: tuple, stride: int, groups: int
+) -> tuple[int, int] | None:
+  """(forward fold, gradient fold) where `conv_wfold` was measured faster than XLA, else None.
+
+  Thin (<= 16 channel) dense convs with k > 1, batch-16 ZenNet-R training shapes, one core
+  (forward / input grad / kernel grad, ms, XLA -> folded): 224px 8->8 3x3 73/76/80 -> 39/43/83
+  (fold 2), 112px 5x5 20/20/20 -> 12/13/16 (2), 56px 7x7 10/10/10 -> 4/4/6 (4), 28px 16->16
+  7x7 4.6/4.6/4.8 -> 3.2/3.2/3.7 (2); the RGB stem 3->8 69/-/39 -> 12/-/30 (forward fold 4,
+  kernel grad fold 2; fold 4's kernel grad was 72). Stride 2 (forward only; the gradients are
+  `conv_strided`'s): 224px 8->8 5x5 21 -> 17 and 112px 7x7 10 -> 6 (fold 2); 16 channels
+  gained nothing. W must split into whole folded blocks.
+  """
+  k, _, cin, cout = kernel_shape
+  w = shape[2]
+  if groups != 1 or k == 1 or k % 2 == 0 or cin > 16 or cout > 16:
+    return None
+  if stride == 1:
+    if cin <= 4:
+      folds = (4, 2)
+    elif k == 7 and cin <= 8 and cout <= 8:
+      folds = (4, 4)
+    else:
+      folds = (2, 2)
+  elif stride == 2 and cin == 8 and cout <= 8:
+    folds = (2, 2)
+  else:
+    return None
+  if w % (stride * max(folds)):
+    return None
+  return folds
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_wfold(
+  x: jax.Array, kernel: jax.Array, stride: int, pad: int, fold: int, grad_fold: int
+) -> jax.Array:
+  """Dense conv (groups 1, odd k, pad k // 2) computed on W-folded blocks (`_wfold_conv`).
+
+  The forward folds `fold` output columns; the gradients are those of the same form with
+  `grad_fold` (at stride 1; the best fold differs between forward and kernel gradient for the
+  RGB stem), or at stride > 1 `conv_strided`'s (input gradient through the stride phases).
+  """
+  return _wfold_conv(x, kernel, stride, pad, fold)
+
+
+def _conv_wfold_fwd(x, kernel, stride, pad, fold, grad_fold):
+  return conv_wfold(x, kernel, stride, pad, fold, grad_fold), (x, kernel)
+
+
+def _conv_wfold_bwd(stride, pad, fold, grad_fold, res, g):
+  if stride > 1:
+    return _conv_strided_bwd(stride, pad, res, g)
+  x, kernel = res
+  _, fn = jax.vjp(lambda a, b: _wfold_conv(a, b, 1, pad, grad_fold), x, kernel)
+  return fn(g)
+
+
+conv_wfold.defvjp(_conv_wfold_fwd, _conv_wfold_bwd)
+
+
+# --- shuffle attention (the SA block) -----------------------------------------------------------
+
+
+def _sa_channel_vectors(params: tuple, groups: int, per_group: int) -> dict:
+  """The SA parameters as (C,) vectors in the block's channel order, zero where they do not act.
+
+  Within each group the first `per_group - half` channels are channel attention (cweight,
+  cbias; one parameter may serve two channels when per_group is 3), the rest spatial attention
+  (sweight, sbias, gn_scale, gn_bias).
+  """
+  cweight, cbias, sweight, sbias, gn_scale, gn_bias = params
+  half = per_group // 2
+  first = per_group - half
+  zf, zh = jnp.zeros((first,), jnp.float32), jnp.zeros((half,), jnp.float32)
+
+  def vec(v_first, v_spatial):
+    return jnp.tile(jnp.concatenate([jnp.broadcast_to(v_first, (first,)), v_spatial]), groups)
+
+  return {
+    'spatial': vec(zf, jnp.ones((half,), jnp.float32)),
+    'cw': vec(cweight, zh),
+    'cb': vec(cbias, zh),
+    'sw': vec(zf, sweight),
+    'sb': vec(zf, sbias),
+    'gs': vec(zf, gn_scale),
+    'gb': vec(zf, gn_bias),
+  }
+
+
+def _sa_gates(x: jax.Array, v: dict, eps: float):
+  """(a, b, mu, r), each (N, C): the block's output is x * sigmoid(a * x + b) per channel.
+
+  Spatial channels: z = sw * (gs * (x - mu) * r + gb) + sb, i.e. a = sw*gs*r and
+  b = sw*(gb - gs*mu*r) + sb; channel-attention ones: a = 0, b = cw * mean(x) + cb.
+  """
+  mu = jnp.mean(x, axis=(1, 2))
+  var = jnp.mean(jnp.square(x - mu[:, None, None, :]), axis=(1, 2))
+  r = lax.rsqrt(var + eps)
+  a = v['sw'] * v['gs'] * r
+  b = jnp.where(
+    v['spatial'] > 0, v['sw'] * (v['gb'] - v['gs'] * mu * r) + v['sb'], v['cw'] * mu + v['cb']
+  )
+  return a, b, mu, r
+
+
+def _shuffle2(x: jax.Array) -> jax.Array:
+  """The SA block's 2-group channel shuffle: channel g*(C/2) + i moves to 2*i + g."""
+  *lead, c = x.shape
+  return jnp.swapaxes(x.reshape(*lead, 2, c // 2), -1, -2).reshape(*lead, c)
+
+
+def _unshuffle2(x: jax.Array) -> jax.Array:
+  *lead, c = x.shape
+  return jnp.swapaxes(x.reshape(*lead, c // 2, 2), -1, -2).reshape(*lead, c)
+
+
+def use_shuffle_attention(shape: tuple) -> bool:
+  """Where the gate form with the closed-form backward was measured faster than autodiff.
+
+  ZenNet-R's SA blocks (8 channels at 224-56px, 16 at 28px, batch 16); at 32-160 channels
+  (ZenNet-M) a single-pass SA was measured slower than XLA's fusion of the plain form.
+  """
+  return shape[-1] <= 16
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def shuffle_attention(
+  x: jax.Array,
+  cweight: jax.Array,
+  cbias: jax.Array,
+  sweight: jax.Array,
+  sbias: jax.Array,
+  gn_scale: jax.Array,
+  gn_bias: jax.Array,
+  groups: int,
+  eps: float,
+) -> jax.Array:
+  """The SA block (float32 out) as one gate per (sample, channel), with a closed-form backward.
+
+  Every channel's output is x * sigmoid(a * x + b) with per-(sample, channel) a and b (see
+  `_sa_gates`), so the forward is two reductions over H, W and one elementwise pass (plus the
+  shuffle) instead of XLA's slices, concatenation and separate passes per half. The backward
+  needs two sums per (sample, channel), P = sum(gz) and Q = sum(gz * x) with
+  gz = g * x * s * (1 - s), s the gate: one reduction pass and one elementwise pass, where
+  autodiff differentiated the GroupNorm's mean and variance separately.
+  """
+  args = (x, cweight, cbias, sweight, sbias, gn_scale, gn_bias)
+  return _shuffle_attention_fwd(*args, groups, eps)[0]
+
+
+def _shuffle_attention_fwd(x, cweight, cbias, sweight, sbias, gn_scale, gn_bias, groups, eps):
+  params = (cweight, cbias, sweight, sbias, gn_scale, gn_bias)
+  v = _sa_channel_vectors(params, groups, x.shape[-1] // groups)
+  xf = x.astype(jnp.float32)
+  # Kept in memory: left fusible, XLA recomputed these per-channel coefficients (and their
+  # tiling) for every element of the gate's elementwise pass, which then took ~15x as long.
+  a, b, mu, r = _materialized(lambda: jnp.stack(_sa_gates(xf, v, eps)), sweight)
+  out = xf * jax.nn.sigmoid(a[:, None, None, :] * xf + b[:, None, None, :])
+  return _shuffle2(out), (x, params, a, b, mu, r)
+
+
+def _shuffle_attention_bwd(groups, eps, res, g):
+  x, params, a, b, mu, r = res
+  n, h, w, c = x.shape
+  per_group = c // groups
+  half = per_group // 2
+  first = per_group - half
+  v = _sa_channel_vectors(params, groups, per_group)
+  xf = x.astype(jnp.float32)
+  gu = _unshuffle2(g.astype(jnp.float32))
+  e = lambda t: t[:, None, None, :]  # noqa: E731  (N, C) -> (N, 1, 1, C)
+  sg = jax.nn.sigmoid(e(a) * xf + e(b))
+  gz = gu * xf * sg * (1 - sg)
+  p = jnp.sum(gz, axis=(1, 2))  # (N, C)
+  q = jnp.sum(gz * xf, axis=(1, 2))
+  hw = h * w
+  sp = v['spatial'] > 0
+  k = v['sw'] * v['gs']
+  d = q - mu * p  # sum(gz * (x - mu))
+
+  def coefficients():
+    c3 = jnp.where(sp, -k * r**3 * d / hw, 0.0)
+    return jnp.stack([c3, jnp.where(sp, -k * r * p / hw - c3 * mu, v['cw'] * p / hw)])
+
+  c3, c2 = _materialized(coefficients, params[2])
+  dx = gu * sg + e(a) * gz + e(c2) + e(c3) * xf  # a = k * r on spatial channels, 0 elsewhere
+
+  def fold(t):  # (N, C) -> per-group-channel sums (per_group,)
+    return jnp.sum(t.reshape(n, groups, per_group), axis=(0, 1))
+
+  def first_part(t):
+    t = fold(t)[:first]
+    return t if first == half else jnp.sum(t, keepdims=True)
+
+  sum_gz_xhat = r * d
+  dcw = first_part(p * mu)
+  dcb = first_part(p)
+  spatial = lambda t: fold(t)[first:]  # noqa: E731
+  dsw = spatial(v['gs'] * sum_gz_xhat + v['gb'] * p)
+  dsb = spatial(p)
+  dgs = spatial(v['sw'] * sum_gz_xhat)
+  dgb = spatial(v['sw'] * p)
+  return dx.astype(x.dtype), dcw, dcb, dsw, dsb, dgs, dgb
+
+
+shuffle_attention.defvjp(_shuffle_attention_fwd, _shuffle_attention_bwd)
 
 
 # --- BatchNorm (training mode) ------------------------------------------------------------------
