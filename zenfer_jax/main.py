@@ -103,7 +103,11 @@ def main(argv):
     jax.local_devices(),
   )
   logging.info('Workdir %s (full log: %s)', workdir, log_file)
-  logging.info('Compilation cache: %s', cache or jax.config.jax_compilation_cache_dir or 'off')
+  logging.info(
+    'Compilation cache: %s',
+    cache or jax.config.jax_compilation_cache_dir or 'off',
+    extra={'terminal': False},  # The log file's; the terminal keeps its fixed start-up lines.
+  )
   from zenfer_jax import train
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
