@@ -83,14 +83,13 @@ def builder(
   the sorted sub-folders of its train split); afterwards it may be omitted or 'auto', and if
   given as a list must equal the recorded class list.
   """
-  _check_name(name)
+  cls = _builder_class(name)
   data_dir = os.fspath(data_dir)
   auto = _is_auto(classes)
   if isinstance(classes, str):  # 'a,b,c' as flags and configs spell it; '' means none.
     classes = [c.strip() for c in classes.split(',') if c.strip()] or None
   if auto:
     classes = None
-  cls = _builder_class(name)
   if cls is Affectnet:
     b = Affectnet(data_dir=data_dir, config=name.split('/', 1)[1])
   elif cls is not Folders:
