@@ -172,3 +172,71 @@ def make_identity_tree(
     write_image(os.path.join(root, 'test', ident, '0100_01.jpg'), i % 8, 100, size)
   for ident in others:
     write_image(os.path.join(root, 'test', ident, '0001_01.jpg'), 0, 1, size)
+
+
+# FER2013: per Usage, the emotion numbers of the good faces (one face each).
+FER2013_LABELS = {
+  'Training': [0, 1, 2, 3, 4, 5, 6, 3, 6, 0],
+  'PublicTest': [0, 3, 5, 6],
+  'PrivateTest': [2, 4, 6],
+}
+FER2013_PREFIX_SPLITS = {
+  'Training': 'train',
+  'PublicTest': 'publictest',
+  'PrivateTest': 'privatetest',
+}
+
+
+def make_fer2013_folders(root: str, usages=('Training', 'PublicTest', 'PrivateTest')) -> None:
+  """Kaggle's folder copy: train/<class>/Training_<id>.jpg, test/<class>/<Usage>_<id>.jpg.
+
+  Random grey 48x48 faces (fixed seed) stored as JPEG, as Kaggle ships them; the ids are
+  shuffled, so file-name order is not the order `make_fer2013_csv` writes rows in.
+  """
+  from zenfer_jax.dataset_names import FER2013_CLASSES
+
+  rng = np.random.default_rng(2013)
+  ids = rng.permutation(90_000)[: sum(map(len, FER2013_LABELS.values()))] + 10_000
+  k = 0
+  for usage in usages:
+    folder = 'train' if usage == 'Training' else 'test'
+    for label in FER2013_LABELS[usage]:
+      path = os.path.join(root, folder, FER2013_CLASSES[label], f'{usage}_{ids[k]}.jpg')
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (48, 48), np.uint8), 'L').save(path, quality=90)
+      k += 1
+
+
+def fer2013_faces(root: str) -> list[tuple[str, int, np.ndarray]]:
+  """(Usage, label, decoded uint8 [48, 48]) of every face of a folder copy, in path order."""
+  from zenfer_jax.dataset_names import FER2013_CLASSES
+
+  faces = []
+  for folder in ('train', 'test'):
+    for label, cls in enumerate(FER2013_CLASSES):
+      cls_dir = os.path.join(root, folder, cls)
+      for name in sorted(os.listdir(cls_dir)) if os.path.isdir(cls_dir) else []:
+        usage = name.split('_', 1)[0]
+        with Image.open(os.path.join(cls_dir, name)) as img:
+          faces.append((usage, label, np.asarray(img.convert('L'))))
+  return faces
+
+
+def fer2013_csv_line(emotion, pixels, usage) -> str:
+  if isinstance(pixels, np.ndarray):
+    pixels = ' '.join(map(str, pixels.reshape(-1)))
+  return f'{emotion},{pixels},{usage}'
+
+
+def make_fer2013_csv(root: str, faces, extra_lines=(), seed: int = 7) -> None:
+  """fer2013.csv holding `faces` (see `fer2013_faces`) in a shuffled row order, then
+  `extra_lines` as they are."""
+  rng = np.random.default_rng(seed)
+  lines = ['emotion,pixels,Usage']
+  for i in rng.permutation(len(faces)):
+    usage, label, pixels = faces[i]
+    lines.append(fer2013_csv_line(label, pixels, usage))
+  lines.extend(extra_lines)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, 'fer2013.csv'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')

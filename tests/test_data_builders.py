@@ -185,14 +185,21 @@ def test_digits_fixed_split(tmp_path):
 
 def test_unknown_dataset_name():
   with pytest.raises(ValueError, match='Unknown dataset'):
-    data.prepare('fer2013', '/tmp')
+    data.prepare('ckplus', '/tmp')
 
 
 def test_datasets_are_registered_with_tfds():
   names = tfds.list_builders()
-  for name in ('rafdb', 'affectnet', 'digits', 'folders'):
+  for name in ('rafdb', 'affectnet', 'fer2013', 'digits', 'folders'):
     assert name in names
-  assert set(data.DATASETS) == {'rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders'}
+  assert set(data.DATASETS) == {
+    'rafdb',
+    'affectnet/7cls',
+    'affectnet/8cls',
+    'fer2013',
+    'digits',
+    'folders',
+  }
 
 
 @pytest.mark.slow

@@ -11,13 +11,15 @@ __all__ = [
   'ALL_DATASETS',
   'DATASETS',
   'DEFAULT_RECIPES',
+  'FER2013_CLASSES',
+  'FER2013_TO_RAFDB',
   'RECIPE_NAMES',
   'class_names',
   'class_summary',
   'default_recipe',
 ]
 
-DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'digits', 'folders')
+DATASETS = ('rafdb', 'affectnet/7cls', 'affectnet/8cls', 'fer2013', 'digits', 'folders')
 # Also accepted: AffectNet cropped to the annotated face boxes.
 ALL_DATASETS = DATASETS + ('affectnet/7cls_crop', 'affectnet/8cls_crop')
 
@@ -25,6 +27,13 @@ ALL_DATASETS = DATASETS + ('affectnet/7cls_crop', 'affectnet/8cls_crop')
 RAFDB_CLASSES = ('surprise', 'fear', 'disgust', 'happiness', 'sadness', 'anger', 'neutral')
 # AffectNet expression codes 0..7; the 7-class variant keeps codes 0..6.
 AFFECTNET_CLASSES = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
+# FER2013's emotion numbers 0..6, as in the ICML fer2013.csv (Kaggle's folder copy names its
+# class folders with these words).
+FER2013_CLASSES = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surprise', 'neutral')
+# FER2013 label -> RAF-DB label, for evaluating one dataset's model on the other's images:
+# angry->anger 5, disgust->disgust 2, fear->fear 1, happy->happiness 3, sad->sadness 4,
+# surprise->surprise 0, neutral->neutral 6 (`np.asarray(FER2013_TO_RAFDB)[fer_labels]`).
+FER2013_TO_RAFDB = (5, 2, 1, 3, 4, 0, 6)
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 
 
@@ -36,6 +45,7 @@ RECIPE_NAMES = ('rafdb', 'affectnet', 'digits', 'none')
 DEFAULT_RECIPES = {
   'rafdb': 'rafdb',
   'affectnet': 'affectnet',
+  'fer2013': 'fer2013',
   'digits': 'digits',
   'folders': 'rafdb',
 }
@@ -57,6 +67,8 @@ def class_names(name: str) -> tuple[str, ...] | None:
     return RAFDB_CLASSES
   if family == 'affectnet':
     return AFFECTNET_CLASSES[: 7 if config.startswith('7cls') else 8]
+  if family == 'fer2013':
+    return FER2013_CLASSES
   if family == 'digits':
     return DIGITS_CLASSES
   return None

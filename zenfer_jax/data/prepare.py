@@ -2,6 +2,8 @@
 
   python -m zenfer_jax.data.prepare --dataset=rafdb --manual_dir=~/datasets/RAF-DB --data_dir=~/tfds
   python -m zenfer_jax.data.prepare --dataset=affectnet/8cls --manual_dir=~/AffectNet --data_dir=~/tfds
+  python -m zenfer_jax.data.prepare --dataset=fer2013 --manual_dir=~/fer2013 --data_dir=~/tfds
+      # manual_dir: fer2013.csv, or Kaggle's train/<class>/*.jpg + test/<class>/*.jpg
   python -m zenfer_jax.data.prepare --dataset=folders --folders.classes=angry,happy,sad \
       --manual_dir=~/fer_folders --data_dir=~/tfds
   python -m zenfer_jax.data.prepare --dataset=folders --folders.classes=auto \

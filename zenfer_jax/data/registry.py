@@ -13,12 +13,20 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from zenfer_jax.data import images
-from zenfer_jax.data.builders import Affectnet, Digits, Folders, FoldersConfig, Rafdb, common
+from zenfer_jax.data.builders import (
+  Affectnet,
+  Digits,
+  Fer2013,
+  Folders,
+  FoldersConfig,
+  Rafdb,
+  common,
+)
 from zenfer_jax.data.builders.folders import AUTO, auto_classes
 from zenfer_jax.dataset_names import ALL_DATASETS, class_summary
 from zenfer_jax.errors import UserError
 
-MANUAL = ('rafdb', 'affectnet', 'folders')
+MANUAL = ('rafdb', 'affectnet', 'fer2013', 'folders')
 REPORT_NAME = 'prepare_report.txt'
 FOLDERS_CONFIG = 'default'
 
@@ -43,6 +51,7 @@ _BUILDERS: dict[str, type[tfds.core.DatasetBuilder]] = {
   'rafdb': Rafdb,
   'digits': Digits,
   'affectnet': Affectnet,
+  'fer2013': Fer2013,
   'folders': Folders,
 }
 
