@@ -359,6 +359,9 @@ def test_a_search_with_nothing_to_do_says_so():
 def _fresh(args: list[str]) -> subprocess.CompletedProcess:
   env = subprocess_env()
   env.pop('TF_CPP_MIN_LOG_LEVEL', None)  # The program itself must keep TensorFlow quiet.
+  # TensorFlow's oneDNN line on any CPU, not only those it turns oneDNN on for by default (see
+  # test_main.ONEDNN_LINE): without a start-up line to keep off stderr the checks prove nothing.
+  env['TF_ENABLE_ONEDNN_OPTS'] = '1'
   env.pop(cli.TRACEBACK_ENV, None)
   return subprocess.run(
     [sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
