@@ -3,6 +3,7 @@
 import collections
 import importlib
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +135,22 @@ def test_bad_csv_rows_are_skipped_and_reported_by_line(tmp_path):
     assert reason in reported[f'fer2013.csv:{line_no}'], (line_no, reason)
   assert 'privatetest: no examples in this download; the split is left out' in report
   assert 'the reference split has 28709' in report  # Sizes compared, not fatal.
+
+
+def test_parse_pixels_takes_only_2304_ascii_integers_in_range():
+  zeros = ['0'] * 2304
+  np.testing.assert_array_equal(fer2013.parse_pixels('\t'.join(['255'] * 2304)), 255)
+  assert fer2013.parse_pixels('  '.join(['007'] * 2304)).max() == 7
+  bad = {
+    '\u0663 ' + ' '.join(zeros[1:]): "'\u0663' is not an integer",  # An Arabic-Indic 3.
+    '9' * 30 + ' ' + ' '.join(zeros[1:]): f'value {"9" * 20} is outside 0..255',
+    '1e3 ' + ' '.join(zeros[1:]): "'1e3' is not an integer",
+    ' '.join(zeros + ['0']): 'got 2305',
+    '   ': 'got 0',
+  }
+  for text, message in bad.items():
+    with pytest.raises(ValueError, match=re.escape(message)):
+      fer2013.parse_pixels(text)
 
 
 def test_each_bad_line_is_reported_with_its_own_line_number(tmp_path):

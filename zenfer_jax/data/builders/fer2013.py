@@ -39,9 +39,9 @@ TEST_PREFIXES = {'PublicTest_': 'publictest', 'PrivateTest_': 'privatetest'}
 SPLITS = ('train', 'publictest', 'privatetest', 'test')
 EXPECTED_SIZES = {'train': 28_709, 'publictest': 3_589, 'privatetest': 3_589, 'test': 7_178}
 _EMOTIONS = tuple(str(i) for i in range(len(dataset_names.FER2013_CLASSES)))
-# Only ASCII digits and blanks: np.fromstring stops quietly at anything else, and str.isdigit()
-# would let through characters that int() refuses.
-_PIXEL_CHARS = re.compile(r'[0-9 \t]*')
+# Only ASCII digits and whitespace: np.fromstring stops quietly at anything else (a '-', a '.'),
+# and str.isdigit() would let through digits of other scripts.
+_PIXEL_CHARS = re.compile(r'[0-9\s]*', re.ASCII)
 
 
 class LayoutError(FileNotFoundError, UserError):
@@ -69,7 +69,7 @@ class _OnceLog(images.SkipLog):
 
 
 def grey_png(pixels: np.ndarray) -> bytes:
-  """Lossless RGB PNG of a uint8 [48, 48] face: the bytes `images.read_image` stores for a grey
+  """Lossless RGB PNG of a uint8 [48, 48] face, encoded as `images.read_image` encodes a grey
   JPEG of Kaggle's copy, so both forms decode to the same arrays."""
   buf = io.BytesIO()
   Image.fromarray(pixels, 'L').convert('RGB').save(buf, format='PNG')
@@ -84,16 +84,19 @@ def parse_pixels(text: str) -> np.ndarray:
   """
   want = SIZE * SIZE
   if not _PIXEL_CHARS.fullmatch(text):
-    bad = next(t for t in text.split() if not t.isascii() or not t.isdigit())
+    bad = next((t for t in text.split() if not t.isascii() or not t.isdigit()), text)
     raise ValueError(f'pixels: {bad[:20]!r} is not an integer (expected {want} integers 0..255)')
+  if not text.strip():
+    raise ValueError(f'pixels: expected {want} space-separated integers (48x48), got 0')
   with warnings.catch_warnings():
-    warnings.simplefilter('ignore', DeprecationWarning)  # An empty field: numpy warns, gives [].
-    values = np.fromstring(text, dtype=np.int64, sep=' ') if text.strip() else np.zeros([0])
+    warnings.simplefilter('error', DeprecationWarning)  # numpy's "not read to its end": a bug.
+    values = np.fromstring(text, dtype=np.int64, sep=' ')
   if values.size != want:
     raise ValueError(f'pixels: expected {want} space-separated integers (48x48), got {values.size}')
-  high = int(values.max())
-  if high > 255:  # Digits only: never negative; a huge number saturates at int64's maximum.
-    raise ValueError(f'pixels: value {high} is outside 0..255')
+  if values.max() > 255:  # Digits only: never negative. The file's own spelling, not numpy's
+    # saturated int64, goes in the message.
+    bad = next(t for t in text.split() if len(t.lstrip('0')) > 3 or int(t) > 255)
+    raise ValueError(f'pixels: value {bad[:20]} is outside 0..255')
   return values.astype(np.uint8).reshape(SIZE, SIZE)
 
 
