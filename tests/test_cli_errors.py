@@ -343,6 +343,16 @@ def test_config_values_that_cannot_work_are_named(key, value):
     config_validation.validate_config(config)
 
 
+def test_a_host_only_recipe_on_the_device_is_named():
+  """FER2013's recipe has no device chain: asking for it there fails before any data is read."""
+  config = sibling(DEFAULT_CONFIG, 'fer2013_r').get_config()
+  config.data.augment_on = 'device'
+  with pytest.raises(config_validation.ConfigError, match=r"augment_on='device'.*'fer2013'"):
+    config_validation.validate_config(config)
+  config.data.augment_on = 'host'
+  config_validation.validate_config(config)
+
+
 def test_a_search_with_nothing_to_do_says_so():
   config = ml_collections.ConfigDict({'search': {'max_iterations': 0}})
   with pytest.raises(config_validation.ConfigError, match='max_iterations=0: nothing to do'):

@@ -34,6 +34,7 @@ OPS = {
   'random_resized_crop': lambda im, s: A.random_resized_crop(im, 16, s, scale=(0.8, 1.0)),
   'random_flip': A.random_flip,
   'random_shift': lambda im, s: A.random_shift(im, s, 3),
+  'random_rotate': lambda im, s: A.random_rotate(im, s, 10.0),
   'autoaugment_imagenet': A.autoaugment_imagenet,
   'pca_lighting': lambda im, s: A.pca_lighting(A.to_unit(im), s),
   'normalize': lambda im, s: A.normalize(A.to_unit(im)),
@@ -174,6 +175,28 @@ def test_rotate_and_shear_geometry():
   for y in range(9):  # Row y samples the input shifted by y pixels.
     np.testing.assert_array_equal(sheared[y, : 9 - y], sq[y, y:])
     assert (sheared[y, 9 - y :] == 0).all()
+
+
+def test_random_rotate_is_bilinear_within_its_range_and_fills_from_the_edges():
+  """FER2013's rotation: a smooth ramp stays a ramp (bilinear), no black corners, |angle| <= max."""
+  ramp = np.repeat(np.repeat(np.arange(40, 200, 4, dtype=np.uint8)[None, :, None], 40, 0), 3, 2)
+  outs = eager(lambda im, s: A.random_rotate(im, s, 10.0), ramp, 40)
+  assert outs.dtype == np.uint8 and outs.shape == (40, *ramp.shape)
+  assert outs.min() >= ramp.min() and outs.max() <= ramp.max()  # Edge fill, no black.
+  # Every output equals a fixed rotation of the input by an angle in [-10, 10] degrees: find it.
+  angles = np.linspace(-10, 10, 201)
+  exact = [A.rotate(ramp, a, 'BILINEAR', 'NEAREST').numpy().astype(int) for a in angles]
+  found = [angles[int(np.argmin([np.abs(o.astype(int) - e).mean() for e in exact]))] for o in outs]
+  errors = [
+    np.abs(o.astype(int) - exact[int(np.argmin(np.abs(angles - a)))]).max()
+    for o, a in zip(outs, found)
+  ]
+  assert max(errors) <= 1, errors
+  assert min(found) < -5 and max(found) > 5  # Both directions, spread over the range.
+  assert len(set(np.round(found, 1))) > 30
+  # Bilinear: the middle row of a horizontal ramp rotated by a small angle stays monotone.
+  mid = A.rotate(ramp, 7.0, 'BILINEAR', 'NEAREST').numpy()[20, 5:35, 0].astype(int)
+  assert (np.diff(mid) >= 0).all()
 
 
 def _policy_unchanged_probability(policy):

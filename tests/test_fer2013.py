@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from tests import data_fixtures as fx
 from zenfer_jax import data, dataset_names
+from zenfer_jax.data import augment_spec
 from zenfer_jax.data.builders import fer2013
 
 tfds.disable_progress_bar()
@@ -293,6 +294,31 @@ def test_pipelines_read_the_records(both):
   batch = next(train)
   assert batch['image'].shape == (1, 4, 16, 16, 3)
   assert set(batch['label'].reshape(-1)) <= set(fx.FER2013_LABELS['Training'])
+
+
+def test_fer2013_train_recipe_keeps_faces_grey_and_is_seeded(both):
+  """The FER2013 recipe: geometry and erasing only, so grey faces stay grey (three equal
+  channels, no lighting or colour op), in the normalised range, and a resumed pipeline continues
+  with the very batches of an uninterrupted one."""
+  _, data_dir = both[0]['csv']
+  kw = dict(image_size=24, per_device_batch=4, num_local_devices=1, recipe='fer2013')
+  it = data.pipeline.train_dataset('fer2013', data_dir, seed=3, **kw)
+  a = [next(it) for _ in range(3)]
+  resumed = next(data.pipeline.train_dataset('fer2013', data_dir, seed=3, start_step=2, **kw))
+  mean = np.asarray(augment_spec.IMAGENET_MEAN)
+  std = np.asarray(augment_spec.IMAGENET_STD)
+  for b in a:
+    x = b['image'][0]
+    assert x.shape == (4, 24, 24, 3) and x.dtype == np.float32
+    unit = x * std + mean  # Back to [0, 1]: the three channels are the same grey ...
+    kept = ~(x == 0).all(-1)  # ... outside the erased boxes (0 after normalisation).
+    assert kept.mean() > 0.6
+    np.testing.assert_allclose(unit[..., 0][kept], unit[..., 1][kept], atol=1e-5)
+    np.testing.assert_allclose(unit[..., 0][kept], unit[..., 2][kept], atol=1e-5)
+    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5
+  np.testing.assert_array_equal(resumed['image'], a[2]['image'])
+  # Augmented: the same face twice in an epoch's batches is not the same array.
+  assert not np.array_equal(a[0]['image'], a[1]['image'])
 
 
 def test_prepare_command(tmp_path, capsys, restore_logging):

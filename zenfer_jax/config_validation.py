@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from zenfer_jax import models, structure
-from zenfer_jax.dataset_names import ALL_DATASETS
+from zenfer_jax.dataset_names import ALL_DATASETS, HOST_ONLY_RECIPES, default_recipe
 from zenfer_jax.errors import UserError
 from zenfer_jax.train_state import DTYPES
 
@@ -122,6 +122,14 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(split in PROCESS_SPLITS, 'data.process_split', split, f'one of {PROCESS_SPLITS}')
   where = d.get('augment_on', 'host')
   _check(where in ('host', 'device'), 'data.augment_on', where, "'host' or 'device'")
+  if where == 'device':
+    recipe = d.recipe or default_recipe(d.name)
+    _check(
+      recipe not in HOST_ONLY_RECIPES,
+      'data.augment_on',
+      where,
+      f"'host' for recipe {recipe!r} (the device chain has the reference recipes only)",
+    )
   if d.manual_dir:
     _check(
       os.path.isdir(os.path.expanduser(d.manual_dir)),

@@ -254,29 +254,47 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   return _blend(degenerate, image, factor)
 
 
-def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
-  """Nearest-neighbour projective warp; `transform` maps output (x, y) to input coordinates."""
+def _transform(
+  image: tf.Tensor,
+  transform: tf.Tensor,
+  interpolation: str = 'NEAREST',
+  fill_mode: str = 'CONSTANT',
+) -> tf.Tensor:
+  """Projective warp (nearest-neighbour and black fill, as PIL's AutoAugment ops by default);
+  `transform` maps output (x, y) to input coordinates."""
   shape = tf.shape(image)
   out = tf.raw_ops.ImageProjectiveTransformV3(
     images=image[None],
     transforms=tf.cast(transform, tf.float32)[None],
     output_shape=shape[:2],
     fill_value=0.0,
-    interpolation='NEAREST',
-    fill_mode='CONSTANT',
+    interpolation=interpolation,
+    fill_mode=fill_mode,
   )
   return out[0]
 
 
-def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
-  """Rotates counter-clockwise about the image centre, filling with black."""
+def rotate(
+  image: tf.Tensor, degrees: tf.Tensor, interpolation: str = 'NEAREST', fill_mode: str = 'CONSTANT'
+) -> tf.Tensor:
+  """Rotates counter-clockwise about the image centre, filling with black by default."""
   theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
   shape = tf.shape(image)
   cy = (tf.cast(shape[0], tf.float32) - 1.0) / 2.0
   cx = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
   c, s = tf.cos(theta), tf.sin(theta)
   transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
-  return _transform(image, transform)
+  return _transform(image, transform, interpolation, fill_mode)
+
+
+def random_rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float) -> tf.Tensor:
+  """A uniform rotation in [-max_degrees, max_degrees], bilinear, edges repeated into the corners.
+
+  For small face crops (FER2013's 48x48): nearest-neighbour sampling would make the small
+  rotations jagged, and black corners would be a border no test face has.
+  """
+  degrees = _uniform(seed, (), -max_degrees, max_degrees)
+  return rotate(image, degrees, interpolation='BILINEAR', fill_mode='NEAREST')
 
 
 def shear_x(image: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:

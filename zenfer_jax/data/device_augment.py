@@ -87,6 +87,13 @@ class RecipeParams:
   @classmethod
   def of(cls, recipe) -> RecipeParams:
     """From a `pipeline.Recipe` (any object with the same fields)."""
+    if not getattr(recipe, 'autoaugment', True) or getattr(recipe, 'rotate_degrees', 0.0):
+      # The device chain draws the reference recipes' parameters only; a recipe without
+      # AutoAugment or with its own rotation would silently train on other augmentation.
+      raise ValueError(
+        f'recipe {recipe.name!r} runs on the host only (config.data.augment_on=host): the '
+        'device chain has no rotation-only or AutoAugment-free variant'
+      )
     return cls(
       augment=recipe.augment,
       resize_ratio=recipe.resize_ratio,
