@@ -51,6 +51,8 @@ def test_config_loads_by_path_outside_the_repository(name, tmp_path):
     'default.py': 'rafdb',
     'demo.py': 'digits',
     'digits_folders.py': 'folders',
+    'fer2013_m.py': 'fer2013',
+    'fer2013_r.py': 'fer2013',
     'folders.py': 'folders',
     'rafdb_m.py': 'rafdb',
     'rafdb_m_transfer.py': 'rafdb',
