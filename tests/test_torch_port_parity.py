@@ -8,8 +8,8 @@ measure is max |flax - torch| / max |torch| over the logits.
 The random models are calibrated (see `randomize_`): BN running statistics
 are measured on a batch and then perturbed, and each residual branch's last
 BN is scaled down as the recipe's init does, so activations stay O(1). Blind
-random statistics make activations O(100), where float32 itself cannot give
-1e-5: the reference's lw_att GroupNorm normalises single elements and returns
+random statistics make activations O(100), where the reference's own float32
+result is up to 1e-4 off: its lw_att GroupNorm normalises single elements and returns
 rounding noise times 1/sqrt(eps). `test_blind_random_models_match_float64`
 covers that regime against PyTorch in float64, the exact answer.
 """
@@ -31,7 +31,12 @@ torch.set_num_threads(1)
 REF_DIR = pathlib.Path(__file__).parent / 'reference'
 FACTS = json.loads((REF_DIR / 'model_facts.json').read_text())
 CONFIGS = sorted(FACTS)
-RTOL = 1e-5
+# Two float32 implementations' rounding, which depends on the CPU: PyTorch's oneDNN picks its conv
+# kernels by instruction set, and the calibrated models themselves come from a float32 run.
+# Measured worst case (ZenNet-M, eval at 65 px): 4.6e-6 with AVX-512, 1.05e-5 with oneDNN held to
+# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) and 9.9e-6 to AVX. A conversion bug is far larger: every BN
+# variance off by 1e-4 (an eps mismatch) gives 1e-3 to 8e-3.
+RTOL = 5e-5
 TORCH_MOMENTUM = 0.1  # the reference's BatchNorm2d default; Flax's convention is 1 - that.
 
 
