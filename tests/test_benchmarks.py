@@ -126,7 +126,7 @@ def test_markdown_and_json(tmp_path):
   data = json.loads(path.read_text())
   assert set(report.REQUIRED_RATIOS) <= set(data['ratios'])
   assert data['ratios']['train_zennet_m_sa'] == pytest.approx(2.0)
-  assert (tmp_path / 'r.md').read_text() == md
+  assert (tmp_path / 'r.md').read_text(encoding='utf-8') == md  # UTF-8 in any locale.
 
 
 def test_cli_defaults():
@@ -175,7 +175,7 @@ def test_merge_reports_takes_each_section_from_the_run_that_measured_it(tmp_path
     report.write(rep, paths[-1])
   out = report.main(['--merge', *paths, '--out', str(tmp_path / 'm.json')])
   assert json.loads((tmp_path / 'm.json').read_text())['ratios'] == out['ratios']
-  assert (tmp_path / 'm.md').read_text() == report.to_markdown(out)
+  assert (tmp_path / 'm.md').read_text(encoding='utf-8') == report.to_markdown(out)
   # The older spelling, `python -m benchmarks.run --merge`, still works.
   again = run.main(['--merge', *paths, '--out', str(tmp_path / 'm2.json')])
   assert json.loads((tmp_path / 'm2.json').read_text()) == json.loads(

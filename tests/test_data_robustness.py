@@ -62,7 +62,7 @@ def _records(name, data_dir, split, classes=None):
 
 
 def _report(info) -> str:
-  with open(info.report_path) as f:
+  with open(info.report_path, encoding='utf-8') as f:  # prepare writes UTF-8 in any locale.
     return f.read()
 
 
@@ -120,7 +120,7 @@ def test_rafdb_bad_labels_and_bombs_are_skipped_and_reported(tmp_path):
   (aligned / 'train_09101_aligned.jpg').write_bytes(png_header_only(60_000, 60_000))
   (aligned / 'train_09102_aligned.jpg').write_bytes(png_header_only(9_000, 9_000))
   label_file = manual / 'basic' / 'EmoLabel' / 'list_patition_label.txt'
-  lines = label_file.read_text().splitlines()
+  lines = label_file.read_text(encoding='utf-8').splitlines()
   lines += [
     'train_00001.jpg \u00b2',  # str.isdigit() is True for '²'; int('²') raised and ended prepare.
     'train_00002.jpg 8',
@@ -129,7 +129,7 @@ def test_rafdb_bad_labels_and_bombs_are_skipped_and_reported(tmp_path):
     'train_09101.jpg 1',
     'train_09102.jpg 1',
   ]
-  label_file.write_text('\n'.join(lines) + '\n')
+  label_file.write_text('\n'.join(lines) + '\n', encoding='utf-8')  # As prepare reads it.
 
   t = time.perf_counter()
   info = data.prepare('rafdb', str(tmp_path / 'tfds'), manual_dir=str(manual))
