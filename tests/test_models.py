@@ -152,6 +152,21 @@ def test_custom_init_follows_the_reference(zennet_r_sa_lw):
   ).all()
 
 
+def test_xavier_init_is_the_custom_init_at_gain_one():
+  """Same draws, kernels 1/3.26 of the custom init's; residual layers still start as identity."""
+  key = jax.random.key(0)
+  custom = init_variables(build_model('zennet_r', 7, use_sa=True), key, 16)['params']
+  xavier = init_variables(build_model('zennet_r', 7, use_sa=True, init='xavier'), key, 16)['params']
+  for path, leaf in jax.tree_util.tree_leaves_with_path(custom):
+    other = dict(jax.tree_util.tree_leaves_with_path(xavier))[path]
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      np.testing.assert_allclose(np.asarray(other) * XAVIER_GAIN, leaf, rtol=1e-5, atol=1e-7)
+    else:
+      np.testing.assert_array_equal(other, leaf)  # BN, SA, biases: the same (zero last BN).
+  assert float(jnp.abs(xavier['backbone']['block4']['layer0']['bn8']['scale']).max()) == 0.0
+
+
 def test_gaussian_init_and_no_reslink_variant(zennet_r_sa_lw):
   model = build_model(TINY, 7, no_reslink=True, init='gaussian')
   p = init_variables(model, jax.random.key(0), 16)['params']
