@@ -45,9 +45,15 @@ to the same --threads CPUs (benchmarks.run's pinning: process affinity, which al
 pool, and torch.set_num_threads), one after the other.
 
 Per epoch and side: top-1, train loss, images/s (training only: evaluation and, on the JAX side,
-checkpoints excluded; the first JAX epoch includes compiling the train step), train, eval and
-elapsed seconds. Output: --out (default benchmarks/results/train_parity_<dataset>.json) and
-the accuracy curves beside it (.png).
+checkpoints excluded; the first JAX epoch includes compiling the train step, or loading it from
+the compilation cache), train, eval and elapsed seconds; the summaries' rates leave epoch 1 out.
+Output: --out (default benchmarks/results/train_parity_<dataset>.json) and the accuracy curves
+beside it (.png).
+
+A busy machine: PyTorch's OpenMP pool stalls when its threads cannot all run at once. On 2 cores
+at load average 6, ZenNet-R-SA at 48 px with 2 threads evaluated at about 30 images/s and trained
+at 3-10 s per batch of 64; with --threads 1, 300 images/s and 0.5 s. The report records the load
+average at both ends; on a shared machine use fewer threads than idle cores.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -723,6 +730,7 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def forward_check(model, variables, config, num_classes: int, images: np.ndarray) -> dict:
   """The JAX model and the converted reference model on one batch, eval mode: logits agree."""
+  import jax
   import torch
 
   from torch_port.export import export_state_dict
@@ -736,7 +744,7 @@ def forward_check(model, variables, config, num_classes: int, images: np.ndarray
   tmodel.eval()
   with torch.no_grad():
     t_logits = tmodel(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-  j_logits = np.asarray(model.apply(variables, images, train=False))
+  j_logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, images))
   scale = max(1.0, float(np.abs(j_logits).max()))
   diff = float(np.abs(j_logits - t_logits).max())
   return {
@@ -793,6 +801,7 @@ def markdown(report: dict) -> str:
 
 
 def _summary(rows: list[dict]) -> dict:
+  """The run's result; its rate leaves out epoch 1 (compilation, worker start) when it can."""
   if not rows:
     return {}
   later = rows[1:] or rows
@@ -802,7 +811,8 @@ def _summary(rows: list[dict]) -> dict:
     'best_top1': max(r['test_top1'] for r in rows),
     'best_epoch': max(rows, key=lambda r: r['test_top1'])['epoch'],
     'final_train_loss': rows[-1]['train_loss'],
-    'images_per_second_after_epoch_1': images / sum(r['train_seconds'] for r in later),
+    'images_per_second': images / sum(r['train_seconds'] for r in later),
+    'images_per_second_epochs': [later[0]['epoch'], later[-1]['epoch']],
     'train_seconds': sum(r['train_seconds'] for r in rows),
   }
 
@@ -945,10 +955,12 @@ def main(argv: list[str] | None = None) -> dict:
   import jax
   import torch
 
-  from zenfer_jax import model_directory
+  from zenfer_jax import compilation_cache, model_directory
   from zenfer_jax import train as train_lib
   from zenfer_jax import train_state as ts
 
+  # The JAX run's cache: its model init is the program compiled here, so it loads it.
+  compilation_cache.enable(config.compilation_cache_dir)
   model = ts.build_model(config, info.num_classes)
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # As zenfer_jax.train splits.
   variables = ts.initial_variables(config, model, init_rng)
@@ -1024,6 +1036,14 @@ def main(argv: list[str] | None = None) -> dict:
         f'{r["images_per_second"]:.1f} img/s'
       )
     write()
+  if len(report['sides']) == 2:
+    jax_sum, torch_sum = (report['sides'][s]['summary'] for s in SIDES)
+    report['comparison'] = {
+      'final_top1_jax_minus_torch': jax_sum['final_top1'] - torch_sum['final_top1'],
+      'best_top1_jax_minus_torch': jax_sum['best_top1'] - torch_sum['best_top1'],
+      'images_per_second_jax_over_torch': jax_sum['images_per_second']
+      / torch_sum['images_per_second'],
+    }
   plot_path = os.path.splitext(out)[0] + '.png'
   plot(
     plot_path,
