@@ -763,6 +763,7 @@ def plot(path: str, sides: dict, title: str) -> None:
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   labels = {'jax': 'JAX (zenfer_jax.main)', 'torch': 'PyTorch (reference model, eager)'}
@@ -775,6 +776,7 @@ def plot(path: str, sides: dict, title: str) -> None:
         marker='o' if len(rows) < 40 else None,
         label=labels[side],
       )
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('epoch')
   ax.set_ylabel('top-1 (%)')
   ax.set_title(title, fontsize=10)
