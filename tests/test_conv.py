@@ -11,13 +11,13 @@ from zenfer_jax.layers import conv as conv_lib
 from zenfer_jax.layers.conv import Conv
 from zenfer_jax.layers.cpu_kernels import (
   conv_blocked,
-  conv_patches,
   conv_strided,
+  conv_toeplitz,
   conv_wfold,
   depthwise_shift,
   resolve_impl,
   use_output_blocked,
-  use_patches,
+  use_toeplitz,
   wfold_factors,
 )
 
@@ -123,32 +123,26 @@ def test_conv_wfold_matches_xla(h, w, cin, cout, k, stride, fold, grad_fold):
 
 
 # Kernels larger than the activation (ZenNet-R's 7x7 at 6x6 when trained at 48 px), odd and
-# unequal extents, strides 1 and 2 (the form allows both; only stride 1 is selected).
+# unequal extents, other channel counts.
 @pytest.mark.parametrize(
-  'h,w,cin,cout,k,stride',
-  [
-    (6, 6, 16, 16, 7, 1),
-    (3, 5, 8, 12, 7, 1),
-    (2, 2, 32, 32, 3, 1),
-    (5, 4, 16, 8, 5, 1),
-    (7, 6, 16, 16, 7, 2),
-  ],
+  'h,w,cin,cout,k',
+  [(6, 6, 16, 16, 7), (3, 5, 8, 12, 7), (2, 2, 32, 32, 3), (5, 4, 16, 8, 5), (1, 3, 4, 6, 3)],
 )
-def test_conv_patches_matches_xla(h, w, cin, cout, k, stride):
+def test_conv_toeplitz_matches_xla(h, w, cin, cout, k):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.standard_normal((3, h, w, cin), dtype=np.float32))
   kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout), dtype=np.float32))
-  _check(jax.jit(conv_patches, static_argnums=(2, 3)), x, kernel, stride)
+  _check(lambda a, b, stride, pad: conv_toeplitz(a, b, pad), x, kernel, 1)
 
 
-def test_patches_selection():
-  assert use_patches((64, 6, 6, 16), (7, 7, 16, 16), 1, 1)  # ZenNet-R's last stage at 48 px
-  assert use_patches((64, 2, 2, 32), (3, 3, 32, 32), 1, 1)
-  assert not use_patches((64, 8, 8, 16), (7, 7, 16, 16), 1, 1)  # the kernel fits: XLA's
-  assert not use_patches((64, 12, 12, 16), (7, 7, 16, 16), 2, 1)  # strided: conv_strided's
-  assert not use_patches((64, 6, 6, 16), (7, 7, 1, 16), 1, 16)  # grouped
-  assert not use_patches((64, 6, 6, 256), (7, 7, 256, 256), 1, 1)  # patches too wide
-  assert not use_patches((64, 6, 6, 16), (1, 1, 16, 16), 1, 1)  # 1x1: a matmul
+def test_toeplitz_selection():
+  assert use_toeplitz((64, 6, 6, 16), (7, 7, 16, 16), 1, 1)  # ZenNet-R's last stage at 48 px
+  assert use_toeplitz((64, 2, 2, 32), (3, 3, 32, 32), 1, 1)
+  assert not use_toeplitz((64, 8, 8, 16), (7, 7, 16, 16), 1, 1)  # the kernel fits: XLA's
+  assert not use_toeplitz((64, 12, 12, 16), (7, 7, 16, 16), 2, 1)  # strided: conv_strided's
+  assert not use_toeplitz((64, 6, 6, 16), (7, 7, 1, 16), 1, 16)  # grouped
+  assert not use_toeplitz((64, 6, 6, 256), (7, 7, 256, 256), 1, 1)  # matrix too large
+  assert not use_toeplitz((64, 6, 6, 16), (1, 1, 16, 16), 1, 1)  # 1x1: a matmul
 
 
 def test_wfold_selection():

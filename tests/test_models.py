@@ -240,12 +240,12 @@ def test_model_impls_agree_where_convs_are_w_folded():
 
 def test_model_impls_agree_for_zennet_r_at_48px():
   """FER2013's size: the last stage's 7x7 convs run at 6x6, larger than the activation, where
-  the CPU formulation is the patches GEMM."""
+  the CPU formulation is the Toeplitz GEMM."""
   x = jax.random.normal(jax.random.key(3), (2, 48, 48, 3))
   a = build_model('zennet_r', 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
   b = build_model('zennet_r', 7, use_sa=True, conv_impl='xla', bn_impl='xla')
   v = init_variables(a, jax.random.key(5), 48)
-  assert 'name=conv_patches' in str(jax.make_jaxpr(a.apply)(v, x))
+  assert 'name=conv_toeplitz' in str(jax.make_jaxpr(a.apply)(v, x))
   np.testing.assert_allclose(
     np.asarray(jax.jit(a.apply)(v, x)), np.asarray(jax.jit(b.apply)(v, x)), rtol=1e-4, atol=1e-4
   )

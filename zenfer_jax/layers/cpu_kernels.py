@@ -30,8 +30,8 @@ __all__ = [
   'conv',
   'depthwise_shift',
   'pointwise_matmul',
-  'conv_patches',
-  'use_patches',
+  'conv_toeplitz',
+  'use_toeplitz',
   'conv_strided',
   'conv_blocked',
   'use_output_blocked',
@@ -80,8 +80,8 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) ->
     return None
   if k == 1:
     return pointwise_matmul(x, kernel, stride)
-  if use_patches(x.shape, kernel.shape, stride, groups):
-    return conv_patches(x, kernel, stride, pad)
+  if use_toeplitz(x.shape, kernel.shape, stride, groups) and pad == k // 2:
+    return conv_toeplitz(x, kernel, pad)
   if use_output_blocked(x.shape, kernel.shape, stride, groups):
     return conv_blocked(x, kernel, pad)
   folds = wfold_factors(x.shape, kernel.shape, stride, groups)
@@ -240,43 +240,48 @@ def pointwise_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   return (xs.reshape(n * h * w, cin) @ kernel.reshape(cin, cout)).reshape(n, h, w, cout)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))  # Named in jaxprs: tests see the choice.
-def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-  """A dense conv as one matmul over its k*k shifted (im2col) patches, for small activations.
-
-  Where the activation is not much larger than the kernel (ZenNet-R's 7x7 convs at 6x6 when
-  trained at 48 px), XLA's CPU conv, and above all its kernel gradient (a conv whose window is
-  the whole activation), run at a few hundred MFLOP/s; the patches are small there
-  (N*H*W x k*k*C) and the forward and both gradients become plain GEMMs plus slices.
-  """
-  k = kernel.shape[0]
-  n, h, w, c = x.shape
-  ho = (h + 2 * pad - k) // stride + 1
-  wo = (w + 2 * pad - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-  cols = jnp.concatenate(
-    [
-      xp[:, i : i + span_h : stride, j : j + span_w : stride, :] for i in range(k) for j in range(k)
-    ],
-    axis=-1,
+def _tap_map(h: int, w: int, k: int, pad: int) -> np.ndarray:
+  """[(H*W) * (H*W), k*k] 0/1: which tap links input position p to output position q."""
+  yi, xi, yo, xo = np.meshgrid(
+    np.arange(h), np.arange(w), np.arange(h), np.arange(w), indexing='ij'
   )
-  out = cols.reshape(n * ho * wo, k * k * c) @ kernel.reshape(k * k * c, -1)
-  return out.reshape(n, ho, wo, -1)
+  dy, dx = (yi - yo + pad).reshape(-1), (xi - xo + pad).reshape(-1)
+  valid = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
+  taps = np.zeros((dy.size, k * k), np.float32)
+  taps[np.flatnonzero(valid), (dy * k + dx)[valid]] = 1.0
+  return taps
 
 
-def use_patches(shape: tuple, kernel_shape: tuple, stride: int, groups: int) -> bool:
-  """Where `conv_patches` was measured faster than XLA's conv and the W-folded forms: stride-1
-  dense convs whose kernel is larger than the activation (XLA's CPU conv then runs at a tenth
-  of its usual rate, kernel gradient included).
+@functools.partial(jax.jit, static_argnums=(2,))  # Named in jaxprs: tests see the choice.
+def conv_toeplitz(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """A stride-1 dense conv as one matmul over whole images: [N, H*W*C] @ [H*W*C, H*W*C'].
 
-  Batch 64, forward + both gradients, ms (XLA / W-folded -> patches): 6x6 16->16 7x7
-  53 / 69 -> 9; where the kernel fits inside the activation XLA or the other forms stay faster
-  (8x8 16->16 7x7 11 -> 26, 6x6 32->32 5x5 8 -> 16, 12x12 8->8 7x7 folded 7 -> 40).
+  Where the kernel is larger than the activation (ZenNet-R's 7x7 convs at 6x6 when trained at
+  48 px) every output position sees most of the image, so the conv's (block-Toeplitz) matrix
+  is small and nearly dense: H*W*C = 576 at 6x6x16. XLA's CPU conv, and above all its kernel
+  gradient (a conv whose window is the whole activation), run at a few hundred MFLOP/s on
+  these shapes; here the forward and both gradients are plain GEMMs, and the kernel gradient
+  folds the matrix's gradient back onto the taps with one more GEMM.
   """
-  k, _, cin, _ = kernel_shape
+  k, _, c, co = kernel.shape
+  n, h, w, _ = x.shape
+  taps = jnp.asarray(_tap_map(h, w, k, pad))
+  t = (taps @ kernel.reshape(k * k, c * co)).reshape(h * w, h * w, c, co)
+  t = t.transpose(0, 2, 1, 3).reshape(h * w * c, h * w * co)
+  return (x.reshape(n, h * w * c) @ t).reshape(n, h, w, co)
+
+
+def use_toeplitz(shape: tuple, kernel_shape: tuple, stride: int, groups: int) -> bool:
+  """Where `conv_toeplitz` was measured faster than XLA's conv and the other forms: stride-1
+  dense convs whose kernel is larger than the activation (at most 1,024 values per image).
+
+  Batch 64, forward + both gradients, one core, ms (XLA / W-folded -> Toeplitz): 6x6 16->16
+  7x7 29 / 69 -> 2.5 (an im2col GEMM took 5.5); 3x3 16->16 7x7 6.3 -> 0.23. Where the kernel
+  fits inside the activation the matrix is mostly zeros and XLA or the folded forms win.
+  """
+  k, _, cin, cout = kernel_shape
   _, h, w, _ = shape
-  return groups == 1 and stride == 1 and (k > h or k > w) and k * k * cin <= 4096
+  return groups == 1 and stride == 1 and (k > h or k > w) and max(h * w * cin, h * w * cout) <= 1024
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
