@@ -207,3 +207,119 @@ def test_markdown_names_later_pass_figures_and_time_limited_search_sides():
   )
   assert rep['ratios']['train_zennet_m_sa_bf16'] == pytest.approx(4.0)  # 8 img/s against 2
   assert rep['ratios']['zen_search'] == pytest.approx(3.0)
+
+
+def _size_run(resolution, batch, jax_s, eager_s, cl_s=None, status='ok'):
+  """A hand-made `benchmarks.run --sections train` report for one size, as train_sizes reads it."""
+  train = {}
+  for i, model in enumerate(('zennet_r_sa', 'zennet_m_sa')):
+    sides = {
+      'jax_float32': _side(jax_s, batch),
+      'torch_eager': _side(eager_s, batch),
+      'torch_eager_cl': (
+        _side(cl_s, batch) if cl_s else {'status': 'crashed', 'error': 'RuntimeError: crashed'}
+      ),
+    }
+    train[model] = {
+      'batch': batch,
+      'resolution': resolution,
+      'sides': sides,
+      'loadavg': [1.5 + i, 1.0, 1.0],
+    }
+  rep = dict(_report(), results={'train': train}, date=f'2026-01-01T00:{resolution}:00+00:00')
+  rep['settings'] = {'reps': 5, 'threads': 1, 'conv_impl': 'cpu', 'bn_impl': 'cpu'}
+  return {'resolution': resolution, 'batch': batch, 'status': status, 'report': rep}
+
+
+def test_train_sizes_rows_ratios_and_table(tmp_path):
+  from benchmarks import train_sizes
+
+  runs = [
+    # 48 px: JAX 8 img/s, eager 4, channels_last 2 -> best PyTorch eager, 2x.
+    _size_run(48, 8, [1.0] * 5, [2.0] * 5, [4.0] * 5),
+    # 64 px: channels_last crashed -> eager is the only PyTorch figure, 0.5x.
+    _size_run(64, 8, [2.0, 2.0, 1.0, 3.0, 2.0], [1.0] * 5),
+    {'resolution': 112, 'batch': 8, 'status': 'failed (exit -6)', 'report': None, 'tail': 'x'},
+    # Another batch at 48 px: only in the fastest-batch table.
+    _size_run(48, 16, [1.0] * 5, [1.0] * 5, [8.0] * 5),
+  ]
+  rep = train_sizes.combine(
+    runs, models=['zennet_r_sa', 'zennet_m_sa'], batch=8, command='python -m benchmarks.train_sizes'
+  )
+  rows = {(r['model'], r['resolution']): r for r in rep['rows']}
+  assert list(rows) == [(m, r) for m in ('zennet_r_sa', 'zennet_m_sa') for r in (48, 64, 112)]
+  r48, r64, r112 = (rows['zennet_r_sa', r] for r in (48, 64, 112))
+  assert (r48['best_torch'], r48['ratio']) == ('torch_eager', pytest.approx(2.0))
+  assert (r64['best_torch'], r64['ratio']) == ('torch_eager', pytest.approx(0.5))
+  assert r64['sides']['torch_eager_cl']['status'] == 'crashed'
+  assert r64['ratio_min'] == pytest.approx((8 / 3) / 8) and r64['ratio_max'] == pytest.approx(1.0)
+  assert r112['ratio'] is None and r112['status'] == 'failed (exit -6)'
+  # The load before the second model is the one recorded after the first.
+  assert rows['zennet_r_sa', 48]['loadavg_end'] == [1.5, 1.0, 1.0]
+  assert rows['zennet_m_sa', 48]['loadavg_start'] == [1.5, 1.0, 1.0]
+  assert rows['zennet_m_sa', 48]['loadavg_end'] == [2.5, 1.0, 1.0]
+  fast = {(f['model'], f['resolution']): f for f in rep['fastest_batch']}
+  f48 = fast['zennet_r_sa', 48]
+  assert f48['sides']['jax_float32'] == dict(rate_median=16, rate_min=16, rate_max=16, batch=16)
+  assert f48['sides']['torch_eager']['batch'] == 16 and f48['best_torch'] == 'torch_eager'
+  assert f48['ratio'] == pytest.approx(1.0)
+  assert rep['versions'] == {'jax': '0'} and rep['date'] == runs[0]['report']['date']
+  md = train_sizes.to_markdown(rep)
+  assert (
+    '| ZenNet-R-SA | 48px | 8 | 8 (8–8) | 4 (4–4) | 2 (2–2) | 2.00x (2.00–2.00) | 1.0 → 1.5 |' in md
+  )
+  assert '| ZenNet-R-SA | 64px | 8 | 4 (2.67–8) | 8 (8–8) | crashed | 0.50x (0.33–1.00) |' in md
+  assert '| ZenNet-M-SA | 112px | 8 | failed (exit -6) | — | — | — |' in md
+  assert '| ZenNet-R-SA | 48px | 16 (batch 16) | 16 (batch 16) | 2 (batch 8) | 1.00x |' in md
+  assert '| ZenNet-R-SA | 64px | 4 (batch 8) | 8 (batch 8) | crashed | 0.50x |' in md
+  assert 'Failed runs: 112px batch 8: failed (exit -6).' in md
+  assert 'Command: `python -m benchmarks.train_sizes`' in md and 'Versions: jax 0.' in md
+  train_sizes.write(rep, str(tmp_path / 's.json'))
+  assert json.loads((tmp_path / 's.json').read_text(encoding='utf-8'))['rows'][0]['ratio'] == 2.0
+  assert (tmp_path / 's.md').read_text(encoding='utf-8') == md
+
+
+def test_train_sizes_cli():
+  from benchmarks import train_sizes
+
+  a = train_sizes.parse_args([])
+  assert (a.resolutions, a.models, a.batch, a.reps, a.threads) == (
+    [48, 64, 112, 224],
+    ['zennet_r_sa', 'zennet_m_sa'],
+    64,
+    7,
+    1,
+  )
+  assert a.batches == [64] and a.out.endswith('train_sizes_cpu.json')
+  a = train_sizes.parse_args(['--fastest_batch', '--batch', '16'])
+  assert a.batches == [16, 32, 64, 128, 256]
+  assert '--reps=7' in train_sizes.run_args(a, 48, 16, 'x.json')
+  with pytest.raises(SystemExit):
+    train_sizes.parse_args(['--reps', '1'])
+  with pytest.raises(SystemExit):
+    train_sizes.parse_args(['--models', 'resnet'])
+
+
+@pytest.mark.slow
+def test_train_sizes_sweep_smoke(tmp_path):
+  """Two tiny sizes, each its own `benchmarks.run` process (about 45 s each on one core)."""
+  from benchmarks import train_sizes
+
+  out = tmp_path / 'sizes.json'
+  args = '--quick --resolutions 16,24 --batch 2 --reps 1 --models zennet_r_sa --out'.split()
+  train_sizes.main([*args, str(out)])
+  rep = json.loads(out.read_text(encoding='utf-8'))
+  assert [(r['model'], r['resolution'], r['batch']) for r in rep['rows']] == [
+    ('zennet_r_sa', 16, 2),
+    ('zennet_r_sa', 24, 2),
+  ]
+  assert [r['status'] for r in rep['runs']] == ['ok', 'ok']
+  md = (tmp_path / 'sizes.md').read_text(encoding='utf-8')
+  for row in rep['rows']:
+    rates = {s: v['rate_median'] for s, v in row['sides'].items() if 'rate_median' in v}
+    assert rates['jax_float32'] > 0 and rates['torch_eager'] > 0
+    best = max(v for s, v in rates.items() if s != 'jax_float32')
+    assert row['ratio'] == pytest.approx(rates['jax_float32'] / best)
+    assert f'| ZenNet-R-SA | {row["resolution"]}px | 2 |' in md
+  assert rep['settings']['threads'] == 1 and rep['versions']['jax']
+  assert rep['command'].startswith('python -m benchmarks.train_sizes --quick')
