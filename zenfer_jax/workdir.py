@@ -27,7 +27,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import flags, logging
 
-from zenfer_jax import atomic_write, model_directory
+from zenfer_jax import atomic_write, model_directory, pretrained
 from zenfer_jax.errors import UserError
 
 CONFIG = 'config.json'
@@ -239,8 +239,9 @@ def load_inference(path: str, which: str = 'best') -> tuple[dict, dict]:
 
   A workdir gives its best checkpoint (which='best'; the latest if no evaluation has run yet)
   or its latest one (which='latest'); anything else is read as a model_directory model dir.
+  A name that is no path is a shipped model's (`zenfer_jax.pretrained`, e.g. 'fer2013_r').
   """
-  path = os.fspath(path)
+  path = pretrained.resolve(path)
   if not is_workdir(path):
     if which != 'best':
       raise ValueError(
