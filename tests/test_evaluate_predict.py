@@ -89,6 +89,63 @@ def test_evaluate_writes_metrics_and_confusion_matrix(model_dir, digits_dir, tmp
   assert Image.open(png).size[0] > 300
 
 
+def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, tmp_path):
+  from zenfer_jax import data
+
+  # A classifier over standardised features (their mean and spread over the test images):
+  # answers that vary from image to image and between an image and its mirror.
+  model = models.build_model(TINY, 10, use_sa=True)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(2), 16))
+  images = np.concatenate(
+    [
+      b['image'][0]
+      for b in data.pipeline.eval_dataset(
+        'digits',
+        str(digits_dir),
+        split='test',
+        image_size=16,
+        per_device_batch=120,
+        num_local_devices=1,
+        recipe='digits',
+      )
+    ]
+  )
+  feats = np.asarray(model.apply(variables, images, method=models.ZenNet.features)).mean((1, 2))
+  mu, sigma = feats.mean(0), feats.std(0) + 1e-3
+  r = np.random.default_rng(3).standard_normal((feats.shape[1], 10)).astype(np.float32)
+  variables['params']['fc']['kernel'] = r / sigma[:, None]
+  variables['params']['fc']['bias'] = -(mu / sigma) @ r
+  card = model_directory.make_card(
+    TINY, 10, use_sa=True, class_names=CLASSES, image_size=16, recipe='digits', source='test'
+  )
+  model_dir = model_directory.save_model_dir(str(tmp_path / 'm'), variables, card)
+  kw = dict(name='digits', data_dir=str(digits_dir), split='test', batch_size=64)
+  plain = evaluate.evaluate(model_dir, **kw)
+  tta = evaluate.evaluate(model_dir, flip_tta=True, **kw)
+  model = model_directory.build_from_card(card)
+  want = np.zeros((10, 10), np.int64)
+  batches = data.pipeline.eval_dataset(
+    'digits',
+    str(digits_dir),
+    split='test',
+    image_size=16,
+    per_device_batch=64,
+    num_local_devices=1,
+    recipe='digits',
+  )
+  changed = 0
+  for b in batches:
+    x, mask = b['image'][0], b['mask'][0]
+    one = model.apply(variables, x, train=False)
+    logits = one + model.apply(variables, x[:, :, ::-1])
+    for label, pred in zip(b['label'][0][mask], np.argmax(logits, -1)[mask]):
+      want[label, pred] += 1
+    changed += int(np.sum((np.argmax(logits, -1) != np.argmax(one, -1))[mask]))
+  assert changed > 0  # The mirror changes some answers, so the comparison below can fail.
+  np.testing.assert_array_equal(np.array(tta['confusion_matrix']), want)
+  assert tta['flip_tta'] and not plain['flip_tta']
+
+
 def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path, capsys):
   model = models.build_model(TINY, 3)
   variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))

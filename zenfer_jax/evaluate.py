@@ -48,6 +48,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--classes', default=None, help='folders only: class names in label order, a,b')
   p.add_argument('--batch_size', type=cli.positive_int, default=128, help='global eval batch size')
   p.add_argument(
+    '--flip_tta',
+    action='store_true',
+    help='test-time augmentation: average the logits of each image and its mirror image',
+  )
+  p.add_argument(
     '--output_dir',
     default=None,
     help='where metrics.json and confusion_matrix.png go (default: DIR/eval_<split>)',
@@ -85,8 +90,13 @@ def evaluate(
   classes: list[str] | None = None,
   manual_dir: str | None = None,
   batch_size: int = 128,
+  flip_tta: bool = False,
 ) -> dict[str, Any]:
-  """Metrics of the model at `path` (workdir or model dir) on `name`/`split`."""
+  """Metrics of the model at `path` (workdir or model dir) on `name`/`split`.
+
+  flip_tta: classify by the mean logits of each image and its left-right mirror (faces are
+  close to mirror-symmetric, and the train recipes flip them).
+  """
   import jax
 
   from zenfer_jax import data, metrics, model_directory, parallel, steps
@@ -122,8 +132,14 @@ def evaluate(
     recipe=card['recipe'],
     classes=classes,
   )
+  apply_fn = model.apply
+  if flip_tta:
+
+    def apply_fn(v, x, train=False):
+      return (model.apply(v, x, train=train) + model.apply(v, x[:, :, ::-1], train=train)) / 2
+
   p_eval = parallel.pmap_eval_step(
-    functools.partial(steps.eval_step, apply_fn=model.apply, num_classes=card['num_classes'])
+    functools.partial(steps.eval_step, apply_fn=apply_fn, num_classes=card['num_classes'])
   )
   cm = steps.evaluate_split(p_eval, parallel.replicate(variables), batches, card['num_classes'])
   result = metrics.summarize(cm, info.class_names)
@@ -136,6 +152,7 @@ def evaluate(
       'checkpoint': os.path.abspath(path),
       'image_size': image_size,
       'recipe': card['recipe'],
+      'flip_tta': flip_tta,
     }
   )
   return result
@@ -212,15 +229,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
-  out = args.output_dir or os.path.join(path, f'eval_{ds["split"]}')
+  out = args.output_dir or os.path.join(
+    path, f'eval_{ds["split"]}' + ('_flip_tta' if args.flip_tta else '')
+  )
   _check_output_dir(out)
   result = evaluate(
-    path, which=args.which, manual_dir=args.manual_dir, batch_size=args.batch_size, **ds
+    path,
+    which=args.which,
+    manual_dir=args.manual_dir,
+    batch_size=args.batch_size,
+    flip_tta=args.flip_tta,
+    **ds,
   )
   os.makedirs(out, exist_ok=True)
   atomic_write.write_json(os.path.join(out, 'metrics.json'), result)
   title = (
-    f'{ds["name"]}/{ds["split"]}: top-1 {100 * result["top1"]:.2f}%, '
+    f'{ds["name"]}/{ds["split"]}{" (flip TTA)" if args.flip_tta else ""}: '
+    f'top-1 {100 * result["top1"]:.2f}%, '
     f'mean class {100 * result["mean_class_accuracy"]:.2f}%'
   )
   plot_confusion(
