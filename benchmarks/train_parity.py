@@ -156,19 +156,22 @@ def reference_lr(
   steps_per_epoch: int,
   batch_size: int,
 ) -> float:
-  """The original scripts' rate for 0-based `step`: a function of the samples seen.
+  """The original scripts' rate for 0-based `step`: a function of the samples seen, which
+  `zenfer_jax.optim` writes in plain Python (its scheduler advances by the batch size before
+  each update and restarts each epoch's count at epoch * num_train)."""
+  from zenfer_jax import optim  # Plain Python here; importing JAX starts no computation.
 
-  Their scheduler advances by the batch size before each update and restarts each epoch's count
-  at epoch * num_train, so an epoch that drops its last partial batch still ends the schedule's
-  epoch where the dataset's does.
-  """
-  epoch, within = divmod(step, steps_per_epoch)
-  seen = epoch * num_train + (within + 1) * batch_size
-  warmup = warmup_epochs * num_train
-  if seen < warmup:
-    return (seen + 1) / warmup * lr
-  ratio = (seen - warmup + 1) / (num_epochs * num_train - warmup)
-  return lr + (target_lr - lr) * (1.0 - math.cos(math.pi * ratio)) / 2.0
+  seen = optim.samples_seen(
+    step, steps_per_epoch=steps_per_epoch, global_batch=batch_size, num_train=num_train
+  )
+  return optim.reference_lr(
+    seen,
+    lr=lr,
+    target_lr=target_lr,
+    num_train=num_train,
+    num_epochs=num_epochs,
+    warmup_epochs=warmup_epochs,
+  )
 
 
 def torch_schedule(config, num_train: int):

@@ -223,12 +223,13 @@ THIN_R = (
 )
 
 
-def test_model_impls_agree_where_convs_are_w_folded():
-  x = jax.random.normal(jax.random.key(2), (2, 184, 184, 3))
-  a = build_model(THIN_R, 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
-  b = build_model(THIN_R, 7, use_sa=True, conv_impl='xla', bn_impl='xla')
+def _assert_impls_agree(structure: str, size: int, chosen: str) -> None:
+  """The CPU formulations (`chosen` among them) and XLA's ops: same outputs and gradients."""
+  x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+  a = build_model(structure, 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
+  b = build_model(structure, 7, use_sa=True, conv_impl='xla', bn_impl='xla')
   v = init_variables(a, jax.random.key(4), 16)
-  assert 'conv_wfold' in str(jax.make_jaxpr(a.apply)(v, x))
+  assert chosen in str(jax.make_jaxpr(a.apply)(v, x))
   np.testing.assert_allclose(
     np.asarray(jax.jit(a.apply)(v, x)), np.asarray(jax.jit(b.apply)(v, x)), rtol=1e-4, atol=1e-4
   )
@@ -236,23 +237,16 @@ def test_model_impls_agree_where_convs_are_w_folded():
   scale = max(float(np.max(np.abs(g))) for g in gb)
   for p, q in zip(ga, gb):
     np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_model_impls_agree_where_convs_are_w_folded():
+  _assert_impls_agree(THIN_R, 184, 'conv_wfold')
 
 
 def test_model_impls_agree_for_zennet_r_at_48px():
   """FER2013's size: the last stage's 7x7 convs run at 6x6, larger than the activation, where
   the CPU formulation is the Toeplitz GEMM."""
-  x = jax.random.normal(jax.random.key(3), (2, 48, 48, 3))
-  a = build_model('zennet_r', 7, use_sa=True, conv_impl='cpu', bn_impl='cpu')
-  b = build_model('zennet_r', 7, use_sa=True, conv_impl='xla', bn_impl='xla')
-  v = init_variables(a, jax.random.key(5), 48)
-  assert 'name=conv_toeplitz' in str(jax.make_jaxpr(a.apply)(v, x))
-  np.testing.assert_allclose(
-    np.asarray(jax.jit(a.apply)(v, x)), np.asarray(jax.jit(b.apply)(v, x)), rtol=1e-4, atol=1e-4
-  )
-  ga, gb = jax.tree.leaves(_train_grads(a, v, x)), jax.tree.leaves(_train_grads(b, v, x))
-  scale = max(float(np.max(np.abs(g))) for g in gb)
-  for p, q in zip(ga, gb):
-    np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5 * scale)
+  _assert_impls_agree('zennet_r', 48, 'name=conv_toeplitz')
 
 
 def test_auto_impls_resolve_once_to_the_explicit_choice(tiny_sa):
