@@ -54,7 +54,7 @@ def _config(**fields):
 @pytest.mark.parametrize(
   'fields, num_train',
   [
-    ({}, 28_709),  # fer2013_r as configured: 30 epochs, 2 of warm-up, batch 64.
+    ({}, 28_709),  # fer2013_r as configured.
     ({'num_epochs': 4, 'warmup_epochs': 1, 'batch_size': 32}, 1000),
     ({'num_epochs': 3, 'warmup_epochs': 0, 'target_lr_per_256': 0.01}, 700),
     ({'num_epochs': 3, 'steps_per_epoch': 5, 'batch_size': 16}, 500),
@@ -73,7 +73,10 @@ def test_torch_schedule_is_the_jax_schedule(fields, num_train):
   )
   want = np.array([float(jax_lr(s)) for s in steps])
   got = np.array([torch_lr(s) for s in steps])
-  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-9)
+  # The JAX rate is float32: near the schedule's end, where the rate approaches its target, it
+  # holds the peak rate's precision (~1e-7 of it), not the tiny value's own.
+  peak = config.lr_per_256 * config.batch_size / 256
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7 * peak)
   assert got.max() <= config.lr_per_256 * config.batch_size / 256 * (1 + 1e-6)
 
 
