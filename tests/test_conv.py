@@ -135,6 +135,15 @@ def test_conv_toeplitz_matches_xla(h, w, cin, cout, k):
   _check(lambda a, b, stride, pad: conv_toeplitz(a, b, pad), x, kernel, 1)
 
 
+def test_conv_toeplitz_keeps_bfloat16():
+  x = jnp.ones((2, 6, 6, 16), jnp.bfloat16)
+  y = conv_toeplitz(x, jnp.ones((7, 7, 16, 16), jnp.bfloat16), 3)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+    np.asarray(y, np.float32), _ref(x, jnp.ones((7, 7, 16, 16), x.dtype), 1, 3).astype(np.float32)
+  )
+
+
 def test_toeplitz_selection():
   assert use_toeplitz((64, 6, 6, 16), (7, 7, 16, 16), 1, 1)  # ZenNet-R's last stage at 48 px
   assert use_toeplitz((64, 2, 2, 32), (3, 3, 32, 32), 1, 1)

@@ -265,7 +265,7 @@ def conv_toeplitz(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
   """
   k, _, c, co = kernel.shape
   n, h, w, _ = x.shape
-  taps = jnp.asarray(_tap_map(h, w, k, pad))
+  taps = jnp.asarray(_tap_map(h, w, k, pad), kernel.dtype)  # 0/1: exact in bf16 too
   t = (taps @ kernel.reshape(k * k, c * co)).reshape(h * w, h * w, c, co)
   t = t.transpose(0, 2, 1, 3).reshape(h * w * c, h * w * co)
   return (x.reshape(n, h * w * c) @ t).reshape(n, h, w, co)
