@@ -165,6 +165,8 @@ def test_wfold_selection():
   assert wfold_factors((16, 56, 56, 32), (3, 3, 32, 32), 1, 1) is None  # wide
   assert wfold_factors((16, 28, 27, 8), (3, 3, 8, 8), 1, 1) is None  # W not in whole blocks
   assert wfold_factors((16, 28, 28, 8), (3, 3, 1, 8), 1, 8) is None  # grouped
+  assert wfold_factors((64, 8, 8, 16), (7, 7, 16, 16), 1, 1) is None  # hardly above the kernel
+  assert wfold_factors((64, 10, 10, 16), (7, 7, 16, 16), 1, 1) == (2, 2)
 
 
 def test_output_blocked_selection():

@@ -486,8 +486,13 @@ def wfold_factors(
   gained nothing. W must split into whole folded blocks.
   """
   k, _, cin, cout = kernel_shape
-  w = shape[2]
+  h, w = shape[1], shape[2]
   if groups != 1 or k == 1 or k % 2 == 0 or cin > 16 or cout > 16:
+    return None
+  if min(h, w) <= k + 1:
+    # Hardly larger than the kernel, the folded form's kernel gradient falls off a cliff in
+    # XLA: batch 64, 8x8 16->16 7x7, fwd + both grads 199 ms against XLA's 7.8 (10x10: 11 vs
+    # 12; 12x12 8->8: 3.1 vs 5.7). ZenNet-R's last stage is 8x8 at 64 px.
     return None
   if stride == 1:
     if cin <= 4:
