@@ -5,8 +5,9 @@ Run:
       --config.data.manual_dir=/data/fer2013
 
 At 48 px ZenNet-M's stride-32 backbone ends at 2x2 (ZenNet-R's stride-8 one at 6x6). Its train
-step on this 2-core CPU takes about 3.4x ZenNet-R-SA's (35 against 120 images/s at batch 64), so no ZenNet-M-SA model was trained for
-the repository: the recipe is ZenNet-R-SA's, not tuned for M.
+step here runs at 106 images/s against ZenNet-R-SA's 139 (batch 64, one thread; README "Train step
+by input size"). No ZenNet-M-SA model has been trained for the repository yet: the recipe is
+ZenNet-R-SA's, not tuned for M.
 """
 
 from zenfer_jax.config_files import sibling

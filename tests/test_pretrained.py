@@ -100,6 +100,30 @@ def test_predict_by_name_equals_evaluation_of_the_same_files(tmp_path, capsys):
   assert len(by_pixels) == len(files)
 
 
+def test_evaluate_and_init_from_take_the_name(tmp_path, monkeypatch, capsys):
+  """`evaluate --checkpoint fer2013_r` writes beside the caller, never into the package; a
+  training config may start from the shipped model by name."""
+  from zenfer_jax import config_validation, evaluate
+  from zenfer_jax.config_files import sibling
+
+  root = tmp_path / 'fer2013'
+  fx.make_fer2013_folders(str(root), usages=('Training', 'PublicTest'))
+  monkeypatch.chdir(tmp_path)
+  before = sorted(os.listdir(pretrained.resolve(NAME)))
+  args = ['--checkpoint', NAME, '--dataset', 'fer2013', '--data_dir', str(tmp_path / 'tfds')]
+  assert evaluate.main([*args, '--manual_dir', str(root), '--split', 'publictest']) == 0
+  metrics = json.loads((tmp_path / f'{NAME}_eval_publictest' / 'metrics.json').read_text())
+  assert metrics['class_names'] == list(dataset_names.FER2013_CLASSES)
+  assert sorted(os.listdir(pretrained.resolve(NAME))) == before
+  config = sibling(os.path.join(os.path.dirname(__file__), '..', 'configs', 'x.py'), 'fer2013_r')
+  config = config.get_config()
+  config.init_from = NAME
+  config_validation.validate_config(config)
+  config.init_from = 'no_such_model'
+  with pytest.raises(config_validation.ConfigError, match=NAME):
+    config_validation.validate_config(config)
+
+
 def test_detect_faces_with_the_shipped_model(tmp_path, capsys):
   photo = tmp_path / 'astronaut.png'
   Image.fromarray(data.astronaut()).save(photo)

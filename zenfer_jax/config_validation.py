@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from zenfer_jax import models, structure
+from zenfer_jax import models, pretrained, structure
 from zenfer_jax.dataset_names import ALL_DATASETS, HOST_ONLY_RECIPES, default_recipe
 from zenfer_jax.errors import UserError
 from zenfer_jax.train_state import DTYPES
@@ -181,10 +181,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
 
   if config.init_from:
     _check(
-      os.path.isdir(os.path.expanduser(config.init_from)),
+      os.path.isdir(pretrained.resolve(os.path.expanduser(config.init_from))),
       'init_from',
       config.init_from,
-      'a model directory (torch_port.convert output) or a training workdir',
+      'a model directory (torch_port.convert output), a training workdir or a shipped model '
+      f'({", ".join(pretrained.names())})',
     )
   for key in ('only_backbone', 'freeze_backbone'):
     _check(

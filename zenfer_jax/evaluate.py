@@ -219,19 +219,22 @@ def _check_output_dir(out: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
-  path = args.workdir or args.checkpoint
+  from zenfer_jax import pretrained
+
+  given = args.workdir or args.checkpoint
+  path = pretrained.resolve(given)
   if not os.path.isdir(path):
     raise errors.InvalidInput(
-      f'{path} is not a directory: give a training workdir or a model directory (WORKDIR/'
-      'model_best, torch_port.convert output).'
+      f'{path} is not a directory: give a training workdir, a model directory (WORKDIR/'
+      f'model_best, torch_port.convert output) or a shipped model ({", ".join(pretrained.names())}).'
     )
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
 
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
-  out = args.output_dir or os.path.join(
-    path, f'eval_{ds["split"]}' + ('_flip_tta' if args.flip_tta else '')
-  )
+  folder = f'eval_{ds["split"]}' + ('_flip_tta' if args.flip_tta else '')
+  # A shipped model's folder is the package's: its evaluation goes to the working directory.
+  out = args.output_dir or (os.path.join(path, folder) if path == given else f'{given}_{folder}')
   _check_output_dir(out)
   result = evaluate(
     path,

@@ -295,8 +295,10 @@ def export(
     raise ExportError(f'--recipe {recipe!r}: expected one of {", ".join(RECIPES)}')
   output = _check_output(output, fmt, overwrite)
 
+  from zenfer_jax import pretrained
   from zenfer_jax import workdir as workdir_lib
 
+  checkpoint = pretrained.resolve(checkpoint)
   if not os.path.isdir(checkpoint):
     raise ExportError(
       f'--checkpoint {checkpoint!r} is not a directory: give a model directory '
