@@ -37,17 +37,3 @@ def resolve(path_or_name: str | os.PathLike) -> str:
     return candidate
   return path
 
-
-def save(name: str, source: str | os.PathLike, about: dict, *, overwrite: bool = False) -> str:
-  """Ships the best model of `source` (a training workdir or a model dir) as `name`.
-
-  `about` goes into the card beside the fields every card has: how the model was trained
-  (command, epochs, time), what it reaches on which split, the data's provenance and licence,
-  so that the card answers what a user of a downloaded model would ask.
-  """
-  from zenfer_jax import workdir as workdir_lib
-
-  variables, card = workdir_lib.load_inference(os.fspath(source))
-  return model_directory.save_model_dir(
-    os.path.join(ROOT, name), variables, {**card, **about}, overwrite=overwrite
-  )
