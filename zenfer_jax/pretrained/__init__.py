@@ -36,4 +36,3 @@ def resolve(path_or_name: str | os.PathLike) -> str:
   if os.path.isfile(os.path.join(candidate, model_directory.CARD_NAME)):
     return candidate
   return path
-
