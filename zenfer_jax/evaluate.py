@@ -225,8 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   path = pretrained.resolve(given)
   if not os.path.isdir(path):
     raise errors.InvalidInput(
-      f'{path} is not a directory: give a training workdir, a model directory (WORKDIR/'
-      f'model_best, torch_port.convert output) or a shipped model ({", ".join(pretrained.names())}).'
+      f'{path} is not a directory: give a training workdir or a model directory (WORKDIR/'
+      'model_best, torch_port.convert output), or the name of a shipped model '
+      f'({", ".join(pretrained.names())}).'
     )
   from zenfer_jax.data.pipeline import hide_gpus_from_tf
 
