@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # pytest workers; the suite is sized for 2 cores.
 JOBS ?= 2
 
-.PHONY: install test test-fast lint format demo clean
+.PHONY: install browser test test-fast lint format demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium and its driver for the demo page's browser tests (tests/test_serve_browser.py):
+# Debian's packages, installed only where /usr/bin/chromium or /usr/bin/chromedriver is missing
+# (as root, or through sudo). Elsewhere: install Chromium and its matching chromedriver, and set
+# ZENFER_CHROMIUM and ZENFER_CHROMEDRIVER to their paths.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x "$${ZENFER_CHROMIUM:-/usr/bin/chromium}" -a \
+	  -x "$${ZENFER_CHROMEDRIVER:-/usr/bin/chromedriver}" || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 # The whole suite, after the style check (CI runs this: .ci/run).
-test: lint
+test: lint browser
 	$(PY) -m pytest -n $(JOBS) -q tests
 
 # The edit loop: everything but the subprocess-heavy tests marked `slow`.

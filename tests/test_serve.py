@@ -227,27 +227,26 @@ def test_binding_a_busy_port_raises_port_in_use(server):
 def test_zenfer_serve_command_serves_the_shipped_model_until_interrupted(files):
   """The console script, as README says to run it: a free port, the URL printed, Ctrl-C."""
   script = os.path.join(os.path.dirname(sys.executable), 'zenfer-serve')
-  proc = subprocess.Popen(
+  with subprocess.Popen(
     [script, '--port', '0', '--max_pending', '2'],
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
-  )
-  try:
-    line = proc.stdout.readline()  # printed once the model is loaded and compiled
-    assert line.startswith('zenfer-serve: http://127.0.0.1:'), (line, proc.stderr.read())
-    assert line.rstrip().endswith('(model fer2013_r); Ctrl-C stops it')
-    url = line.split()[1].rstrip('/')
-    status, _, info = fx.request(f'{url}/model')
-    assert status == 200 and info['limits']['max_pending'] == 2
-    status, _, body = fx.post_file(url, files['astronaut'], 'top_k=7')
-    assert status == 200
-    probs = [p['probability'] for p in body[0]['faces'][0]['predictions']]
-    assert len(probs) == 7 and np.isclose(sum(probs), 1.0, atol=1e-5)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
-    assert proc.stderr.read().splitlines()[-1:] == ['zenfer-serve: stopped']  # no traceback
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+  ) as proc:
+    try:
+      line = proc.stdout.readline()  # printed once the model is loaded and compiled
+      assert line.startswith('zenfer-serve: http://127.0.0.1:'), (line, proc.stderr.read())
+      assert line.rstrip().endswith('(model fer2013_r); Ctrl-C stops it')
+      url = line.split()[1].rstrip('/')
+      status, _, info = fx.request(f'{url}/model')
+      assert status == 200 and info['limits']['max_pending'] == 2
+      status, _, body = fx.post_file(url, files['astronaut'], 'top_k=7')
+      assert status == 200
+      probs = [p['probability'] for p in body[0]['faces'][0]['predictions']]
+      assert len(probs) == 7 and np.isclose(sum(probs), 1.0, atol=1e-5)
+      proc.send_signal(signal.SIGINT)
+      assert proc.wait(30) == 0
+      assert proc.stderr.read().splitlines()[-1:] == ['zenfer-serve: stopped']  # no traceback
+    finally:
+      if proc.poll() is None:
+        proc.kill()

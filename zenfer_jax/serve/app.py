@@ -111,21 +111,32 @@ def check_image(data: bytes, max_pixels: int) -> None:
     )
 
 
+# Past the limit, this much more of a body is still read (and dropped) before the 413 is sent:
+# a browser that is still sending when the server closes the connection reports a network error
+# instead of the answer, and the user would never see why.
+DRAIN_BYTES = 64 << 20
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
-  """The request body, refused as soon as it is known to exceed `max_bytes` (from its
-  Content-Length, or while it streams in), so an oversize upload is never held in memory."""
+  """The request body, refused once it is known to exceed `max_bytes` (from its Content-Length,
+  or while it streams in): what is read past the limit is dropped, never kept in memory."""
   too_big = RequestError(
     413, f'upload above the limit of {max_bytes:,} bytes ({max_bytes / 2**20:.0f} MiB)'
   )
   declared = request.headers.get('content-length')
-  if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-    raise too_big
+  over = declared is not None and declared.isdigit() and int(declared) > max_bytes
   chunks, size = [], 0
   async for chunk in request.stream():
     size += len(chunk)
+    if size > max_bytes + DRAIN_BYTES:
+      break
     if size > max_bytes:
-      raise too_big
-    chunks.append(chunk)
+      over = True
+    if not over:
+      chunks.append(chunk)
+  if over:
+    chunks.clear()
+    raise too_big
   return b''.join(chunks)
 
 

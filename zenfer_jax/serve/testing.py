@@ -4,8 +4,9 @@ Like `tfds.testing`, this is for tests and benchmarks, not for serving: `benchma
 and `tests/test_serve*.py` drive the same server, the same headless Chromium with the same fake
 webcam, so the numbers in docs/serve.md come from what the tests check.
 
-The browser is Debian's `chromium` with its `chromedriver` (`make browser` installs both). The
-driver's path is given to Selenium, so Selenium Manager is never run and nothing is downloaded.
+The browser is Debian's `chromium` with its `chromedriver` (`make browser` installs both), or
+any Chromium and matching driver named by ZENFER_CHROMIUM and ZENFER_CHROMEDRIVER. The driver's
+path is given to Selenium, so Selenium Manager is never run and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
+# Debian's paths; elsewhere, point these variables at a Chromium and its matching chromedriver.
+CHROMIUM = os.environ.get('ZENFER_CHROMIUM', '/usr/bin/chromium')
+CHROMEDRIVER = os.environ.get('ZENFER_CHROMEDRIVER', '/usr/bin/chromedriver')
 
 # Headless Chromium on a machine without a display, GPU or network: no sandbox (root, in a
 # container), nothing that phones home, a fresh profile each time.
@@ -43,7 +45,10 @@ def browser_missing() -> str | None:
   """Why the browser tests cannot run here, or None when Chromium and its driver are installed."""
   missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
   if missing:
-    return f"{', '.join(missing)} missing: `make browser` installs Debian's chromium and its driver"
+    return (
+      f"{', '.join(missing)} missing: `make browser` installs Debian's chromium and its "
+      'driver (or set ZENFER_CHROMIUM and ZENFER_CHROMEDRIVER)'
+    )
   return None
 
 
@@ -192,8 +197,9 @@ def bad_files(directory: str, max_pixels: int, max_upload_bytes: int) -> dict[st
   side = int(np.sqrt(max_pixels)) + 16
   paths['too_many_pixels'] = os.path.join(directory, 'huge.png')
   Image.new('RGB', (side, side), (90, 120, 150)).save(paths['too_many_pixels'])
-  # A real photo, padded past the upload limit (JPEG readers ignore bytes after the end marker).
+  # A real photo padded to 3x the upload limit (JPEG readers ignore bytes after the end marker):
+  # well past it, so the browser is still sending when the server has seen enough.
   paths['too_large_upload'] = os.path.join(directory, 'large.jpg')
   with open(paths['too_large_upload'], 'wb') as f:
-    f.write(data + b'\0' * (max_upload_bytes + 1 - len(data)))
+    f.write(data + b'\0' * (3 * max_upload_bytes - len(data)))
   return paths
