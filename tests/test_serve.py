@@ -223,6 +223,35 @@ def test_binding_a_busy_port_raises_port_in_use(server):
     server_lib.bind('127.0.0.1', server.port)
 
 
+def test_a_host_that_is_not_this_machines_is_a_user_error():
+  from zenfer_jax import errors
+  from zenfer_jax.serve import server as server_lib
+
+  # 203.0.113.0/24 is reserved for documentation: no interface here has it, and bind() sends
+  # nothing anywhere.
+  with pytest.raises(errors.InvalidInput, match='--host 203.0.113.5: not an address of this'):
+    server_lib.bind('203.0.113.5', 0)
+
+
+def test_y4m_holds_the_frames_as_full_range_420(tmp_path):
+  """The fake webcam's file: header, then per frame Y at full size and U, V at half."""
+  white = np.full((4, 6, 3), 255, np.uint8)
+  red = np.zeros((4, 6, 3), np.uint8)
+  red[..., 0] = 255
+  path = testing.write_y4m(str(tmp_path / 'two.y4m'), [white, red], fps=5)
+  with open(path, 'rb') as f:
+    raw = f.read()
+  header, rest = raw.split(b'\n', 1)
+  assert header == b'YUV4MPEG2 W6 H4 F5:1 Ip A1:1 C420jpeg'
+  frame = 6 + 24 + 6 + 6  # 'FRAME\n', Y 6x4, U 3x2, V 3x2
+  assert len(rest) == 2 * frame
+  first, second = rest[:frame], rest[frame:]
+  assert first[:6] == b'FRAME\n' and set(first[6:30]) == {255} and set(first[30:]) == {128}
+  assert set(second[6:30]) == {76} and set(second[30:36]) == {85} and set(second[36:]) == {255}
+  with pytest.raises(ValueError, match='even width and height'):
+    testing.write_y4m(str(tmp_path / 'odd.y4m'), [np.zeros((3, 4, 3), np.uint8)])
+
+
 @pytest.mark.slow
 def test_zenfer_serve_command_serves_the_shipped_model_until_interrupted(files):
   """The console script, as README says to run it: a free port, the URL printed, Ctrl-C."""
