@@ -122,6 +122,30 @@ def test_photo_of_the_astronaut_gets_one_box_on_her_face_and_seven_bars(site):
   assert float(driver.find_element('id', 'timing').get_attribute('data-ms')) > 0
 
 
+def test_a_photo_dropped_on_the_page_is_read(site):
+  """Drag and drop: a File in a DataTransfer, dropped on the drop zone as a browser drops one."""
+  import base64
+
+  driver = open_page(site)
+  with open(site[2]['astronaut'], 'rb') as f:
+    data = base64.b64encode(f.read()).decode()
+  driver.execute_script(
+    """
+    const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+    const zone = document.getElementById('drop');
+    zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    """,
+    data,
+  )
+  wait_for(driver, lambda d: len(boxes(d)) == 1, what='the dropped photo read')
+  (probs,) = bars(driver)
+  assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+  assert fx.overlap(boxes(driver)[0]['box'], fx.ASTRONAUT_FACE) > 0.9
+
+
 def test_photo_without_a_face_says_no_face_found(site):
   driver = open_page(site)
   pick(driver, site[2]['coffee'])
