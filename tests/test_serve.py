@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -101,6 +102,16 @@ def test_top_k_defaults_to_predicts_and_is_checked(server, files):
   assert status == 200 and len(body[0]['faces'][0]['predictions']) == 7
   status, _, body = fx.post_file(server.url, files['astronaut'], 'top_k=zero')
   assert status == 400 and "top_k='zero'" in body['error']
+
+
+@pytest.mark.parametrize('name', ['..', '../../etc/passwd', 'a\\b.jpg', ''])
+def test_the_uploads_name_is_only_reported(server, files, name):
+  """A name is the file's own, no directories, and is never a path on the server."""
+  status, _, body = fx.post_file(server.url, files['coffee'], f'name={urllib.parse.quote(name)}')
+  assert status == 200
+  assert body[0]['image'] == {'..': '..', '../../etc/passwd': 'passwd', 'a\\b.jpg': 'b.jpg'}.get(
+    name, 'upload'
+  )
 
 
 def test_a_photo_without_a_face_says_so(server, files):

@@ -31,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import io
 import os
-import re
 import tempfile
 import warnings
 from typing import Any
@@ -43,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
 
@@ -175,7 +175,7 @@ class _Queue:
 def _classify(service, data: bytes, name: str, top_k: int) -> dict[str, Any]:
   """On the worker thread: the upload as a file, through `predict`'s own reader and pipeline."""
   with tempfile.TemporaryDirectory(prefix='zenfer-serve-') as tmp:
-    path = os.path.join(tmp, re.sub(r'[^\w.-]', '_', name) or 'upload')
+    path = os.path.join(tmp, 'upload')  # never the client's name: '..' is one too
     with open(path, 'wb') as f:
       f.write(data)
     result = service.predict_file(path, top_k)
@@ -185,7 +185,7 @@ def _classify(service, data: bytes, name: str, top_k: int) -> dict[str, Any]:
 
 def create_app(
   service, limits: Limits = Limits(), executor: concurrent.futures.Executor | None = None
-) -> Starlette:
+) -> ASGIApp:
   """The app for a loaded `model.FaceService` (anything with its `info` and `predict_file`).
 
   `executor` runs the classifications; by default a thread of the app's own, one at a time.
@@ -239,7 +239,7 @@ def create_app(
   return _with_headers(app)
 
 
-def _with_headers(app):
+def _with_headers(app: Starlette) -> ASGIApp:
   """Adds `_HEADERS` to every response (pure ASGI: nothing buffered, nothing re-ordered)."""
 
   async def wrapped(scope, receive, send):
