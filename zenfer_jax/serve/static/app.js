@@ -11,6 +11,7 @@ const FPS_WINDOW_MS = 2000; // the frame rate shown is averaged over this much t
 let model = null; // GET /model
 let camera = null; // {stream, running}
 let photoRequest = 0; // a newer photo makes the answer for an older one stale
+let photoUrl = null; // the object URL of the photo shown, released when the next one comes
 
 function setStatus(text, kind) {
   const status = $('status');
@@ -131,12 +132,13 @@ async function sendPhoto(file) {
   const started = performance.now();
   const id = ++photoRequest;
   const photo = $('photo');
-  const url = URL.createObjectURL(file);
+  if (photoUrl) URL.revokeObjectURL(photoUrl);
+  photoUrl = URL.createObjectURL(file);
   const loaded = new Promise((resolve) => {
     photo.onload = () => resolve(true);
     photo.onerror = () => resolve(false);
   });
-  photo.src = url;
+  photo.src = photoUrl;
   $('stage').hidden = false;
   photo.hidden = false;
   $('camera').hidden = true;
