@@ -30,7 +30,7 @@ class JaxInferCase:
     import jax
 
     from zenfer_jax import models
-    from zenfer_jax.train_state import DTYPES
+    from zenfer_jax.models import DTYPES
 
     self.name = f'jax_{dtype}'
     model = models.build_model(

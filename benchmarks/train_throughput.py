@@ -83,7 +83,7 @@ class JaxTrainCase:
     import optax
 
     from zenfer_jax import losses, models, optim
-    from zenfer_jax.train_state import DTYPES
+    from zenfer_jax.models import DTYPES
 
     self.name = f'jax_{dtype}'
     self.steps_per_rep = steps_per_rep

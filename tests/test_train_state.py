@@ -9,7 +9,7 @@ import optax
 import pytest
 from train_fixtures import TINY, flat, tiny_config
 
-from zenfer_jax import model_directory
+from zenfer_jax import model_directory, models
 from zenfer_jax import train_state as ts
 from zenfer_jax.structure import resolve
 
@@ -41,7 +41,7 @@ def test_build_model_takes_everything_from_config_model(config):
   assert model.bn_axis_name == 'batch'  # The collective axis of zenfer_jax.parallel.
   assert ts.build_model(config, 3).bn_axis_name is None
   assert model.bn_momentum == c.model.bn_momentum and model.bn_eps == c.model.bn_eps
-  assert set(ts.DTYPES) == {'float32', 'bfloat16', 'float16'}
+  assert set(models.DTYPES) == {'float32', 'bfloat16', 'float16'}
 
 
 def test_initial_variables_are_a_function_of_the_rng(config, model, fresh):

@@ -14,7 +14,6 @@ import ml_collections
 from zenfer_jax import models, pretrained, structure
 from zenfer_jax.dataset_names import ALL_DATASETS, HOST_ONLY_RECIPES, default_recipe
 from zenfer_jax.errors import UserError
-from zenfer_jax.train_state import DTYPES
 
 
 class ConfigError(ValueError, UserError):
@@ -68,7 +67,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(m.bn_eps > 0, 'model.bn_eps', m.bn_eps, 'a positive number')
   for key in ('conv_impl', 'bn_impl'):
     _check(m[key] in models.IMPLS, f'model.{key}', m[key], f'one of {models.IMPLS}')
-  _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {tuple(DTYPES)}')
+  _check(m.dtype in models.DTYPES, 'model.dtype', m.dtype, f'one of {tuple(models.DTYPES)}')
   try:  # Widths that SA or lw_att cannot split fail here, before any array exists.
     models.build_model(
       m.structure,

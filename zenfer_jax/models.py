@@ -28,7 +28,10 @@ from zenfer_jax.layers.conv import Conv
 from zenfer_jax.layers.cpu_kernels import IMPLS, resolve_impl
 from zenfer_jax.structure import Structure, resolve
 
-__all__ = ['ZenNet', 'build_model', 'IMPLS', 'INIT_SCHEMES', 'XAVIER_GAIN']
+__all__ = ['DTYPES', 'ZenNet', 'build_model', 'IMPLS', 'INIT_SCHEMES', 'XAVIER_GAIN']
+
+# config.model.dtype -> the compute dtype (parameters stay float32).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # The reference's training init scales Xavier by this gain (its "custom" init).
 XAVIER_GAIN = 3.26033

@@ -20,7 +20,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -32,9 +31,6 @@ from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.errors import UserError
 from zenfer_jax.parallel import AXIS_NAME
 from zenfer_jax.structure import resolve
-
-# config.model.dtype -> the compute dtype (parameters stay float32).
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 class TrainState(train_state.TrainState):
@@ -62,7 +58,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.Z
     init=m.init,
     conv_impl=m.conv_impl,
     bn_impl=m.bn_impl,
-    dtype=DTYPES[m.dtype],
+    dtype=models.DTYPES[m.dtype],
   )
 
 
