@@ -10,7 +10,7 @@ lr 0.1 x batch / 256 cosine to 0 per sample, weight decay 5e-4 on kernels, label
 Paper top-1 on the test split: 61.32%.
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 default = sibling(__file__, 'default')
 

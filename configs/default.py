@@ -7,12 +7,12 @@ a few fields. Override any field on the command line, e.g.
       --config.data.manual_dir=/data/RAF-DB --config.num_epochs=100
 
 An unknown field is an error at flag parsing (the config is locked); a bad value is an error in
-`zenfer_jax.config_validation.validate_config` before any data is read or any array allocated.
+`zenfer_jax.config.validation.validate_config` before any data is read or any array allocated.
 """
 
 import ml_collections
 
-from zenfer_jax import compilation_cache
+from zenfer_jax.rundir import compilation_cache
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   # than one pass over the training split), as the final weights see them; 0 keeps the running
   # averages, as the reference recipe does. Needed when training is short next to the
   # BatchNorm momentum (a few hundred steps at 0.99), where the running averages still hold
-  # much of their initial values. zenfer_jax/precise_bn.py says more.
+  # much of their initial values. zenfer_jax/training/precise_bn.py says more.
   config.precise_bn_batches = 0
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.log_every_steps = 100

@@ -2,14 +2,14 @@
 
 Run (what `make demo` does, then it evaluates the result):
   python -m zenfer_jax.main --config=configs/demo.py --workdir=runs/demo
-  python -m zenfer_jax.evaluate --workdir=runs/demo
+  python -m zenfer_jax.deploy.evaluate --workdir=runs/demo
 
 The data ship with scikit-learn, so nothing is downloaded. Same recipe as the paper's runs
 (SGD Nesterov, warmup + cosine, label smoothing + mixup, custom init), scaled to the task.
 Expected: >= 95% test top-1 (360 test images).
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 default = sibling(__file__, 'default')
 

@@ -17,7 +17,7 @@ classes='auto' (the digit folders, sorted), the digits recipe (shift, no flip) a
 favour whichever run copied its statistics). README "Transfer learning" has the figures.
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 demo = sibling(__file__, 'demo')
 

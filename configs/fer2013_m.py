@@ -10,7 +10,7 @@ by input size"). No ZenNet-M-SA model has been trained for the repository yet: t
 ZenNet-R-SA's, not tuned for M.
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 fer2013_r = sibling(__file__, 'fer2013_r')
 

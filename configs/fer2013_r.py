@@ -16,7 +16,7 @@ BatchNorm at zero) ZenNet-R-SA stayed at the class prior: 2 epochs gave 27.1% at
 150 steps reached 23% with zeroed branches and 37% with open ones (lr 0.1).
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 default = sibling(__file__, 'default')
 

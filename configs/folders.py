@@ -16,7 +16,7 @@ export (precise BN, `config.precise_bn_batches`): on a small dataset the running
 reference recipe evaluates with have not converged, and evaluation would sit at chance level.
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 default = sibling(__file__, 'default')
 

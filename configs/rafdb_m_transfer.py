@@ -15,7 +15,7 @@ Run, after configs/vggface2_m.py:
 Paper (the (*) row, pretrained): ZenNet-M-SA 88.53% top-1 on the RAF-DB test split.
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 rafdb_m = sibling(__file__, 'rafdb_m')
 

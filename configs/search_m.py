@@ -1,7 +1,7 @@
 """Zen-score evolutionary search for ZenNet-M (reference script scripts/ZenNAS-FER-M-searching.sh).
 
 Run:
-  python -m zenfer_jax.search --config=configs/search_m.py --workdir=runs/search_m
+  python -m zenfer_jax.nas.search --config=configs/search_m.py --workdir=runs/search_m
   # then train what it found:
   python -m zenfer_jax.main --config=configs/rafdb_m.py --workdir=runs/rafdb_searched \
       --config.model.structure=runs/search_m/best_structure.txt
@@ -12,14 +12,14 @@ Rerunning with the same --workdir resumes from the last population checkpoint. A
 Recipe (reference scripts): IDW space (SuperResIDWE{1,2,4,6}K{3,5,7}, final 1x1 conv fixed),
 Zen-score at 224x224, batch 16, mixup gamma 1e-2, population 512, 480,000 iterations, budgets on
 the reference counters: FLOPs <= 400e6, parameters <= 1e6, layers <= 14. The published search
-found ZenNet-M (zenfer_jax/presets/zennet_m.txt): 382.8M FLOPs on the reference counter.
+found ZenNet-M (zenfer_jax/model/presets/zennet_m.txt): 382.8M FLOPs on the reference counter.
 The reference builds its Zen-score network without SA blocks, so this search does too.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from zenfer_jax import compilation_cache
+from zenfer_jax.rundir import compilation_cache
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """Zen-score evolutionary search for ZenNet-R (reference script scripts/ZenNAS-FER-R-searching.sh).
 
 Run:
-  python -m zenfer_jax.search --config=configs/search_r.py --workdir=runs/search_r
+  python -m zenfer_jax.nas.search --config=configs/search_r.py --workdir=runs/search_r
   python -m zenfer_jax.main --config=configs/rafdb_r.py --workdir=runs/rafdb_searched_r \
       --config.model.structure=runs/search_r/best_structure.txt
 
@@ -10,12 +10,12 @@ conv width searchable, widths capped at 2048), Zen-score at 224x224, batch 16, p
 480,000 iterations, FLOPs <= 400e6 on the reference counter, layers <= 10, no parameter budget.
 The reference script counts the classifier with 10 classes (--num_classes 10), kept here; it
 moves the FLOPs count by 3 x the last width. The published search found ZenNet-R
-(zenfer_jax/presets/zennet_r.txt): 396.4M FLOPs on the reference counter.
+(zenfer_jax/model/presets/zennet_r.txt): 396.4M FLOPs on the reference counter.
 """
 
 import ml_collections
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 search_m = sibling(__file__, 'search_m')
 

@@ -28,7 +28,7 @@ original repository gives the epoch count of its VGG-Face pretraining, not the r
 No number of its own: it is judged by the fine-tuning (paper: 88.53% on RAF-DB with ZenNet-M-SA).
 """
 
-from zenfer_jax.config_files import sibling
+from zenfer_jax.config.files import sibling
 
 default = sibling(__file__, 'default')
 

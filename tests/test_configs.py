@@ -88,7 +88,7 @@ def test_transfer_recipe_configs_are_valid_and_chain():
   """vggface2_m pretrains on the auto classes of a folder tree for 10 epochs; rafdb_m_transfer
   is rafdb_m initialised from that run's workdir, backbone only."""
   from configs import rafdb_m, rafdb_m_transfer, vggface2_m
-  from zenfer_jax.config_validation import ConfigError, validate_config
+  from zenfer_jax.config.validation import ConfigError, validate_config
 
   pre, fine = vggface2_m.get_config(), rafdb_m_transfer.get_config()
   validate_config(pre)
