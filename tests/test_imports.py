@@ -69,7 +69,7 @@ FLOORS = (
   ('zenfer_jax.model',),
   ('zenfer_jax.data', 'zenfer_jax.rundir'),
   ('zenfer_jax.config',),
-  ('zenfer_jax.training', 'zenfer_jax.nas'),
+  ('zenfer_jax.training', 'zenfer_jax.nas', 'zenfer_jax.configs'),
   ('zenfer_jax.deploy', 'torch_port'),
   ('zenfer_jax.main', 'zenfer_jax.serve'),
 )

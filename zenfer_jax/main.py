@@ -1,7 +1,9 @@
 """Trains and evaluates a ZenNet on a facial-expression (or any image-folder) dataset.
 
-  python -m zenfer_jax.main --config=configs/rafdb_m.py --workdir=runs/rafdb_m \
-      [--config.num_epochs=100 ...]
+  zenfer-train --config=rafdb_m --workdir=runs/rafdb_m [--config.num_epochs=100 ...]
+
+(or `python -m zenfer_jax.main`). --config takes a shipped config's name or a config file's path
+(configs/rafdb_m.py, or a copy of it anywhere).
 
 Rerunning with the same --workdir resumes. A run holds WORKDIR/run.lock while it runs: a second
 run on the same workdir stops at once, naming the process that holds it. Multi-process: launched
@@ -20,9 +22,9 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from zenfer_jax import cli
+from zenfer_jax.config.files import define_config_flag
 from zenfer_jax.rundir import compilation_cache, workdir_lock
 from zenfer_jax.training import distributed
 
@@ -43,7 +45,7 @@ flags.DEFINE_float(
 flags.register_validator(
   'peer_timeout_s', lambda s: s > 0, message='--peer_timeout_s must be a positive number of seconds'
 )
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+define_config_flag('Training')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -131,5 +133,10 @@ def main(argv):
   )
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The `zenfer-train` command."""
   cli.run_absl(main)
+
+
+if __name__ == '__main__':
+  run()

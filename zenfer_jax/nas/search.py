@@ -1,7 +1,8 @@
 """Zen-score evolutionary architecture search.
 
-  python -m zenfer_jax.nas.search --config=configs/search_m.py --workdir=runs/search_m \
-      [--config.search.max_iterations=2000 ...]
+  zenfer-search --config=search_m --workdir=runs/search_m [--config.search.max_iterations=2000 ...]
+
+(or `python -m zenfer_jax.nas.search`; --config also takes a config file's path).
 
 Writes to --workdir: best_structure.txt (feed it to training with
 --config.model.structure=WORKDIR/best_structure.txt), candidates.jsonl (every
@@ -25,9 +26,9 @@ import os
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from zenfer_jax import cli
+from zenfer_jax.config.files import define_config_flag
 from zenfer_jax.errors import InvalidInput
 from zenfer_jax.rundir import compilation_cache, workdir_lock
 
@@ -36,9 +37,7 @@ flags.DEFINE_string(
   'workdir', None, 'Directory for the population checkpoint, the candidate log and the result.'
 )
 flags.DEFINE_bool('progress', True, 'Show a progress bar (candidates/s and best score).')
-config_flags.DEFINE_config_file(
-  'config', None, 'Search configuration file (configs/search_m.py).', lock_config=True
-)
+define_config_flag('Search')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -109,5 +108,10 @@ def warmup(config, setup) -> None:
   )
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The `zenfer-search` command."""
   cli.run_absl(main)
+
+
+if __name__ == '__main__':
+  run()
