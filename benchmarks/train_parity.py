@@ -968,9 +968,8 @@ def main(argv: list[str] | None = None) -> dict:
   # The JAX run's cache: its model init is the program compiled here, so it loads it.
   compilation_cache.enable(config.compilation_cache_dir)
   model = ts.build_model(config, info.num_classes)
-  init_rng, _ = jax.random.split(
-    jax.random.PRNGKey(config.seed)
-  )  # As zenfer_jax.training.loop splits.
+  # As zenfer_jax.training.loop splits.
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = ts.initial_variables(config, model, init_rng)
   init_dir = os.path.join(workdir, 'init_model')
   model_directory.save_model_dir(init_dir, variables, train_lib.model_card(config, model, info))
