@@ -50,7 +50,7 @@ format: $(STAMP)
 # and writes $(WORKDIR)/eval_test/{metrics.json,confusion_matrix.png}. Rerunning resumes.
 demo: $(STAMP)
 	$(PY) -m zenfer_jax.main --config=configs/demo.py --workdir=$(WORKDIR) --config.data.data_dir=runs/tfds
-	$(PY) -m zenfer_jax.evaluate --workdir=$(WORKDIR)
+	$(PY) -m zenfer_jax.deploy.evaluate --workdir=$(WORKDIR)
 
 clean:
 	rm -rf $(VENV) runs

@@ -6,7 +6,8 @@
 For each model the same calibrated random weights (torch_port's reference model randomised as
 the parity tests do, then converted) run as:
   * JAX: the Flax model, jit-compiled, with the CPU conv paths training and evaluation use;
-  * ONNX Runtime: the file `python -m zenfer_jax.export --format onnx` writes (dynamic batch);
+  * ONNX Runtime: the file `python -m zenfer_jax.deploy.export --format onnx` writes (dynamic
+    batch);
   * LiteRT: the files `--format tflite` writes (fixed batch: one file at 1, one at --batch),
     in the LiteRT interpreter with its default XNNPACK delegate;
   * PyTorch eager: torch_port's reference model, eval mode, under torch.inference_mode().
@@ -69,8 +70,8 @@ def _model_dir(root: str, name: str, res: int) -> str:
 
   from torch_port.convert import convert_state_dict
   from torch_port.reference_model import build_reference_model, randomize_
-  from zenfer_jax import model_directory
-  from zenfer_jax.structure import resolve
+  from zenfer_jax.model.structure import resolve
+  from zenfer_jax.rundir import model_directory
 
   spec = MODELS[name]
   structure = str(resolve(spec['structure']))
@@ -92,7 +93,8 @@ def _sides(model_dir: str, root: str, name: str, res: int, batch: int, threads: 
 
   from torch_port.export import export_state_dict
   from torch_port.reference_model import build_reference_model
-  from zenfer_jax import export, model_directory, runtimes
+  from zenfer_jax.deploy import export, runtimes
+  from zenfer_jax.rundir import model_directory
 
   variables, card = model_directory.load_model_dir(model_dir)
   model = model_directory.build_from_card(card)

@@ -3,10 +3,10 @@
   python -m benchmarks.export_accuracy --dataset digits --data_dir runs/tfds \
       runs/demo/model_best model.tflite model_int8.tflite [model.onnx model.stablehlo ...]
 
-`zenfer_jax.export` checks a file against the Flax model on random inputs: that bounds a float
-export's error but says nothing about what int8 quantisation costs on real images. Here every
+`zenfer_jax.deploy.export` checks a file against the Flax model on random inputs: that bounds a
+float export's error but says nothing about what int8 quantisation costs on real images. Here every
 example of --split is read once by the evaluation pipeline (the first model's recipe and image
-size, padded batches masked out, as `zenfer_jax.evaluate` reads it) and each batch is fed to
+size, padded batches masked out, as `zenfer_jax.deploy.evaluate` reads it) and each batch is fed to
 every model: a model dir or training workdir through the Flax model, an exported file through
 its own runtime (onnxruntime, LiteRT, jax.export). All models must agree on the classes, the
 image size and the recipe, else their figures would not be comparable.
@@ -46,7 +46,7 @@ def _size(path: str) -> int:
 
 def _load(path: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict, dict]:
   """(logits function, card, description) of a model dir, workdir or exported file."""
-  from zenfer_jax import runtimes
+  from zenfer_jax.deploy import runtimes
 
   if runtimes.is_exported(path):
     m = runtimes.load(path)
@@ -54,8 +54,8 @@ def _load(path: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict, dict]:
     return m.logits, m.card, {'format': m.format, 'runtime': m.runtime, 'quantize': quantize}
   import jax
 
-  from zenfer_jax import model_directory
-  from zenfer_jax import workdir as workdir_lib
+  from zenfer_jax.rundir import model_directory
+  from zenfer_jax.rundir import workdir as workdir_lib
 
   variables, card = workdir_lib.load_inference(path)
   variables = {c: variables[c] for c in ('params', 'batch_stats') if c in variables}

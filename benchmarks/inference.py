@@ -29,11 +29,11 @@ class JaxInferCase:
   ):
     import jax
 
-    from zenfer_jax import models
-    from zenfer_jax.train_state import DTYPES
+    from zenfer_jax.model import zennet
+    from zenfer_jax.model.zennet import DTYPES
 
     self.name = f'jax_{dtype}'
-    model = models.build_model(
+    model = zennet.build_model(
       structure,
       NUM_CLASSES,
       use_sa=use_sa,

@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
   import jax
   import torch
 
-  from zenfer_jax.layers.cpu_kernels import resolve_impl
+  from zenfer_jax.model.layers.cpu_kernels import resolve_impl
 
   torch.set_num_threads(cfg.threads)
   if cfg.device == 'gpu':

@@ -11,7 +11,8 @@ warm-up shrinks, the sustained figures do not change). Then, for each model, aug
 and dtype, runs `python -m zenfer_jax.main` with the RAF-DB config for a fixed number of steps: the
 first --warmup steps (compilation, first steps) end at a blocking metrics fetch; the remaining
 steps give the sustained images/s. Each run ends with a real evaluation of the whole test split and
-a checkpoint at each epoch end. From WORKDIR/timing.json (zenfer_jax/loop_timing.py) it reports
+a checkpoint at each epoch end. From WORKDIR/timing.json (zenfer_jax/training/loop_timing.py) it
+reports
 
   images_per_second       sustained training rate after warm-up (evaluation excluded)
   input_wait_fraction     share of that training time the loop waited for its next batch

@@ -21,8 +21,8 @@ reaches in PyTorch, at what speed? So the two sides share everything but the fra
     records of one dataset.
 
 JAX side: `python -m zenfer_jax.main` itself, in its own process, with a timer that only records
-when the loop's evaluation and checkpoint phases begin and end (zenfer_jax.loop_timing): the
-measured thing is the product's loop, its tf.data augmentation, orbax checkpoints at every epoch
+when the loop's evaluation and checkpoint phases begin and end (zenfer_jax.training.loop_timing):
+the measured thing is the product's loop, its tf.data augmentation, orbax checkpoints at every epoch
 end and all. Per epoch: metrics.jsonl (train loss, PublicTest top-1) and those timestamps.
 
 PyTorch side: torch_port's reference model in eager mode, in its own process, as the original
@@ -157,9 +157,9 @@ def reference_lr(
   batch_size: int,
 ) -> float:
   """The original scripts' rate for 0-based `step`: a function of the samples seen, which
-  `zenfer_jax.optim` writes in plain Python (its scheduler advances by the batch size before
-  each update and restarts each epoch's count at epoch * num_train)."""
-  from zenfer_jax import optim  # Plain Python here; importing JAX starts no computation.
+  `zenfer_jax.training.optim` writes in plain Python (its scheduler advances by the batch size
+  before each update and restarts each epoch's count at epoch * num_train)."""
+  from zenfer_jax.training import optim  # Plain Python here; importing JAX starts no computation.
 
   seen = optim.samples_seen(
     step, steps_per_epoch=steps_per_epoch, global_batch=batch_size, num_train=num_train
@@ -175,7 +175,7 @@ def reference_lr(
 
 
 def torch_schedule(config, num_train: int):
-  """step -> rate, every input read from the config (as zenfer_jax.train reads it)."""
+  """step -> rate, every input read from the config (as zenfer_jax.training.loop reads it)."""
   spe = steps_per_epoch(config, num_train)
   kw = dict(
     lr=config.lr_per_256 * config.batch_size / 256.0,
@@ -553,7 +553,8 @@ def jax_side(events_path: str, main_flags: list[str]) -> None:
   """Runs `python -m zenfer_jax.main MAIN_FLAGS`, recording when evaluations and checkpoints
   begin and end (the loop's own LoopTimer phases), to `events_path`."""
   started = time.perf_counter()
-  from zenfer_jax import cli, loop_timing
+  from zenfer_jax import cli
+  from zenfer_jax.training import loop_timing
 
   def record(name: str, begin: float, end: float) -> None:
     with open(events_path, 'a') as f:
@@ -942,7 +943,7 @@ def main(argv: list[str] | None = None) -> dict:
   # The records are ready: neither side reads the raw files (nor fingerprints them) again.
   config.data.data_dir = data_dir
   config.data.manual_dir = ''
-  from zenfer_jax.config_validation import validate_config
+  from zenfer_jax.config.validation import validate_config
 
   validate_config(config, 1)
 
@@ -960,14 +961,15 @@ def main(argv: list[str] | None = None) -> dict:
   import jax
   import torch
 
-  from zenfer_jax import compilation_cache, model_directory
-  from zenfer_jax import train as train_lib
-  from zenfer_jax import train_state as ts
+  from zenfer_jax.rundir import compilation_cache, model_directory
+  from zenfer_jax.training import loop as train_lib
+  from zenfer_jax.training import train_state as ts
 
   # The JAX run's cache: its model init is the program compiled here, so it loads it.
   compilation_cache.enable(config.compilation_cache_dir)
   model = ts.build_model(config, info.num_classes)
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # As zenfer_jax.train splits.
+  # As zenfer_jax.training.loop splits.
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = ts.initial_variables(config, model, init_rng)
   init_dir = os.path.join(workdir, 'init_model')
   model_directory.save_model_dir(init_dir, variables, train_lib.model_card(config, model, info))
@@ -1078,7 +1080,7 @@ def _run_jax(args, config, workdir: str, resolved: dict, spe: int) -> dict:
       k for k in set(_flatten(used)) | set(flat) if _flatten(used).get(k) != flat.get(k)
     )
     raise RuntimeError(f'The JAX run used another config than the PyTorch side: {diff}')
-  from zenfer_jax import workdir as workdir_lib
+  from zenfer_jax.rundir import workdir as workdir_lib
 
   rows, extra = jax_rows(
     workdir_lib.read_metrics(jax_dir), _read_jsonl(events), spe, config.batch_size

@@ -6,8 +6,8 @@ label smoothing 0.1 -> mixup (alpha 0.2, one lambda per batch, a random permutat
 conv/linear kernels only -> SGD momentum 0.9 Nesterov update -> BatchNorm running statistics.
 
 JAX: the step is one `jax.jit` with the state donated (`donate_argnums=0`); it reuses
-`zenfer_jax.losses` and `zenfer_jax.optim.weight_decay_mask`. (The project's own
-`zenfer_jax.steps.train_step` is written for `pmap` with collectives; on one device the
+`zenfer_jax.training.losses` and `zenfer_jax.training.optim.weight_decay_mask`. (The project's own
+`zenfer_jax.training.steps.train_step` is written for `pmap` with collectives; on one device the
 arithmetic is this same function.)
 PyTorch: eager `torch.optim.SGD(nesterov=True)` with a parameter group for the decayed
 weights, the same targets and loss; optionally `torch.compile(model)`.
@@ -57,10 +57,10 @@ def initial_variables(structure: str, use_sa: bool, seed: int = 0):
   if key not in _INIT_CACHE:
     import jax
 
-    from zenfer_jax import models
+    from zenfer_jax.model import zennet
 
-    model = models.build_model(structure, NUM_CLASSES, use_sa=use_sa)
-    _INIT_CACHE[key] = jax.device_get(models.init_variables(model, jax.random.PRNGKey(seed), 64))
+    model = zennet.build_model(structure, NUM_CLASSES, use_sa=use_sa)
+    _INIT_CACHE[key] = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(seed), 64))
   return _INIT_CACHE[key]
 
 
@@ -82,13 +82,14 @@ class JaxTrainCase:
     import jax.numpy as jnp
     import optax
 
-    from zenfer_jax import losses, models, optim
-    from zenfer_jax.train_state import DTYPES
+    from zenfer_jax.model import zennet
+    from zenfer_jax.model.zennet import DTYPES
+    from zenfer_jax.training import losses, optim
 
     self.name = f'jax_{dtype}'
     self.steps_per_rep = steps_per_rep
     self.batch = batch
-    model = models.build_model(
+    model = zennet.build_model(
       structure,
       NUM_CLASSES,
       use_sa=use_sa,

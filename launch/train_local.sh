@@ -28,7 +28,14 @@ CONFIG=$2
 WORKDIR=$3
 shift 3
 
-PYTHON=${PYTHON:-python}
+# The project's environment: the repository's .venv (what `make install` makes) when there is one,
+# else $PYTHON, else python3. A bare `python` may be any interpreter, one without the project.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -x "${REPO}/.venv/bin/python" ]]; then
+  PYTHON=${REPO}/.venv/bin/python
+else
+  PYTHON=${PYTHON:-python3}
+fi
 if [[ -z "${PORT:-}" ]]; then
   PORT=$("${PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi

@@ -18,7 +18,14 @@ CONFIG=$1
 WORKDIR=$2
 shift 2
 
-PYTHON=${PYTHON:-python}
+# The project's environment: the repository's .venv (what `make install` makes) when there is one,
+# else $PYTHON, else python3. A bare `python` may be any interpreter, one without the project.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -x "${REPO}/.venv/bin/python" ]]; then
+  PYTHON=${REPO}/.venv/bin/python
+else
+  PYTHON=${PYTHON:-python3}
+fi
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-64}
 if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
   NUM_GPUS=$(awk -F, '{print NF}' <<<"${CUDA_VISIBLE_DEVICES}")

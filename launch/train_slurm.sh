@@ -30,7 +30,15 @@ CONFIG=$1
 WORKDIR=$2
 shift 2
 
-PYTHON=${PYTHON:-python}
+# The project's environment: the repository's .venv (what `make install` makes) when there is one,
+# else $PYTHON, else python3. A bare `python` may be any interpreter, one without the project.
+# sbatch runs a copy of this script: the repository is where the job was submitted from.
+REPO=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+if [[ -x "${REPO}/.venv/bin/python" ]]; then
+  PYTHON=${REPO}/.venv/bin/python
+else
+  PYTHON=${PYTHON:-python3}
+fi
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-64}
 GPUS_PER_NODE=${SLURM_GPUS_PER_NODE:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE##*:}  # "a100:8" -> "8"

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax.layers.batchnorm import BatchNorm
-from zenfer_jax.layers.cpu_kernels import batch_norm_forward, batch_norm_train, resolve_impl
+from zenfer_jax.model.layers.batchnorm import BatchNorm
+from zenfer_jax.model.layers.cpu_kernels import batch_norm_forward, batch_norm_train, resolve_impl
 
 EPS = 1e-3
 

@@ -18,9 +18,11 @@ from PIL import Image
 from torch_port import convert as convert_cli
 from torch_port import export as export_cli
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax import dataset_names, model_directory, predict
+from zenfer_jax import dataset_names
 from zenfer_jax.data import pipeline
-from zenfer_jax.structure import preset_text
+from zenfer_jax.deploy import predict
+from zenfer_jax.model.structure import preset_text
+from zenfer_jax.rundir import model_directory
 
 torch.set_num_threads(1)
 

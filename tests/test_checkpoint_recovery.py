@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from train_fixtures import flat, latest_state, tiny_config
 
-from zenfer_jax import workdir as workdir_lib
-from zenfer_jax import workdir_lock
+from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.rundir import workdir_lock
 
 
 def _state(step: int) -> dict:
@@ -103,10 +103,10 @@ def test_when_every_checkpoint_is_damaged_each_is_named(tmp_path):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, digits_dir):
   """A finished two-epoch run (checkpoints at steps 3 and 6), never modified by a test."""
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   workdir = tmp_path_factory.mktemp('trained') / 'run'
-  train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
+  loop.train_and_evaluate(tiny_config(digits_dir), str(workdir))
   return workdir
 
 
@@ -122,14 +122,14 @@ def _snapshot(root) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.slow
 def test_training_resumes_past_a_damaged_latest_checkpoint(tmp_path, trained, digits_dir, caplog):
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   workdir = tmp_path / 'run'
   shutil.copytree(trained, workdir)
   assert sorted(os.listdir(workdir / workdir_lib.LATEST)) == ['3', '6']
   _damage(_data_file(workdir, 6), 'truncated')
 
-  train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
+  loop.train_and_evaluate(tiny_config(digits_dir), str(workdir))
   assert f'Checkpoint {workdir / workdir_lib.LATEST / "6"} is damaged' in caplog.text
   # Steps 4..6 were trained again and came out as the first time (the run is deterministic).
   want, want_meta = latest_state(trained)
@@ -144,15 +144,16 @@ def test_training_resumes_past_a_damaged_latest_checkpoint(tmp_path, trained, di
 
 @pytest.mark.slow
 def test_resume_with_another_model_fails_before_writing_anything(tmp_path, trained, digits_dir):
-  from zenfer_jax import evaluate, train
-  from zenfer_jax.train_state import ResumeMismatchError
+  from zenfer_jax.deploy import evaluate
+  from zenfer_jax.training import loop
+  from zenfer_jax.training.train_state import ResumeMismatchError
 
   workdir = tmp_path / 'run'
   shutil.copytree(trained, workdir)
   before = _snapshot(workdir)
   wider = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,48,1,1)'
   with pytest.raises(ResumeMismatchError) as e:
-    train.train_and_evaluate(tiny_config(digits_dir, **{'model.structure': wider}), str(workdir))
+    loop.train_and_evaluate(tiny_config(digits_dir, **{'model.structure': wider}), str(workdir))
   message = str(e.value)
   assert "structure: checkpoint 'SuperConvK3BNRELU(3,8,2,1)" in message
   assert (

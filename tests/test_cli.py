@@ -65,7 +65,7 @@ def _record(level: int, path: str, name: str = 'absl', **extra) -> std_logging.L
 
 
 def test_terminal_shows_own_progress_lines_and_everyones_warnings():
-  own = os.path.join(os.path.dirname(cli.__file__), 'train.py')
+  own = os.path.join(os.path.dirname(cli.__file__), 'training', 'loop.py')
   other = os.path.join(os.path.dirname(std_logging.__file__), 'tfds_reader.py')
   narrating, quiet = cli._TerminalHandler(True), cli._TerminalHandler(False)
   assert narrating.filter(_record(std_logging.INFO, own))
@@ -115,7 +115,7 @@ def test_verbosity_hands_the_terminal_to_absl(tmp_path, restore_logging):
 
 def test_quiet_leaves_logging_as_it_found_it(restore_logging):
   """A library user who never set absl's verbosity keeps INFO lines after a checkpoint is read."""
-  from zenfer_jax import workdir
+  from zenfer_jax.rundir import workdir
 
   flag, absl_logger, root = flags.FLAGS['verbosity'], logging.get_absl_logger(), std_logging.root
   flag.value, flag.using_default_value = -1, True  # absl's state before anyone set it.

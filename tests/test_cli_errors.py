@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, TINY, subprocess_env
 
-from zenfer_jax import cli, config_validation, describe, errors, evaluate, export, predict
-from zenfer_jax import workdir as workdir_lib
-from zenfer_jax.config_files import sibling
+from zenfer_jax import cli, errors
+from zenfer_jax.config import validation
+from zenfer_jax.config.files import sibling
+from zenfer_jax.deploy import evaluate, export, predict
+from zenfer_jax.model import describe
+from zenfer_jax.rundir import workdir as workdir_lib
 
 DEFAULT_CONFIG = str(REPO / 'configs' / 'default.py')
 TF_CPP_MARKERS = ('cpu_feature_guard', 'oneDNN', 'absl::InitializeLog', 'port.cc')
@@ -260,7 +263,7 @@ def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
   with pytest.raises(KeyError):
     cli.command(lambda argv: {}['missing'])([])
 
-  from zenfer_jax import distributed
+  from zenfer_jax.training import distributed
 
   monkeypatch.setattr(distributed, 'launched_multiprocess', bug)
   with pytest.raises(RuntimeError, match='a bug'):
@@ -296,7 +299,7 @@ def test_one_line_joins_lists_and_drops_carets():
 
 
 def test_evaluate_names_every_damaged_checkpoint_in_one_line(tmp_path, capsys):
-  from zenfer_jax import model_directory
+  from zenfer_jax.rundir import model_directory
 
   workdir = tmp_path / 'run'
   ckpts = workdir_lib.Checkpoints(str(workdir))
@@ -339,27 +342,27 @@ def test_config_values_that_cannot_work_are_named(key, value):
   for part in path[:-1]:
     node = node[part]
   node[path[-1]] = value
-  with pytest.raises(config_validation.ConfigError, match=rf'config\.{key}={value!r} is invalid'):
-    config_validation.validate_config(config)
+  with pytest.raises(validation.ConfigError, match=rf'config\.{key}={value!r} is invalid'):
+    validation.validate_config(config)
 
 
 def test_a_host_only_recipe_on_the_device_is_named():
   """FER2013's recipe has no device chain: asking for it there fails before any data is read."""
   config = sibling(DEFAULT_CONFIG, 'fer2013_r').get_config()
   config.data.augment_on = 'device'
-  with pytest.raises(config_validation.ConfigError, match=r"augment_on='device'.*'fer2013'"):
-    config_validation.validate_config(config)
+  with pytest.raises(validation.ConfigError, match=r"augment_on='device'.*'fer2013'"):
+    validation.validate_config(config)
   config.data.augment_on = 'host'
-  config_validation.validate_config(config)
+  validation.validate_config(config)
 
 
 def test_a_search_with_nothing_to_do_says_so():
   config = ml_collections.ConfigDict({'search': {'max_iterations': 0}})
-  with pytest.raises(config_validation.ConfigError, match='max_iterations=0: nothing to do'):
-    config_validation.check_search_iterations(config)
-  assert cli.is_user_error(config_validation.ConfigError('x'))
+  with pytest.raises(validation.ConfigError, match='max_iterations=0: nothing to do'):
+    validation.check_search_iterations(config)
+  assert cli.is_user_error(validation.ConfigError('x'))
   config.search.max_iterations = 1
-  config_validation.check_search_iterations(config)
+  validation.check_search_iterations(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_transfer_recipe_configs_are_valid_and_chain():
   """vggface2_m pretrains on the auto classes of a folder tree for 10 epochs; rafdb_m_transfer
   is rafdb_m initialised from that run's workdir, backbone only."""
   from configs import rafdb_m, rafdb_m_transfer, vggface2_m
-  from zenfer_jax.config_validation import ConfigError, validate_config
+  from zenfer_jax.config.validation import ConfigError, validate_config
 
   pre, fine = vggface2_m.get_config(), rafdb_m_transfer.get_config()
   validate_config(pre)
@@ -101,3 +101,45 @@ def test_transfer_recipe_configs_are_valid_and_chain():
   expected = rafdb_m.get_config()
   expected.init_from, expected.only_backbone = fine.init_from, True
   assert fine.to_dict() == expected.to_dict()
+
+
+def test_a_config_by_name_is_the_shipped_file_and_a_path_wins(tmp_path, monkeypatch):
+  from zenfer_jax.config import files
+
+  shipped = pathlib.Path(files.SHIPPED_DIR)
+  assert shipped.resolve() == (REPO / 'configs').resolve()  # The repository's configs/: a link.
+  assert {'demo', 'rafdb_m', 'search_m'} <= set(files.shipped_names())
+  assert '__init__' not in files.shipped_names()
+  assert files.resolve('rafdb_m') == files.resolve('rafdb_m.py') == str(shipped / 'rafdb_m.py')
+  for unknown in ('rafdb', '__init__', 'configs/nope.py', ''):
+    assert files.resolve(unknown) == unknown
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'demo.py').write_text('')
+  assert files.resolve('demo.py') == 'demo.py'  # A file here wins over the shipped demo.
+  assert files.resolve('demo') == str(shipped / 'demo.py')
+
+
+BY_NAME = """
+import sys
+from absl import flags
+from zenfer_jax.config.files import define_config_flag
+config = define_config_flag('Training')
+sys.argv = ['main', '--config=' + sys.argv[1], '--config.num_epochs=3']  # Overrides: from sys.argv.
+flags.FLAGS(sys.argv)
+print(config.value.data.name, config.value.num_epochs, config.value.is_locked)
+"""
+
+
+@pytest.mark.parametrize('name', ['demo', 'demo.py'])
+def test_config_flag_takes_a_shipped_configs_name_anywhere(name, tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  out = subprocess.run(
+    [sys.executable, '-c', BY_NAME, name],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ['digits', '3', 'True']

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zenfer_jax.layers import conv as conv_lib
-from zenfer_jax.layers.conv import Conv
-from zenfer_jax.layers.cpu_kernels import (
+from zenfer_jax.model.layers import conv as conv_lib
+from zenfer_jax.model.layers.conv import Conv
+from zenfer_jax.model.layers.cpu_kernels import (
   conv_blocked,
   conv_strided,
   conv_toeplitz,
@@ -248,7 +248,7 @@ def test_unknown_impl_names_the_allowed_values():
 
 def test_old_import_path_still_works():
   """zenfer_jax.nas reads these two names from layers.conv; they are the cpu_kernels objects."""
-  from zenfer_jax.layers import cpu_kernels
+  from zenfer_jax.model.layers import cpu_kernels
 
   assert conv_lib.depthwise_shift is cpu_kernels.depthwise_shift
   assert conv_lib.default_depthwise_impl() == ('shift' if resolve_impl('auto') == 'cpu' else 'xla')

@@ -2,8 +2,8 @@
 
 import pytest
 
-from zenfer_jax import counters, describe
-from zenfer_jax.structure import parse
+from zenfer_jax.model import counters, describe
+from zenfer_jax.model.structure import parse
 
 CONFIGS = [
   'ZenNet-M',

@@ -18,8 +18,11 @@ from PIL import Image
 from train_fixtures import TINY
 
 from tests import data_fixtures as fx
-from zenfer_jax import data, model_directory, models, predict
+from zenfer_jax import data
 from zenfer_jax.data import images, pipeline, registry
+from zenfer_jax.deploy import predict
+from zenfer_jax.model import zennet
+from zenfer_jax.rundir import model_directory
 
 tfds.disable_progress_bar()
 CLASSES = ['sad', 'happy', 'angry']
@@ -231,8 +234,8 @@ def test_a_relabelled_annotation_file_is_a_different_source(tmp_path):
 
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
-  model = models.build_model(TINY, 3, use_sa=True)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
+  model = zennet.build_model(TINY, 3, use_sa=True)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(0), 16))
   card = model_directory.make_card(
     TINY, 3, use_sa=True, class_names=CLASSES, image_size=16, recipe='none', source='test'
   )

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from train_fixtures import flat, latest_state, tiny_config
 
-from zenfer_jax import train
-from zenfer_jax import workdir as workdir_lib
 from zenfer_jax.data import device_pipeline, pipeline
+from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.training import loop
 
 
 def test_plain_sampler_visits_every_example_once_per_epoch_as_a_function_of_the_step():
@@ -100,8 +100,8 @@ def test_training_with_device_augmentation_is_deterministic_and_resumes_exactly(
   config = lambda: tiny_config(  # noqa: E731
     digits_dir, **{'data.augment_on': 'device', 'data.recipe': 'rafdb'}
   )
-  train.train_and_evaluate(config(), str(tmp_path / 'a'))
-  train.train_and_evaluate(config(), str(tmp_path / 'b'))
+  loop.train_and_evaluate(config(), str(tmp_path / 'a'))
+  loop.train_and_evaluate(config(), str(tmp_path / 'b'))
 
   real_save = workdir_lib.Checkpoints.save_latest
 
@@ -111,9 +111,9 @@ def test_training_with_device_augmentation_is_deterministic_and_resumes_exactly(
 
   monkeypatch.setattr(workdir_lib.Checkpoints, 'save_latest', save_then_stop)
   with pytest.raises(KeyboardInterrupt, match='step 3'):
-    train.train_and_evaluate(config(), str(tmp_path / 'c'))
+    loop.train_and_evaluate(config(), str(tmp_path / 'c'))
   monkeypatch.setattr(workdir_lib.Checkpoints, 'save_latest', real_save)
-  train.train_and_evaluate(config(), str(tmp_path / 'c'))
+  loop.train_and_evaluate(config(), str(tmp_path / 'c'))
 
   ref, ref_meta = latest_state(tmp_path / 'a')
   assert int(ref['step']) == 6

@@ -1,5 +1,5 @@
-"""zenfer_jax.distributed without a cluster: the launch variables, and the watchdog's decisions
-against an in-memory key-value store that stands in for the coordination service.
+"""zenfer_jax.training.distributed without a cluster: the launch variables, and the watchdog's
+decisions against an in-memory key-value store that stands in for the coordination service.
 
 The real job (processes, gloo, a SIGKILL) is tests/test_multiprocess.py.
 """
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from zenfer_jax import distributed
+from zenfer_jax.training import distributed
 
 
 class Store:

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from train_fixtures import TINY
 
-from zenfer_jax import evaluate, model_directory, models, predict
+from zenfer_jax.deploy import evaluate, predict
+from zenfer_jax.model import zennet
+from zenfer_jax.rundir import model_directory
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -18,8 +20,8 @@ CLASSES = [str(d) for d in range(10)]
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
   """A freshly initialised tiny model, with a random classifier so predictions vary."""
-  model = models.build_model(TINY, 10, use_sa=True)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(1), 16))
+  model = zennet.build_model(TINY, 10, use_sa=True)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(1), 16))
   variables['params']['fc']['kernel'] = (
     np.random.default_rng(0)
     .normal(size=variables['params']['fc']['kernel'].shape)
@@ -94,8 +96,8 @@ def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, 
 
   # A classifier over standardised features (their mean and spread over the test images):
   # answers that vary from image to image and between an image and its mirror.
-  model = models.build_model(TINY, 10, use_sa=True)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(2), 16))
+  model = zennet.build_model(TINY, 10, use_sa=True)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(2), 16))
   images = np.concatenate(
     [
       b['image'][0]
@@ -110,7 +112,7 @@ def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, 
       )
     ]
   )
-  feats = np.asarray(model.apply(variables, images, method=models.ZenNet.features)).mean((1, 2))
+  feats = np.asarray(model.apply(variables, images, method=zennet.ZenNet.features)).mean((1, 2))
   mu, sigma = feats.mean(0), feats.std(0) + 1e-3
   r = np.random.default_rng(3).standard_normal((feats.shape[1], 10)).astype(np.float32)
   variables['params']['fc']['kernel'] = r / sigma[:, None]
@@ -147,8 +149,8 @@ def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, 
 
 
 def test_evaluate_refuses_a_dataset_with_other_classes(model_dir, digits_dir, tmp_path, capsys):
-  model = models.build_model(TINY, 3)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
+  model = zennet.build_model(TINY, 3)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(0), 16))
   card = model_directory.make_card(TINY, 3, class_names=['a', 'b', 'c'], image_size=16)
   model_directory.save_model_dir(str(tmp_path / 'three'), variables, card)
   argv = ['--checkpoint', str(tmp_path / 'three'), '--dataset', 'digits']

@@ -20,8 +20,9 @@ import torch
 
 from torch_port.convert import convert_state_dict
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax import export as export_lib
-from zenfer_jax import model_directory, runtimes
+from zenfer_jax.deploy import export as export_lib
+from zenfer_jax.deploy import runtimes
+from zenfer_jax.rundir import model_directory
 
 FACTS = json.loads((pathlib.Path(__file__).parent / 'reference' / 'model_facts.json').read_text())
 CONFIGS = ('ZenNet-M-SA', 'ZenNet-R-SA+lw_att', 'mixed-families-SA')
@@ -126,7 +127,7 @@ def _photo(tmp_path) -> str:
 
 
 def _same_predictions(model_dir: str, exported: str, image: str) -> None:
-  from zenfer_jax import predict
+  from zenfer_jax.deploy import predict
 
   want = predict.predict(model_dir, [image], top_k=7)[0]['predictions']
   got = predict.predict(exported, [image], top_k=7)[0]['predictions']
@@ -295,9 +296,17 @@ def test_runtime_refuses_a_file_without_a_card_and_a_stale_card(model_dirs, tmp_
 
 @pytest.mark.slow
 def test_cli_in_a_fresh_process(model_dirs, tmp_path):
-  """`python -m zenfer_jax.export` as a user runs it (the parity tests above call its main())."""
+  """`python -m zenfer_jax.deploy.export` as a user runs it (the tests above call its main())."""
   out = tmp_path / 'tiny.stablehlo'
-  cmd = [sys.executable, '-m', 'zenfer_jax.export', '--format', 'stablehlo', '--output', str(out)]
+  cmd = [
+    sys.executable,
+    '-m',
+    'zenfer_jax.deploy.export',
+    '--format',
+    'stablehlo',
+    '--output',
+    str(out),
+  ]
   proc = subprocess.run(
     cmd + ['--checkpoint', model_dirs['tiny']], capture_output=True, text=True, timeout=600
   )

@@ -1,7 +1,7 @@
 """benchmarks.export_accuracy: top-1 of a model and its exports on a prepared split.
 
 A tiny model (random convolutions, least-squares head) on the prepared digits split (360 test images, 16 px): the model dir's
-figure must equal `zenfer_jax.evaluate`'s on the same split, and its StableHLO export (the
+figure must equal `zenfer_jax.deploy.evaluate`'s on the same split, and its StableHLO export (the
 quickest format to write) must predict the same classes.
 """
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from benchmarks import export_accuracy
-from zenfer_jax import evaluate, model_directory
-from zenfer_jax import export as export_lib
 from zenfer_jax.data import pipeline
+from zenfer_jax.deploy import evaluate
+from zenfer_jax.deploy import export as export_lib
+from zenfer_jax.rundir import model_directory
 
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
 DIGITS = [str(i) for i in range(10)]

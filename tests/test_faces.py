@@ -15,7 +15,9 @@ from PIL import Image
 from skimage import data
 from train_fixtures import TINY
 
-from zenfer_jax import faces, model_directory, models, predict
+from zenfer_jax.deploy import faces, predict
+from zenfer_jax.model import zennet
+from zenfer_jax.rundir import model_directory
 
 # Her face in data.astronaut() (512x512), read off the picture: hairline to chin, ear to ear.
 ASTRONAUT_FACE = (175, 60, 275, 180)
@@ -36,8 +38,8 @@ def astronaut_png(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
-  model = models.build_model(TINY, len(CLASSES), use_sa=True)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 32))
+  model = zennet.build_model(TINY, len(CLASSES), use_sa=True)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(0), 32))
   card = model_directory.make_card(
     TINY, len(CLASSES), use_sa=True, class_names=CLASSES, image_size=32, recipe='rafdb'
   )
@@ -179,8 +181,8 @@ def test_faces_are_classified_as_their_aligned_crops_are(model_dir, astronaut_pn
 
 
 def test_predict_refuses_to_guess_the_preprocessing(tmp_path, capsys):
-  model = models.build_model(TINY, 3)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 32))
+  model = zennet.build_model(TINY, 3)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(0), 32))
   card = model_directory.make_card(TINY, 3, image_size=32, recipe=None)
   d = model_directory.save_model_dir(str(tmp_path / 'm'), variables, card)
   img = tmp_path / 'x.png'

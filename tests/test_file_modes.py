@@ -14,7 +14,10 @@ import jax
 import pytest
 from train_fixtures import TINY
 
-from zenfer_jax import atomic_write, export, model_directory, models
+from zenfer_jax import atomic_write
+from zenfer_jax.deploy import export
+from zenfer_jax.model import zennet
+from zenfer_jax.rundir import model_directory
 
 
 def _modes(root) -> dict[str, int]:
@@ -29,8 +32,8 @@ def _modes(root) -> dict[str, int]:
 
 @pytest.mark.parametrize('umask', [0o022, 0o077])
 def test_model_directory_export_and_atomic_writes_follow_the_umask(tmp_path, umask):
-  model = models.build_model(TINY, 3)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 32))
+  model = zennet.build_model(TINY, 3)
+  variables = jax.device_get(zennet.init_variables(model, jax.random.PRNGKey(0), 32))
   card = model_directory.make_card(TINY, 3, image_size=32, recipe='rafdb')
   previous = os.umask(umask)
   try:

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 
 from tests import data_fixtures as fx
 from zenfer_jax import data
-from zenfer_jax.config_validation import ConfigError, validate_config
+from zenfer_jax.config.validation import ConfigError, validate_config
 from zenfer_jax.data.builders import folders
 
 tfds.disable_progress_bar()

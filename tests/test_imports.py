@@ -6,8 +6,11 @@ time is still a cycle between the two modules. `from a import b` is an edge to t
 `a.b` when there is one, else to `a`; a module's own parent packages are not edges (Python
 runs their __init__ first, whatever the module imports).
 
-Two levels are checked: modules, and packages, where each subpackage of zenfer_jax (data,
-layers, nas, ...) and torch_port are one node and zenfer_jax's top-level modules one node each.
+Two levels are checked: modules, and packages, where each role package of zenfer_jax (model,
+data, rundir, config, training, nas, deploy) and torch_port are one node and zenfer_jax's
+top-level modules one node each. The packages stand on floors (`FLOORS`): a package imports only
+from floors below its own, so no import goes upwards, and a new package or top-level module has
+to be given its floor here.
 """
 
 from __future__ import annotations
@@ -57,6 +60,19 @@ def _imports(name: str, path: pathlib.Path, modules: dict) -> set[str]:
     if target and target != name:
       found.add(target)
   return found
+
+
+# Lowest first. Top level: the modules every floor uses, then the entry point.
+FLOORS = (
+  ('zenfer_jax', 'zenfer_jax.errors', 'zenfer_jax.atomic_write', 'zenfer_jax.dataset_names'),
+  ('zenfer_jax.cli',),
+  ('zenfer_jax.model',),
+  ('zenfer_jax.data', 'zenfer_jax.rundir'),
+  ('zenfer_jax.config',),
+  ('zenfer_jax.training', 'zenfer_jax.nas', 'zenfer_jax.configs'),
+  ('zenfer_jax.deploy', 'torch_port'),
+  ('zenfer_jax.main', 'zenfer_jax.serve'),
+)
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -150,9 +166,9 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_graph_finds_known_imports(graph):
   # Top-level, function-local, `from package import module` and relative-free forms.
-  assert 'zenfer_jax.steps' in graph['zenfer_jax.train']
-  assert 'zenfer_jax.steps' in graph['zenfer_jax.evaluate']  # inside evaluate()
-  assert 'zenfer_jax.model_directory' in graph['torch_port.convert']
+  assert 'zenfer_jax.training.steps' in graph['zenfer_jax.training.loop']
+  assert 'zenfer_jax.training.steps' in graph['zenfer_jax.deploy.evaluate']  # inside evaluate()
+  assert 'zenfer_jax.rundir.model_directory' in graph['torch_port.convert']
   assert 'zenfer_jax.data.builders.common' in graph['zenfer_jax.data.builders.rafdb']
   assert 'zenfer_jax.data' not in graph['zenfer_jax.data.builders.rafdb']  # parent: no edge
   assert len(graph) > 40
@@ -174,6 +190,23 @@ def test_no_package_cycles(graph):
   assert not found, 'import cycles between packages:\n' + '\n'.join(' -> '.join(c) for c in found)
 
 
+def test_every_package_stands_on_a_floor(graph):
+  placed = {p for floor in FLOORS for p in floor}
+  missing = sorted(set(package_graph(graph)) - placed)
+  assert not missing, f'packages on no floor (add them to FLOORS in {__file__}): {missing}'
+
+
+def test_no_upward_imports(graph):
+  floor_of = {p: i for i, floor in enumerate(FLOORS) for p in floor}
+  bad = sorted(
+    f'{p} (floor {floor_of[p]}) -> {t} (floor {floor_of[t]})'
+    for p, targets in package_graph(graph).items()
+    for t in targets
+    if floor_of.get(t, -1) >= floor_of.get(p, len(FLOORS))
+  )
+  assert not bad, 'imports of the same floor or one above:\n' + '\n'.join(bad)
+
+
 def test_zenfer_jax_never_imports_torch_port(graph):
   bad = sorted(
     f'{m} -> {t}'
@@ -186,7 +219,7 @@ def test_zenfer_jax_never_imports_torch_port(graph):
 
 
 def test_evaluation_does_not_need_the_training_loop(graph):
-  assert 'zenfer_jax.train' not in reachable(graph, 'zenfer_jax.evaluate')
+  assert 'zenfer_jax.training.loop' not in reachable(graph, 'zenfer_jax.deploy.evaluate')
 
 
 def test_torch_port_convert_does_not_need_tensorflow(graph):
@@ -207,14 +240,14 @@ def _run(code: str) -> str:
 def test_importing_evaluate_and_what_it_uses_leaves_train_unloaded(graph):
   # Everything evaluate reaches except the TensorFlow data package, imported for real.
   used = sorted(
-    m for m in reachable(graph, 'zenfer_jax.evaluate') if package_of(m) != 'zenfer_jax.data'
+    m for m in reachable(graph, 'zenfer_jax.deploy.evaluate') if package_of(m) != 'zenfer_jax.data'
   )
-  assert 'zenfer_jax.steps' in used
+  assert 'zenfer_jax.training.steps' in used
   out = _run(
     'import importlib, sys\n'
-    f'for m in {["zenfer_jax.evaluate", *used]!r}:\n'
+    f'for m in {["zenfer_jax.deploy.evaluate", *used]!r}:\n'
     '  importlib.import_module(m)\n'
-    "print('zenfer_jax.train' in sys.modules, 'zenfer_jax.steps' in sys.modules)\n"
+    "print('zenfer_jax.training.loop' in sys.modules, 'zenfer_jax.training.steps' in sys.modules)\n"
   )
   assert out.split() == ['False', 'True']
 

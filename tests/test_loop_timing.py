@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from zenfer_jax.loop_timing import LoopTimer
+from zenfer_jax.training.loop_timing import LoopTimer
 
 
 def test_sustained_rate_excludes_warmup_eval_and_checkpoints():

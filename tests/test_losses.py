@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax import losses
+from zenfer_jax.training import losses
 
 
 def test_smooth_one_hot_values():

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax import metrics
+from zenfer_jax.training import metrics
 
 
 def test_confusion_matrix_counts_and_mask():

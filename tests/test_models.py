@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import zenfer_jax
-from zenfer_jax.layers.attention import channel_shuffle
-from zenfer_jax.models import XAVIER_GAIN, ZenNet, build_model, count_params, init_variables
+from zenfer_jax.model.layers.attention import channel_shuffle
+from zenfer_jax.model.zennet import XAVIER_GAIN, ZenNet, build_model, count_params, init_variables
 
 TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperResIDWE2K3(16,16,1,16,1)SuperConvK1BNRELU(16,32,1,1)'
 
@@ -293,7 +293,7 @@ def test_backend_is_read_in_one_place():
     for p in root.rglob('*.py')
     if 'default_backend(' in p.read_text() and p.relative_to(root).parts[0] != 'nas'
   }
-  assert readers == {'layers/cpu_kernels.py'}
+  assert readers == {'model/layers/cpu_kernels.py'}
 
 
 def test_channel_shuffle_matches_reference_index_rule():

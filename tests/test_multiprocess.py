@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, TINY_OVERRIDES, flat, latest_state, run_main, subprocess_env
 
-from zenfer_jax import distributed, model_directory
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax.rundir import model_directory
+from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.training import distributed
 
 pytestmark = pytest.mark.slow  # Five training processes in four jobs.
 

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from zenfer_jax import models, optim
+from zenfer_jax.model import zennet
+from zenfer_jax.training import optim
 
 TINY = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
 
@@ -85,8 +86,8 @@ def test_schedule_shape_warmup_peak_and_end():
 
 
 def _tiny_params():
-  model = models.build_model(TINY, 3, use_sa=True, use_lw_att=False)
-  return models.init_variables(model, jax.random.PRNGKey(0), 16)['params']
+  model = zennet.build_model(TINY, 3, use_sa=True, use_lw_att=False)
+  return zennet.init_variables(model, jax.random.PRNGKey(0), 16)['params']
 
 
 def test_weight_decay_mask_selects_conv_and_linear_kernels_only():

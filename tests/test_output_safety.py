@@ -16,7 +16,8 @@ import torch
 from torch_port import convert as convert_cli
 from torch_port import export as export_cli
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax import evaluate, model_directory
+from zenfer_jax.deploy import evaluate
+from zenfer_jax.rundir import model_directory
 
 torch.set_num_threads(1)
 

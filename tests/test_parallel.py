@@ -1,4 +1,4 @@
-"""zenfer_jax.parallel: the one place per-device steps become pmaps, and the host side of it."""
+"""zenfer_jax.training.parallel: the one place per-device steps become pmaps, and its host side."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, subprocess_env
 
-from zenfer_jax import parallel
+from zenfer_jax.training import parallel
 
 
 def _step(state, batch, rng):
@@ -70,7 +70,7 @@ def test_unreplicate_to_host_gives_numpy_of_the_first_replica():
 MULTI_DEVICE = textwrap.dedent(
   """
   import jax, numpy as np
-  from zenfer_jax import parallel
+  from zenfer_jax.training import parallel
   assert jax.local_device_count() == 4
   state = parallel.replicate({'w': np.zeros(2, np.float32)})
   def step(s, b, r):

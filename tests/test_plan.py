@@ -1,4 +1,4 @@
-"""zenfer_jax.plan: a structure expanded into the reference network's exact layer plan."""
+"""zenfer_jax.model.plan: a structure expanded into the reference network's exact layer plan."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import jax
 import pytest
 from flax import traverse_util
 
-from zenfer_jax import models
-from zenfer_jax import plan as P
-from zenfer_jax.structure import Block, StructureError, parse
+from zenfer_jax.model import plan as P
+from zenfer_jax.model import zennet
+from zenfer_jax.model.structure import Block, StructureError, parse
 
 
 def _parse_block(text: str) -> Block:
@@ -122,8 +122,8 @@ def test_expand_numbers_blocks_in_order():
 
 def test_the_flax_model_names_its_parameters_by_plan_index():
   text = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)'
-  model = models.build_model(text, 10, use_sa=True)
-  shapes = jax.eval_shape(lambda r: models.init_variables(model, r, 16), jax.random.PRNGKey(0))
+  model = zennet.build_model(text, 10, use_sa=True)
+  shapes = jax.eval_shape(lambda r: zennet.init_variables(model, r, 16), jax.random.PRNGKey(0))
   params = traverse_util.flatten_dict(shapes['params'], sep='/')
   expected = set()
   for bp in P.expand(parse(text), use_sa=True):

@@ -14,8 +14,8 @@ import pytest
 from absl import logging
 from PIL import Image
 
-from zenfer_jax import parallel, precise_bn
-from zenfer_jax.layers.batchnorm import BatchNorm
+from zenfer_jax.model.layers.batchnorm import BatchNorm
+from zenfer_jax.training import parallel, precise_bn
 
 EPS = 1e-3
 
@@ -106,7 +106,7 @@ def make_stripes(root: str, n_train: int = 100, n_test: int = 30, size: int = 40
 @pytest.mark.slow  # A whole training run.
 def test_folders_config_learns_a_small_two_class_tree(tmp_path, caplog):
   from configs import folders
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   make_stripes(str(tmp_path / 'stripes'))
   config = folders.get_config()
@@ -129,7 +129,7 @@ def test_folders_config_learns_a_small_two_class_tree(tmp_path, caplog):
   logging.set_verbosity(logging.INFO)  # As main.py runs it.
   try:
     with caplog.at_level('INFO'):
-      summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+      summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   finally:
     logging.set_verbosity(verbosity)
   seconds = time.perf_counter() - t
@@ -137,7 +137,8 @@ def test_folders_config_learns_a_small_two_class_tree(tmp_path, caplog):
   assert summary['final_test_top1'] >= 0.75, summary
   assert 'Precise BN: BatchNorm statistics recomputed over 6 training batches' in caplog.text
   # The exported model holds the recomputed statistics: it scores what the run reported.
-  from zenfer_jax import evaluate, model_directory
+  from zenfer_jax.deploy import evaluate
+  from zenfer_jax.rundir import model_directory
 
   card = json.loads((tmp_path / 'run' / 'model_best' / model_directory.CARD_NAME).read_text())
   assert card['class_names'] == ['horizontal', 'vertical']

@@ -13,8 +13,10 @@ from PIL import Image
 from skimage import data
 
 from tests import data_fixtures as fx
-from zenfer_jax import dataset_names, model_directory, predict, pretrained
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax import dataset_names
+from zenfer_jax.deploy import predict
+from zenfer_jax.rundir import model_directory, pretrained
+from zenfer_jax.rundir import workdir as workdir_lib
 
 NAME = 'fer2013_r'
 
@@ -103,8 +105,9 @@ def test_predict_by_name_equals_evaluation_of_the_same_files(tmp_path, capsys):
 def test_evaluate_and_init_from_take_the_name(tmp_path, monkeypatch, capsys):
   """`evaluate --checkpoint fer2013_r` writes beside the caller, never into the package; a
   training config may start from the shipped model by name."""
-  from zenfer_jax import config_validation, evaluate
-  from zenfer_jax.config_files import sibling
+  from zenfer_jax.config import validation
+  from zenfer_jax.config.files import sibling
+  from zenfer_jax.deploy import evaluate
 
   root = tmp_path / 'fer2013'
   fx.make_fer2013_folders(str(root), usages=('Training', 'PublicTest'))
@@ -118,10 +121,10 @@ def test_evaluate_and_init_from_take_the_name(tmp_path, monkeypatch, capsys):
   config = sibling(os.path.join(os.path.dirname(__file__), '..', 'configs', 'x.py'), 'fer2013_r')
   config = config.get_config()
   config.init_from = NAME
-  config_validation.validate_config(config)
+  validation.validate_config(config)
   config.init_from = 'no_such_model'
-  with pytest.raises(config_validation.ConfigError, match=NAME):
-    config_validation.validate_config(config)
+  with pytest.raises(validation.ConfigError, match=NAME):
+    validation.validate_config(config)
 
 
 def test_detect_faces_with_the_shipped_model(tmp_path, capsys):

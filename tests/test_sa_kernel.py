@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax.layers import cpu_kernels
-from zenfer_jax.layers.attention import ShuffleAttention
+from zenfer_jax.model.layers import cpu_kernels
+from zenfer_jax.model.layers.attention import ShuffleAttention
 
 
 def _vjp(module, params, x, g):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from zenfer_jax.layers.attention import ShuffleAttention
-from zenfer_jax.models import build_model
-from zenfer_jax.structure import StructureError
+from zenfer_jax.model.layers.attention import ShuffleAttention
+from zenfer_jax.model.structure import StructureError
+from zenfer_jax.model.zennet import build_model
 
 
 def _reference_sa(x, groups, cw, cb, sw, sb, gw, gb):

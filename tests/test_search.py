@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs import search_m, search_r
-from zenfer_jax import counters, workdir_lock
+from zenfer_jax.model import counters
+from zenfer_jax.model.structure import resolve
 from zenfer_jax.nas import evolution
 from zenfer_jax.nas.population import (
   BEST_FILE,
@@ -26,14 +27,14 @@ from zenfer_jax.nas.population import (
   SUMMARY_FILE,
   load_state,
 )
-from zenfer_jax.structure import resolve
+from zenfer_jax.rundir import workdir_lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
 # Another process that holds a directory's lock, as a running training run or search would.
 HOLDER = (
   'import sys, time\n'
-  'from zenfer_jax import workdir_lock\n'
+  'from zenfer_jax.rundir import workdir_lock\n'
   'workdir_lock.acquire(sys.argv[1], sys.argv[2])\n'
   'print("held", flush=True)\n'
   'time.sleep(120)\n'
@@ -330,7 +331,7 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, per_step):
   args = [
     sys.executable,
     '-m',
-    'zenfer_jax.search',
+    'zenfer_jax.nas.search',
     '--config=configs/search_m.py',
     f'--workdir={tmp_path / "k"}',
     '--config.search.proxy=random',
@@ -441,7 +442,7 @@ def test_cli_errors_lock_progress_and_compilation_cache(tmp_path, held_workdir):
   env = dict(ENV)
   env.pop('ZENFER_TRACEBACK', None)
   work, cache = tmp_path / 'work', tmp_path / 'cache'
-  base = [sys.executable, '-m', 'zenfer_jax.search', '--config=configs/search_r.py']
+  base = [sys.executable, '-m', 'zenfer_jax.nas.search', '--config=configs/search_r.py']
 
   def run(*args, workdir=work):
     return subprocess.run(

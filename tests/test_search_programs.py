@@ -13,9 +13,9 @@ import jax
 import numpy as np
 import pytest
 
+from zenfer_jax.model.structure import resolve
 from zenfer_jax.nas import programs as prog
 from zenfer_jax.nas import space as space_lib
-from zenfer_jax.structure import resolve
 
 zs = importlib.import_module('zenfer_jax.nas.zen_score')
 

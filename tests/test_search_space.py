@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 
+from zenfer_jax.model.structure import parse, resolve
 from zenfer_jax.nas import space as sp
-from zenfer_jax.structure import parse, resolve
 
 INIT_M = (
   'SuperConvK3BNRELU(3,8,2,1)SuperResIDWE6K3(8,32,2,8,1)SuperResIDWE6K3(32,48,2,32,1)'

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests import serve_fixtures as fx
-from zenfer_jax import predict
+from zenfer_jax.deploy import predict
 from zenfer_jax.serve import app as app_lib
 from zenfer_jax.serve import testing
 

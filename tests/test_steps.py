@@ -1,4 +1,4 @@
-"""zenfer_jax.steps: the per-device train and eval steps under parallel's pmap, and the eval loop."""
+"""zenfer_jax.training.steps: the per-device train and eval steps under pmap, and the eval loop."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import optax
 import pytest
 from train_fixtures import flat, tiny_config
 
-from zenfer_jax import losses, parallel, steps
-from zenfer_jax import train_state as ts
+from zenfer_jax.training import losses, parallel, steps
+from zenfer_jax.training import train_state as ts
 
 # Conv blocks only (each with BatchNorm): compiles in seconds, and has batch statistics to update.
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperConvK3BNRELU(8,16,2,1)'

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zenfer_jax import structure as S
-from zenfer_jax.structure import StructureError
+from zenfer_jax.model import structure as S
+from zenfer_jax.model.structure import StructureError
 
 ALL_FAMILIES = (
   'SuperConvK3BNRELU(3,16,2,1)SuperResK3K3(16,24,1,16,1)SuperResK5K5(24,32,2,16,2)'
@@ -114,7 +114,7 @@ def test_file_errors_name_the_file(tmp_path):
 
 
 def test_sa_width_rule_is_checked_before_compute():
-  from zenfer_jax.models import build_model
+  from zenfer_jax.model.zennet import build_model
 
   with pytest.raises(StructureError, match='multiple of 8'):
     build_model('SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,20,1,20,1)', 7, use_sa=True)
@@ -256,7 +256,7 @@ def test_structure_files_are_read_with_a_size_limit(tmp_path):
 
 
 def test_resolution_below_what_the_network_needs_is_refused():
-  from zenfer_jax import counters, describe
+  from zenfer_jax.model import counters, describe
 
   s = S.resolve('zennet_m')  # Five stride-2 layers: 32 pixels at least.
   assert S.min_resolution(s) == 32

@@ -17,8 +17,8 @@ from torch_port import export as export_cli
 from torch_port.checkpoint_file import CheckpointFormatError
 from torch_port.convert import CheckpointMismatchError, convert_state_dict
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax import model_directory
-from zenfer_jax.models import build_model
+from zenfer_jax.model.zennet import build_model
+from zenfer_jax.rundir import model_directory
 
 torch.set_num_threads(1)
 
@@ -267,7 +267,7 @@ def _original_only_backbone(checkpoint_sd, fresh_variables, classes, use_lw_att,
 
 def _fresh(classes, use_lw_att, seed, structure=TINY):
   model = build_model(structure, classes, use_sa=True, use_lw_att=use_lw_att)
-  from zenfer_jax.models import init_variables
+  from zenfer_jax.model.zennet import init_variables
 
   v = init_variables(model, jax.random.PRNGKey(seed), resolution=32)
   return {c: jax.device_get(v.get(c, {})) for c in ('params', 'batch_stats')}
@@ -347,7 +347,7 @@ def test_convert_only_backbone_is_trainings_init_from_rule(tmp_path, capsys):
   are copied and the same are left fresh, with the same values where copied."""
   from train_fixtures import flat, tiny_config
 
-  from zenfer_jax import train_state as ts
+  from zenfer_jax.training import train_state as ts
 
   pretrained = _reference(classes=20, use_lw_att=False, seed=4)
   torch.save(_original_wrapper(pretrained), tmp_path / 'best-params_rank0.pth')

@@ -10,7 +10,7 @@ import torch
 
 from torch_port import export_state_dict, load_torch_checkpoint, mapping
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax.models import build_model, init_variables
+from zenfer_jax.model.zennet import build_model, init_variables
 
 torch.set_num_threads(1)
 
@@ -112,7 +112,7 @@ def test_depthwise_and_dense_layouts():
 
 
 def test_export_is_strict_about_the_variables_tree():
-  from zenfer_jax.model_directory import MergeError
+  from zenfer_jax.rundir.model_directory import MergeError
 
   structure, classes, flags = _flags('mixed-families-SA')
   variables = load_torch_checkpoint(

@@ -24,7 +24,7 @@ import torch
 
 from torch_port import export_state_dict, load_torch_checkpoint
 from torch_port.reference_model import build_reference_model, randomize_
-from zenfer_jax.models import build_model
+from zenfer_jax.model.zennet import build_model
 
 torch.set_num_threads(1)
 

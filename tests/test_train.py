@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, TINY, flat, latest_state, subprocess_env, tiny_config
 
-from zenfer_jax import config_validation, steps, train
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax.config import validation
+from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.training import loop, steps
 
 CONFIGS = [
   'default',
@@ -41,7 +42,7 @@ def test_every_config_validates_and_documents_its_run(name):
   config = _load(name)
   if name == 'folders':
     config.data.classes = 'neutral,smile'
-  config_validation.validate_config(config)
+  validation.validate_config(config)
   doc = sys.modules[f'configs.{name}'].__doc__
   if name != 'default':
     assert 'python -m zenfer_jax.main --config=configs/' in doc
@@ -101,28 +102,28 @@ def test_bad_values_fail_naming_the_key(key, value, match):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_validation.ConfigError, match=f'config.{match}='):
-    config_validation.validate_config(config)
+  with pytest.raises(validation.ConfigError, match=f'config.{match}='):
+    validation.validate_config(config)
 
 
 def test_a_model_that_cannot_be_built_fails_before_any_array():
   config = _load('rafdb_m')
   config.model.structure = 'SuperConvK3BNRELU(3,8,2,1)SuperConvK1BNRELU(8,40,1,1)'
   config.model.use_lw_att = True
-  with pytest.raises(config_validation.ConfigError, match='(?s)use_lw_att=True.*multiple of 16'):
-    config_validation.validate_config(config)
+  with pytest.raises(validation.ConfigError, match='(?s)use_lw_att=True.*multiple of 16'):
+    validation.validate_config(config)
 
 
 def test_batch_must_split_over_devices():
   config = _load('rafdb_m')
   config.batch_size = 66
-  with pytest.raises(config_validation.ConfigError, match='batch_size=66.*4 devices'):
-    config_validation.validate_config(config, device_count=4)
+  with pytest.raises(validation.ConfigError, match='batch_size=66.*4 devices'):
+    validation.validate_config(config, device_count=4)
 
 
 def test_folders_needs_its_classes():
-  with pytest.raises(config_validation.ConfigError, match='config.data.classes'):
-    config_validation.validate_config(_load('folders'))
+  with pytest.raises(validation.ConfigError, match='config.data.classes'):
+    validation.validate_config(_load('folders'))
 
 
 @pytest.mark.slow
@@ -143,7 +144,7 @@ def test_missing_dataset_fails_at_once_saying_where_files_go(tmp_path):
   config = tiny_config(tmp_path / 'tfds')
   config.data.name = 'rafdb'
   with pytest.raises(FileNotFoundError, match='(?s)manual_dir.*list_patition_label.txt'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w' / workdir_lib.LATEST)
 
 
@@ -153,7 +154,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   monkeypatch.setattr(steps, 'train_step', chex.assert_max_traces(steps.train_step, n=1))
   monkeypatch.setattr(steps, 'eval_step', chex.assert_max_traces(steps.eval_step, n=1))
   workdir = tmp_path / 'run'
-  summary = train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(digits_dir), str(workdir))
 
   records = workdir_lib.read_metrics(str(workdir))
   assert [(r['epoch'], r['step']) for r in records] == [(1, 3), (2, 6)]
@@ -185,7 +186,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert summary['best_test_top1'] == max(r['test_top1'] for r in records)
   state, meta = latest_state(workdir)
   assert int(state['step']) == 6 and meta['book']['epoch_steps'] == 0
-  from zenfer_jax import model_directory
+  from zenfer_jax.rundir import model_directory
 
   variables, card = model_directory.load_model_dir(str(workdir / workdir_lib.MODEL_BEST))
   assert card['structure'] == TINY and card['num_classes'] == 10 and card['image_size'] == 16
@@ -193,7 +194,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert set(variables) == {'params', 'batch_stats'}
 
   # evaluate --workdir reads the run's config and its best checkpoint.
-  from zenfer_jax import evaluate
+  from zenfer_jax.deploy import evaluate
 
   chex.clear_trace_counter()
   assert evaluate.main(['--workdir', str(workdir)]) == 0
@@ -202,7 +203,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   assert (workdir / 'eval_test' / 'confusion_matrix.png').exists()
 
   # Rerunning a finished workdir resumes at the end: nothing retrains, nothing is duplicated.
-  train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
+  loop.train_and_evaluate(tiny_config(digits_dir), str(workdir))
   assert workdir_lib.read_metrics(str(workdir)) == records
 
   # Another run initialised from this one's backbone, with the backbone frozen.
@@ -215,7 +216,7 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
     num_epochs=1,
     warmup_epochs=0,
   )
-  train.train_and_evaluate(init_cfg, str(tmp_path / 'finetune'))
+  loop.train_and_evaluate(init_cfg, str(tmp_path / 'finetune'))
   new_state, _ = latest_state(tmp_path / 'finetune')
   old, new = flat(variables['params']), flat(new_state['params'])
   for k in old:
@@ -241,9 +242,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(data.pipeline, 'train_dataset', poisoned)
   workdir = tmp_path / 'nan'
   with pytest.raises(
-    train.NonFiniteLossError, match='(?s)step 5.*last good checkpoint \\(step 3\\)'
+    loop.NonFiniteLossError, match='(?s)step 5.*last good checkpoint \\(step 3\\)'
   ):
-    train.train_and_evaluate(tiny_config(digits_dir, num_epochs=3), str(workdir))
+    loop.train_and_evaluate(tiny_config(digits_dir, num_epochs=3), str(workdir))
   state, _ = latest_state(workdir)
   assert int(state['step']) == 3
   assert all(np.all(np.isfinite(v)) for v in flat(state['params']).values())
@@ -278,7 +279,7 @@ def test_folders_config_prepares_from_manual_dir_and_learns(tmp_path):
   config.data.data_dir = str(tmp_path / 'tfds')
   config.data.manual_dir = str(root)
   config.data.classes = 'neutral,smile'
-  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   records = workdir_lib.read_metrics(str(tmp_path / 'run'))
   assert list(records[-1]['per_class_accuracy']) == ['neutral', 'smile']
   assert summary['best_test_top1'] >= 0.75

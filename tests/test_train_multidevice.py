@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from train_fixtures import flat, latest_state, run_main
 
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax.rundir import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow  # Two training subprocesses.
 

@@ -61,10 +61,10 @@ def _config(**fields):
   ],
 )
 def test_torch_schedule_is_the_jax_schedule(fields, num_train):
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   config = _config(**fields)
-  jax_lr = train.Schedule.from_config(config, num_train).lr_fn(config)
+  jax_lr = loop.Schedule.from_config(config, num_train).lr_fn(config)
   torch_lr = tp.torch_schedule(config, num_train)
   spe = tp.steps_per_epoch(config, num_train)
   total = spe * config.num_epochs

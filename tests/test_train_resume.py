@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
 
-from zenfer_jax import model_directory
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax.rundir import model_directory
+from zenfer_jax.rundir import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow  # Three training subprocesses.
 

@@ -1,4 +1,4 @@
-"""zenfer_jax.train_state: the model from a config, first variables, and the checkpointed state."""
+"""zenfer_jax.training.train_state: the model from a config, first variables, checkpointed state."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import optax
 import pytest
 from train_fixtures import TINY, flat, tiny_config
 
-from zenfer_jax import model_directory
-from zenfer_jax import train_state as ts
-from zenfer_jax.structure import resolve
+from zenfer_jax.model import zennet
+from zenfer_jax.model.structure import resolve
+from zenfer_jax.rundir import model_directory
+from zenfer_jax.training import train_state as ts
 
 NUM_CLASSES = 10
 
@@ -38,10 +39,10 @@ def test_build_model_takes_everything_from_config_model(config):
   assert model.structure_text == str(resolve(TINY))
   assert model.num_classes == 3 and model.use_sa is False
   assert model.dtype == jnp.bfloat16
-  assert model.bn_axis_name == 'batch'  # The collective axis of zenfer_jax.parallel.
+  assert model.bn_axis_name == 'batch'  # The collective axis of zenfer_jax.training.parallel.
   assert ts.build_model(config, 3).bn_axis_name is None
   assert model.bn_momentum == c.model.bn_momentum and model.bn_eps == c.model.bn_eps
-  assert set(ts.DTYPES) == {'float32', 'bfloat16', 'float16'}
+  assert set(zennet.DTYPES) == {'float32', 'bfloat16', 'float16'}
 
 
 def test_initial_variables_are_a_function_of_the_rng(config, model, fresh):

@@ -19,9 +19,11 @@ import pytest
 from train_fixtures import REPO, TINY_OVERRIDES, flat
 
 from tests import data_fixtures as fx
-from zenfer_jax import data, model_directory, train
-from zenfer_jax import train_state as ts
-from zenfer_jax import workdir as workdir_lib
+from zenfer_jax import data
+from zenfer_jax.rundir import model_directory
+from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.training import loop
+from zenfer_jax.training import train_state as ts
 
 pytestmark = pytest.mark.slow  # Two training runs.
 
@@ -59,7 +61,7 @@ def pretrained(tmp_path_factory):
     },
   )
   assert config.data.classes == 'auto' and config.data.eval_split == 'train'
-  summary = train.train_and_evaluate(config, str(workdir))
+  summary = loop.train_and_evaluate(config, str(workdir))
   return workdir, summary
 
 
@@ -93,11 +95,11 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(pretrained, tmp_path):
   )
   assert config.only_backbone and not config.freeze_backbone
   run = tmp_path / 'rafdb_m_transfer'
-  train.train_and_evaluate(config, str(run))
+  loop.train_and_evaluate(config, str(run))
 
   source, _ = model_directory.load_model_dir(str(workdir / workdir_lib.MODEL_BEST))
   source = flat(source)
-  report = json.loads((run / train.INIT_REPORT).read_text())
+  report = json.loads((run / loop.INIT_REPORT).read_text())
   assert report['only_backbone'] is True and report['source_num_classes'] == len(IDENTITIES)
   left = {e['array']: e['why'] for e in report['left_at_init']}
   assert left == {

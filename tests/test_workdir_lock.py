@@ -17,11 +17,11 @@ import time
 import pytest
 from train_fixtures import REPO, main_command, subprocess_env, tiny_config
 
-from zenfer_jax import workdir_lock
+from zenfer_jax.rundir import workdir_lock
 
 HOLDER = (
   'import sys, time\n'
-  'from zenfer_jax import workdir_lock\n'
+  'from zenfer_jax.rundir import workdir_lock\n'
   'if sys.argv[3:] == ["no_flock"]:\n'
   '  workdir_lock.fcntl = None  # As on a file system without flock.\n'
   'lock = workdir_lock.acquire(sys.argv[1], sys.argv[2])\n'
@@ -138,12 +138,12 @@ def test_without_flock_a_dead_pid_is_detected_and_a_live_one_refused(
 
 
 def test_training_refuses_a_workdir_in_use_before_writing(tmp_path, holder_process):
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   workdir = tmp_path / 'run'
   proc = holder_process(workdir)
   with pytest.raises(workdir_lock.WorkdirLocked, match=f'pid {proc.pid}'):
-    train.train_and_evaluate(tiny_config(tmp_path / 'tfds'), str(workdir))
+    loop.train_and_evaluate(tiny_config(tmp_path / 'tfds'), str(workdir))
   assert os.listdir(workdir) == [workdir_lock.LOCK_NAME]
   assert not (tmp_path / 'tfds').exists()  # Refused before the dataset was even prepared.
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zenfer_jax.models import ZenNet, build_model
+from zenfer_jax.model.zennet import ZenNet, build_model
 from zenfer_jax.nas import ZenScore, ZenScorer, zen_score
 
 zs = importlib.import_module('zenfer_jax.nas.zen_score')

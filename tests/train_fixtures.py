@@ -95,7 +95,7 @@ def run_main(
 
 
 def latest_state(workdir) -> tuple[dict, dict]:
-  from zenfer_jax import workdir as workdir_lib
+  from zenfer_jax.rundir import workdir as workdir_lib
 
   ckpts = workdir_lib.Checkpoints(str(workdir))
   try:

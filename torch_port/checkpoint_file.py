@@ -256,7 +256,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
   if os.path.isdir(path):
     raise CheckpointFormatError(
       f'{path}: is a directory; expected a .pth/.pth.tar/.safetensors file (a zenfer_jax model directory is '
-      'read with zenfer_jax.model_directory.load_model_dir)'
+      'read with zenfer_jax.rundir.model_directory.load_model_dir)'
     )
   fmt = _sniff(path)
   if fmt == 'safetensors':

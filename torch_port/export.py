@@ -35,8 +35,9 @@ import numpy as np
 from flax import traverse_util
 
 from torch_port import checkpoint_file, mapping
-from zenfer_jax import atomic_write, cli, model_directory
-from zenfer_jax.structure import StructureError, resolve
+from zenfer_jax import atomic_write, cli
+from zenfer_jax.model.structure import StructureError, resolve
+from zenfer_jax.rundir import model_directory
 
 __all__ = ['export_state_dict', 'save_state_dict', 'main']
 

@@ -1,6 +1,6 @@
 """The one table between PyTorch state_dict keys and Flax variable paths.
 
-`entries` walks the layer plan (`zenfer_jax.plan`) and yields, in the
+`entries` walks the layer plan (`zenfer_jax.model.plan`) and yields, in the
 original's state_dict order, every key with its PyTorch shape, the Flax
 collection and path it becomes, and how the array is laid out on each side:
 
@@ -23,8 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import resolve
+from zenfer_jax.model import plan as plan_lib
+from zenfer_jax.model.structure import resolve
 
 __all__ = ['Entry', 'entries', 'to_flax', 'to_torch', 'CLASSIFIER_PREFIX', 'LW_ATT_PREFIX']
 

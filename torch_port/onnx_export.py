@@ -1,6 +1,7 @@
-"""The ONNX writer of `python -m zenfer_jax.export --format onnx`: the reference model, exported.
+"""The reference model, exported: the ONNX writer of `python -m zenfer_jax.deploy.export --format
+onnx`.
 
-zenfer_jax never imports torch_port, so `zenfer_jax.export` finds this writer through the
+zenfer_jax never imports torch_port, so `zenfer_jax.deploy.export` finds this writer through the
 'zenfer_jax.exporters' entry point (pyproject.toml). The variables are loaded strictly into
 torch_port's reference PyTorch network (key-for-key the original, held to the Flax model by the
 parity tests), an NHWC -> NCHW transpose is put in front so the file takes the Flax model's

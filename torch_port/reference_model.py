@@ -1,7 +1,7 @@
 """A PyTorch ZenNet whose state_dict is key-for-key the original repository's.
 
 This is our own implementation, built from the same layer plan as the Flax
-model (`zenfer_jax.plan`), so the two can never disagree about a width, a
+model (`zenfer_jax.model.plan`), so the two can never disagree about a width, a
 stride or where a projection sits. It is the oracle of the parity tests and
 the PyTorch side of the benchmarks. Module names reproduce the original's
 nesting exactly: every leaf layer hangs under a ``netblock`` attribute, every
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import Structure, resolve
+from zenfer_jax.model import plan as plan_lib
+from zenfer_jax.model.structure import Structure, resolve
 
 __all__ = ['ReferenceZenNet', 'ShuffleAttentionTorch', 'build_reference_model', 'randomize_']
 

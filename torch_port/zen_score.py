@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zenfer_jax.model.structure import Structure, resolve
 from zenfer_jax.nas.zen_score import ZenScore
-from zenfer_jax.structure import Structure, resolve
 
 __all__ = ['torch_zen_score', 'TorchZenScorer']
 

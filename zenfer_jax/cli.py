@@ -433,8 +433,9 @@ def _flag_error_message(error: Exception, argv: Sequence[str], config_flag: str)
   if isinstance(error, OSError) and 'config' in text.lower() and path is not None:
     if not os.path.exists(path):
       return (
-        f'{flag}: no such config file ({os.path.abspath(path)}); give the path of a config '
-        'file such as configs/rafdb_m.py'
+        f'{flag}: no such config file ({os.path.abspath(path)}) nor shipped config; give the '
+        'path of a config file such as configs/rafdb_m.py or the name of a shipped one, such as '
+        'rafdb_m (--helpfull lists them)'
       )
     if os.path.isdir(path):
       return f'{flag} is a directory; give a config file such as configs/rafdb_m.py'

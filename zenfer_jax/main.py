@@ -1,14 +1,16 @@
 """Trains and evaluates a ZenNet on a facial-expression (or any image-folder) dataset.
 
-  python -m zenfer_jax.main --config=configs/rafdb_m.py --workdir=runs/rafdb_m \
-      [--config.num_epochs=100 ...]
+  zenfer-train --config=rafdb_m --workdir=runs/rafdb_m [--config.num_epochs=100 ...]
+
+(or `python -m zenfer_jax.main`). --config takes a shipped config's name or a config file's path
+(configs/rafdb_m.py, or a copy of it anywhere).
 
 Rerunning with the same --workdir resumes. A run holds WORKDIR/run.lock while it runs: a second
 run on the same workdir stops at once, naming the process that holds it. Multi-process: launched
 under SLURM, Open MPI or with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
-(launch/train_local.sh), the process joins the job first (zenfer_jax.distributed); if another
-process of the job dies, this one stops within --peer_timeout_s with exit code 75 and a message
-saying so, and rerunning the same command resumes.
+(launch/train_local.sh), the process joins the job first (zenfer_jax.training.distributed); if
+another process of the job dies, this one stops within --peer_timeout_s with exit code 75 and a
+message saying so, and rerunning the same command resumes.
 
 The terminal shows the start-up summary, the progress bar, one line per epoch and the result;
 WORKDIR/log.txt (log.process<i>.txt on the other processes of a multi-host run) holds every
@@ -20,9 +22,11 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from zenfer_jax import cli, compilation_cache, distributed, workdir_lock
+from zenfer_jax import cli
+from zenfer_jax.config.files import define_config_flag
+from zenfer_jax.rundir import compilation_cache, workdir_lock
+from zenfer_jax.training import distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the exported model.')
@@ -41,7 +45,7 @@ flags.DEFINE_float(
 flags.register_validator(
   'peer_timeout_s', lambda s: s > 0, message='--peer_timeout_s must be a positive number of seconds'
 )
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+define_config_flag('Training')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -89,7 +93,7 @@ def main(argv):
       _lock(workdir)
     else:
       cli.terminal_warnings_only()
-  from zenfer_jax.config_validation import validate_config
+  from zenfer_jax.config.validation import validate_config
 
   validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
   cache = compilation_cache.enable(FLAGS.config.compilation_cache_dir)
@@ -108,12 +112,12 @@ def main(argv):
     cache or jax.config.jax_compilation_cache_dir or 'off',
     extra={'terminal': False},  # The log file's; the terminal keeps its fixed start-up lines.
   )
-  from zenfer_jax import train
+  from zenfer_jax.training import loop
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False
   try:
-    train.train_and_evaluate(FLAGS.config, workdir)
+    loop.train_and_evaluate(FLAGS.config, workdir)
     ok = True
   except Exception as e:
     if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.
@@ -129,5 +133,10 @@ def main(argv):
   )
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The `zenfer-train` command."""
   cli.run_absl(main)
+
+
+if __name__ == '__main__':
+  run()

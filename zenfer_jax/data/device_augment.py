@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zenfer_jax.data import augment_spec as spec
-from zenfer_jax.layers import cpu_kernels
+from zenfer_jax.model.layers import cpu_kernels
 
 HIGHEST = jax.lax.Precision.HIGHEST
 _OP = spec.OP_INDEX

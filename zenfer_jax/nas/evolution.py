@@ -35,8 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write, compilation_cache, counters, workdir_lock
+from zenfer_jax import atomic_write
 from zenfer_jax.errors import UserError
+from zenfer_jax.model import counters
+from zenfer_jax.model.structure import (
+  BLOCK_TYPES,
+  Structure,
+  StructureError,
+  check_resolution,
+  resolve,
+)
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
   BEST_FILE,
@@ -48,13 +56,7 @@ from zenfer_jax.nas.population import (
   load_state,
   save_state,
 )
-from zenfer_jax.structure import (
-  BLOCK_TYPES,
-  Structure,
-  StructureError,
-  check_resolution,
-  resolve,
-)
+from zenfer_jax.rundir import compilation_cache, workdir_lock
 
 __all__ = [
   'SearchConfigError',
@@ -353,7 +355,7 @@ def measure_latency(
   import jax
   import jax.numpy as jnp
 
-  from zenfer_jax.models import build_model
+  from zenfer_jax.model.zennet import build_model
 
   model = build_model(structure, num_classes)
   x = jnp.zeros((batch_size, resolution, resolution, 3), jnp.float32)
@@ -467,9 +469,9 @@ def run_search(
   time in this call, with a checkpoint, so a job with a wall-clock limit (a SLURM slot, a
   benchmark's budget) ends cleanly and the next call resumes.
 
-  The search holds WORKDIR/run.lock while it runs (`zenfer_jax.workdir_lock`): a second search
-  or training run on the same workdir raises WorkdirLocked at once, naming the holding process,
-  instead of interleaving its candidates and checkpoints with this one's.
+  The search holds WORKDIR/run.lock while it runs (`zenfer_jax.rundir.workdir_lock`): a second
+  search or training run on the same workdir raises WorkdirLocked at once, naming the holding
+  process, instead of interleaving its candidates and checkpoints with this one's.
   """
   setup = validate_config(config)
   if max_seconds is None:

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from zenfer_jax.model.structure import Structure, resolve
 from zenfer_jax.nas.units import network_units
-from zenfer_jax.structure import Structure, resolve
 
 __all__ = [
   'Conv',

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zenfer_jax.structure import Block, Structure, smart_round
+from zenfer_jax.model.structure import Block, Structure, smart_round
 
 __all__ = [
   'SPACES',

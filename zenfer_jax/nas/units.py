@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from zenfer_jax import plan as plan_lib
-from zenfer_jax.structure import Structure, resolve
+from zenfer_jax.model import plan as plan_lib
+from zenfer_jax.model.structure import Structure, resolve
 
 __all__ = ['Unit', 'network_units']
 

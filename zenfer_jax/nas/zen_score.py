@@ -46,10 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zenfer_jax.layers.conv import default_depthwise_impl
+from zenfer_jax.model.layers.conv import default_depthwise_impl
+from zenfer_jax.model.structure import Structure, resolve
 from zenfer_jax.nas import programs as prog
 from zenfer_jax.nas.units import Unit, network_units
-from zenfer_jax.structure import Structure, resolve
 
 __all__ = [
   'ZenScore',

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import model_directory, runtimes
-from zenfer_jax import predict as predict_lib
+from zenfer_jax.deploy import predict as predict_lib
+from zenfer_jax.deploy import runtimes
+from zenfer_jax.rundir import model_directory
 
-# The FER2013 model that ships inside the package (zenfer_jax.pretrained), loaded by name.
+# The FER2013 model that ships inside the package (zenfer_jax.rundir.pretrained), loaded by name.
 DEFAULT_MODEL = 'fer2013_r'
 # What loading a model can raise that is the user's to fix (as `predict` reports them).
 LOAD_ERRORS = (

@@ -1,0 +1,1 @@
+"""The training job: state, steps, optimizer, losses, metrics, the loop, devices and processes."""
