@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import data_fixtures as fx
 from zenfer_jax import data
 from zenfer_jax.data import array_records, device_augment, grain_pipeline
 from zenfer_jax.data import augment_spec as spec
@@ -180,3 +181,42 @@ def test_device_chain_recipe_check_is_the_same_as_device_augment():
     except ValueError:
       runs = False
     assert runs == (name != 'fer2013'), name
+
+
+def test_host_canvas_mode_matches_the_fixed_shape_mode_where_nothing_is_resized(both_dir):
+  kw = dict(image_size=8, per_device_batch=64, num_local_devices=1, seed=5, recipe='digits')
+  fixed = grain_pipeline.train_batches('digits', both_dir, fixed_shape=True, **kw)
+  canvas = grain_pipeline.train_batches('digits', both_dir, fixed_shape=False, **kw)
+  for _ in range(2):  # The same shifts from the same keys, whichever way the images arrive.
+    a, b = jax.device_get(next(fixed)), jax.device_get(next(canvas))
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_datasets_of_other_image_sizes_are_resized_on_the_host(tmp_path):
+  manual = str(tmp_path / 'manual')
+  fx.make_folders(manual)  # 64x48 images: not a fixed-shape family, so the host resizes.
+  data_dir = str(tmp_path / 'tfds')
+  classes = ['sad', 'happy', 'angry']
+  data.prepare('folders', data_dir, manual_dir=manual, classes=classes, file_format='both')
+  kw = dict(image_size=32, per_device_batch=3, num_local_devices=1, classes=classes)
+  grain = list(grain_pipeline.eval_batches('folders', data_dir, recipe='rafdb', **kw))
+  tf_data = list(data.pipeline.eval_dataset('folders', data_dir, recipe='rafdb', **kw))
+  assert len(grain) == len(tf_data) == 2
+  for g, t in zip(grain, tf_data):
+    np.testing.assert_array_equal(np.asarray(g['mask']), t['mask'])
+    np.testing.assert_array_equal(np.asarray(g['label']), t['label'])
+    # PIL's antialiased bicubic against TensorFlow's: a few grey levels on flat colours.
+    np.testing.assert_allclose(np.asarray(g['image']), t['image'], atol=4 / 255 / 0.224)
+  it = grain_pipeline.train_batches('folders', data_dir, seed=0, recipe='rafdb', **kw)
+  batch = jax.device_get(next(it))
+  assert batch['image'].shape == (1, 3, 32, 32, 3) and np.isfinite(batch['image']).all()
+  order = grain_pipeline.train_order(
+    'folders', data_dir, seed=0, local_batch=3, steps=1, recipe='rafdb', classes=classes
+  )
+  _, labels = zip(*[(0, int(e['label'])) for e in _folder_records(data_dir, classes)])
+  np.testing.assert_array_equal(batch['label'][0], np.asarray(labels)[order[0]])
+
+
+def _folder_records(data_dir, classes):
+  return list(array_records.data_source(data.builder('folders', data_dir, classes), 'train'))

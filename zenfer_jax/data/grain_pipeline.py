@@ -12,6 +12,14 @@ per_device_batch, size, size, 3], 'label' int32 [local_devices, per_device_batch
 batches add 'mask' (bool) and cover every example of the split exactly once, padded to whole
 batches, with the same number of batches on every process.
 
+Image shapes. RAF-DB (aligned 100x100), FER2013 (48x48) and digits (8x8) hold images of one
+shape (`FIXED_SHAPE`): batches go to the devices as decoded and the device chain resizes them
+there, with TensorFlow's exact kernels. Other datasets (AffectNet, folders) hold many sizes; as on
+the device path's streamed mode, the readers then resize each image on the host (PIL's bicubic,
+antialiased when shrinking: TensorFlow's kernels, within rounding) to the shorter side, keep the
+middle `CANVAS_MAX_ASPECT` times the short side of the long one, and pad to a fixed canvas; the
+crop and everything after it run on the devices. Evaluation images are resized on the host then.
+
 Order. Each process reads its own share of every class (`samplers.host_range`; with
 process_split='batches' every process walks the one-process order and keeps its slice of each
 global batch). Which examples step `s` takes is a pure function of (seed, process, s)
@@ -36,6 +44,9 @@ from absl import logging
 from zenfer_jax.data import array_records, device_augment, recipes, registry, samplers
 from zenfer_jax.data.recipes import Recipe
 
+# Dataset families whose builders write images of one shape (the rest: the host-resized canvas).
+FIXED_SHAPE = frozenset({'rafdb', 'fer2013', 'digits'})
+CANVAS_MAX_ASPECT = 1.5
 # Steps beyond any training run: the step dataset's length (Grain's map datasets are sized).
 _MAX_STEPS = 1 << 40
 STATE_VERSION = 1
@@ -68,6 +79,48 @@ def _stack_images(records: Sequence[dict], where: str) -> np.ndarray:
   return np.stack(images)
 
 
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 HxWx3 -> height x width, bicubic (PIL: antialiased when shrinking, as TF's is)."""
+  if image.shape[:2] == (height, width):
+    return image
+  from PIL import Image
+
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _on_canvas(image: np.ndarray, r: Recipe, image_size: int, canvas: int):
+  """(uint8 [canvas, canvas, 3], valid (h, w)): the host part of the streamed train chain."""
+  if not r.augment:
+    return _resize(image, image_size, image_size), (image_size, image_size)
+  h, w = device_augment.shorter_side_shape(*image.shape[:2], round(image_size / r.resize_ratio))
+  image = _resize(image, h, w)
+  top, left = max(h - canvas, 0) // 2, max(w - canvas, 0) // 2
+  image = image[top : top + canvas, left : left + canvas]
+  out = np.zeros((canvas, canvas, 3), np.uint8)
+  out[: image.shape[0], : image.shape[1]] = image
+  return out, image.shape[:2]
+
+
+def _eval_resized(image: np.ndarray, r: Recipe, image_size: int) -> np.ndarray:
+  """The eval chain's geometry on the host, for datasets of many image sizes."""
+  if not r.eval_center_crop:
+    return _resize(image, image_size, image_size)
+  h, w = device_augment.shorter_side_shape(*image.shape[:2], image_size)
+  image = _resize(image, h, w)
+  top, left = (h - image_size) // 2, (w - image_size) // 2
+  return image[top : top + image_size, left : left + image_size]
+
+
+def _eval_with_size(image: np.ndarray, r: Recipe, image_size: int):
+  return _eval_resized(image, r, image_size), (image_size, image_size)
+
+
+def _canvas_size(r: Recipe, image_size: int) -> int:
+  if not r.augment:
+    return image_size
+  return max(image_size, int(np.ceil(round(image_size / r.resize_ratio) * CANVAS_MAX_ASPECT)))
+
+
 class _ReadTrainStep:
   """Grain's map: a step number -> that step's decoded examples (uint8) for this process.
 
@@ -75,10 +128,14 @@ class _ReadTrainStep:
   computes everything from the step.
   """
 
-  def __init__(self, source, records, sampler, stream_batch, first, local_batch, where):
+  def __init__(
+    self, source, records, sampler, stream_batch, first, local_batch, where, host_resize=None
+  ):
     self.source, self.records, self.sampler = source, records, sampler
     self.stream_batch, self.first, self.local_batch = stream_batch, first, local_batch
     self.where = where
+    # None: decoded images as they are; else a function image -> (canvas image, valid size).
+    self.host_resize = host_resize
 
   def __call__(self, step: int) -> dict:
     step = int(step)
@@ -86,12 +143,18 @@ class _ReadTrainStep:
     index = self.sampler.indices(step, self.stream_batch)[mine]
     examples = self.source.__getitems__([int(i) for i in self.records[index]])
     numbers = step * self.stream_batch + np.arange(self.stream_batch, dtype=np.int64)[mine]
-    return {
-      'image': _stack_images(examples, self.where),
+    out = {
       'label': np.asarray([int(e['label']) for e in examples], np.int32),
       'number': numbers.astype(np.uint32),
       'step': step,
     }
+    if self.host_resize is None:
+      out['image'] = _stack_images(examples, self.where)
+    else:
+      resized = [self.host_resize(np.asarray(e['image'])) for e in examples]
+      out['image'] = _stack_images([{'image': image} for image, _ in resized], self.where)
+      out['size'] = np.asarray([size for _, size in resized], np.int32)
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -102,6 +165,20 @@ def _augment_step(aug_seed: int, params: device_augment.RecipeParams, image_size
     return device_augment.train_batch(images, numbers, aug_seed, params, image_size)
 
   return jax.pmap(augment)
+
+
+@functools.lru_cache(maxsize=8)
+def _augment_canvas_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
+  """The device chain over host-resized canvases, each valid in its top-left `sizes` corner."""
+
+  def augment(images, sizes, numbers):
+    return device_augment.train_batch(images, numbers, aug_seed, params, image_size, sizes=sizes)
+
+  return jax.pmap(augment)
+
+
+def _fixed_shape(name: str, fixed_shape: bool | None) -> bool:
+  return name.split('/')[0] in FIXED_SHAPE if fixed_shape is None else bool(fixed_shape)
 
 
 def _eval_image(images, r: Recipe, image_size: int):
@@ -214,12 +291,14 @@ def train_batches(
   process_split: str = 'examples',
   threads: int = 2,
   workers: int = 0,
+  fixed_shape: bool | None = None,
 ) -> TrainBatches:
   """The training stream over ArrayRecord files (arguments as `pipeline.train_dataset`).
 
   `shuffle_buffer` is accepted for the same call but unused: every epoch is a full permutation.
   `threads`: Grain's reader threads in this process; `workers`: Grain worker processes (0: none),
   which each read and decode whole batches. `prefetch`: batches read ahead per thread.
+  `fixed_shape`: whether the split's images share one shape (None: by dataset, `FIXED_SHAPE`).
   """
   del shuffle_buffer
   r = recipes.resolve(recipe, name)
@@ -237,19 +316,29 @@ def train_batches(
   local_batch = num_local_devices * per_device_batch
   stream_batch = local_batch * process_count if by_batch else local_batch
   first = process_index * local_batch if by_batch else 0
+  fixed = _fixed_shape(name, fixed_shape)
+  canvas = _canvas_size(r, image_size)
+  host_resize = (
+    None if fixed else functools.partial(_on_canvas, r=r, image_size=image_size, canvas=canvas)
+  )
   read = _ReadTrainStep(
-    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}'
+    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}', host_resize
   )
   dataset = grain.MapDataset.range(_MAX_STEPS).map(read)
   read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch)
   aug_seed = samplers.seeds(seed, stream, 1)[0] & 0x7FFFFFFF
   augment = _augment_step(aug_seed, params, image_size)
+  augment_canvas = _augment_canvas_step(aug_seed, params, image_size)
 
   def per_device(x):
     return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
 
   def finish(batch: dict) -> dict:
-    image = augment(per_device(batch['image']), per_device(batch['number']))
+    numbers = per_device(batch['number'])
+    if fixed:
+      image = augment(per_device(batch['image']), numbers)
+    else:
+      image = augment_canvas(per_device(batch['image']), per_device(batch['size']), numbers)
     return {'image': image, 'label': per_device(batch['label'])}
 
   order = _order_fingerprint(
@@ -259,12 +348,13 @@ def train_batches(
   batches.set_state({**batches.get_state(), 'next_step': int(start_step)})
   logging.info(
     'Grain loader: %s/%s from ArrayRecord, %d examples in this process, %d reader thread(s), '
-    '%d worker process(es); augmentation on the devices.',
+    '%d worker process(es); augmentation on the devices%s.',
     name,
     split,
     len(records),
     max(1, threads),
     workers,
+    '' if fixed else f' after a host resize onto a {canvas}x{canvas} canvas',
   )
   return batches
 
@@ -319,9 +409,9 @@ class _EvalBatches:
 class _ReadEvalBatch:
   """Grain's map: an eval batch number -> its examples, zero-padded past the share's end."""
 
-  def __init__(self, source, lo: int, hi: int, local_batch: int, shape, where: str):
+  def __init__(self, source, lo: int, hi: int, local_batch: int, shape, where: str, resize=None):
     self.source, self.lo, self.hi, self.local_batch = source, lo, hi, local_batch
-    self.shape, self.where = shape, where
+    self.shape, self.where, self.resize = shape, where, resize
 
   def __call__(self, b: int) -> dict:
     start = self.lo + int(b) * self.local_batch
@@ -331,7 +421,9 @@ class _ReadEvalBatch:
     labels = np.zeros(self.local_batch, np.int32)
     if n:
       examples = self.source.__getitems__(list(range(start, end)))
-      images[:n] = _stack_images(examples, self.where) if n else images[:0]
+      if self.resize is not None:
+        examples = [{**e, 'image': self.resize(np.asarray(e['image']))} for e in examples]
+      images[:n] = _stack_images(examples, self.where)
       labels[:n] = [int(e['label']) for e in examples]
     return {'image': images, 'label': labels, 'mask': np.arange(self.local_batch) < n}
 
@@ -354,6 +446,7 @@ def eval_batches(
   classes: Sequence[str] | None = None,
   prefetch: int = 2,
   threads: int = 2,
+  fixed_shape: bool | None = None,
 ) -> _EvalBatches:
   """Every example of `split` exactly once, padded to whole batches, with a validity mask
   (arguments and contract as `pipeline.eval_dataset`); re-iterable."""
@@ -364,7 +457,12 @@ def eval_batches(
   local_batch = num_local_devices * per_device_batch
   num_batches = samplers.eval_num_batches(n, local_batch, process_count)
   where = f'{name}/{split}'
-  read = _ReadEvalBatch(source, lo, hi, local_batch, _first_shape(source, where), where)
+  if _fixed_shape(name, fixed_shape):
+    read = _ReadEvalBatch(source, lo, hi, local_batch, _first_shape(source, where), where)
+  else:
+    resize = functools.partial(_eval_resized, r=r, image_size=image_size)
+    shape = (image_size, image_size, 3)
+    read = _ReadEvalBatch(source, lo, hi, local_batch, shape, where, resize)
 
   def per_device(x):
     return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
@@ -390,6 +488,7 @@ def statistics_batches(
   split: str = 'train',
   process_split: str = 'examples',
   threads: int = 2,
+  fixed_shape: bool | None = None,
 ):
   """`num_batches` training batches, sampled as training samples them and preprocessed as
   evaluation does, for precise BatchNorm (as `pipeline.statistics_dataset`): {'image'} only."""
@@ -406,8 +505,11 @@ def statistics_batches(
   local_batch = num_local_devices * per_device_batch
   stream_batch = local_batch * process_count if by_batch else local_batch
   first = process_index * local_batch if by_batch else 0
+  resize = None
+  if not _fixed_shape(name, fixed_shape):
+    resize = functools.partial(_eval_with_size, r=r, image_size=image_size)
   read = _ReadTrainStep(
-    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}'
+    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}', resize
   )
   prepare = _eval_step(r, image_size)
   ds = grain.MapDataset.range(num_batches).map(read)
