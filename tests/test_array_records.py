@@ -80,7 +80,10 @@ def test_array_record_only_and_its_errors(tmp_path):
   assert info.class_ranges['train'][:2] == [[0, 136], [136, 290]]  # As with TFRecords.
   source = tfds.data_source('digits', data_dir=data_dir, split='train', download=False)
   assert [int(source[i]['label']) for i in (0, 135, 136)] == [0, 0, 1]
-  with pytest.raises(array_records.MissingFormatError, match=r"\['array_record'\] only"):
+  with pytest.raises(
+    array_records.MissingFormatError,
+    match=r"\['array_record'\] only.*another data_dir with --file_format=both",
+  ):
     data.prepare('digits', data_dir)  # The default asks for TFRecords, which are not there.
   with pytest.raises(ValueError, match="file_format='parquet'"):
     data.prepare('digits', data_dir, file_format='parquet')

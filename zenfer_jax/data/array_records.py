@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+from zenfer_jax.errors import UserError
+
 FORMATS = ('tfrecord', 'array_record', 'both')
 TFRECORD = 'tfrecord'
 ARRAY_RECORD = 'array_record'
@@ -69,7 +71,7 @@ def data_source(builder, split: str, decoders=None):
   return builder.as_data_source(split, decoders=decoders, file_format=ARRAY_RECORD)
 
 
-class MissingFormatError(ValueError):
+class MissingFormatError(ValueError, UserError):
   """The prepared dataset has no records in the format a loader reads."""
 
 
@@ -78,12 +80,17 @@ def require(builder, file_format: str, loader: str) -> None:
   have = available(builder)
   if file_format in have:
     return
-  flag = 'both' if file_format == ARRAY_RECORD else 'tfrecord'
+  if file_format == ARRAY_RECORD:
+    fix = (
+      'Run `python -m zenfer_jax.data.prepare --dataset=... --data_dir=... --file_format=both` '
+      '(with TensorFlow installed) to add them beside the TFRecords'
+    )
+  else:  # ArrayRecord files are not turned back into TFRecords.
+    fix = 'Prepare the dataset into another data_dir with --file_format=both (or tfrecord)'
   raise MissingFormatError(
     f'The {builder.name} records in {os.fspath(builder.data_dir)} are {sorted(have)} only; the '
-    f'{loader} loader reads {file_format}. Run `python -m zenfer_jax.data.prepare '
-    f'--dataset=... --data_dir=... --file_format={flag}` (with TensorFlow installed) to add '
-    f'them, or use the other loader.'
+    f"{loader} loader reads {file_format}. {fix}, or use the other loader (config.data.loader='"
+    f"{'tf.data' if file_format == ARRAY_RECORD else 'grain'}')."
   )
 
 
