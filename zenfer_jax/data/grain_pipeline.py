@@ -245,9 +245,8 @@ class TrainBatches(Iterator[dict]):
     return {'version': STATE_VERSION, 'next_step': self._next_step, **self._order}
 
   def set_state(self, state: dict) -> None:
-    mismatched = {k: (state.get(k), v) for k, v in self._order.items() if state.get(k) != v} | (
-      {'version': (state.get('version'), STATE_VERSION)} if state.get('version') != 1 else {}
-    )
+    expected = {'version': STATE_VERSION, **self._order}
+    mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
     if mismatched:
       raise LoaderStateError(
         'The saved Grain loader state belongs to another data order; (saved, now): '
