@@ -323,3 +323,24 @@ def test_train_sizes_sweep_smoke(tmp_path):
     assert f'| ZenNet-R-SA | {row["resolution"]}px | 2 |' in md
   assert rep['settings']['threads'] == 1 and rep['versions']['jax']
   assert rep['command'].startswith('python -m benchmarks.train_sizes --quick')
+
+
+def test_loader_compare_reads_phase_ends_from_log_stamps(tmp_path):
+  import datetime
+
+  from benchmarks import loader_compare
+
+  start = datetime.datetime(2026, 12, 7, 5, 53, 3).timestamp()
+  log = tmp_path / 'log.txt'
+  log.write_text(
+    'I1207 05:53:33.500000 1 main.py:101] JAX process 0 of 1\n'
+    "I1207 05:54:57.000000 1 event_writer.py:64] [Hyperparameters] {'seed': 0}\n"
+    'I1207 05:57:13.250000 1 event_writer.py:44] [1] train/accuracy=0.1, train/loss=2.3\n'
+    'I1207 05:57:16.000000 1 event_writer.py:44] [2] train/accuracy=0.1, train/loss=2.2\n'
+  )
+  got = loader_compare.phase_times(str(log), start)
+  assert got == {
+    'start_to_first_log_s': 30.5,
+    'start_to_loop_s': 114.0,
+    'start_to_first_step_s': 250.25,
+  }

@@ -334,6 +334,7 @@ def test_evaluate_names_every_damaged_checkpoint_in_one_line(tmp_path, capsys):
     ('lr_per_256', 0.0),
     ('data.image_size', 0),
     ('steps_per_epoch', 0),
+    ('data.loader', 'torch'),
   ],
 )
 def test_config_values_that_cannot_work_are_named(key, value):
@@ -354,6 +355,21 @@ def test_a_host_only_recipe_on_the_device_is_named():
     validation.validate_config(config)
   config.data.augment_on = 'host'
   validation.validate_config(config)
+
+
+def test_grain_loader_settings_that_cannot_work_are_named():
+  config = sibling(DEFAULT_CONFIG, 'fer2013_r').get_config()
+  config.data.loader = 'grain'  # Grain augments with the device chain, which FER2013's lacks.
+  with pytest.raises(validation.ConfigError, match=r"loader='grain'.*'fer2013'"):
+    validation.validate_config(config)
+  config.data.recipe = 'rafdb'
+  validation.validate_config(config)
+  config.data.grain_threads = 0
+  with pytest.raises(validation.ConfigError, match=r'grain_threads=0.*integer >= 1'):
+    validation.validate_config(config)
+  config.data.grain_threads, config.data.grain_workers = 2, -1
+  with pytest.raises(validation.ConfigError, match=r'grain_workers=-1.*integer >= 0'):
+    validation.validate_config(config)
 
 
 def test_a_search_with_nothing_to_do_says_so():

@@ -72,16 +72,18 @@ def main(argv):
   )
   if not multiprocess:  # Before anything is imported or written; process 0 of several, below.
     _lock(workdir)
+  # The Grain loader never imports TensorFlow (zenfer_jax/data/grain_pipeline.py).
+  uses_tf = FLAGS.config.data.get('loader', 'tf.data') != 'grain'
   cli.setup_logging(
     FLAGS.verbosity if FLAGS['verbosity'].present else None,
     show_own_info=True,
     log_file_follows=True,
-    uses_tensorflow=True,
+    uses_tensorflow=uses_tf,
   )
-  # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
-  import tensorflow as tf
+  if uses_tf:  # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
+    import tensorflow as tf
 
-  tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'GPU')
   import jax
 
   if multiprocess:

@@ -51,7 +51,8 @@ def check_search_iterations(config: ml_collections.ConfigDict) -> None:
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   """Raises ConfigError for the first bad value found."""
-  from zenfer_jax.data.pipeline import PROCESS_SPLITS, RECIPES  # TensorFlow: only when training.
+  from zenfer_jax.data.recipes import RECIPES
+  from zenfer_jax.data.samplers import PROCESS_SPLITS
 
   m, d = config.model, config.data
   try:
@@ -122,6 +123,26 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(split in PROCESS_SPLITS, 'data.process_split', split, f'one of {PROCESS_SPLITS}')
   where = d.get('augment_on', 'host')
   _check(where in ('host', 'device'), 'data.augment_on', where, "'host' or 'device'")
+  loader = d.get('loader', 'tf.data')
+  _check(loader in ('tf.data', 'grain'), 'data.loader', loader, "'tf.data' or 'grain'")
+  if loader == 'grain':
+    recipe = d.recipe or default_recipe(d.name)
+    _check(
+      recipe not in HOST_ONLY_RECIPES,
+      'data.loader',
+      loader,
+      f"'tf.data' for recipe {recipe!r} (Grain augments with the device chain, which has the "
+      'reference recipes only)',
+    )
+    for key in ('grain_threads', 'grain_workers'):
+      n = d.get(key, 0)
+      low = 1 if key == 'grain_threads' else 0
+      _check(
+        isinstance(n, int) and not isinstance(n, bool) and n >= low,
+        f'data.{key}',
+        n,
+        f'an integer >= {low}',
+      )
   if where == 'device':
     recipe = d.recipe or default_recipe(d.name)
     _check(

@@ -47,6 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (jitted on the accelerator, same ops and distributions; RAF-DB-sized data stay in device
   # memory). zenfer_jax/data/device_pipeline.py says more.
   config.data.augment_on = 'host'
+  # How the records are read: 'tf.data' (TFRecord files, TensorFlow) or 'grain' (ArrayRecord
+  # files, no TensorFlow imported; augmentation always as the device chain's JAX ops, whatever
+  # augment_on says). zenfer_jax/data/grain_pipeline.py says more.
+  config.data.loader = 'tf.data'
+  config.data.grain_threads = 2  # Grain's reader threads in each training process.
+  config.data.grain_workers = 0  # Grain's worker processes (each reads whole batches); 0: none.
   config.data.shuffle_buffer = 16_384
   config.data.train_split = 'train'
   # Several processes: 'examples' (each reads and decodes only its share: reading scales out) or

@@ -34,6 +34,9 @@ import tensorflow as tf
 from absl import logging
 
 from zenfer_jax.data import augment, device_augment, pipeline, registry
+from zenfer_jax.data.samplers import ExampleSampler
+
+__all__ = ['ExampleSampler', 'load_resident', 'train_batches']
 
 RESIDENT_MAX_BYTES = 4 << 30
 STREAM_MAX_ASPECT = 1.5
@@ -92,42 +95,6 @@ def _replicate(x: np.ndarray, devices) -> jax.Array:
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
   shards = [jax.device_put(x[None], d) for d in devices]
   return jax.make_array_from_single_device_arrays((len(devices), *x.shape), sharding, shards)
-
-
-class ExampleSampler:
-  """Which examples of a resident share each step takes: a pure function of the step."""
-
-  def __init__(self, class_sizes: Sequence[int], balanced: bool, seed: int, process_index: int):
-    self.sizes = np.asarray(class_sizes, np.int64)
-    self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-    self.total = int(self.sizes.sum())
-    self.balanced = balanced
-    self.seed = (int(seed), int(process_index))
-    self._perms: dict[int, np.ndarray] = {}
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      rng = np.random.default_rng([*self.seed, 0, epoch])
-      self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-      self._perms[epoch] = rng.permutation(self.total)
-    return self._perms[epoch]
-
-  def indices(self, step: int, batch: int) -> np.ndarray:
-    """Indices (into the resident share) of step `step`'s `batch` examples."""
-    if self.balanced:
-      rng = np.random.default_rng([*self.seed, 1, step])
-      cls = rng.integers(len(self.sizes), size=batch)
-      within = np.minimum(
-        (rng.random(batch) * self.sizes[cls]).astype(np.int64), self.sizes[cls] - 1
-      )
-      return (self.offsets[cls] + within).astype(np.int32)
-    numbers = step * batch + np.arange(batch, dtype=np.int64)
-    epochs, positions = numbers // self.total, numbers % self.total
-    out = np.empty(batch, np.int64)
-    for e in np.unique(epochs):
-      sel = epochs == e
-      out[sel] = self._permutation(int(e))[positions[sel]]
-    return out.astype(np.int32)
 
 
 # One mapped function per (seed, recipe, size), so a second stream in the same process (a

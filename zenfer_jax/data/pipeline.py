@@ -30,72 +30,33 @@ at the price of each process reading every record.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zenfer_jax import dataset_names
 from zenfer_jax.data import augment, registry
+from zenfer_jax.data.recipes import DEFAULT_RECIPE, RECIPES, Recipe, default_recipe
+from zenfer_jax.data.recipes import resolve as _recipe
+from zenfer_jax.data.samplers import PROCESS_SPLITS, eval_num_batches, host_range
+from zenfer_jax.data.samplers import class_ranges as _class_ranges
+from zenfer_jax.data.samplers import process_stream as _process_stream
+from zenfer_jax.data.samplers import seeds as _seeds
 
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  """Train/eval preprocessing of one dataset family (the reference recipes; README "Datasets")."""
-
-  name: str
-  augment: bool  # The RAF-DB/AffectNet train chain; False: resize only (plus `shift`).
-  resize_ratio: float = 0.75  # Train: shorter side resized to round(size / ratio) first.
-  crop_scale: tuple[float, float] = (0.8, 1.0)
-  erasing_scale: tuple[float, float] = (0.02, 0.1)
-  erasing_ratio: tuple[float, float] = (0.3, 3.3)
-  erasing_p: float = 0.5
-  lighting_std: float = 0.1
-  balanced: bool = False
-  eval_center_crop: bool = False  # Eval: shorter side + centre crop, else a plain resize.
-  shift_fraction: float = 0.0  # Train: random translation by up to this fraction of the size.
-  autoaugment: bool = True  # Train (with `augment`): AutoAugment's ImageNet policy.
-  rotate_degrees: float = 0.0  # Train (with `augment`): a uniform rotation in +-this, first.
-
-
-RECIPES = {
-  'rafdb': Recipe('rafdb', augment=True),
-  'affectnet': Recipe(
-    'affectnet', augment=True, erasing_scale=(0.4, 0.4), balanced=True, eval_center_crop=True
-  ),
-  # FER2013's 48x48 grey faces (chosen on short runs, PublicTest only: configs/fer2013_r.py):
-  # geometry only (rotation, scale/aspect crop, flip) and erasing; AutoAugment's colour and
-  # histogram ops and PCA colour lighting mean little for grey faces and slowed learning.
-  'fer2013': Recipe(
-    'fer2013',
-    augment=True,
-    resize_ratio=1.0,
-    crop_scale=(0.64, 1.0),
-    erasing_scale=(0.02, 0.15),
-    lighting_std=0.0,
-    autoaugment=False,
-    rotate_degrees=10.0,
-  ),
-  # 8x8 digits upscaled: a small shift only; digits are not mirror-symmetric.
-  'digits': Recipe('digits', augment=False, shift_fraction=0.125),
-  'none': Recipe('none', augment=False),
-}
-DEFAULT_RECIPE = dict(dataset_names.DEFAULT_RECIPES)  # TF-free, so torch_port.convert can read it
-
-
-def default_recipe(name: str) -> str:
-  return DEFAULT_RECIPE[name.split('/')[0]]
-
-
-def _recipe(recipe: str | Recipe | None, name: str) -> Recipe:
-  if isinstance(recipe, Recipe):
-    return recipe
-  key = recipe or default_recipe(name)
-  if key not in RECIPES:
-    raise ValueError(f'Unknown recipe {key!r}; expected one of {list(RECIPES)}.')
-  return RECIPES[key]
+__all__ = [
+  'DEFAULT_RECIPE',
+  'PROCESS_SPLITS',
+  'RECIPES',
+  'Recipe',
+  'default_recipe',
+  'eval_dataset',
+  'eval_num_batches',
+  'host_range',
+  'preprocess_for_eval',
+  'statistics_dataset',
+  'train_dataset',
+]
 
 
 def hide_gpus_from_tf() -> None:
@@ -205,17 +166,6 @@ def preprocess_for_eval(image, image_size: int, recipe: str = 'rafdb'):
 # Splitting and sampling
 
 
-def host_range(start: int, end: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """This process's contiguous share of [start, end): sizes differ by at most one."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} is outside [0, {process_count}).')
-  n = end - start
-  return (
-    start + process_index * n // process_count,
-    start + (process_index + 1) * n // process_count,
-  )
-
-
 def _read(builder, split: str, start: int, end: int) -> tf.data.Dataset:
   return builder.as_dataset(
     split=f'{split}[{start}:{end}]',
@@ -223,20 +173,6 @@ def _read(builder, split: str, start: int, end: int) -> tf.data.Dataset:
     decoders={'image': tfds.decode.SkipDecoding()},
     read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False),
   )
-
-
-def _seeds(seed: int, process_index: int, n: int) -> list[int]:
-  state = np.random.SeedSequence([int(seed), int(process_index)]).generate_state(n, np.uint32)
-  return [int(s) for s in state]
-
-
-def _class_ranges(info: registry.DatasetInfo, split: str) -> list[list[int]]:
-  if split not in info.split_sizes:
-    raise ValueError(f'{info.name} has no split {split!r}; it has {sorted(info.split_sizes)}.')
-  ranges = info.class_ranges.get(split)
-  if not ranges:  # Not class-grouped (should not happen with our builders): one stream.
-    ranges = [[0, info.split_sizes[split]]]
-  return ranges
 
 
 def _sampled_examples(
@@ -279,20 +215,6 @@ def _sampled_examples(
   sizes = np.array([b - a for a, b in ranges], np.float64)
   weights = np.full(len(ranges), 1.0 / len(ranges)) if recipe.balanced else sizes / sizes.sum()
   return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights), seed=seeds[1])
-
-
-PROCESS_SPLITS = ('examples', 'batches')
-
-
-def _process_stream(
-  process_split: str, process_index: int, process_count: int
-) -> tuple[int, int, bool]:
-  """(stream index, stream count, keep a slice of each global batch) for `process_split`."""
-  if process_split not in PROCESS_SPLITS:
-    raise ValueError(f'process_split={process_split!r}: expected one of {PROCESS_SPLITS}.')
-  if process_split == 'batches' and process_count > 1:
-    return 0, 1, True
-  return process_index, process_count, False
 
 
 def _own_slice(ds: tf.data.Dataset, process_index: int, local_batch: int, global_batch: int):
@@ -423,12 +345,6 @@ def statistics_dataset(
   ds = ds.batch(num_local_devices * per_device_batch, drop_remainder=True).take(num_batches)
   ds = ds.map(lambda b: _to_devices(b, num_local_devices, per_device_batch))
   return tfds.as_numpy(ds.prefetch(2).with_options(_options()))
-
-
-def eval_num_batches(num_examples: int, local_batch: int, process_count: int) -> int:
-  """Batches every process runs: enough for the largest per-process share."""
-  largest = -(-num_examples // process_count)
-  return -(-largest // local_batch)
 
 
 def eval_tf_dataset(

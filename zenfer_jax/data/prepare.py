@@ -10,6 +10,10 @@
       --manual_dir=~/VGGFace2 --data_dir=~/tfds      # classes: the sorted folders of train/
   python -m zenfer_jax.data.prepare --dataset=digits --data_dir=~/tfds
 
+--file_format=both also writes ArrayRecord files beside the TFRecords (array_record: only them),
+which the TensorFlow-free Grain loader reads (config.data.loader='grain'); rerun on prepared
+records it adds the ArrayRecord copy.
+
 --beam prepares through TFDS's Apache Beam path (folders only): Beam's DirectRunner with
 --beam_workers processes here, or any Beam runner given in --beam_pipeline_options (Beam's own
 flags, e.g. "--runner=FlinkRunner --flink_master=host:8081"); same records and report.
@@ -46,6 +50,12 @@ def _parser() -> cli.ArgumentParser:
     dest='classes',
     help="folders only: class names in label order, comma-separated, or 'auto' (the sorted "
     'sub-folders of train/, e.g. the identities of VGGFace2)',
+  )
+  p.add_argument(
+    '--file_format',
+    default='tfrecord',
+    choices=('tfrecord', 'array_record', 'both'),
+    help='record files to write: TFRecord (tf.data), ArrayRecord (Grain, no TensorFlow) or both',
   )
   p.add_argument(
     '--beam',
@@ -90,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       beam=args.beam,
       beam_workers=args.beam_workers,
       beam_pipeline_options=shlex.split(args.beam_pipeline_options),
+      file_format=args.file_format,
     )
   except (FileNotFoundError, ValueError) as e:  # The message says what to fix.
     return cli.report(e)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
-from zenfer_jax.data import images
+from zenfer_jax.data import array_records, images
 from zenfer_jax.data.builders import (
   Affectnet,
   Digits,
@@ -85,8 +85,12 @@ def builder(
   data_dir: str,
   classes: Sequence[str] | str | None = None,
   manual_dir: str | None = None,
+  file_format: str | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder for `name` under `data_dir` (prepared or not).
+
+  `file_format` ('tfrecord' or 'array_record'): what an unprepared builder writes (TFDS refuses
+  it for a prepared dataset in another format: leave it None there).
 
   For `folders`, `classes` is required before preparation (a list, or 'auto' with `manual_dir`:
   the sorted sub-folders of its train split); afterwards it may be omitted or 'auto', and if
@@ -99,10 +103,11 @@ def builder(
     classes = [c.strip() for c in classes.split(',') if c.strip()] or None
   if auto:
     classes = None
+  fmt = {'file_format': file_format} if file_format else {}
   if cls is Affectnet:
-    b = Affectnet(data_dir=data_dir, config=name.split('/', 1)[1])
+    b = Affectnet(data_dir=data_dir, config=name.split('/', 1)[1], **fmt)
   elif cls is not Folders:
-    b = cls(data_dir=data_dir)
+    b = cls(data_dir=data_dir, **fmt)
   else:
     stored = _stored_folders_classes(data_dir)
     if stored is not None and classes is not None and list(classes) != stored:
@@ -127,6 +132,7 @@ def builder(
     b = Folders(
       data_dir=data_dir,
       config=FoldersConfig(name=FOLDERS_CONFIG, classes=tuple(classes), auto_classes=auto),
+      **fmt,
     )
     return b
   if classes is not None and list(classes) != b.info.features['label'].names:
@@ -236,6 +242,7 @@ def prepare(
   beam: bool = False,
   beam_workers: int | None = None,
   beam_pipeline_options: Sequence[str] = (),
+  file_format: str = 'tfrecord',
 ) -> DatasetInfo:
   """Builds the TFDS records of `name` under `data_dir` unless already built; returns its info.
 
@@ -247,14 +254,20 @@ def prepare(
   manual_dir is given, its listing is fingerprinted and compared with the one stored at
   preparation (`SourceMismatchError` if they differ: nothing is reused or deleted silently).
 
+  `file_format`: the record formats wanted, 'tfrecord', 'array_record' or 'both'
+  (`zenfer_jax.data.array_records`). Records already prepared as TFRecord get an ArrayRecord copy
+  beside them when 'array_record' or 'both' asks for it.
+
   `beam`: prepare through TFDS's Apache Beam path (`beam_options`: the DirectRunner with
   `beam_workers` processes, or the runner `beam_pipeline_options` names), to the same records and
   report; for the builders that support it (`supports_beam`).
 
   Raises:
     SourceMismatchError: records in data_dir come from another manual_dir's contents.
+    array_records.MissingFormatError: TFRecord files are wanted but only ArrayRecord exist.
   """
   _check_name(name)
+  array_records.check_format(file_format)
   if beam and not supports_beam(name):
     raise ValueError(
       f'{name} has no Beam preparation (only {[n for n in ALL_DATASETS if supports_beam(n)]}); '
@@ -263,6 +276,15 @@ def prepare(
   data_dir = os.fspath(data_dir)
   default_manual = os.path.join(data_dir, 'downloads', 'manual')
   b = builder(name, data_dir, classes, manual_dir=manual_dir or default_manual)
+  if not is_prepared(b) and array_records.first_format(file_format) != array_records.TFRECORD:
+    # TFDS refuses a format that differs from a prepared dataset's: named for new records only.
+    b = builder(
+      name,
+      data_dir,
+      classes,
+      manual_dir=manual_dir or default_manual,
+      file_format=array_records.first_format(file_format),
+    )
   if is_prepared(b) and manual_dir and name.split('/')[0] in MANUAL:
     _check_source(name, b, os.fspath(manual_dir))
   if not is_prepared(b):
@@ -292,6 +314,12 @@ def prepare(
     images.write_report(
       os.path.join(os.fspath(b.data_dir), REPORT_NAME), name, dict(b.info.metadata)
     )
+  missing = array_records.wanted(file_format) - array_records.available(b)
+  if array_records.ARRAY_RECORD in missing:
+    logging.info('Writing ArrayRecord copies of the %s records in %s', name, b.data_dir)
+    array_records.add_array_records(b)
+  elif missing:
+    array_records.require(b, array_records.TFRECORD, 'tf.data')
   info = info_of(name, b)
   logging.info(
     '%s: %d classes %s, split sizes %s, %d skipped (report: %s)',

@@ -20,12 +20,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from flax import traverse_util
 
 from zenfer_jax import atomic_write, data, dataset_names, errors
 from zenfer_jax.config.validation import ConfigError, class_list, validate_config
-from zenfer_jax.data import device_pipeline
+from zenfer_jax.data import recipes
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
@@ -53,6 +52,8 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     classes=class_list(config),
   )
   data_dir = os.path.expanduser(d.data_dir)
+  if d.get('loader', 'tf.data') == 'grain':  # Grain reads ArrayRecord files (added if missing).
+    kwargs['file_format'] = 'array_record'
   try:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
       info = data.prepare(d.name, data_dir, **kwargs)
@@ -83,7 +84,7 @@ def model_card(config: ml_collections.ConfigDict, model, info: data.DatasetInfo)
     use_lw_att=config.model.use_lw_att,
     class_names=info.class_names,
     image_size=config.data.image_size,
-    recipe=config.data.recipe or data.pipeline.default_recipe(config.data.name),
+    recipe=config.data.recipe or recipes.default_recipe(config.data.name),
     source=f'zenfer_jax.training.loop on {config.data.name}',
   )
 
@@ -274,8 +275,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     classes=class_list(config),
   )
   data_dir = os.path.expanduser(d.data_dir)
-  on_device = d.get('augment_on', 'host') == 'device'
-  train_batches = device_pipeline.train_batches if on_device else data.pipeline.train_dataset
+  grain = d.get('loader', 'tf.data') == 'grain'
+  if grain:  # No TensorFlow on this path (zenfer_jax/data/grain_pipeline.py).
+    from zenfer_jax.data import grain_pipeline
+
+    loader_kw = dict(threads=d.grain_threads, workers=d.grain_workers)
+    train_batches = functools.partial(grain_pipeline.train_batches, **loader_kw)
+    eval_dataset = functools.partial(grain_pipeline.eval_batches, threads=d.grain_threads)
+  else:
+    from zenfer_jax.data import device_pipeline
+
+    on_device = d.get('augment_on', 'host') == 'device'
+    train_batches = device_pipeline.train_batches if on_device else data.pipeline.train_dataset
+    eval_dataset = data.pipeline.eval_dataset
   train_iter = train_batches(
     d.name,
     data_dir,
@@ -287,7 +299,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     process_split=d.process_split,
     **common,
   )
-  eval_batches = data.pipeline.eval_dataset(
+  if restored is not None and restored[1].get('loader') and hasattr(train_iter, 'set_state'):
+    train_iter.set_state(restored[1]['loader'])  # Checks it is this run's order and step.
+    if train_iter.get_state()['next_step'] != start_step:
+      raise ValueError(
+        f'The checkpoint at step {start_step} saved the loader at step '
+        f'{train_iter.get_state()["next_step"]}: the checkpoint is inconsistent.'
+      )
+  eval_batches = eval_dataset(
     d.name,
     data_dir,
     split=d.eval_split,
@@ -314,7 +333,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
   )
   precise = precise_bn.for_training(config, model.apply, sched.num_train, data_dir, **common)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if grain:  # clu's writers import TensorFlow.
+    from zenfer_jax.rundir.event_writer import EventWriter
+
+    writer = EventWriter(workdir, just_logging=not is_chief)
+  else:
+    from clu import metric_writers
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep='.'))
 
@@ -343,7 +369,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   def save(step: int):
     nonlocal last_saved
     host_state = ts.to_state_dict(parallel.unreplicate_to_host(state))
-    ckpts.save_latest(step, host_state, {'book': dataclasses.asdict(book)})
+    meta = {'book': dataclasses.asdict(book)}
+    if hasattr(train_iter, 'get_state'):  # Grain: the loader's position, restored on resume.
+      meta['loader'] = train_iter.get_state()
+    ckpts.save_latest(step, host_state, meta)
     last_saved = step
 
   for step in range(start_step, sched.total_steps):

@@ -17,6 +17,7 @@ state keeps its running averages, so training and resumption are unchanged.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -122,8 +123,17 @@ def for_training(
   num_batches = max(1, min(wanted, num_train // config.batch_size))
   p_moments = pmap_batch_moments(apply_fn)
 
+  if config.data.get('loader', 'tf.data') == 'grain':
+    from zenfer_jax.data import grain_pipeline
+
+    statistics = functools.partial(
+      grain_pipeline.statistics_batches, threads=config.data.grain_threads
+    )
+  else:
+    statistics = data.pipeline.statistics_dataset
+
   def recompute(variables: dict) -> dict:
-    batches = data.pipeline.statistics_dataset(
+    batches = statistics(
       config.data.name,
       data_dir,
       per_device_batch=config.batch_size // jax.device_count(),

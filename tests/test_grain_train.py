@@ -1,0 +1,90 @@
+"""Training with config.data.loader='grain' where TensorFlow cannot be imported: it trains,
+evaluates, is killed with SIGKILL, resumes, and ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from train_fixtures import REPO, flat, latest_state, main_command, subprocess_env
+
+from tests import no_tensorflow
+from zenfer_jax import data
+from zenfer_jax.rundir import workdir as workdir_lib
+
+pytestmark = pytest.mark.slow  # Three training subprocesses (two at once).
+
+# Three epochs of four steps, a checkpoint every three steps and at each epoch end.
+RUN = {
+  'num_epochs': 3,
+  'steps_per_epoch': 4,
+  'checkpoint_every_steps': 3,
+  'log_every_steps': 1,
+  'data.loader': 'grain',
+}
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  path = os.path.join(workdir, workdir_lib.LATEST)
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def _start(workdir, data_dir, env):
+  return subprocess.Popen(
+    main_command(workdir, data_dir, **RUN),
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def _finish(proc) -> None:
+  _, err = proc.communicate(timeout=400)
+  assert proc.returncode == 0, f'training failed ({proc.returncode}):\n{err[-6000:]}'
+
+
+def test_grain_run_without_tensorflow_resumes_bit_identically(tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  data.prepare('digits', data_dir, file_format='both')
+  blocked = tmp_path / 'blocked_imports.txt'
+  env = no_tensorflow.environment(
+    tmp_path / 'no_tf', subprocess_env(cache_dir=tmp_path / 'xla_cache'), log=blocked
+  )
+  ref_dir, run_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
+  ref = _start(ref_dir, data_dir, env)
+  killed = _start(run_dir, data_dir, env)
+  deadline = time.time() + 300
+  while not _checkpoint_steps(run_dir) and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  killed.send_signal(signal.SIGKILL)
+  _, err = killed.communicate(timeout=60)
+  assert killed.returncode == -signal.SIGKILL, f'the run ended before the kill:\n{err[-3000:]}'
+  assert _checkpoint_steps(run_dir)[-1] < 12
+  _finish(_start(run_dir, data_dir, env))
+  _finish(ref)
+
+  # TensorFlow was asked for (libraries probe for it) and never imported: the runs succeeded.
+  assert 'tensorflow' in blocked.read_text().split()
+  ref_state, ref_meta = latest_state(ref_dir)
+  state, meta = latest_state(run_dir)
+  assert int(state['step']) == int(ref_state['step']) == 12
+  ref_flat, got = flat(ref_state), flat(state)
+  assert sorted(got) == sorted(ref_flat)
+  for k in ref_flat:
+    np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
+  assert meta == ref_meta
+  assert meta['loader']['next_step'] == 12 and meta['loader']['dataset'] == 'digits'
+  records = workdir_lib.read_metrics(str(run_dir))
+  assert records == workdir_lib.read_metrics(str(ref_dir))
+  assert [r['epoch'] for r in records] == [1, 2, 3]
+  assert all(r['test_examples'] == 360 for r in records)  # Each test example counted once.
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert summary['best_test_top1'] == max(r['test_top1'] for r in records)
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(run_dir))
