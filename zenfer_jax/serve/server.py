@@ -145,8 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       f'zenfer-serve: {url(sock)} (model {service.info()["model"]}); Ctrl-C stops it',
       flush=True,
     )
-    server.run(sockets=[sock])
-  except KeyboardInterrupt:  # Ctrl-C (uvicorn hands it on once it has shut down): how it stops.
+    try:
+      server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn hands a captured Ctrl-C on once it has shut down...
+      pass
+    # ...but not always (seen under load: run() returned, no KeyboardInterrupt): both are a stop.
+    print('zenfer-serve: stopped', file=sys.stderr, flush=True)
+  except KeyboardInterrupt:  # Ctrl-C while the model was still loading.
     print('zenfer-serve: stopped', file=sys.stderr, flush=True)
   finally:
     sock.close()
