@@ -27,6 +27,9 @@ def get_config():
   config.data.image_size = 48
   config.data.recipe = 'fer2013'
   config.data.eval_split = 'publictest'
+  # Holds all 28,709 Training faces, so every epoch is one full permutation; below the split's
+  # size the pipeline shuffles within per-class streams instead (zenfer_jax/data/pipeline.py).
+  config.data.shuffle_buffer = 32_768
   config.model.structure = 'zennet_r'
   config.model.use_sa = True
   config.model.init = 'custom_open'
