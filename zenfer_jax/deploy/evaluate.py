@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from zenfer_jax import atomic_write, cli, errors
+from zenfer_jax.deploy import tta as tta_lib
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -48,10 +49,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--classes', default=None, help='folders only: class names in label order, a,b')
   p.add_argument('--batch_size', type=cli.positive_int, default=128, help='global eval batch size')
   p.add_argument(
-    '--flip_tta',
-    action='store_true',
-    help='test-time augmentation: average the logits of each image and its mirror image',
+    '--tta',
+    choices=tta_lib.MODES,
+    default='none',
+    help='test-time augmentation: average the logits over each image and its mirror (flip), '
+    'or also over its four corner and centre crops and their mirrors (ten_crop)',
   )
+  p.add_argument(
+    '--tta_crop_fraction',
+    type=float,
+    default=tta_lib.DEFAULT_CROP_FRACTION,
+    help="ten_crop's crop side as a fraction of the input side",
+  )
+  p.add_argument('--flip_tta', action='store_true', help='the same as --tta flip')
   p.add_argument(
     '--output_dir',
     default=None,
@@ -91,12 +101,24 @@ def evaluate(
   manual_dir: str | None = None,
   batch_size: int = 128,
   flip_tta: bool = False,
+  tta: str = 'none',
+  tta_crop_fraction: float = tta_lib.DEFAULT_CROP_FRACTION,
 ) -> dict[str, Any]:
   """Metrics of the model at `path` (workdir or model dir) on `name`/`split`.
 
-  flip_tta: classify by the mean logits of each image and its left-right mirror (faces are
-  close to mirror-symmetric, and the train recipes flip them).
+  tta: test-time augmentation (zenfer_jax.deploy.tta): 'none', 'flip' (each image and its
+  mirror: faces are close to mirror-symmetric, and the train recipes flip them) or 'ten_crop'
+  (also the corner and centre crops of side tta_crop_fraction, and their mirrors).
+  flip_tta: the same as tta='flip'.
   """
+  if flip_tta:
+    if tta not in ('none', 'flip'):
+      raise errors.InvalidInput(f'flip_tta and tta={tta!r} name two test-time augmentations.')
+    tta = 'flip'
+  try:
+    tta_lib.check(tta, tta_crop_fraction)
+  except ValueError as e:
+    raise errors.InvalidInput(str(e)) from None
   import jax
 
   from zenfer_jax import data
@@ -134,12 +156,7 @@ def evaluate(
     recipe=card['recipe'],
     classes=classes,
   )
-  apply_fn = model.apply
-  if flip_tta:
-
-    def apply_fn(v, x, train=False):
-      return (model.apply(v, x, train=train) + model.apply(v, x[:, :, ::-1], train=train)) / 2
-
+  apply_fn = tta_lib.wrap(model.apply, tta, tta_crop_fraction)
   p_eval = parallel.pmap_eval_step(
     functools.partial(steps.eval_step, apply_fn=apply_fn, num_classes=card['num_classes'])
   )
@@ -154,7 +171,9 @@ def evaluate(
       'checkpoint': os.path.abspath(path),
       'image_size': image_size,
       'recipe': card['recipe'],
-      'flip_tta': flip_tta,
+      'flip_tta': tta == 'flip',
+      'tta': tta,
+      'tta_crop_fraction': tta_crop_fraction if tta == 'ten_crop' else None,
     }
   )
   return result
@@ -235,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
-  folder = f'eval_{ds["split"]}' + ('_flip_tta' if args.flip_tta else '')
+  tta = 'flip' if args.flip_tta else args.tta
+  folder = f'eval_{ds["split"]}' + ('' if tta == 'none' else f'_{tta}_tta')
   # A shipped model's folder is the package's: its evaluation goes to the working directory.
   out = args.output_dir or (os.path.join(path, folder) if path == given else f'{given}_{folder}')
   _check_output_dir(out)
@@ -244,13 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     which=args.which,
     manual_dir=args.manual_dir,
     batch_size=args.batch_size,
-    flip_tta=args.flip_tta,
+    tta=tta,
+    tta_crop_fraction=args.tta_crop_fraction,
     **ds,
   )
   os.makedirs(out, exist_ok=True)
   atomic_write.write_json(os.path.join(out, 'metrics.json'), result)
   title = (
-    f'{ds["name"]}/{ds["split"]}{" (flip TTA)" if args.flip_tta else ""}: '
+    f'{ds["name"]}/{ds["split"]}{"" if tta == "none" else f" ({tta} TTA)"}: '
     f'top-1 {100 * result["top1"]:.2f}%, '
     f'mean class {100 * result["mean_class_accuracy"]:.2f}%'
   )
