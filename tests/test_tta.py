@@ -109,3 +109,28 @@ def test_evaluate_refuses_two_augmentations_and_bad_fractions(digits_dir, tmp_pa
     evaluate.evaluate(model_dir, flip_tta=True, tta='ten_crop', **kw)
   with pytest.raises(errors.InvalidInput, match='crop_fraction must be in'):
     evaluate.evaluate(model_dir, tta='ten_crop', tta_crop_fraction=1.5, **kw)
+
+
+def test_predictor_with_tta_gives_the_softmax_of_the_mean_logits(tmp_path):
+  from zenfer_jax.deploy import predict
+
+  model_dir = _model_dir(tmp_path)
+  plain = predict.Predictor(model_dir)
+  crops = predict.Predictor(model_dir, tta='ten_crop', tta_crop_fraction=0.75)
+  x = _images(n=4, size=16, channels=3, seed=5)
+  logits = [
+    plain.model.apply(plain.variables, u, train=False)
+    for u in tta.views(x, 'ten_crop', crop_fraction=0.75)
+  ]
+  want = jax.nn.softmax(sum(logits) / len(logits), -1)
+  np.testing.assert_allclose(crops(x), want, rtol=1e-5, atol=1e-6)
+  assert np.abs(crops(x) - plain(x)).max() > 1e-4
+
+
+def test_predictor_refuses_tta_for_an_exported_file(tmp_path):
+  from zenfer_jax.deploy import predict
+
+  path = tmp_path / 'model.onnx'
+  path.write_bytes(b'not read: refused before loading')
+  with pytest.raises(errors.InvalidInput, match='--tta flip runs with a model dir'):
+    predict.Predictor(str(path), tta='flip')

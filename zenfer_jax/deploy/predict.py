@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from zenfer_jax import cli, errors
+from zenfer_jax.deploy import tta as tta_lib
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -50,6 +51,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--top_k', type=cli.positive_int, default=3, help='classes shown per image')
   p.add_argument('--json', action='store_true', help='print one JSON document')
   p.add_argument('--batch_size', type=cli.positive_int, default=32, help='images per forward pass')
+  p.add_argument(
+    '--tta',
+    choices=tta_lib.MODES,
+    default='none',
+    help='test-time augmentation (JAX models): the mean logits over each face and its mirror '
+    '(flip), or also its corner and centre crops and their mirrors (ten_crop)',
+  )
+  p.add_argument(
+    '--tta_crop_fraction',
+    type=float,
+    default=tta_lib.DEFAULT_CROP_FRACTION,
+    help="ten_crop's crop side as a fraction of the input side",
+  )
   p.add_argument(
     '--recipe', help='eval preprocessing (rafdb, affectnet, ...) when the card records none'
   )
@@ -126,9 +140,23 @@ class Predictor:
   one of the two is wrong about how the model was trained.
   """
 
-  def __init__(self, path: str, recipe: str | None = None, image_size: int | None = None):
+  def __init__(
+    self,
+    path: str,
+    recipe: str | None = None,
+    image_size: int | None = None,
+    tta: str = 'none',
+    tta_crop_fraction: float = tta_lib.DEFAULT_CROP_FRACTION,
+  ):
     from zenfer_jax.deploy import runtimes
 
+    tta_lib.check(tta, tta_crop_fraction)
+    self.tta = tta
+    if runtimes.is_exported(path) and tta != 'none':
+      # An exported file's runtime gives probabilities of one view; the views are JAX's.
+      raise errors.InvalidInput(
+        f'--tta {tta} runs with a model dir or workdir, not an exported file ({path})'
+      )
     if runtimes.is_exported(path):
       self.exported = runtimes.load(path)
       self.card = self.exported.card
@@ -149,7 +177,8 @@ class Predictor:
       self.variables, self.card = workdir_lib.load_inference(path)
       self.model = model_directory.build_from_card(self.card)
       self.runtime = f'JAX {jax.__version__}'
-      fn = jax.jit(lambda v, x: jax.nn.softmax(self.model.apply(v, x, train=False), -1))
+      apply = tta_lib.wrap(self.model.apply, tta, tta_crop_fraction)
+      fn = jax.jit(lambda v, x: jax.nn.softmax(apply(v, x, train=False), -1))
       self._probs = lambda x: fn(self.variables, x)
     self.image_size = _from_card(self.card, 'image_size', image_size, path)
     self.recipe = _from_card(self.card, 'recipe', recipe, path)
@@ -423,7 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from zenfer_jax.rundir import model_directory
 
   try:
-    predictor = Predictor(args.checkpoint, args.recipe, args.image_size)
+    predictor = Predictor(
+      args.checkpoint, args.recipe, args.image_size, args.tta, args.tta_crop_fraction
+    )
     if args.detect_faces or args.video:
       classifier = FaceClassifier(
         predictor, args.align, args.top_k, args.min_face_confidence, min(args.batch_size, 8)
