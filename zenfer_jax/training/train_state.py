@@ -170,13 +170,6 @@ def placeholder_variables(config: ml_collections.ConfigDict, model: zennet.ZenNe
   return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-def merge_init(fresh: dict, loaded: dict, *, only_backbone: bool) -> dict:
-  """`loaded` merged into `fresh`: strictly, or with `only_backbone` by name and shape."""
-  if only_backbone:
-    return merge_matching(fresh, loaded)[0]
-  return model_directory.strict_merge(fresh, loaded)
-
-
 def create_train_state(
   config: ml_collections.ConfigDict, model: zennet.ZenNet, variables: dict, schedule
 ) -> TrainState:
