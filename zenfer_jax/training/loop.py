@@ -28,7 +28,7 @@ from zenfer_jax.data import recipes
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
-from zenfer_jax.training import loop_timing, metrics, optim, parallel, precise_bn, steps
+from zenfer_jax.training import init, loop_timing, metrics, optim, parallel, precise_bn, steps
 from zenfer_jax.training import train_state as ts
 
 # Per-class test accuracy goes to TensorBoard for up to this many classes (metrics.jsonl always
@@ -36,7 +36,7 @@ from zenfer_jax.training import train_state as ts
 PER_CLASS_SCALARS_MAX = 100
 # Evaluation sums a confusion matrix up to this many classes, per-class counts beyond.
 CONFUSION_MAX = 256
-# Which arrays config.init_from gave and which started fresh (zenfer_jax.training.train_state).
+# Which arrays config.init_from gave and which started fresh (zenfer_jax.training.init).
 INIT_REPORT = 'init_from.json'
 
 
@@ -208,7 +208,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   num_classes = info.num_classes
   sched = Schedule.from_config(config, info.split_sizes[config.data.train_split])
   lr_fn = sched.lr_fn(config)
-  model = ts.build_model(config, num_classes)
+  model = init.build_model(config, num_classes)
   card = model_card(config, model, info)
   logging.info(
     '%s: %d classes %s, %d training images; %d steps/epoch x %d epochs, global batch '
@@ -230,9 +230,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # A resumed run takes its weights from the checkpoint, never from init_from.
   init_report: dict = {}  # What init_from gave: WORKDIR/init_from.json.
   variables = (
-    ts.placeholder_variables(config, model)
+    init.placeholder_variables(config, model)
     if restored is not None
-    else ts.initial_variables(config, model, init_rng, init_report)
+    else init.initial_variables(config, model, init_rng, init_report)
   )
   state = ts.create_train_state(config, model, variables, lr_fn)
   book = Bookkeeping()
