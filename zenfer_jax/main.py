@@ -80,6 +80,7 @@ def main(argv):
     log_file_follows=True,
     uses_tensorflow=uses_tf,
   )
+  # Imported only now: the logging set up above keeps their start-up lines off the terminal.
   if uses_tf:  # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
     import tensorflow as tf
 
@@ -95,7 +96,7 @@ def main(argv):
       _lock(workdir)
     else:
       cli.terminal_warnings_only()
-  from zenfer_jax.config.validation import validate_config
+  from zenfer_jax.config.validation import validate_config  # Imports JAX: after the logging.
 
   validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
   cache = compilation_cache.enable(FLAGS.config.compilation_cache_dir)
@@ -114,7 +115,7 @@ def main(argv):
     cache or jax.config.jax_compilation_cache_dir or 'off',
     extra={'terminal': False},  # The log file's; the terminal keeps its fixed start-up lines.
   )
-  from zenfer_jax.training import loop
+  from zenfer_jax.training import loop  # Imports JAX (and TensorFlow): after the logging.
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False

@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from zenfer_jax import atomic_write, data, dataset_names, errors
 from zenfer_jax.config.validation import ConfigError, class_list, validate_config
@@ -32,6 +34,7 @@ from zenfer_jax.data import recipes
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
+from zenfer_jax.rundir.event_writer import EventWriter
 from zenfer_jax.training import init, loop_timing, metrics, optim, parallel, precise_bn, steps
 from zenfer_jax.training import train_state as ts
 
@@ -62,8 +65,6 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
       info = data.prepare(d.name, data_dir, **kwargs)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
       multihost_utils.sync_global_devices('zenfer_jax: dataset prepared')
     if jax.process_index() != 0:
       info = data.prepare(d.name, data_dir, **kwargs)
@@ -146,8 +147,6 @@ class _Progress:
   def __init__(self, enabled: bool, total: int, initial: int):
     self.bar = None
     if enabled and jax.process_index() == 0:
-      from tqdm import tqdm
-
       self.bar = tqdm(
         total=total,
         initial=initial,
@@ -311,8 +310,6 @@ def _resume(
   if job.ckpts.damaged:  # Out of the way, so the steps they held are saved again.
     job.ckpts.set_aside_damaged(move=job.is_chief)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
       multihost_utils.sync_global_devices('zenfer_jax: damaged checkpoints set aside')
       job.ckpts.set_aside_damaged(move=False)
   state = ts.from_state_dict(state, tree)
@@ -342,12 +339,12 @@ def _input_pipeline(job: _Job, start_step: int):
   data_dir = os.path.expanduser(d.data_dir)
   grain = d.get('loader', 'tf.data') == 'grain'
   if grain:  # No TensorFlow on this path (zenfer_jax/data/grain_pipeline.py).
-    from zenfer_jax.data import grain_pipeline
+    from zenfer_jax.data import grain_pipeline  # Here: only a Grain run pays for importing Grain.
 
     loader_kw = dict(threads=d.grain_threads, workers=d.grain_workers)
     train_batches = functools.partial(grain_pipeline.train_batches, **loader_kw)
     eval_dataset = functools.partial(grain_pipeline.eval_batches, threads=d.grain_threads)
-  else:
+  else:  # Imported here: device_pipeline imports TensorFlow, which a Grain run must not.
     from zenfer_jax.data import device_pipeline
 
     on_device = d.get('augment_on', 'host') == 'device'
@@ -411,12 +408,10 @@ def _compile_steps(job: _Job, lr_fn):
 
 
 def _metric_writer(job: _Job, start_step: int):
-  if job.config.data.get('loader', 'tf.data') == 'grain':  # clu's writers import TensorFlow.
-    from zenfer_jax.rundir.event_writer import EventWriter
-
+  if job.config.data.get('loader', 'tf.data') == 'grain':
     writer = EventWriter(job.workdir, just_logging=not job.is_chief)
   else:
-    from clu import metric_writers
+    from clu import metric_writers  # Here: it imports TensorFlow (a Grain run must not).
 
     writer = metric_writers.create_default_writer(job.workdir, just_logging=not job.is_chief)
   if start_step == 0:
