@@ -98,7 +98,8 @@ def main(argv):
       cli.terminal_warnings_only()
   from zenfer_jax.config.validation import validate_config  # Imports JAX: after the logging.
 
-  validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
+  # The run's one check (the loop takes it as done): a bad value is the only line shown.
+  validate_config(FLAGS.config, jax.device_count())
   cache = compilation_cache.enable(FLAGS.config.compilation_cache_dir)
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
@@ -120,7 +121,7 @@ def main(argv):
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False
   try:
-    loop.train_and_evaluate(FLAGS.config, workdir)
+    loop.train_validated(FLAGS.config, workdir)
     ok = True
   except Exception as e:
     if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.

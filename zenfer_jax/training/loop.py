@@ -1,7 +1,10 @@
 """The training loop: prepare data, build or resume the state, train, evaluate, checkpoint, export.
 
-`train_and_evaluate(config, workdir)` is the whole library entry point (main.py only parses
-flags). Rerunning with the same workdir resumes from its latest checkpoint; the data order and
+`train_and_evaluate(config, workdir)` is the library entry point: it checks the config, then
+trains. zenfer_jax.main checks the config itself, before its log file opens (so a bad value is
+the terminal's one line), and calls `train_validated`, so a run checks its config once.
+
+Rerunning with the same workdir resumes from its latest checkpoint; the data order and
 every random draw are functions of (seed, step), so a resumed run ends exactly where an
 uninterrupted one does.
 
@@ -189,12 +192,20 @@ def _check_finite(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
 
+  A config that cannot work raises `ConfigError` before anything is read or written.
+  """
+  validate_config(config, jax.device_count())
+  return train_validated(config, workdir)
+
+
+def train_validated(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`train_and_evaluate` for a config that `validate_config` has passed (see the module doc).
+
   The run holds the workdir's lock throughout (see `zenfer_jax.rundir.workdir_lock`): a second run
   on the same workdir stops at once instead of mixing its checkpoints and metrics into this one's.
   """
   if not str(workdir).strip():
     raise ConfigError("workdir is empty: name the directory for this run's checkpoints.")
-  validate_config(config, jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
   with (
     workdir_lock.hold(workdir, 'training run')
