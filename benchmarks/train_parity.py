@@ -962,15 +962,15 @@ def main(argv: list[str] | None = None) -> dict:
   import torch
 
   from zenfer_jax.rundir import compilation_cache, model_directory
+  from zenfer_jax.training import init
   from zenfer_jax.training import loop as train_lib
-  from zenfer_jax.training import train_state as ts
 
   # The JAX run's cache: its model init is the program compiled here, so it loads it.
   compilation_cache.enable(config.compilation_cache_dir)
-  model = ts.build_model(config, info.num_classes)
+  model = init.build_model(config, info.num_classes)
   # As zenfer_jax.training.loop splits.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = ts.initial_variables(config, model, init_rng)
+  variables = init.initial_variables(config, model, init_rng)
   init_dir = os.path.join(workdir, 'init_model')
   model_directory.save_model_dir(init_dir, variables, train_lib.model_card(config, model, info))
   recipe_torch = TorchRecipe.from_fields(

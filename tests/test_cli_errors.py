@@ -227,6 +227,19 @@ def test_main_config_value_error_comes_before_the_log_file(tmp_path, monkeypatch
   assert not (workdir / 'log.txt').exists()
 
 
+def test_main_checks_the_config_once_and_the_loop_takes_it_as_checked(tmp_path, monkeypatch):
+  from zenfer_jax.training import loop
+
+  checks, runs = [], []
+  monkeypatch.setattr(validation, 'validate_config', lambda *a: checks.append(a))
+  monkeypatch.setattr(loop, 'validate_config', lambda *a: checks.append(a))
+  monkeypatch.setattr(loop, 'train_validated', lambda config, workdir: runs.append(workdir))
+  workdir = tmp_path / 'run'
+  argv = [f'--config={DEFAULT_CONFIG}', f'--workdir={workdir}', '--config.compilation_cache_dir=']
+  assert _main_program(argv, monkeypatch) in (0, None)
+  assert len(checks) == 1 and runs == [str(workdir)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Tracebacks: on request for user errors, always for bugs
 

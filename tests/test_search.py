@@ -244,6 +244,19 @@ def test_a_search_refuses_a_workdir_in_use_and_holds_its_own(tmp_path, held_work
   assert workdir_lock.holder(own) is None and not (own / workdir_lock.LOCK_NAME).exists()
 
 
+def test_a_search_checks_its_config_once(tmp_path, monkeypatch):
+  # The command checks the config before its log file opens and hands on what it found.
+  checks, real = [], evolution.validate_config
+  monkeypatch.setattr(evolution, 'validate_config', lambda c: checks.append(c) or real(c))
+  c = _fast_config(max_iterations=30)
+  setup = evolution.validate_config(c)
+  evolution.run_search(c, str(tmp_path / 'a'), progress=False, setup=setup)
+  evolution.warmup_structures(c, 4, setup)
+  assert len(checks) == 1
+  evolution.run_search(c, str(tmp_path / 'b'), progress=False)  # A library call checks it itself.
+  assert len(checks) == 2
+
+
 def test_files_are_created_with_the_umask(tmp_path):
   old = os.umask(0o027)
   try:  # Checkpoints at 25, 50 and 60: a previous state file too.

@@ -10,7 +10,7 @@ import optax
 import pytest
 from train_fixtures import flat, tiny_config
 
-from zenfer_jax.training import losses, parallel, steps
+from zenfer_jax.training import init, losses, parallel, steps
 from zenfer_jax.training import train_state as ts
 
 # Conv blocks only (each with BatchNorm): compiles in seconds, and has batch statistics to update.
@@ -27,8 +27,8 @@ def lr_fn(step):
 @pytest.fixture(scope='module')
 def setup():
   config = tiny_config('/unused', **{'model.structure': STRUCTURE, 'model.use_sa': False})
-  model = ts.build_model(config, NUM_CLASSES)
-  variables = ts.initial_variables(config, model, jax.random.PRNGKey(0))
+  model = init.build_model(config, NUM_CLASSES)
+  variables = init.initial_variables(config, model, jax.random.PRNGKey(0))
   state = ts.create_train_state(config, model, variables, lr_fn)
   n = jax.local_device_count()
   rng = np.random.default_rng(0)

@@ -347,7 +347,7 @@ def test_convert_only_backbone_is_trainings_init_from_rule(tmp_path, capsys):
   are copied and the same are left fresh, with the same values where copied."""
   from train_fixtures import flat, tiny_config
 
-  from zenfer_jax.training import train_state as ts
+  from zenfer_jax.training import init
 
   pretrained = _reference(classes=20, use_lw_att=False, seed=4)
   torch.save(_original_wrapper(pretrained), tmp_path / 'best-params_rank0.pth')
@@ -387,7 +387,7 @@ def test_convert_only_backbone_is_trainings_init_from_rule(tmp_path, capsys):
   )
   report = {}
   trained_from = flat(
-    ts.initial_variables(config, ts.build_model(config, 7), jax.random.PRNGKey(0), report)
+    init.initial_variables(config, init.build_model(config, 7), jax.random.PRNGKey(0), report)
   )
   assert sorted(report['copied']) == sorted(record['copied'])
   assert sorted(e['array'] for e in report['left_at_init']) == [

@@ -140,6 +140,14 @@ def test_unknown_key_and_bad_type_fail_at_flag_parsing():
     assert match in proc.stderr
 
 
+def test_a_bad_config_fails_before_the_workdir_is_made(tmp_path):
+  config = tiny_config(tmp_path / 'tfds')
+  config.batch_size = 0
+  with pytest.raises(validation.ConfigError, match='config.batch_size=0 is invalid'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_missing_dataset_fails_at_once_saying_where_files_go(tmp_path):
   config = tiny_config(tmp_path / 'tfds')
   config.data.name = 'rafdb'
@@ -153,8 +161,11 @@ def test_train_end_to_end_writes_metrics_checkpoints_and_model(tmp_path, digits_
   # One trace of each step function for the whole run: no recompilation per step or epoch.
   monkeypatch.setattr(steps, 'train_step', chex.assert_max_traces(steps.train_step, n=1))
   monkeypatch.setattr(steps, 'eval_step', chex.assert_max_traces(steps.eval_step, n=1))
+  checks = []  # The config is checked once per run.
+  monkeypatch.setattr(loop, 'validate_config', lambda *a: checks.append(a))
   workdir = tmp_path / 'run'
   summary = loop.train_and_evaluate(tiny_config(digits_dir), str(workdir))
+  assert len(checks) == 1
 
   records = workdir_lib.read_metrics(str(workdir))
   assert [(r['epoch'], r['step']) for r in records] == [(1, 3), (2, 6)]

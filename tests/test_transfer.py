@@ -22,8 +22,7 @@ from tests import data_fixtures as fx
 from zenfer_jax import data
 from zenfer_jax.rundir import model_directory
 from zenfer_jax.rundir import workdir as workdir_lib
-from zenfer_jax.training import loop
-from zenfer_jax.training import train_state as ts
+from zenfer_jax.training import init, loop
 
 pytestmark = pytest.mark.slow  # Two training runs.
 
@@ -111,11 +110,11 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(pretrained, tmp_path):
   assert report['unused'] == []
 
   # The weights the run started from: the same initialisation the run computed.
-  model = ts.build_model(config, 7)
+  model = init.build_model(config, 7)
   init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-  start = flat(ts.initial_variables(config, model, init_rng))
+  start = flat(init.initial_variables(config, model, init_rng))
   config.init_from = ''
-  fresh = flat(ts.initial_variables(config, model, init_rng))
+  fresh = flat(init.initial_variables(config, model, init_rng))
   for k in start:
     expected = fresh[k] if k in left else source[k]
     np.testing.assert_array_equal(start[k], expected, err_msg=k)

@@ -14,7 +14,7 @@ Loading is strict: any missing, unexpected or mis-shaped key fails with one
 error listing all of them, with a hint when the cause is recognisable (SA or
 lw_att flags, class count, structure). `only_backbone` is the original's
 transfer option (`load_model(..., only_backbone=True)`), decided by the rule
-training's `init_from` uses (`zenfer_jax.training.train_state.merge_matching`): every
+training's `init_from` uses (`zenfer_jax.training.init.merge_matching`): every
 checkpoint tensor whose key this model has, with the same PyTorch shape, is
 loaded; every other array keeps its fresh initialisation. So the classifier is
 fresh when the class count differs and loaded when it matches, lw_att is loaded
@@ -219,7 +219,7 @@ def _convert_matching(
 ) -> tuple[dict, LoadReport]:
   """The original's only_backbone, by the rule training's `init_from` uses.
 
-  The rule (`zenfer_jax.training.train_state.merge_matching`) is applied where the original applies
+  The rule (`zenfer_jax.training.init.merge_matching`) is applied where the original applies
   it: to the checkpoint's state_dict and the fresh model's state_dict in PyTorch layout, so a name
   and a shape decide exactly as `load_model(..., only_backbone=True)` decides. The merged
   state_dict then goes through the strict conversion.
@@ -227,7 +227,7 @@ def _convert_matching(
   import jax
 
   from zenfer_jax.model.zennet import build_model, init_variables
-  from zenfer_jax.training.train_state import TransferReport, merge_matching
+  from zenfer_jax.training.init import TransferReport, merge_matching
 
   model = build_model(s, num_classes, use_sa=use_sa, use_lw_att=use_lw_att)
   fresh = init_variables(model, rng if rng is not None else jax.random.PRNGKey(0), resolution=32)

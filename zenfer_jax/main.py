@@ -80,6 +80,7 @@ def main(argv):
     log_file_follows=True,
     uses_tensorflow=uses_tf,
   )
+  # Imported only now: the logging set up above keeps their start-up lines off the terminal.
   if uses_tf:  # TensorFlow runs the input pipeline only: keep it off the accelerators JAX uses.
     import tensorflow as tf
 
@@ -95,9 +96,10 @@ def main(argv):
       _lock(workdir)
     else:
       cli.terminal_warnings_only()
-  from zenfer_jax.config.validation import validate_config
+  from zenfer_jax.config.validation import validate_config  # Imports JAX: after the logging.
 
-  validate_config(FLAGS.config, jax.device_count())  # A bad value is the only line shown.
+  # The run's one check (the loop takes it as done): a bad value is the only line shown.
+  validate_config(FLAGS.config, jax.device_count())
   cache = compilation_cache.enable(FLAGS.config.compilation_cache_dir)
   index = jax.process_index()
   log_file = os.path.join(workdir, 'log.txt' if index == 0 else f'log.process{index}.txt')
@@ -114,12 +116,12 @@ def main(argv):
     cache or jax.config.jax_compilation_cache_dir or 'off',
     extra={'terminal': False},  # The log file's; the terminal keeps its fixed start-up lines.
   )
-  from zenfer_jax.training import loop
+  from zenfer_jax.training import loop  # Imports JAX (and TensorFlow): after the logging.
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False
   try:
-    loop.train_and_evaluate(FLAGS.config, workdir)
+    loop.train_validated(FLAGS.config, workdir)
     ok = True
   except Exception as e:
     if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.

@@ -315,16 +315,16 @@ class JaxZenScorer:
     programs.PROGRAMS.cancel_background()
 
 
-def warmup_structures(config, count: int) -> list[Structure]:
+def warmup_structures(config, count: int, setup: SearchSetup | None = None) -> list[Structure]:
   """The first `count` candidates the search proposes that pass its budgets.
 
   Until the population first reaches its size nothing is trimmed and parents are drawn
   uniformly, so these do not depend on any score: they are exactly the search's own first
   candidates (fewer if trimming starts earlier), drawn in steps of `candidates_per_step` from
   the step's population as `run_search` draws them. Repeats are dropped, as the search scores
-  a structure once.
+  a structure once. `setup`: as `run_search` takes it.
   """
-  setup = validate_config(config)
+  setup = setup if setup is not None else validate_config(config)
   settings = setup.settings
   rng = np.random.Generator(np.random.PCG64(settings['seed']))
   state = SearchState(settings=settings)
@@ -459,6 +459,7 @@ def run_search(
   progress: bool = True,
   stop_after: int | None = None,
   max_seconds: float | None = None,
+  setup: SearchSetup | None = None,
 ) -> SearchState:
   """Run (or resume) the search described by `config` in `workdir`; returns the final state.
 
@@ -472,8 +473,12 @@ def run_search(
   The search holds WORKDIR/run.lock while it runs (`zenfer_jax.rundir.workdir_lock`): a second
   search or training run on the same workdir raises WorkdirLocked at once, naming the holding
   process, instead of interleaving its candidates and checkpoints with this one's.
+
+  setup: `validate_config(config)` from a caller that checked the config already (the command
+  does, before its log file opens); without it the config is checked here. Checking twice
+  would cost a budget_latency config a second latency measurement.
   """
-  setup = validate_config(config)
+  setup = setup if setup is not None else validate_config(config)
   if max_seconds is None:
     max_seconds = _get(config.search, 'max_seconds')
   if max_seconds is not None and not max_seconds > 0:

@@ -73,7 +73,7 @@ def main(argv):
 
     logging.info('Searching on %s; workdir %s (full log: %s)', jax.devices(), workdir, log_file)
     try:
-      state = evolution.run_search(config, workdir, progress=FLAGS.progress)
+      state = evolution.run_search(config, workdir, progress=FLAGS.progress, setup=setup)
     except Exception as e:
       if cli.is_user_error(e):  # The terminal gets it as one line (cli.run_absl), the log too.
         logging.error('%s', e, extra={'terminal': False})
@@ -96,7 +96,7 @@ def warmup(config, setup) -> None:
     return
   compilation_cache.enable(s.get('compilation_cache_dir', '') or '')
   t = time.perf_counter()
-  structures = evolution.warmup_structures(config, s.get('warmup_candidates', 256))
+  structures = evolution.warmup_structures(config, s.get('warmup_candidates', 256), setup)
   scorer = evolution.jax_scorer(setup.settings)
   count = scorer.warmup(structures)
   _, compile_s = scorer.stats()

@@ -102,9 +102,6 @@ class Checkpoints:
     self.best = _manager(os.path.join(self.workdir, BEST), 1)
     self.damaged: list[tuple[int, str, str]] = []
 
-  def latest_step(self) -> int | None:
-    return self.latest.latest_step()
-
   @_quietly
   def restore(self, which: str = 'latest') -> tuple[dict, dict] | None:
     """(tree, meta) of the newest intact checkpoint of `which`, or None when there is none.

@@ -89,7 +89,7 @@ def initialize(peer_timeout_s: float = 60.0, environ: dict | None = None) -> Non
   CPU collectives are set to gloo first (without it a multi-process CPU job has no cross-process
   collectives at all); the setting does not touch GPU or TPU backends.
   """
-  import jax
+  import jax  # Not at the top: zenfer_jax.main imports this before its logging is set up.
 
   env = dict(os.environ if environ is None else environ)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -113,14 +113,14 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
   process needs (compiling, say), which gloo cannot, as it gives a process 30 s to join a new
   collective. A process lost meanwhile is the watchdog's to report.
   """
-  import jax
+  import jax  # Not at the top: zenfer_jax.main imports this before its logging is set up.
 
   if jax.process_count() == 1:
     return
   client = _client()
   key = f'{_KEY}/barrier/{next(_barriers)}/{name}'
   if client is None:
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # As jax, above.
 
     multihost_utils.sync_global_devices(key)
     return
@@ -130,7 +130,7 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
 def _client():
   """The coordination service's client (JAX keeps it as private state; None if unavailable)."""
   try:
-    from jax._src import distributed as jax_distributed
+    from jax._src import distributed as jax_distributed  # Private: may be gone (hence the try).
   except ImportError:
     return None
   return getattr(jax_distributed.global_state, 'client', None)
@@ -161,7 +161,7 @@ class Watchdog:
     index: int | None = None,
     count: int | None = None,
   ):
-    import jax
+    import jax  # Not at the top: zenfer_jax.main imports this before its logging is set up.
 
     self.index = jax.process_index() if index is None else index
     self.count = jax.process_count() if count is None else count

@@ -1,9 +1,16 @@
 """The training loop: prepare data, build or resume the state, train, evaluate, checkpoint, export.
 
-`train_and_evaluate(config, workdir)` is the whole library entry point (main.py only parses
-flags). Rerunning with the same workdir resumes from its latest checkpoint; the data order and
+`train_and_evaluate(config, workdir)` is the library entry point: it checks the config, then
+trains. zenfer_jax.main checks the config itself, before its log file opens (so a bad value is
+the terminal's one line), and calls `train_validated`, so a run checks its config once.
+
+Rerunning with the same workdir resumes from its latest checkpoint; the data order and
 every random draw are functions of (seed, step), so a resumed run ends exactly where an
 uninterrupted one does.
+
+The run's parts (restore or init, one epoch, evaluate, save, finish) are functions of their own,
+so each can be read and changed alone: what they share is passed in a `_Job` (fixed once the data
+and model are known) and a `_Run` (what changes as it trains), not held in closures.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from zenfer_jax import atomic_write, data, dataset_names, errors
 from zenfer_jax.config.validation import ConfigError, class_list, validate_config
@@ -28,7 +37,8 @@ from zenfer_jax.data import recipes
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
-from zenfer_jax.training import loop_timing, metrics, optim, parallel, precise_bn, steps
+from zenfer_jax.rundir.event_writer import EventWriter
+from zenfer_jax.training import init, loop_timing, metrics, optim, parallel, precise_bn, steps
 from zenfer_jax.training import train_state as ts
 
 # Per-class test accuracy goes to TensorBoard for up to this many classes (metrics.jsonl always
@@ -36,7 +46,7 @@ from zenfer_jax.training import train_state as ts
 PER_CLASS_SCALARS_MAX = 100
 # Evaluation sums a confusion matrix up to this many classes, per-class counts beyond.
 CONFUSION_MAX = 256
-# Which arrays config.init_from gave and which started fresh (zenfer_jax.training.train_state).
+# Which arrays config.init_from gave and which started fresh (zenfer_jax.training.init).
 INIT_REPORT = 'init_from.json'
 
 
@@ -58,8 +68,6 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
       info = data.prepare(d.name, data_dir, **kwargs)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
       multihost_utils.sync_global_devices('zenfer_jax: dataset prepared')
     if jax.process_index() != 0:
       info = data.prepare(d.name, data_dir, **kwargs)
@@ -142,8 +150,6 @@ class _Progress:
   def __init__(self, enabled: bool, total: int, initial: int):
     self.bar = None
     if enabled and jax.process_index() == 0:
-      from tqdm import tqdm
-
       self.bar = tqdm(
         total=total,
         initial=initial,
@@ -186,12 +192,20 @@ def _check_finite(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
 
+  A config that cannot work raises `ConfigError` before anything is read or written.
+  """
+  validate_config(config, jax.device_count())
+  return train_validated(config, workdir)
+
+
+def train_validated(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`train_and_evaluate` for a config that `validate_config` has passed (see the module doc).
+
   The run holds the workdir's lock throughout (see `zenfer_jax.rundir.workdir_lock`): a second run
   on the same workdir stops at once instead of mixing its checkpoints and metrics into this one's.
   """
   if not str(workdir).strip():
     raise ConfigError("workdir is empty: name the directory for this run's checkpoints.")
-  validate_config(config, jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
   with (
     workdir_lock.hold(workdir, 'training run')
@@ -203,18 +217,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
-  is_chief = jax.process_index() == 0
+  job = _job(config, workdir)
+  lr_fn = job.sched.lr_fn(config)
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state, book, meta = _restore_or_init(job, init_rng, lr_fn)
+  run = _start(job, state, book, meta, lr_fn, step_rng)
+  first_epoch = run.start_step // job.sched.steps_per_epoch + 1
+  for epoch in range(first_epoch, config.num_epochs + 1):
+    _train_epoch(run, epoch)
+    _end_epoch(run, epoch)
+  return _finish(run)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """What a run is fixed to once its data and model are known; every part below reads it."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  is_chief: bool
+  info: data.DatasetInfo
+  sched: Schedule
+  model: zennet.ZenNet
+  card: dict
+  ckpts: workdir_lib.Checkpoints
+
+  @property
+  def num_classes(self) -> int:
+    return self.info.num_classes
+
+  @property
+  def confusion(self) -> bool:
+    """Thousands of classes (identities) get per-class counts instead of a confusion matrix."""
+    return self.num_classes <= CONFUSION_MAX
+
+
+def _job(config: ml_collections.ConfigDict, workdir: str) -> _Job:
   info = prepare_data(config)
-  num_classes = info.num_classes
   sched = Schedule.from_config(config, info.split_sizes[config.data.train_split])
-  lr_fn = sched.lr_fn(config)
-  model = ts.build_model(config, num_classes)
-  card = model_card(config, model, info)
+  model = init.build_model(config, info.num_classes)
   logging.info(
     '%s: %d classes %s, %d training images; %d steps/epoch x %d epochs, global batch '
     '%d on %d devices, lr %.4g',
     info.name,
-    num_classes,
+    info.num_classes,
     dataset_names.class_summary(info.class_names),
     sched.num_train,
     sched.steps_per_epoch,
@@ -223,49 +269,76 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     jax.device_count(),
     sched.lr,
   )
+  return _Job(
+    config,
+    workdir,
+    jax.process_index() == 0,
+    info,
+    sched,
+    model,
+    model_card(config, model, info),
+    workdir_lib.Checkpoints(workdir),
+  )
 
-  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  ckpts = workdir_lib.Checkpoints(workdir)
-  restored = ckpts.restore('latest')
+
+def _restore_or_init(
+  job: _Job, init_rng: jax.Array, lr_fn
+) -> tuple[ts.TrainState, Bookkeeping, dict | None]:
+  """The state to start from, its bookkeeping and the checkpoint's meta (None: a fresh run).
+
+  Nothing is written to the workdir before a checkpoint found there is known to fit this config.
+  """
+  config, model = job.config, job.model
+  restored = job.ckpts.restore('latest')
   # A resumed run takes its weights from the checkpoint, never from init_from.
   init_report: dict = {}  # What init_from gave: WORKDIR/init_from.json.
   variables = (
-    ts.placeholder_variables(config, model)
+    init.placeholder_variables(config, model)
     if restored is not None
-    else ts.initial_variables(config, model, init_rng, init_report)
+    else init.initial_variables(config, model, init_rng, init_report)
   )
   state = ts.create_train_state(config, model, variables, lr_fn)
-  book = Bookkeeping()
+  book, meta = Bookkeeping(), None
   if restored is not None:
-    checkpoint = os.path.join(workdir, workdir_lib.LATEST, str(int(restored[0]['step'])))
-    ts.check_resumable(state, restored[0], card, workdir=workdir, checkpoint=checkpoint)
-    if ckpts.damaged:  # Out of the way, so the steps they held are saved again.
-      ckpts.set_aside_damaged(move=is_chief)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices('zenfer_jax: damaged checkpoints set aside')
-        ckpts.set_aside_damaged(move=False)
-    state = ts.from_state_dict(state, restored[0])
-    book = Bookkeeping(**restored[1]['book'])
-    if is_chief:
-      workdir_lib.truncate_metrics(workdir, int(state.step))
-    logging.info(
-      'Resuming from step %d of %d (%s).',
-      int(state.step),
-      sched.total_steps,
-      os.path.join(workdir, workdir_lib.LATEST),
-    )
-  if is_chief:
-    atomic_write.write_json(os.path.join(workdir, workdir_lib.CONFIG), config.to_dict())
-    atomic_write.write_json(os.path.join(workdir, model_directory.CARD_NAME), card)
+    state, book = _resume(job, state, *restored)
+    meta = restored[1]
+  if job.is_chief:
+    atomic_write.write_json(os.path.join(job.workdir, workdir_lib.CONFIG), config.to_dict())
+    atomic_write.write_json(os.path.join(job.workdir, model_directory.CARD_NAME), job.card)
     if init_report:
-      atomic_write.write_json(os.path.join(workdir, INIT_REPORT), init_report)
-  start_step = int(state.step)
-  last_saved = start_step if restored is not None else None
+      atomic_write.write_json(os.path.join(job.workdir, INIT_REPORT), init_report)
   logging.info('Model %s: %d parameters.', model.structure_text, zennet.count_params(state.params))
+  return state, book, meta
 
-  d = config.data
+
+def _resume(
+  job: _Job, state: ts.TrainState, tree: dict, meta: dict
+) -> tuple[ts.TrainState, Bookkeeping]:
+  """`state` and the loop's bookkeeping from a checkpoint that fits; later metrics dropped."""
+  workdir = job.workdir
+  checkpoint = os.path.join(workdir, workdir_lib.LATEST, str(int(tree['step'])))
+  ts.check_resumable(state, tree, job.card, workdir=workdir, checkpoint=checkpoint)
+  if job.ckpts.damaged:  # Out of the way, so the steps they held are saved again.
+    job.ckpts.set_aside_damaged(move=job.is_chief)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('zenfer_jax: damaged checkpoints set aside')
+      job.ckpts.set_aside_damaged(move=False)
+  state = ts.from_state_dict(state, tree)
+  book = Bookkeeping(**meta['book'])
+  if job.is_chief:
+    workdir_lib.truncate_metrics(workdir, int(state.step))
+  logging.info(
+    'Resuming from step %d of %d (%s).',
+    int(state.step),
+    job.sched.total_steps,
+    os.path.join(workdir, workdir_lib.LATEST),
+  )
+  return state, book
+
+
+def _input_pipeline(job: _Job, start_step: int):
+  """(train batches from `start_step`, eval batches, precise BN's hook): every pipeline call."""
+  config, d = job.config, job.config.data
   common = dict(
     image_size=d.image_size,
     num_local_devices=jax.local_device_count(),
@@ -277,12 +350,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   data_dir = os.path.expanduser(d.data_dir)
   grain = d.get('loader', 'tf.data') == 'grain'
   if grain:  # No TensorFlow on this path (zenfer_jax/data/grain_pipeline.py).
-    from zenfer_jax.data import grain_pipeline
+    from zenfer_jax.data import grain_pipeline  # Here: only a Grain run pays for importing Grain.
 
     loader_kw = dict(threads=d.grain_threads, workers=d.grain_workers)
     train_batches = functools.partial(grain_pipeline.train_batches, **loader_kw)
     eval_dataset = functools.partial(grain_pipeline.eval_batches, threads=d.grain_threads)
-  else:
+  else:  # Imported here: device_pipeline imports TensorFlow, which a Grain run must not.
     from zenfer_jax.data import device_pipeline
 
     on_device = d.get('augment_on', 'host') == 'device'
@@ -299,13 +372,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     process_split=d.process_split,
     **common,
   )
-  if restored is not None and restored[1].get('loader') and hasattr(train_iter, 'set_state'):
-    train_iter.set_state(restored[1]['loader'])  # Checks it is this run's order and step.
-    if train_iter.get_state()['next_step'] != start_step:
-      raise ValueError(
-        f'The checkpoint at step {start_step} saved the loader at step '
-        f'{train_iter.get_state()["next_step"]}: the checkpoint is inconsistent.'
-      )
   eval_batches = eval_dataset(
     d.name,
     data_dir,
@@ -313,179 +379,266 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     per_device_batch=config.eval_batch_size // jax.device_count(),
     **common,
   )
+  num_train = job.sched.num_train
+  precise = precise_bn.for_training(config, job.model.apply, num_train, data_dir, **common)
+  return train_iter, eval_batches, precise
 
+
+def _restore_loader(train_iter, meta: dict | None, start_step: int) -> None:
+  """Puts a loader that keeps its own position (Grain) where the checkpoint left it."""
+  if meta is None or not meta.get('loader') or not hasattr(train_iter, 'set_state'):
+    return
+  train_iter.set_state(meta['loader'])  # Checks it is this run's order and step.
+  if train_iter.get_state()['next_step'] != start_step:
+    raise ValueError(
+      f'The checkpoint at step {start_step} saved the loader at step '
+      f'{train_iter.get_state()["next_step"]}: the checkpoint is inconsistent.'
+    )
+
+
+def _compile_steps(job: _Job, lr_fn):
+  """The pmapped train and eval steps (compiled on their first call)."""
+  config = job.config
   p_train = parallel.pmap_train_step(
     functools.partial(
       steps.train_step,
-      num_classes=num_classes,
+      num_classes=job.num_classes,
       label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       learning_rate_fn=lr_fn,
     )
   )
-  # Thousands of classes (identities): per-class counts instead of a confusion matrix.
-  confusion = num_classes <= CONFUSION_MAX
   p_eval = parallel.pmap_eval_step(
     functools.partial(
-      steps.eval_step if confusion else steps.eval_counts_step,
-      apply_fn=model.apply,
-      num_classes=num_classes,
+      steps.eval_step if job.confusion else steps.eval_counts_step,
+      apply_fn=job.model.apply,
+      num_classes=job.num_classes,
     )
   )
-  precise = precise_bn.for_training(config, model.apply, sched.num_train, data_dir, **common)
-  if grain:  # clu's writers import TensorFlow.
-    from zenfer_jax.rundir.event_writer import EventWriter
+  return p_train, p_eval
 
-    writer = EventWriter(workdir, just_logging=not is_chief)
+
+def _metric_writer(job: _Job, start_step: int):
+  if job.config.data.get('loader', 'tf.data') == 'grain':
+    writer = EventWriter(job.workdir, just_logging=not job.is_chief)
   else:
-    from clu import metric_writers
+    from clu import metric_writers  # Here: it imports TensorFlow (a Grain run must not).
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = metric_writers.create_default_writer(job.workdir, just_logging=not job.is_chief)
   if start_step == 0:
-    writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep='.'))
+    writer.write_hparams(traverse_util.flatten_dict(job.config.to_dict(), sep='.'))
+  return writer
 
+
+@dataclasses.dataclass
+class _Run:
+  """A run's moving parts and running state, handed to each part of the loop (no closures)."""
+
+  job: _Job
+  train_iter: Any
+  eval_batches: Any
+  p_train: Any
+  p_eval: Any
+  precise: Any  # Eval variables -> the same with recomputed BatchNorm statistics, or None.
+  writer: Any
+  step_rng: jax.Array
+  state: ts.TrainState  # Replicated over the local devices.
+  book: Bookkeeping
+  start_step: int
+  last_saved: int | None  # The newest checkpoint's step: a non-finite loss names it.
+  progress: _Progress
+  timer: loop_timing.LoopTimer
+  pending: list = dataclasses.field(default_factory=list)  # Step metrics not fetched yet.
+  pending_from: int = 0  # The step the first of them ended.
+  images_seen: int = 0  # By this call (a resumed run counts from its start).
+  last_eval: dict | None = None
+  t0: float = dataclasses.field(default_factory=time.time)
+
+
+def _start(job: _Job, state, book: Bookkeeping, meta: dict | None, lr_fn, step_rng) -> _Run:
+  start_step = int(state.step)
+  train_iter, eval_batches, precise = _input_pipeline(job, start_step)
+  _restore_loader(train_iter, meta, start_step)
+  p_train, p_eval = _compile_steps(job, lr_fn)
+  writer = _metric_writer(job, start_step)
   state = parallel.replicate(state)
-  pending: list = []
-  pending_from = start_step
+  sched = job.sched
   progress = _Progress(
-    config.progress_bar, sched.total_steps * sched.global_batch, start_step * sched.global_batch
+    job.config.progress_bar,
+    sched.total_steps * sched.global_batch,
+    start_step * sched.global_batch,
   )
-  t0, images_seen, last_eval = time.time(), 0, None
-  timer = loop_timing.LoopTimer(start_step)
+  return _Run(
+    job,
+    train_iter,
+    eval_batches,
+    p_train,
+    p_eval,
+    precise,
+    writer,
+    step_rng,
+    state,
+    book,
+    start_step,
+    last_saved=start_step if meta is not None else None,
+    progress=progress,
+    timer=loop_timing.LoopTimer(start_step),
+    pending_from=start_step,
+  )
 
-  def flush():
-    """Fetches the steps since the last flush, checks them and adds them to the epoch sums."""
-    nonlocal pending, pending_from
-    fetched = [parallel.unreplicate_to_host(m) for m in pending]
-    _check_finite(fetched, pending_from, last_saved, workdir)
-    for m in fetched:
-      book.epoch_loss_sum += float(m['loss'])
-      book.epoch_accuracy_sum += float(m['accuracy'])
-      book.epoch_steps += 1
-    pending_from += len(pending)
-    pending = []
-    return fetched
 
-  def save(step: int):
-    nonlocal last_saved
-    host_state = ts.to_state_dict(parallel.unreplicate_to_host(state))
-    meta = {'book': dataclasses.asdict(book)}
-    if hasattr(train_iter, 'get_state'):  # Grain: the loader's position, restored on resume.
-      meta['loader'] = train_iter.get_state()
-    ckpts.save_latest(step, host_state, meta)
-    last_saved = step
-
-  for step in range(start_step, sched.total_steps):
-    with timer.phase('input_wait'):
-      batch = next(train_iter)
-    state, step_metrics = p_train(state, batch, step_rng)
-    pending.append(step_metrics)
-    images_seen += sched.global_batch
+def _train_epoch(run: _Run, epoch: int) -> None:
+  """The steps of `epoch` still to run, logging and checkpointing as configured on the way."""
+  config, sched = run.job.config, run.job.sched
+  end = epoch * sched.steps_per_epoch
+  for step in range(max(run.start_step, end - sched.steps_per_epoch), end):
+    with run.timer.phase('input_wait'):
+      batch = next(run.train_iter)
+    run.state, step_metrics = run.p_train(run.state, batch, run.step_rng)
+    run.pending.append(step_metrics)
+    run.images_seen += sched.global_batch
     done = step + 1
     if done % config.log_every_steps == 0:
-      fetched = flush()
-      timer.mark(done)
-      loss = float(np.mean([m['loss'] for m in fetched]))
-      writer.write_scalars(
-        done,
-        {
-          'train/loss': loss,
-          'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-          'train/learning_rate': float(fetched[-1]['learning_rate']),
-          'train/images_per_second': images_seen / (time.time() - t0),
-        },
-      )
-      progress.update(0, loss=f'{loss:.4f}')
-    progress.update(sched.global_batch)
-    epoch_end = done % sched.steps_per_epoch == 0
-    periodic = config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0
-    if not (epoch_end or periodic):
-      continue
-    flush()
-    if epoch_end:
-      epoch = done // sched.steps_per_epoch
-      train_loss = book.epoch_loss_sum / max(book.epoch_steps, 1)
-      train_acc = book.epoch_accuracy_sum / max(book.epoch_steps, 1)
-      book.epoch_loss_sum, book.epoch_accuracy_sum, book.epoch_steps = 0.0, 0.0, 0
-      scalars = {'train/epoch_loss': train_loss, 'train/epoch_accuracy': train_acc}
-      if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-        variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        with timer.phase('eval'):
-          if precise is not None:  # Also what the best checkpoint and the export hold.
-            variables = precise(variables)
-          cm = steps.evaluate_split(p_eval, variables, eval_batches, num_classes)
-        summarize = metrics.summarize if confusion else metrics.summarize_counts
-        last_eval = summarize(cm, info.class_names)
-        record = {
-          'epoch': epoch,
-          'step': done,
-          'train_loss': train_loss,
-          'train_accuracy': train_acc,
-          'test_top1': last_eval['top1'],
-          'test_mean_class_accuracy': last_eval['mean_class_accuracy'],
-          'test_examples': last_eval['num_examples'],
-          'per_class_accuracy': last_eval['per_class_accuracy'],
-        }
-        if is_chief:
-          workdir_lib.append_metrics(workdir, record)
-        scalars.update(
-          {
-            'test/top1': last_eval['top1'],
-            'test/mean_class_accuracy': last_eval['mean_class_accuracy'],
-          }
-        )
-        if num_classes <= PER_CLASS_SCALARS_MAX:  # Not one curve per identity of VGGFace2.
-          scalars.update(
-            {
-              f'test/accuracy/{k}': v
-              for k, v in last_eval['per_class_accuracy'].items()
-              if v is not None
-            }
-          )
-        logging.info(
-          'epoch %d/%d step %d: train loss %.4f acc %.4f | test top-1 %.4f mean-class %.4f',
-          epoch,
-          config.num_epochs,
-          done,
-          train_loss,
-          train_acc,
-          last_eval['top1'],
-          last_eval['mean_class_accuracy'],
-        )
-        if last_eval['top1'] > book.best_top1:
-          book.best_top1, book.best_epoch, book.best_step = last_eval['top1'], epoch, done
-          with timer.phase('checkpoint'):
-            ckpts.save_best(done, parallel.unreplicate_to_host(variables), dict(record))
-      writer.write_scalars(done, scalars)
-      writer.flush()
-    with timer.phase('checkpoint'):
-      save(done)
-  progress.close()
-  writer.flush()
-  jax.effects_barrier()
+      _log_train(run, done)
+    run.progress.update(sched.global_batch)
+    every = config.checkpoint_every_steps
+    if done < end and every and done % every == 0:  # The epoch's end saves in _end_epoch.
+      _flush(run)
+      _save(run, done)
 
-  if last_eval is None:  # Resumed after the last evaluation: report the recorded one.
-    records = workdir_lib.read_metrics(workdir)
+
+def _flush(run: _Run) -> list[dict]:
+  """Fetches the steps since the last flush, checks them and adds them to the epoch sums."""
+  fetched = [parallel.unreplicate_to_host(m) for m in run.pending]
+  _check_finite(fetched, run.pending_from, run.last_saved, run.job.workdir)
+  for m in fetched:
+    run.book.epoch_loss_sum += float(m['loss'])
+    run.book.epoch_accuracy_sum += float(m['accuracy'])
+    run.book.epoch_steps += 1
+  run.pending_from += len(run.pending)
+  run.pending = []
+  return fetched
+
+
+def _log_train(run: _Run, done: int) -> None:
+  fetched = _flush(run)
+  run.timer.mark(done)
+  loss = float(np.mean([m['loss'] for m in fetched]))
+  run.writer.write_scalars(
+    done,
+    {
+      'train/loss': loss,
+      'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
+      'train/learning_rate': float(fetched[-1]['learning_rate']),
+      'train/images_per_second': run.images_seen / (time.time() - run.t0),
+    },
+  )
+  run.progress.update(0, loss=f'{loss:.4f}')
+
+
+def _end_epoch(run: _Run, epoch: int) -> None:
+  """The epoch's means, its evaluation when one is due, and the checkpoint to resume from."""
+  config, book = run.job.config, run.book
+  done = epoch * run.job.sched.steps_per_epoch
+  _flush(run)
+  train_loss = book.epoch_loss_sum / max(book.epoch_steps, 1)
+  train_acc = book.epoch_accuracy_sum / max(book.epoch_steps, 1)
+  book.epoch_loss_sum, book.epoch_accuracy_sum, book.epoch_steps = 0.0, 0.0, 0
+  scalars = {'train/epoch_loss': train_loss, 'train/epoch_accuracy': train_acc}
+  if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+    scalars.update(_evaluate(run, epoch, done, train_loss, train_acc))
+  run.writer.write_scalars(done, scalars)
+  run.writer.flush()
+  _save(run, done)
+
+
+def _evaluate(run: _Run, epoch: int, done: int, train_loss: float, train_acc: float) -> dict:
+  """Evaluates, records the epoch and keeps the best variables; returns the test scalars."""
+  job, book = run.job, run.book
+  variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+  with run.timer.phase('eval'):
+    if run.precise is not None:  # Also what the best checkpoint and the export hold.
+      variables = run.precise(variables)
+    cm = steps.evaluate_split(run.p_eval, variables, run.eval_batches, job.num_classes)
+  summarize = metrics.summarize if job.confusion else metrics.summarize_counts
+  run.last_eval = last_eval = summarize(cm, job.info.class_names)
+  record = {
+    'epoch': epoch,
+    'step': done,
+    'train_loss': train_loss,
+    'train_accuracy': train_acc,
+    'test_top1': last_eval['top1'],
+    'test_mean_class_accuracy': last_eval['mean_class_accuracy'],
+    'test_examples': last_eval['num_examples'],
+    'per_class_accuracy': last_eval['per_class_accuracy'],
+  }
+  if job.is_chief:
+    workdir_lib.append_metrics(job.workdir, record)
+  scalars = {
+    'test/top1': last_eval['top1'],
+    'test/mean_class_accuracy': last_eval['mean_class_accuracy'],
+  }
+  if job.num_classes <= PER_CLASS_SCALARS_MAX:  # Not one curve per identity of VGGFace2.
+    scalars.update(
+      {f'test/accuracy/{k}': v for k, v in last_eval['per_class_accuracy'].items() if v is not None}
+    )
+  logging.info(
+    'epoch %d/%d step %d: train loss %.4f acc %.4f | test top-1 %.4f mean-class %.4f',
+    epoch,
+    job.config.num_epochs,
+    done,
+    train_loss,
+    train_acc,
+    last_eval['top1'],
+    last_eval['mean_class_accuracy'],
+  )
+  if last_eval['top1'] > book.best_top1:
+    book.best_top1, book.best_epoch, book.best_step = last_eval['top1'], epoch, done
+    with run.timer.phase('checkpoint'):
+      job.ckpts.save_best(done, parallel.unreplicate_to_host(variables), dict(record))
+  return scalars
+
+
+def _save(run: _Run, step: int) -> None:
+  """The latest checkpoint: train state, bookkeeping and (Grain) the loader's position."""
+  with run.timer.phase('checkpoint'):
+    host_state = ts.to_state_dict(parallel.unreplicate_to_host(run.state))
+    meta = {'book': dataclasses.asdict(run.book)}
+    if hasattr(run.train_iter, 'get_state'):  # Grain: the loader's position, restored on resume.
+      meta['loader'] = run.train_iter.get_state()
+    run.job.ckpts.save_latest(step, host_state, meta)
+  run.last_saved = step
+
+
+def _finish(run: _Run) -> dict:
+  """Closes the run: exports the best model, writes summary.json and timing.json."""
+  job = run.job
+  run.progress.close()
+  run.writer.flush()
+  jax.effects_barrier()
+  if run.last_eval is None:  # Resumed after the last evaluation: report the recorded one.
+    records = workdir_lib.read_metrics(job.workdir)
     if records:
-      last_eval = {
+      run.last_eval = {
         'top1': records[-1]['test_top1'],
         'mean_class_accuracy': records[-1]['test_mean_class_accuracy'],
       }
-  summary = _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, time.time() - t0)
-  ckpts.close()
-  if is_chief:
-    timing = timer.summary(max(start_step, sched.total_steps), sched.global_batch)
-    atomic_write.write_json(os.path.join(workdir, 'timing.json'), timing)
+  summary = _export_and_report(run, time.time() - run.t0)
+  job.ckpts.close()
+  if job.is_chief:
+    timing = run.timer.summary(max(run.start_step, job.sched.total_steps), job.sched.global_batch)
+    atomic_write.write_json(os.path.join(job.workdir, 'timing.json'), timing)
   return summary
 
 
-def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, seconds) -> dict:
+def _export_and_report(run: _Run, seconds: float) -> dict:
   """Exports the best model dir and logs the run's summary."""
-  best = ckpts.restore('best')
-  export = os.path.join(workdir, workdir_lib.MODEL_BEST)
-  if best is not None and is_chief:
+  job, book, last_eval, images_seen = run.job, run.book, run.last_eval, run.images_seen
+  best = job.ckpts.restore('best')
+  export = os.path.join(job.workdir, workdir_lib.MODEL_BEST)
+  if best is not None and job.is_chief:
     with workdir_lib.quiet():
-      model_directory.save_model_dir(export, best[0], card, overwrite=True)
+      model_directory.save_model_dir(export, best[0], job.card, overwrite=True)
   summary = {
     'best_test_top1': book.best_top1 if best is not None else None,
     'best_epoch': book.best_epoch,
@@ -496,8 +649,8 @@ def _finish(workdir, ckpts, card, book, last_eval, is_chief, images_seen, second
     'images_per_second': images_seen / seconds if seconds > 0 and images_seen else None,
     'model_dir': export if best is not None else None,
   }
-  if is_chief:
-    atomic_write.write_json(os.path.join(workdir, 'summary.json'), summary)
+  if job.is_chief:
+    atomic_write.write_json(os.path.join(job.workdir, 'summary.json'), summary)
   took = f'{int(seconds) // 60}m{int(seconds) % 60:02d}s'
   if summary['images_per_second']:
     took += f', {summary["images_per_second"]:.1f} img/s'

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from zenfer_jax.training import distributed
+
 AXIS_NAME = 'batch'
 
 
@@ -43,8 +45,6 @@ def _aligned(mapped: Callable, name: str) -> Callable:
   """
   if jax.process_count() == 1:
     return mapped
-  from zenfer_jax.training import distributed
-
   started: set = set()
 
   def call(*args):

@@ -25,9 +25,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import traverse_util
 from jax import lax
 
+from zenfer_jax import data
 from zenfer_jax.model.layers.batchnorm import BatchNorm
 from zenfer_jax.training import parallel
 
@@ -116,15 +118,11 @@ def for_training(
   wanted = int(config.get('precise_bn_batches', 0))
   if wanted <= 0:
     return None
-  from absl import logging
-
-  from zenfer_jax import data
-
   num_batches = max(1, min(wanted, num_train // config.batch_size))
   p_moments = pmap_batch_moments(apply_fn)
 
   if config.data.get('loader', 'tf.data') == 'grain':
-    from zenfer_jax.data import grain_pipeline
+    from zenfer_jax.data import grain_pipeline  # Only a Grain run pays for importing Grain.
 
     statistics = functools.partial(
       grain_pipeline.statistics_batches, threads=config.data.grain_threads
