@@ -282,13 +282,13 @@ def run_zen_search(cfg) -> dict:
     'benchmarks.search_throughput',
     f'--iterations={cfg.zs_iterations}',
     f'--resolution={cfg.zs_resolution}',
-    f'--batch-size={cfg.zs_batch}',
+    f'--batch_size={cfg.zs_batch}',
     f'--sides={sides_order}',
-    f'--torch-device={cfg.torch_device}',
+    f'--torch_device={cfg.torch_device}',
     f'--json={out_json}',
   ]
   if cfg.zs_max_seconds:
-    args.insert(-1, f'--max-seconds={cfg.zs_max_seconds}')
+    args.insert(-1, f'--max_seconds={cfg.zs_max_seconds}')
   base = {
     'unit': 'candidates/s',
     'command': 'python ' + ' '.join(args[1:-1]),

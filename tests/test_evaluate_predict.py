@@ -192,7 +192,7 @@ def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_pat
   bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
   missing = tmp_path / 'missing.png'
   images = [test_images[0], str(bad), str(missing), test_images[1]]
-  rc = predict.main(['--checkpoint', str(model_dir), *images, '--top-k', '3', '--json'])
+  rc = predict.main(['--checkpoint', str(model_dir), *images, '--top_k', '3', '--json'])
   assert rc == 1  # Some images failed; the others were still classified.
   results = json.loads(capsys.readouterr().out)
   assert [r['image'] for r in results] == images
@@ -203,6 +203,6 @@ def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_pat
   assert 'cannot read image' in results[1]['error'] and 'predictions' not in results[1]
   assert 'No such file' in results[2]['error']
 
-  assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top-k', '2']) == 0
+  assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top_k', '2']) == 0
   line = capsys.readouterr().out.strip()
   assert line.startswith(test_images[2] + ': ') and line.count('%') == 2
