@@ -415,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
   p.add_argument(
     '--quick',
     action='store_true',
-    help='smoke run: 64px, batch 4, 3 reps; the search: 1,000 iterations at 64px (not for the README)',
+    help='smoke run: 64px, batch 4, 3 reps; the search: 1,000 iterations at 64px (not for docs/performance.md)',
   )
   p.add_argument('--out', default=None, help='JSON path (the .md table is written beside it)')
   p.add_argument(
