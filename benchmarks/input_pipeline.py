@@ -92,13 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.info('Preparing %d synthetic RAF-DB images in %s', args.num_images, tmp)
     data.prepare('rafdb', data_dir, manual_dir=manual)
   ds = data.pipeline.train_tf_dataset(
-    'rafdb',
-    data_dir,
-    image_size=args.image_size,
-    per_device_batch=args.batch,
-    num_local_devices=1,
-    seed=0,
-    recipe='rafdb',
+    data.pipeline.DataSpec(
+      'rafdb', data_dir, image_size=args.image_size, per_device_batch=args.batch, recipe='rafdb'
+    )
   )
   if args.threads:
     opts = tf.data.Options()

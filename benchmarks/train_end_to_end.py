@@ -233,9 +233,10 @@ _INPUT_ONLY = r"""
 import json, sys, time
 import jax, numpy as np
 from zenfer_jax.data import device_pipeline, pipeline
+from zenfer_jax.data.spec import DataSpec
 records, on, size, batch, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 make = device_pipeline.train_batches if on == 'device' else pipeline.train_dataset
-it = make('rafdb', records, image_size=size, per_device_batch=batch, num_local_devices=1, seed=0)
+it = make(DataSpec('rafdb', records, image_size=size, per_device_batch=batch))
 start = time.perf_counter()
 jax.block_until_ready(next(it))
 first = time.perf_counter() - start

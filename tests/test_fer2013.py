@@ -13,6 +13,7 @@ from tests import data_fixtures as fx
 from zenfer_jax import data, dataset_names
 from zenfer_jax.data import augment_spec
 from zenfer_jax.data.builders import fer2013
+from zenfer_jax.data.spec import DataSpec
 
 tfds.disable_progress_bar()
 
@@ -217,13 +218,15 @@ def test_folder_copy_test_prefixes_and_bad_items(tmp_path):
     ValueError, match=r"no split 'privatetest'.*\['publictest', 'test', 'train'\]"
   ):
     data.pipeline.eval_tf_dataset(
-      'fer2013',
-      str(tmp_path / 'd'),
-      split='privatetest',
-      image_size=16,
-      per_device_batch=2,
-      num_local_devices=1,
-      recipe='none',
+      DataSpec(
+        'fer2013',
+        str(tmp_path / 'd'),
+        eval_split='privatetest',
+        image_size=16,
+        per_device_batch=2,
+        num_local_devices=1,
+        recipe='none',
+      )
     )
 
 
@@ -271,25 +274,29 @@ def test_pipelines_read_the_records(both):
   batch = next(
     iter(
       data.pipeline.eval_dataset(
-        'fer2013',
-        data_dir,
-        split='publictest',
-        image_size=16,
-        per_device_batch=3,
-        num_local_devices=1,
-        recipe='none',
+        DataSpec(
+          'fer2013',
+          data_dir,
+          eval_split='publictest',
+          image_size=16,
+          per_device_batch=3,
+          num_local_devices=1,
+          recipe='none',
+        )
       )
     )
   )
   assert batch['image'].shape == (1, 3, 16, 16, 3) and batch['mask'].all()
   train = data.pipeline.train_dataset(
-    'fer2013',
-    data_dir,
-    image_size=16,
-    per_device_batch=4,
-    num_local_devices=1,
-    seed=0,
-    recipe='none',
+    DataSpec(
+      'fer2013',
+      data_dir,
+      image_size=16,
+      per_device_batch=4,
+      num_local_devices=1,
+      seed=0,
+      recipe='none',
+    )
   )
   batch = next(train)
   assert batch['image'].shape == (1, 4, 16, 16, 3)
@@ -302,9 +309,11 @@ def test_fer2013_train_recipe_keeps_faces_grey_and_is_seeded(both):
   with the very batches of an uninterrupted one."""
   _, data_dir = both[0]['csv']
   kw = dict(image_size=24, per_device_batch=4, num_local_devices=1, recipe='fer2013')
-  it = data.pipeline.train_dataset('fer2013', data_dir, seed=3, **kw)
+  it = data.pipeline.train_dataset(DataSpec('fer2013', data_dir, seed=3, **kw))
   a = [next(it) for _ in range(3)]
-  resumed = next(data.pipeline.train_dataset('fer2013', data_dir, seed=3, start_step=2, **kw))
+  resumed = next(
+    data.pipeline.train_dataset(DataSpec('fer2013', data_dir, seed=3, **kw), start_step=2)
+  )
   mean = np.asarray(augment_spec.IMAGENET_MEAN)
   std = np.asarray(augment_spec.IMAGENET_STD)
   for b in a:

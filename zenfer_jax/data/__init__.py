@@ -2,7 +2,8 @@
 
 from zenfer_jax import data
 info = data.prepare('rafdb', data_dir, manual_dir=...)
-train = data.pipeline.train_dataset('rafdb', data_dir, image_size=224, ...)
+spec = data.pipeline.DataSpec('rafdb', data_dir, image_size=224, per_device_batch=64, ...)
+train = data.pipeline.train_dataset(spec)
 
 The names below are imported when first used, not with the package: they start TensorFlow, and
 a program (`python -m zenfer_jax.data.prepare`, training) first sets up its logging with

@@ -100,6 +100,7 @@ def evaluate(
   import jax
 
   from zenfer_jax import data
+  from zenfer_jax.data.spec import DataSpec
   from zenfer_jax.rundir import model_directory
   from zenfer_jax.rundir import workdir as workdir_lib
   from zenfer_jax.training import metrics, parallel, steps
@@ -122,18 +123,19 @@ def evaluate(
     )
   model = model_directory.build_from_card(card)
   image_size = card['image_size'] or 224
-  batches = data.pipeline.eval_dataset(
+  spec = DataSpec(
     name,
     data_dir,
-    split=split,
     image_size=image_size,
     per_device_batch=batch_size // jax.device_count(),
     num_local_devices=jax.local_device_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
     recipe=card['recipe'],
     classes=classes,
+    eval_split=split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
+  batches = data.pipeline.eval_dataset(spec)
   apply_fn = model.apply
   if flip_tta:
 

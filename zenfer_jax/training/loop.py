@@ -25,6 +25,7 @@ from flax import traverse_util
 from zenfer_jax import atomic_write, data, dataset_names, errors
 from zenfer_jax.config.validation import ConfigError, class_list, validate_config
 from zenfer_jax.data import recipes
+from zenfer_jax.data import spec as data_spec
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
@@ -266,15 +267,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   logging.info('Model %s: %d parameters.', model.structure_text, zennet.count_params(state.params))
 
   d = config.data
-  common = dict(
-    image_size=d.image_size,
-    num_local_devices=jax.local_device_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    recipe=d.recipe or None,
-    classes=class_list(config),
-  )
-  data_dir = os.path.expanduser(d.data_dir)
+  spec = data_spec.from_config(config)
   grain = d.get('loader', 'tf.data') == 'grain'
   if grain:  # No TensorFlow on this path (zenfer_jax/data/grain_pipeline.py).
     from zenfer_jax.data import grain_pipeline
@@ -288,17 +281,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     on_device = d.get('augment_on', 'host') == 'device'
     train_batches = device_pipeline.train_batches if on_device else data.pipeline.train_dataset
     eval_dataset = data.pipeline.eval_dataset
-  train_iter = train_batches(
-    d.name,
-    data_dir,
-    per_device_batch=config.batch_size // jax.device_count(),
-    seed=config.seed,
-    start_step=start_step,
-    split=d.train_split,
-    shuffle_buffer=d.shuffle_buffer,
-    process_split=d.process_split,
-    **common,
-  )
+  train_iter = train_batches(spec, start_step=start_step)
   if restored is not None and restored[1].get('loader') and hasattr(train_iter, 'set_state'):
     train_iter.set_state(restored[1]['loader'])  # Checks it is this run's order and step.
     if train_iter.get_state()['next_step'] != start_step:
@@ -306,13 +289,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         f'The checkpoint at step {start_step} saved the loader at step '
         f'{train_iter.get_state()["next_step"]}: the checkpoint is inconsistent.'
       )
-  eval_batches = eval_dataset(
-    d.name,
-    data_dir,
-    split=d.eval_split,
-    per_device_batch=config.eval_batch_size // jax.device_count(),
-    **common,
-  )
+  eval_batches = eval_dataset(spec)
 
   p_train = parallel.pmap_train_step(
     functools.partial(
@@ -332,7 +309,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       num_classes=num_classes,
     )
   )
-  precise = precise_bn.for_training(config, model.apply, sched.num_train, data_dir, **common)
+  precise = precise_bn.for_training(config, model.apply, sched.num_train, spec)
   if grain:  # clu's writers import TensorFlow.
     from zenfer_jax.rundir.event_writer import EventWriter
 
