@@ -127,7 +127,7 @@ def ensure_dataset(cache_dir: str) -> tuple[str, str]:
     open(done, 'w').close()
     logging.info('Wrote the synthetic RAF-DB in %.0f s: %s', time.perf_counter() - start, manual)
   start = time.perf_counter()
-  info = data.prepare('rafdb', records, manual_dir=manual)
+  info = data.prepare_dataset('rafdb', records, manual_dir=manual)
   sizes = (info.split_sizes['train'], info.split_sizes['test'])
   if sizes != (RAFDB_TRAIN, RAFDB_TEST):
     raise RuntimeError(f'{records} holds {sizes} images, expected ({RAFDB_TRAIN}, {RAFDB_TEST}).')

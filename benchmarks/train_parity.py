@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> dict:
   data_dir = os.path.expanduser(config.data.data_dir)
   manual = os.path.expanduser(config.data.manual_dir) or None
   _log(f'Preparing {name} in {data_dir} ...')
-  info = data.prepare(name, data_dir, manual_dir=manual)
+  info = data.prepare_dataset(name, data_dir, manual_dir=manual)
   source = {
     'dataset': name,
     'data_dir': data_dir,
@@ -938,7 +938,7 @@ def main(argv: list[str] | None = None) -> dict:
       config.seed,
     )
     data_dir = os.path.join(workdir, 'subset_tfds')
-    info = data.prepare(name, data_dir, manual_dir=raw)
+    info = data.prepare_dataset(name, data_dir, manual_dir=raw)
     source['subset_data_dir'] = data_dir
   # The records are ready: neither side reads the raw files (nor fingerprints them) again.
   config.data.data_dir = data_dir

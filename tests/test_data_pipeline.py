@@ -180,7 +180,7 @@ def rafdb_dir(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('rafdb_manual'))
   fx.make_rafdb(manual)
   d = str(tmp_path_factory.mktemp('rafdb_tfds'))
-  data.prepare('rafdb', d, manual_dir=manual)
+  data.prepare_dataset('rafdb', d, manual_dir=manual)
   return d
 
 
@@ -226,7 +226,7 @@ def folders_dir(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('folders_manual'))
   fx.make_folders(manual)  # train counts 6, 2, 3
   d = str(tmp_path_factory.mktemp('folders_tfds'))
-  data.prepare('folders', d, manual_dir=manual, classes=['sad', 'happy', 'angry'])
+  data.prepare_dataset('folders', d, manual_dir=manual, classes=['sad', 'happy', 'angry'])
   return d
 
 

@@ -19,7 +19,7 @@ TRAIN, TEST = 1437, 360
 def both_dir(tmp_path_factory) -> str:
   """Digits with TFRecord and ArrayRecord files (this module's own: digits_dir is read-only)."""
   path = str(tmp_path_factory.mktemp('digits_both'))
-  data.prepare('digits', path, file_format='both')
+  data.prepare_dataset('digits', path, file_format='both')
   return path
 
 
@@ -163,7 +163,7 @@ def test_bad_inputs_are_named(both_dir, tmp_path):
       )
     )
   only_tfrecord = str(tmp_path / 'tfds')
-  data.prepare('digits', only_tfrecord)
+  data.prepare_dataset('digits', only_tfrecord)
   with pytest.raises(array_records.MissingFormatError, match='file_format=both'):
     grain_pipeline.eval_batches(
       DataSpec('digits', only_tfrecord, image_size=8, per_device_batch=4, num_local_devices=1)
@@ -209,7 +209,7 @@ def test_datasets_of_other_image_sizes_are_resized_on_the_host(tmp_path):
   fx.make_folders(manual)  # 64x48 images: not a fixed-shape family, so the host resizes.
   data_dir = str(tmp_path / 'tfds')
   classes = ['sad', 'happy', 'angry']
-  data.prepare('folders', data_dir, manual_dir=manual, classes=classes, file_format='both')
+  data.prepare_dataset('folders', data_dir, manual_dir=manual, classes=classes, file_format='both')
   kw = dict(image_size=32, per_device_batch=3, num_local_devices=1, classes=classes)
   grain = list(grain_pipeline.eval_batches(DataSpec('folders', data_dir, recipe='rafdb', **kw)))
   tf_data = list(data.pipeline.eval_dataset(DataSpec('folders', data_dir, recipe='rafdb', **kw)))

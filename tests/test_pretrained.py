@@ -71,7 +71,7 @@ def test_predict_by_name_equals_evaluation_of_the_same_files(tmp_path, capsys):
   files = sorted(str(p) for p in (root / 'test').rglob('*.jpg'))
   assert files
   data_dir = str(tmp_path / 'tfds')
-  data_lib.prepare('fer2013', data_dir, manual_dir=str(root))
+  data_lib.prepare_dataset('fer2013', data_dir, manual_dir=str(root))
   rc = predict.main(['--checkpoint', NAME, '--top_k', '7', '--json', *files])
   assert rc == 0
   answers = {r['image']: r for r in json.loads(capsys.readouterr().out)}

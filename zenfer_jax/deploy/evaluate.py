@@ -106,7 +106,7 @@ def evaluate(
   from zenfer_jax.training import metrics, parallel, steps
 
   variables, card = workdir_lib.load_inference(path, which)
-  info = data.prepare(name, data_dir, manual_dir=manual_dir, classes=classes)
+  info = data.prepare_dataset(name, data_dir, manual_dir=manual_dir, classes=classes)
   if info.num_classes != card['num_classes']:
     raise errors.InvalidInput(
       f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '

@@ -57,13 +57,13 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     kwargs['file_format'] = 'array_record'
   try:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
-      info = data.prepare(d.name, data_dir, **kwargs)
+      info = data.prepare_dataset(d.name, data_dir, **kwargs)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
       multihost_utils.sync_global_devices('zenfer_jax: dataset prepared')
     if jax.process_index() != 0:
-      info = data.prepare(d.name, data_dir, **kwargs)
+      info = data.prepare_dataset(d.name, data_dir, **kwargs)
   except FileNotFoundError as e:
     raise FileNotFoundError(
       f'{e}\nPoint --config.data.manual_dir at the raw {d.name} files (see the layout above); '
