@@ -24,7 +24,8 @@ __all__ = ['DataSpec', 'from_config']
 class DataSpec:
   """A dataset, its preprocessing and this process's part of every batch.
 
-  name, data_dir, classes: the prepared dataset (`registry.load`); classes only for 'folders'.
+  name, data_dir, classes: the prepared dataset (`registry.load`); classes only for 'folders'
+    (names in label order, or 'a,b,c').
   image_size, recipe: the model's input size; the recipe's name or `Recipe` (None: the
     dataset's default).
   per_device_batch, eval_per_device_batch: examples per device in a training and in an
@@ -58,7 +59,9 @@ class DataSpec:
   def __post_init__(self):
     if self.eval_per_device_batch is None:
       object.__setattr__(self, 'eval_per_device_batch', self.per_device_batch)
-    if self.classes is not None and not isinstance(self.classes, tuple):
+    if isinstance(self.classes, str):  # 'a,b,c', as flags and configs spell it.
+      object.__setattr__(self, 'classes', _class_list(self.classes))
+    elif self.classes is not None and not isinstance(self.classes, tuple):
       object.__setattr__(self, 'classes', tuple(self.classes))  # Hashable, as a frozen spec is.
 
   @property
@@ -80,9 +83,6 @@ class DataSpec:
     """A NumPy or JAX [local batch, ...] -> [num_local_devices, per-device batch, ...]."""
     per = self.eval_per_device_batch if evaluation else self.per_device_batch
     return x.reshape(self.num_local_devices, per, *x.shape[1:])
-
-  def replace(self, **changes) -> DataSpec:
-    return dataclasses.replace(self, **changes)
 
 
 def _class_list(text: str) -> tuple[str, ...] | None:
