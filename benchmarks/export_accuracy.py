@@ -95,13 +95,14 @@ def measure(
         f'{info.class_names} (same order required)'
       )
   batches = pipeline.eval_dataset(
-    dataset,
-    data_dir,
-    split=split,
-    image_size=image_size,
-    per_device_batch=batch_size,
-    num_local_devices=1,
-    recipe=recipe,
+    pipeline.DataSpec(
+      dataset,
+      data_dir,
+      image_size=image_size,
+      per_device_batch=batch_size,
+      recipe=recipe,
+      eval_split=split,
+    )
   )
   labels, preds = [], [[] for _ in models]
   for batch in batches:

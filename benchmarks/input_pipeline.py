@@ -90,15 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     write_synthetic_rafdb(manual, args.num_images)
     data_dir = os.path.join(tmp, 'tfds')
     logging.info('Preparing %d synthetic RAF-DB images in %s', args.num_images, tmp)
-    data.prepare('rafdb', data_dir, manual_dir=manual)
+    data.prepare_dataset('rafdb', data_dir, manual_dir=manual)
   ds = data.pipeline.train_tf_dataset(
-    'rafdb',
-    data_dir,
-    image_size=args.image_size,
-    per_device_batch=args.batch,
-    num_local_devices=1,
-    seed=0,
-    recipe='rafdb',
+    data.pipeline.DataSpec(
+      'rafdb', data_dir, image_size=args.image_size, per_device_batch=args.batch, recipe='rafdb'
+    )
   )
   if args.threads:
     opts = tf.data.Options()

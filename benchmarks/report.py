@@ -1,4 +1,4 @@
-"""The benchmark report: ratios, the README's markdown table, and merging split runs.
+"""The benchmark report: ratios, the markdown table of docs/performance.md, and merging split runs.
 
 `benchmarks.run` measures and hands its results here; this module only reads and writes
 reports (JSON beside a markdown table), so a report can be redrawn or merged without
@@ -108,7 +108,7 @@ COLUMNS = (
 
 
 def to_markdown(report: dict) -> str:
-  """The README table: one row per measurement, JAX and PyTorch side by side, then the ratio."""
+  """docs/performance.md's table: one row per measurement, JAX and PyTorch side by side, then the ratio."""
   results, ratios = report['results'], report['ratios']
   cols = [
     c

@@ -282,13 +282,13 @@ def run_zen_search(cfg) -> dict:
     'benchmarks.search_throughput',
     f'--iterations={cfg.zs_iterations}',
     f'--resolution={cfg.zs_resolution}',
-    f'--batch-size={cfg.zs_batch}',
+    f'--batch_size={cfg.zs_batch}',
     f'--sides={sides_order}',
-    f'--torch-device={cfg.torch_device}',
+    f'--torch_device={cfg.torch_device}',
     f'--json={out_json}',
   ]
   if cfg.zs_max_seconds:
-    args.insert(-1, f'--max-seconds={cfg.zs_max_seconds}')
+    args.insert(-1, f'--max_seconds={cfg.zs_max_seconds}')
   base = {
     'unit': 'candidates/s',
     'command': 'python ' + ' '.join(args[1:-1]),
@@ -415,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
   p.add_argument(
     '--quick',
     action='store_true',
-    help='smoke run: 64px, batch 4, 3 reps; the search: 1,000 iterations at 64px (not for the README)',
+    help='smoke run: 64px, batch 4, 3 reps; the search: 1,000 iterations at 64px (not for docs/performance.md)',
   )
   p.add_argument('--out', default=None, help='JSON path (the .md table is written beside it)')
   p.add_argument(

@@ -3,8 +3,7 @@
   python -m benchmarks.search_throughput --iterations 1000 --resolution 64 --batch_size 8
   python -m benchmarks.search_throughput --long          # 2,000 iterations at 224, batch 16 (GPU)
 
-Flags are spelt with underscores, as every program here spells them (zenfer_jax.cli); the
-hyphenated spellings (--batch-size, --torch-device, ...) are still accepted.
+Flags are spelt with underscores, as every program here spells them (zenfer_jax.cli).
 
 Every side runs `zenfer_jax.nas.evolution.run_search` with configs/search_m.py (IDW space,
 ZenNet-M budgets) from init_m for the same number of iterations, each in a fresh process;

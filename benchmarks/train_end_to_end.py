@@ -127,7 +127,7 @@ def ensure_dataset(cache_dir: str) -> tuple[str, str]:
     open(done, 'w').close()
     logging.info('Wrote the synthetic RAF-DB in %.0f s: %s', time.perf_counter() - start, manual)
   start = time.perf_counter()
-  info = data.prepare('rafdb', records, manual_dir=manual)
+  info = data.prepare_dataset('rafdb', records, manual_dir=manual)
   sizes = (info.split_sizes['train'], info.split_sizes['test'])
   if sizes != (RAFDB_TRAIN, RAFDB_TEST):
     raise RuntimeError(f'{records} holds {sizes} images, expected ({RAFDB_TRAIN}, {RAFDB_TEST}).')
@@ -233,9 +233,10 @@ _INPUT_ONLY = r"""
 import json, sys, time
 import jax, numpy as np
 from zenfer_jax.data import device_pipeline, pipeline
+from zenfer_jax.data.spec import DataSpec
 records, on, size, batch, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 make = device_pipeline.train_batches if on == 'device' else pipeline.train_dataset
-it = make('rafdb', records, image_size=size, per_device_batch=batch, num_local_devices=1, seed=0)
+it = make(DataSpec('rafdb', records, image_size=size, per_device_batch=batch))
 start = time.perf_counter()
 jax.block_until_ready(next(it))
 first = time.perf_counter() - start

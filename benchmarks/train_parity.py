@@ -639,7 +639,7 @@ def decode_split(name: str, data_dir: str, split: str) -> tuple[np.ndarray, np.n
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  from zenfer_jax.data import pipeline, registry
+  from zenfer_jax.data import registry, tf_stream
 
   builder, _ = registry.load(name, data_dir)
   ds = builder.as_dataset(
@@ -648,7 +648,7 @@ def decode_split(name: str, data_dir: str, split: str) -> tuple[np.ndarray, np.n
     decoders={'image': tfds.decode.SkipDecoding()},
     read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False),
   ).map(
-    lambda ex: (pipeline.decode(ex['image']), ex['label']),
+    lambda ex: (tf_stream.decode(ex['image']), ex['label']),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
@@ -901,9 +901,9 @@ def main(argv: list[str] | None = None) -> dict:
     raise SystemExit('error: both sides train in float32 (config.model.dtype)')
 
   from zenfer_jax import data
-  from zenfer_jax.data import pipeline
+  from zenfer_jax.data import recipes
 
-  recipe = pipeline._recipe(config.data.recipe or None, config.data.name)
+  recipe = recipes.resolve(config.data.recipe or None, config.data.name)
   recipe_fields = dataclasses.asdict(recipe)
   if 'torch' in args.sides:
     TorchRecipe.from_fields(recipe_fields, config.data.image_size)  # Refuses what it lacks.
@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> dict:
   data_dir = os.path.expanduser(config.data.data_dir)
   manual = os.path.expanduser(config.data.manual_dir) or None
   _log(f'Preparing {name} in {data_dir} ...')
-  info = data.prepare(name, data_dir, manual_dir=manual)
+  info = data.prepare_dataset(name, data_dir, manual_dir=manual)
   source = {
     'dataset': name,
     'data_dir': data_dir,
@@ -938,7 +938,7 @@ def main(argv: list[str] | None = None) -> dict:
       config.seed,
     )
     data_dir = os.path.join(workdir, 'subset_tfds')
-    info = data.prepare(name, data_dir, manual_dir=raw)
+    info = data.prepare_dataset(name, data_dir, manual_dir=raw)
     source['subset_data_dir'] = data_dir
   # The records are ready: neither side reads the raw files (nor fingerprints them) again.
   config.data.data_dir = data_dir

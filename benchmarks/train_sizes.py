@@ -7,7 +7,7 @@
 The measurement is `benchmarks.run`'s train section, unchanged: the full training step of
 both sides on the same initial weights and inputs, alternating rep by rep, compile and
 warm-up outside the figures, medians with min and max, both frameworks pinned to the same
---threads CPUs (default 1: the machine is shared, see the README). Each (resolution, batch)
+--threads CPUs (default 1: the machine is shared, see docs/performance.md). Each (resolution, batch)
 is one `python -m benchmarks.run --sections train ...` in a fresh process, so compiled
 programs, thread pools and allocator state of one size cannot help or hurt the next.
 
@@ -313,7 +313,7 @@ def _fmt_ratio(row: dict) -> str:
 
 
 def to_markdown(rep: dict) -> str:
-  """The README's table: one row per (model, input size), then how, where and with what."""
+  """docs/performance.md's table: one row per (model, input size), then how, where and with what."""
   head = ['Model', 'Input', 'Batch', *(SIDE_NAMES[s] for s in SIDES)]
   lines = [
     '| ' + ' | '.join(head) + ' | JAX / best PyTorch | Load (1 min) |',
@@ -331,7 +331,7 @@ def to_markdown(rep: dict) -> str:
   s = rep['settings']
   lines += [
     '',
-    f'Images/s, median (min–max) over {s.get("reps")} reps{" (--quick: not for the README)" if s.get("quick") else ""}; '
+    f'Images/s, median (min–max) over {s.get("reps")} reps{" (--quick: not for docs/performance.md)" if s.get("quick") else ""}; '
     'each input size a fresh `benchmarks.run` process, sides alternating rep by rep, compile and '
     "warm-up excluded. Ratio: JAX fp32 median rate / the faster PyTorch layout's median rate "
     "(above 1: JAX faster); in brackets JAX's slowest rep against PyTorch's fastest, and the "

@@ -56,7 +56,7 @@ def digits_dir(tmp_path_factory) -> str:
   from zenfer_jax import data
 
   path = str(tmp_path_factory.mktemp('digits_tfds'))
-  data.prepare('digits', path)
+  data.prepare_dataset('digits', path)
   return path
 
 

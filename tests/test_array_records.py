@@ -40,7 +40,7 @@ def test_both_formats_hold_the_same_examples_in_the_same_order(tmp_path, name):
     manual = str(tmp_path / 'manual')
     fx.make_fer2013_folders(manual, usages=('Training', 'PublicTest'))
   data_dir = str(tmp_path / 'tfds')
-  info = data.prepare(name, data_dir, manual_dir=manual, file_format='both')
+  info = data.prepare_dataset(name, data_dir, manual_dir=manual, file_format='both')
   b = data.builder(name, data_dir)
   assert array_records.available(b) == {'tfrecord', 'array_record'}
   assert b.info.file_format.value == 'tfrecord'  # tf.data keeps reading the TFRecords.
@@ -55,12 +55,14 @@ def test_both_formats_hold_the_same_examples_in_the_same_order(tmp_path, name):
 
 def test_array_records_are_added_beside_prepared_tfrecords(tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  data.prepare('digits', data_dir)
+  data.prepare_dataset('digits', data_dir)
   b = data.builder('digits', data_dir)
   assert array_records.available(b) == {'tfrecord'}
   with pytest.raises(array_records.MissingFormatError, match='file_format=both'):
     array_records.require(b, 'array_record', 'grain')
-  data.prepare('digits', data_dir, file_format='array_record')  # Adds the copy, keeps the rest.
+  data.prepare_dataset(
+    'digits', data_dir, file_format='array_record'
+  )  # Adds the copy, keeps the rest.
   b = data.builder('digits', data_dir)
   assert array_records.available(b) == {'tfrecord', 'array_record'}
   decoded = array_records.data_source(data.builder('digits', data_dir), 'test')
@@ -72,7 +74,7 @@ def test_array_records_are_added_beside_prepared_tfrecords(tmp_path):
 
 def test_array_record_only_and_its_errors(tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  info = data.prepare('digits', data_dir, file_format='array_record')
+  info = data.prepare_dataset('digits', data_dir, file_format='array_record')
   b = data.builder('digits', data_dir)
   assert array_records.available(b) == {'array_record'}
   with open(os.path.join(b.data_dir, 'dataset_info.json')) as f:
@@ -84,6 +86,6 @@ def test_array_record_only_and_its_errors(tmp_path):
     array_records.MissingFormatError,
     match=r"\['array_record'\] only.*another data_dir with --file_format=both",
   ):
-    data.prepare('digits', data_dir)  # The default asks for TFRecords, which are not there.
+    data.prepare_dataset('digits', data_dir)  # The default asks for TFRecords, which are not there.
   with pytest.raises(ValueError, match="file_format='parquet'"):
-    data.prepare('digits', data_dir, file_format='parquet')
+    data.prepare_dataset('digits', data_dir, file_format='parquet')

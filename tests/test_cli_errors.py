@@ -80,14 +80,17 @@ def _prepare_cli():
   return importlib.import_module('zenfer_jax.data.prepare').main
 
 
-def test_data_prepare_stays_callable_after_its_command_module_is_imported():
-  """Importing zenfer_jax.data.prepare (the command) rebinds the package's prepare attribute to
-  the module; in a fresh process, so the import order is the one under test."""
+@pytest.mark.parametrize('command_module_first', [True, False])
+def test_data_prepare_is_the_command_module_and_prepare_dataset_the_function(command_module_first):
+  """Whichever is used first (in a fresh process, so the import order is the one under test):
+  `data.prepare` is the command's module, `data.prepare_dataset` prepares."""
+  first, second = 'import zenfer_jax.data.prepare\n', 'data.prepare_dataset\n'
   code = (
-    'import zenfer_jax.data.prepare\n'
     'from zenfer_jax import data\n'
+    + (first + second if command_module_first else second + first)
+    + 'assert data.prepare is zenfer_jax.data.prepare and callable(data.prepare.main)\n'
     'try:\n'
-    '  data.prepare("no_such_dataset", "unused")\n'
+    '  data.prepare_dataset("no_such_dataset", "unused")\n'
     'except ValueError as e:\n'
     '  print(e)\n'
   )

@@ -28,7 +28,7 @@ def rafdb(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('rafdb_manual'))
   expected = fx.make_rafdb(manual)
   data_dir = str(tmp_path_factory.mktemp('rafdb_tfds'))
-  return data.prepare('rafdb', data_dir, manual_dir=manual), data_dir, expected
+  return data.prepare_dataset('rafdb', data_dir, manual_dir=manual), data_dir, expected
 
 
 def test_rafdb_counts_labels_and_names(rafdb):
@@ -81,13 +81,13 @@ def test_rafdb_class_ranges_match_records(rafdb):
 
 def test_prepare_twice_reuses_records(rafdb):
   info, data_dir, _ = rafdb
-  again = data.prepare('rafdb', data_dir, manual_dir='/nonexistent/not/needed')
+  again = data.prepare_dataset('rafdb', data_dir, manual_dir='/nonexistent/not/needed')
   assert again == info
 
 
 def test_missing_manual_dir_fails_naming_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match='(?s)nowhere.*basic/EmoLabel'):
-    data.prepare('rafdb', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'nowhere'))
+    data.prepare_dataset('rafdb', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'nowhere'))
   assert not (tmp_path / 'tfds' / 'rafdb' / '1.0.0').exists()
 
 
@@ -95,9 +95,9 @@ def test_wrong_layout_fails_naming_what_was_expected(tmp_path):
   manual = tmp_path / 'manual'
   (manual / 'Image').mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match='list_patition_label.txt'):
-    data.prepare('rafdb', str(tmp_path / 'tfds'), manual_dir=str(manual))
+    data.prepare_dataset('rafdb', str(tmp_path / 'tfds'), manual_dir=str(manual))
   with pytest.raises(FileNotFoundError, match='Manually_Annotated_Images'):
-    data.prepare('affectnet/7cls', str(tmp_path / 'tfds'), manual_dir=str(manual))
+    data.prepare_dataset('affectnet/7cls', str(tmp_path / 'tfds'), manual_dir=str(manual))
   assert not (tmp_path / 'tfds' / 'rafdb' / '1.0.0').exists()
 
 
@@ -110,7 +110,7 @@ def affectnet_manual(tmp_path_factory):
 
 @pytest.mark.parametrize('config,num_classes', [('7cls', 7), ('8cls', 8)])
 def test_affectnet_drops_codes_outside_config(affectnet_manual, tmp_path, config, num_classes):
-  info = data.prepare(f'affectnet/{config}', str(tmp_path), manual_dir=affectnet_manual)
+  info = data.prepare_dataset(f'affectnet/{config}', str(tmp_path), manual_dir=affectnet_manual)
   assert info.num_classes == num_classes
   assert info.class_names[:3] == ['neutral', 'happy', 'sad']
   for split in ('train', 'test'):
@@ -126,8 +126,8 @@ def test_affectnet_drops_codes_outside_config(affectnet_manual, tmp_path, config
 
 
 def test_affectnet_face_crop(affectnet_manual, tmp_path):
-  data.prepare('affectnet/8cls_crop', str(tmp_path), manual_dir=affectnet_manual)
-  full = data.prepare('affectnet/8cls', str(tmp_path), manual_dir=affectnet_manual)
+  data.prepare_dataset('affectnet/8cls_crop', str(tmp_path), manual_dir=affectnet_manual)
+  full = data.prepare_dataset('affectnet/8cls', str(tmp_path), manual_dir=affectnet_manual)
   assert full.split_sizes['test'] == 8
   cropped = _examples('affectnet/8cls_crop', str(tmp_path), 'test')
   whole = _examples('affectnet/8cls', str(tmp_path), 'test')
@@ -140,7 +140,7 @@ def test_affectnet_face_crop(affectnet_manual, tmp_path):
 def test_folders_class_order_is_the_given_one(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   classes = ['sad', 'happy', 'angry']  # Not alphabetical on purpose.
-  info = data.prepare(
+  info = data.prepare_dataset(
     'folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes=classes
   )
   assert info.class_names == classes
@@ -155,21 +155,21 @@ def test_folders_class_order_is_the_given_one(tmp_path):
   assert data.load('folders', str(tmp_path / 'd'))[1].class_names == classes
   assert data.load('folders', str(tmp_path / 'd'), 'sad,happy,angry')[1].class_names == classes
   with pytest.raises(ValueError, match=r"prepared with classes \['sad', 'happy', 'angry'\]"):
-    data.prepare('folders', str(tmp_path / 'd'), classes=['angry', 'happy', 'sad'])
+    data.prepare_dataset('folders', str(tmp_path / 'd'), classes=['angry', 'happy', 'sad'])
 
 
 def test_folders_unknown_folder_is_an_error_naming_it(tmp_path):
   fx.make_folders(str(tmp_path / 'm'))
   with pytest.raises(ValueError, match="Unknown class folder.*'angry'"):
-    data.prepare(
+    data.prepare_dataset(
       'folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes=['sad', 'happy']
     )
   with pytest.raises(ValueError, match='class list'):
-    data.prepare('folders', str(tmp_path / 'd2'), manual_dir=str(tmp_path / 'm'))
+    data.prepare_dataset('folders', str(tmp_path / 'd2'), manual_dir=str(tmp_path / 'm'))
 
 
 def test_digits_fixed_split(tmp_path):
-  info = data.prepare('digits', str(tmp_path))
+  info = data.prepare_dataset('digits', str(tmp_path))
   assert info.split_sizes == {'train': 1437, 'test': 360}
   assert info.class_names == [str(d) for d in range(10)]
   assert info.skipped == 0
@@ -185,7 +185,7 @@ def test_digits_fixed_split(tmp_path):
 
 def test_unknown_dataset_name():
   with pytest.raises(ValueError, match='Unknown dataset'):
-    data.prepare('ckplus', '/tmp')
+    data.prepare_dataset('ckplus', '/tmp')
 
 
 def test_datasets_are_registered_with_tfds():

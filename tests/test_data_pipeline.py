@@ -11,6 +11,7 @@ from tests import data_fixtures as fx
 from zenfer_jax import data
 from zenfer_jax.data import augment, pipeline
 from zenfer_jax.data.builders import digits as digits_lib
+from zenfer_jax.data.spec import DataSpec
 
 tfds.disable_progress_bar()
 MEAN, STD = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
@@ -35,7 +36,9 @@ def test_eval_pads_and_masks_every_example_exactly_once(digits_dir, digit_images
   imgs, labels, split = digit_images
   batches = list(
     pipeline.eval_dataset(
-      'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+      DataSpec(
+        'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+      )
     )
   )
   assert len(batches) == 26  # ceil(360 / 14)
@@ -57,7 +60,9 @@ def test_eval_pads_and_masks_every_example_exactly_once(digits_dir, digit_images
   # Iterable twice, same content.
   again = list(
     pipeline.eval_dataset(
-      'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+      DataSpec(
+        'digits', digits_dir, image_size=8, per_device_batch=7, num_local_devices=2, recipe='none'
+      )
     )
   )
   np.testing.assert_array_equal(again[3]['image'], batches[3]['image'])
@@ -68,14 +73,16 @@ def test_eval_multi_process_same_batch_count_and_exact_cover(digits_dir, digit_i
   per_host = [
     list(
       pipeline.eval_dataset(
-        'digits',
-        digits_dir,
-        image_size=8,
-        per_device_batch=16,
-        num_local_devices=1,
-        recipe='none',
-        process_index=k,
-        process_count=3,
+        DataSpec(
+          'digits',
+          digits_dir,
+          image_size=8,
+          per_device_batch=16,
+          num_local_devices=1,
+          recipe='none',
+          process_index=k,
+          process_count=3,
+        )
       )
     )
     for k in range(3)
@@ -108,15 +115,17 @@ def test_train_per_process_epochs_are_disjoint_and_cover_the_split(digits_dir, d
       b - a for a, b in (pipeline.host_range(a, b, k, 2) for a, b in info.class_ranges['train'])
     )
     ds = pipeline.train_dataset(
-      'digits',
-      digits_dir,
-      image_size=8,
-      per_device_batch=size,
-      num_local_devices=1,
-      seed=3,
-      recipe='none',
-      process_index=k,
-      process_count=2,
+      DataSpec(
+        'digits',
+        digits_dir,
+        image_size=8,
+        per_device_batch=size,
+        num_local_devices=1,
+        seed=3,
+        recipe='none',
+        process_index=k,
+        process_count=2,
+      )
     )
     batch = next(ds)  # One batch = this process's first epoch, an exact permutation.
     got = to_uint8(batch['image'][0])
@@ -134,18 +143,20 @@ def test_process_split_batches_gives_every_process_count_the_same_global_batches
   kwargs = dict(image_size=16, per_device_batch=4, seed=5, recipe='digits')
   for start in (0, 2):
     one = pipeline.train_dataset(
-      'digits', digits_dir, num_local_devices=4, start_step=start, **kwargs
+      DataSpec('digits', digits_dir, num_local_devices=4, **kwargs), start_step=start
     )
     shares = [
       pipeline.train_dataset(
-        'digits',
-        digits_dir,
-        num_local_devices=2,
-        process_index=k,
-        process_count=2,
-        process_split='batches',
+        DataSpec(
+          'digits',
+          digits_dir,
+          num_local_devices=2,
+          process_index=k,
+          process_count=2,
+          process_split='batches',
+          **kwargs,
+        ),
         start_step=start,
-        **kwargs,
       )
       for k in range(2)
     ]
@@ -155,12 +166,12 @@ def test_process_split_batches_gives_every_process_count_the_same_global_batches
       for key in ('image', 'label'):
         np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
   default = pipeline.train_dataset(
-    'digits', digits_dir, num_local_devices=2, process_index=1, process_count=2, **kwargs
+    DataSpec('digits', digits_dir, num_local_devices=2, process_index=1, process_count=2, **kwargs)
   )
   assert not np.array_equal(next(default)['image'], next(shares[1])['image'])  # 'examples'.
   with pytest.raises(ValueError, match="process_split='rows'"):
     pipeline.train_dataset(
-      'digits', digits_dir, num_local_devices=1, process_split='rows', **kwargs
+      DataSpec('digits', digits_dir, num_local_devices=1, process_split='rows', **kwargs)
     )
 
 
@@ -169,7 +180,7 @@ def rafdb_dir(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('rafdb_manual'))
   fx.make_rafdb(manual)
   d = str(tmp_path_factory.mktemp('rafdb_tfds'))
-  data.prepare('rafdb', d, manual_dir=manual)
+  data.prepare_dataset('rafdb', d, manual_dir=manual)
   return d
 
 
@@ -179,9 +190,11 @@ def _take(ds, n):
 
 def test_rafdb_train_recipe_shapes_values_and_determinism(rafdb_dir):
   kw = dict(image_size=32, per_device_batch=3, num_local_devices=2, recipe='rafdb')
-  a = _take(pipeline.train_dataset('rafdb', rafdb_dir, seed=5, **kw), 3)
+  a = _take(pipeline.train_dataset(DataSpec('rafdb', rafdb_dir, seed=5, **kw)), 3)
   # A second pipeline with the same seed, resumed at step 2, continues with a's third batch.
-  resumed = _take(pipeline.train_dataset('rafdb', rafdb_dir, seed=5, start_step=2, **kw), 1)
+  resumed = _take(
+    pipeline.train_dataset(DataSpec('rafdb', rafdb_dir, seed=5, **kw), start_step=2), 1
+  )
   for x in a:
     assert x['image'].shape == (2, 3, 32, 32, 3) and x['image'].dtype == np.float32
     assert x['label'].shape == (2, 3) and x['label'].dtype == np.int32
@@ -196,7 +209,7 @@ def test_rafdb_train_recipe_shapes_values_and_determinism(rafdb_dir):
 def test_rafdb_eval_recipe_resizes_whole_image(rafdb_dir):
   batches = list(
     pipeline.eval_dataset(
-      'rafdb', rafdb_dir, image_size=24, per_device_batch=4, num_local_devices=1
+      DataSpec('rafdb', rafdb_dir, image_size=24, per_device_batch=4, num_local_devices=1)
     )
   )
   mask = np.concatenate([b['mask'][0] for b in batches])
@@ -213,7 +226,7 @@ def folders_dir(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp('folders_manual'))
   fx.make_folders(manual)  # train counts 6, 2, 3
   d = str(tmp_path_factory.mktemp('folders_tfds'))
-  data.prepare('folders', d, manual_dir=manual, classes=['sad', 'happy', 'angry'])
+  data.prepare_dataset('folders', d, manual_dir=manual, classes=['sad', 'happy', 'angry'])
   return d
 
 
@@ -225,21 +238,7 @@ def _label_freq(ds, batches):
 def test_class_balanced_sampling(folders_dir):
   light = dataclasses.replace(pipeline.RECIPES['none'], balanced=True)
   ds = pipeline.train_dataset(
-    'folders',
-    folders_dir,
-    image_size=4,
-    per_device_batch=600,
-    num_local_devices=2,
-    seed=0,
-    recipe=light,
-  )
-  labels = next(ds)['label']
-  np.testing.assert_allclose(
-    np.bincount(labels.ravel(), minlength=3) / labels.size, [1 / 3] * 3, atol=0.04
-  )  # Class sizes are 6, 2, 3.
-  # Seeded: the same seed draws the same sequence, another seed another one.
-  same = next(
-    pipeline.train_dataset(
+    DataSpec(
       'folders',
       folders_dir,
       image_size=4,
@@ -248,16 +247,36 @@ def test_class_balanced_sampling(folders_dir):
       seed=0,
       recipe=light,
     )
+  )
+  labels = next(ds)['label']
+  np.testing.assert_allclose(
+    np.bincount(labels.ravel(), minlength=3) / labels.size, [1 / 3] * 3, atol=0.04
+  )  # Class sizes are 6, 2, 3.
+  # Seeded: the same seed draws the same sequence, another seed another one.
+  same = next(
+    pipeline.train_dataset(
+      DataSpec(
+        'folders',
+        folders_dir,
+        image_size=4,
+        per_device_batch=600,
+        num_local_devices=2,
+        seed=0,
+        recipe=light,
+      )
+    )
   )['label']
   other = next(
     pipeline.train_dataset(
-      'folders',
-      folders_dir,
-      image_size=4,
-      per_device_batch=600,
-      num_local_devices=2,
-      seed=1,
-      recipe=light,
+      DataSpec(
+        'folders',
+        folders_dir,
+        image_size=4,
+        per_device_batch=600,
+        num_local_devices=2,
+        seed=1,
+        recipe=light,
+      )
     )
   )['label']
   np.testing.assert_array_equal(labels, same)
@@ -269,13 +288,15 @@ def test_affectnet_recipe_is_balanced_with_large_erasing(folders_dir):
   assert r.balanced and r.erasing_scale == (0.4, 0.4) and r.eval_center_crop
   x = next(
     pipeline.train_dataset(
-      'folders',
-      folders_dir,
-      image_size=16,
-      per_device_batch=8,
-      num_local_devices=2,
-      seed=0,
-      recipe='affectnet',
+      DataSpec(
+        'folders',
+        folders_dir,
+        image_size=16,
+        per_device_batch=8,
+        num_local_devices=2,
+        seed=0,
+        recipe='affectnet',
+      )
     )
   )
   assert x['image'].shape == (2, 8, 16, 16, 3) and np.isfinite(x['image']).all()
@@ -285,25 +306,29 @@ def test_affectnet_recipe_is_balanced_with_large_erasing(folders_dir):
 def test_plain_sampling_follows_class_sizes(folders_dir):
   # A buffer smaller than the split mixes class streams in proportion to their sizes.
   ds = pipeline.train_dataset(
-    'folders',
-    folders_dir,
-    image_size=8,
-    per_device_batch=100,
-    num_local_devices=2,
-    seed=0,
-    recipe='none',
-    shuffle_buffer=4,
+    DataSpec(
+      'folders',
+      folders_dir,
+      image_size=8,
+      per_device_batch=100,
+      num_local_devices=2,
+      seed=0,
+      recipe='none',
+      shuffle_buffer=4,
+    )
   )
   np.testing.assert_allclose(_label_freq(ds, 4), np.array([6, 2, 3]) / 11, atol=0.05)
   # A buffer holding the split gives exact epochs: every 11 draws are a permutation.
   ds = pipeline.train_dataset(
-    'folders',
-    folders_dir,
-    image_size=8,
-    per_device_batch=11,
-    num_local_devices=1,
-    seed=0,
-    recipe='none',
+    DataSpec(
+      'folders',
+      folders_dir,
+      image_size=8,
+      per_device_batch=11,
+      num_local_devices=1,
+      seed=0,
+      recipe='none',
+    )
   )
   for _ in range(3):
     labels = next(ds)['label'][0]
@@ -313,7 +338,14 @@ def test_plain_sampling_follows_class_sizes(folders_dir):
 def test_folders_eval_and_images_match_labels(folders_dir):
   batches = list(
     pipeline.eval_dataset(
-      'folders', folders_dir, image_size=16, per_device_batch=2, num_local_devices=2, recipe='none'
+      DataSpec(
+        'folders',
+        folders_dir,
+        image_size=16,
+        per_device_batch=2,
+        num_local_devices=2,
+        recipe='none',
+      )
     )
   )
   mask = np.concatenate([b['mask'].reshape(-1) for b in batches])
@@ -325,9 +357,9 @@ def test_folders_eval_and_images_match_labels(folders_dir):
 
 def test_digits_recipe_is_light_and_seeded(digits_dir):
   kw = dict(image_size=32, per_device_batch=8, num_local_devices=1)
-  x = next(pipeline.train_dataset('digits', digits_dir, seed=0, **kw))['image']
-  again = next(pipeline.train_dataset('digits', digits_dir, seed=0, **kw))['image']
-  other = next(pipeline.train_dataset('digits', digits_dir, seed=1, **kw))['image']
+  x = next(pipeline.train_dataset(DataSpec('digits', digits_dir, seed=0, **kw)))['image']
+  again = next(pipeline.train_dataset(DataSpec('digits', digits_dir, seed=0, **kw)))['image']
+  other = next(pipeline.train_dataset(DataSpec('digits', digits_dir, seed=1, **kw)))['image']
   np.testing.assert_array_equal(x, again)
   assert not np.array_equal(x, other)
   assert x.shape == (1, 8, 32, 32, 3)
@@ -354,24 +386,28 @@ def test_preprocess_for_eval_single_images():
 def test_errors_name_the_problem(tmp_path, digits_dir):
   with pytest.raises(FileNotFoundError, match='not prepared.*zenfer_jax.data.prepare'):
     pipeline.eval_dataset(
-      'rafdb', str(tmp_path), image_size=8, per_device_batch=1, num_local_devices=1
+      DataSpec('rafdb', str(tmp_path), image_size=8, per_device_batch=1, num_local_devices=1)
     )
   with pytest.raises(ValueError, match="no split 'validation'"):
     pipeline.eval_dataset(
-      'digits',
-      digits_dir,
-      split='validation',
-      image_size=8,
-      per_device_batch=1,
-      num_local_devices=1,
+      DataSpec(
+        'digits',
+        digits_dir,
+        eval_split='validation',
+        image_size=8,
+        per_device_batch=1,
+        num_local_devices=1,
+      )
     )
   with pytest.raises(ValueError, match='Unknown recipe'):
     pipeline.train_dataset(
-      'digits',
-      digits_dir,
-      image_size=8,
-      per_device_batch=1,
-      num_local_devices=1,
-      seed=0,
-      recipe='imagenet',
+      DataSpec(
+        'digits',
+        digits_dir,
+        image_size=8,
+        per_device_batch=1,
+        num_local_devices=1,
+        seed=0,
+        recipe='imagenet',
+      )
     )

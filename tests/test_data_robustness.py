@@ -83,7 +83,9 @@ def test_16_bit_grey_png_keeps_its_levels_in_prepare_and_predict(tmp_path):
   tf_decoded = tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
   np.testing.assert_array_equal(tf_decoded.numpy(), expected)
 
-  info = data.prepare('folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES)
+  info = data.prepare_dataset(
+    'folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES
+  )
   stored = _records('folders', str(tmp_path / 'tfds'), 'train')['sad/ramp16.png']['image']
   np.testing.assert_array_equal(stored, expected)
   assert abs(float(stored.mean()) - 127.5) < 1.0, 'a mid-grey ramp, not white'
@@ -135,7 +137,7 @@ def test_rafdb_bad_labels_and_bombs_are_skipped_and_reported(tmp_path):
   label_file.write_text('\n'.join(lines) + '\n', encoding='utf-8')  # As prepare reads it.
 
   t = time.perf_counter()
-  info = data.prepare('rafdb', str(tmp_path / 'tfds'), manual_dir=str(manual))
+  info = data.prepare_dataset('rafdb', str(tmp_path / 'tfds'), manual_dir=str(manual))
   assert time.perf_counter() - t < 60
   assert info.split_sizes == {'train': 16, 'test': 7}  # The good images, each once.
   report = _report(info)
@@ -157,7 +159,7 @@ def test_affectnet_bad_rows_are_skipped(tmp_path):
     f.write('100/train_000.jpg,20,10,60,50,,inf,0,0\n')  # int(float('inf')) overflows.
     f.write('100/extra.jpg,nan,10,60,50,,1,0,0\n')
     f.write('/etc/hostname,20,10,60,50,,1,0,0\n')
-  info = data.prepare('affectnet/7cls_crop', str(tmp_path / 'tfds'), manual_dir=str(manual))
+  info = data.prepare_dataset('affectnet/7cls_crop', str(tmp_path / 'tfds'), manual_dir=str(manual))
   report = _report(info)
   assert 'training.csv:22: malformed annotation row' in report
   assert '100/extra.jpg: face box (nan, 10.0, 60.0, 50.0) is not four finite numbers' in report
@@ -174,7 +176,9 @@ def test_folders_odd_names_and_decompression_bombs(tmp_path):
     f.write(png_bomb(12_000))  # 144 megapixels in 420 KB.
   with open(os.path.join(sad, b'giant.png'), 'wb') as f:
     f.write(png_header_only(100_000, 100_000))  # Pillow itself refuses it at open.
-  info = data.prepare('folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES)
+  info = data.prepare_dataset(
+    'folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES
+  )
   names = _records('folders', str(tmp_path / 'tfds'), 'train')
   assert 'sad/caf\\xe9.jpg' in names
   assert fx.colour_label(names['sad/caf\\xe9.jpg']['image']) == 0
@@ -201,32 +205,32 @@ def test_another_manual_dir_is_not_silently_given_the_old_records(tmp_path):
   fx.make_folders(str(a))
   fx.make_folders(str(b), train_counts=(2, 2, 2))
   tfds_dir = str(tmp_path / 'tfds')
-  first = data.prepare('folders', tfds_dir, manual_dir=str(a), classes=CLASSES)
+  first = data.prepare_dataset('folders', tfds_dir, manual_dir=str(a), classes=CLASSES)
   meta = json.loads(open(os.path.join(first.data_path, 'metadata.json')).read())
   assert meta['source']['manual_dir'] == str(a) and meta['source']['files'] == 19
   before = sorted(os.listdir(first.data_path))
 
   with pytest.raises(registry.SourceMismatchError, match=rf'prepared from {a} \(19 files'):
-    data.prepare('folders', tfds_dir, manual_dir=str(b), classes=CLASSES)
+    data.prepare_dataset('folders', tfds_dir, manual_dir=str(b), classes=CLASSES)
   assert sorted(os.listdir(first.data_path)) == before  # Nothing deleted or rewritten.
 
   copy = tmp_path / 'copy_of_a'
   shutil.copytree(a, copy)  # Same files elsewhere: the records fit.
-  assert data.prepare('folders', tfds_dir, manual_dir=str(copy), classes=CLASSES) == first
+  assert data.prepare_dataset('folders', tfds_dir, manual_dir=str(copy), classes=CLASSES) == first
   # Without a manual_dir (a training run on prepared records) nothing is compared.
-  assert data.prepare('folders', tfds_dir, classes=CLASSES) == first
+  assert data.prepare_dataset('folders', tfds_dir, classes=CLASSES) == first
 
 
 def test_a_relabelled_annotation_file_is_a_different_source(tmp_path):
   manual = tmp_path / 'manual'
   fx.make_rafdb(str(manual))
   tfds_dir = str(tmp_path / 'tfds')
-  data.prepare('rafdb', tfds_dir, manual_dir=str(manual))
+  data.prepare_dataset('rafdb', tfds_dir, manual_dir=str(manual))
   label_file = manual / 'basic' / 'EmoLabel' / 'list_patition_label.txt'
   text = label_file.read_text()
   label_file.write_text(text.replace('train_00001.jpg 1', 'train_00001.jpg 2'))  # Same size.
   with pytest.raises(registry.SourceMismatchError, match='changed annotation files'):
-    data.prepare('rafdb', tfds_dir, manual_dir=str(manual))
+    data.prepare_dataset('rafdb', tfds_dir, manual_dir=str(manual))
 
 
 # ---- predict: an image too large gets its own error, every other image its answer ----
@@ -276,7 +280,9 @@ def test_prepared_files_follow_the_umask(tmp_path):
   fx.make_folders(str(manual))
   old = os.umask(0o027)
   try:
-    info = data.prepare('folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES)
+    info = data.prepare_dataset(
+      'folders', str(tmp_path / 'tfds'), manual_dir=str(manual), classes=CLASSES
+    )
   finally:
     os.umask(old)
   modes = {}

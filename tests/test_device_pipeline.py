@@ -10,6 +10,7 @@ import pytest
 from train_fixtures import flat, latest_state, tiny_config
 
 from zenfer_jax.data import device_pipeline, pipeline
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.rundir import workdir as workdir_lib
 from zenfer_jax.training import loop
 
@@ -36,16 +37,15 @@ def test_balanced_sampler_draws_classes_uniformly():
   np.testing.assert_array_equal(sampler.indices(7, 64), index[7 * 64 : 8 * 64])
 
 
-def _batches(digits_dir, start_step=0, **kwargs):
+def _spec(digits_dir, recipe):
+  return DataSpec(
+    'digits', str(digits_dir), image_size=16, per_device_batch=8, seed=1, recipe=recipe
+  )
+
+
+def _batches(digits_dir, recipe, start_step=0, resident_max_bytes=0):
   it = device_pipeline.train_batches(
-    'digits',
-    str(digits_dir),
-    image_size=16,
-    per_device_batch=8,
-    num_local_devices=1,
-    seed=1,
-    start_step=start_step,
-    **kwargs,
+    _spec(digits_dir, recipe), start_step=start_step, resident_max_bytes=resident_max_bytes
   )
   return [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(3)]
 
@@ -57,15 +57,7 @@ def test_device_batches_are_shaped_like_host_batches_and_resume_at_a_step(
 ):
   limit = device_pipeline.RESIDENT_MAX_BYTES if resident else 0
   run = _batches(digits_dir, recipe=recipe, resident_max_bytes=limit)
-  host = pipeline.train_dataset(
-    'digits',
-    str(digits_dir),
-    image_size=16,
-    per_device_batch=8,
-    num_local_devices=1,
-    seed=1,
-    recipe=recipe,
-  )
+  host = pipeline.train_dataset(_spec(digits_dir, recipe))
   ref = next(host)
   for b in run:
     assert b['image'].shape == ref['image'].shape == (1, 8, 16, 16, 3)
@@ -81,10 +73,10 @@ def test_device_batches_are_shaped_like_host_batches_and_resume_at_a_step(
 
 
 def test_resident_loader_refuses_what_does_not_fit(digits_dir):
-  from zenfer_jax.data import registry
+  from zenfer_jax.data import registry, samplers
 
   builder, info = registry.load('digits', str(digits_dir))
-  ranges = device_pipeline._share(info, 'train', 0, 1)
+  ranges = samplers.sampling(_spec(digits_dir, 'digits'), info).ranges
   images, labels = device_pipeline.load_resident(builder, 'train', ranges)
   assert images.dtype == np.uint8 and images.shape == (info.split_sizes['train'], 8, 8, 3)
   assert sorted(set(labels.tolist())) == list(range(10))

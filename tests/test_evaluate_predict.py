@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from train_fixtures import TINY
 
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.deploy import evaluate, predict
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory
@@ -102,13 +103,15 @@ def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, 
     [
       b['image'][0]
       for b in data.pipeline.eval_dataset(
-        'digits',
-        str(digits_dir),
-        split='test',
-        image_size=16,
-        per_device_batch=120,
-        num_local_devices=1,
-        recipe='digits',
+        DataSpec(
+          'digits',
+          str(digits_dir),
+          eval_split='test',
+          image_size=16,
+          per_device_batch=120,
+          num_local_devices=1,
+          recipe='digits',
+        )
       )
     ]
   )
@@ -127,13 +130,15 @@ def test_flip_tta_classifies_by_the_mean_logits_of_image_and_mirror(digits_dir, 
   model = model_directory.build_from_card(card)
   want = np.zeros((10, 10), np.int64)
   batches = data.pipeline.eval_dataset(
-    'digits',
-    str(digits_dir),
-    split='test',
-    image_size=16,
-    per_device_batch=64,
-    num_local_devices=1,
-    recipe='digits',
+    DataSpec(
+      'digits',
+      str(digits_dir),
+      eval_split='test',
+      image_size=16,
+      per_device_batch=64,
+      num_local_devices=1,
+      recipe='digits',
+    )
   )
   changed = 0
   for b in batches:
@@ -166,13 +171,15 @@ def test_predict_preprocesses_as_evaluation_does(model_dir, digits_dir, test_ima
   batch = next(
     iter(
       data.pipeline.eval_dataset(
-        'digits',
-        str(digits_dir),
-        split='test',
-        image_size=16,
-        per_device_batch=6,
-        num_local_devices=1,
-        recipe='digits',
+        DataSpec(
+          'digits',
+          str(digits_dir),
+          eval_split='test',
+          image_size=16,
+          per_device_batch=6,
+          num_local_devices=1,
+          recipe='digits',
+        )
       )
     )
   )
@@ -192,7 +199,7 @@ def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_pat
   bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
   missing = tmp_path / 'missing.png'
   images = [test_images[0], str(bad), str(missing), test_images[1]]
-  rc = predict.main(['--checkpoint', str(model_dir), *images, '--top-k', '3', '--json'])
+  rc = predict.main(['--checkpoint', str(model_dir), *images, '--top_k', '3', '--json'])
   assert rc == 1  # Some images failed; the others were still classified.
   results = json.loads(capsys.readouterr().out)
   assert [r['image'] for r in results] == images
@@ -203,6 +210,6 @@ def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_pat
   assert 'cannot read image' in results[1]['error'] and 'predictions' not in results[1]
   assert 'No such file' in results[2]['error']
 
-  assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top-k', '2']) == 0
+  assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top_k', '2']) == 0
   line = capsys.readouterr().out.strip()
   assert line.startswith(test_images[2] + ': ') and line.count('%') == 2

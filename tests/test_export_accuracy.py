@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import export_accuracy
 from zenfer_jax.data import pipeline
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.deploy import evaluate
 from zenfer_jax.deploy import export as export_lib
 from zenfer_jax.rundir import model_directory
@@ -41,13 +42,15 @@ def _model_dir(path, class_names, digits_dir=None, seed=0) -> str:
   if digits_dir is not None:
     feats, labels = [], []
     for b in pipeline.eval_dataset(
-      'digits',
-      digits_dir,
-      split='train',
-      image_size=SIZE,
-      per_device_batch=500,
-      num_local_devices=1,
-      recipe='digits',
+      DataSpec(
+        'digits',
+        digits_dir,
+        eval_split='train',
+        image_size=SIZE,
+        per_device_batch=500,
+        num_local_devices=1,
+        recipe='digits',
+      )
     ):
       keep = b['mask'].reshape(-1)
       x = b['image'].reshape(-1, SIZE, SIZE, 3)[keep]

@@ -136,7 +136,7 @@ def test_predict_detect_faces_json_and_annotation(model_dir, astronaut_png, tmp_
   blank = tmp_path / 'wall.png'
   Image.fromarray(np.full((240, 320, 3), 128, np.uint8)).save(blank)
   rc = predict.main(
-    ['--checkpoint', model_dir, '--detect-faces', astronaut_png, '--annotate', str(out), '--json']
+    ['--checkpoint', model_dir, '--detect_faces', astronaut_png, '--annotate', str(out), '--json']
   )
   assert rc == 0
   (result,) = json.loads(capsys.readouterr().out)

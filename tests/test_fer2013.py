@@ -13,6 +13,7 @@ from tests import data_fixtures as fx
 from zenfer_jax import data, dataset_names
 from zenfer_jax.data import augment_spec
 from zenfer_jax.data.builders import fer2013
+from zenfer_jax.data.spec import DataSpec
 
 tfds.disable_progress_bar()
 
@@ -51,7 +52,7 @@ def both(tmp_path_factory):
   out = {}
   for form, manual in (('folders', folders), ('csv', csv_dir)):
     data_dir = str(tmp_path_factory.mktemp(f'fer_tfds_{form}'))
-    out[form] = data.prepare('fer2013', data_dir, manual_dir=manual), data_dir
+    out[form] = data.prepare_dataset('fer2013', data_dir, manual_dir=manual), data_dir
   return out, faces
 
 
@@ -98,7 +99,7 @@ def test_csv_and_folders_give_equal_records(both):
 def test_csv_row_becomes_the_png_of_its_pixels(tmp_path):
   pixels = np.arange(48 * 48, dtype=np.int64).reshape(48, 48) % 256
   fx.make_fer2013_csv(str(tmp_path / 'm'), [('PrivateTest', 4, pixels)])
-  info = data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
+  info = data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
   assert info.split_sizes == {'privatetest': 1, 'test': 1}
   (record,) = _records(str(tmp_path / 'd'), 'privatetest')
   np.testing.assert_array_equal(record['image'][..., 0], pixels)
@@ -123,7 +124,7 @@ def test_bad_csv_rows_are_skipped_and_reported_by_line(tmp_path):
     'expected 3 fields (emotion,pixels,Usage), got 2': f'1,{zeros}',
   }
   fx.make_fer2013_csv(str(tmp_path / 'm'), good, extra_lines=['', *bad.values()])
-  info = data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
+  info = data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
   assert info.split_sizes == {'train': 3, 'publictest': 1, 'test': 1}
   assert info.skipped == len(bad)
   report = pathlib.Path(info.report_path).read_text()
@@ -159,7 +160,7 @@ def test_each_bad_line_is_reported_with_its_own_line_number(tmp_path):
   lines.append(fx.fer2013_csv_line(3, np.ones((48, 48), np.int64), 'Training'))
   (tmp_path / 'm').mkdir()
   (tmp_path / 'm' / 'fer2013.csv').write_text('\n'.join(lines) + '\n')
-  info = data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
+  info = data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
   assert info.split_sizes == {'train': 1}  # The open quote did not swallow the next lines.
   items = [e['item'] for e in _metadata(info)['skipped']]
   assert items == ['fer2013.csv:2', 'fer2013.csv:3']
@@ -177,7 +178,7 @@ def test_csv_columns_are_found_by_header_name(tmp_path):
   (tmp_path / 'm' / 'fer2013.csv').write_text(
     f'\ufeffemotion, Usage, pixels\r\n6, PublicTest, {pixels}\r\n'
   )
-  info = data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
+  info = data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
   assert info.split_sizes == {'publictest': 1, 'test': 1}
   assert _records(str(tmp_path / 'd'), 'test')[0]['label'] == 6
 
@@ -186,7 +187,7 @@ def test_csv_header_without_a_column_is_a_named_error(tmp_path):
   (tmp_path / 'm').mkdir()
   (tmp_path / 'm' / 'fer2013.csv').write_text('emotion,pixels\n0,1 2\n')
   with pytest.raises(fer2013.HeaderError, match=r"(?s)fer2013.csv:1.*\['Usage'\]"):
-    data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
+    data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'))
   assert not (tmp_path / 'd' / 'fer2013' / '1.0.0').exists()
 
 
@@ -197,7 +198,7 @@ def test_folder_copy_test_prefixes_and_bad_items(tmp_path):
   fx.write_bad(str(manual / 'train' / 'sad' / 'notes.txt'), 'text')
   (manual / 'train' / 'contempt').mkdir()
   fx.write_image(str(manual / 'test' / 'happy' / 'im42.png'), 3, 0, (48, 48), 'PNG')
-  info = data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
+  info = data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
   # No PrivateTest_ file: privatetest is left out; im42.png is in test only.
   assert info.split_sizes == {'train': 10, 'publictest': 4, 'test': 5}
   skipped = {(e['split'], e['item']) for e in _metadata(info)['skipped']}
@@ -217,13 +218,15 @@ def test_folder_copy_test_prefixes_and_bad_items(tmp_path):
     ValueError, match=r"no split 'privatetest'.*\['publictest', 'test', 'train'\]"
   ):
     data.pipeline.eval_tf_dataset(
-      'fer2013',
-      str(tmp_path / 'd'),
-      split='privatetest',
-      image_size=16,
-      per_device_batch=2,
-      num_local_devices=1,
-      recipe='none',
+      DataSpec(
+        'fer2013',
+        str(tmp_path / 'd'),
+        eval_split='privatetest',
+        image_size=16,
+        per_device_batch=2,
+        num_local_devices=1,
+        recipe='none',
+      )
     )
 
 
@@ -232,16 +235,16 @@ def test_layout_errors_say_what_was_expected(tmp_path):
   (manual / 'train').mkdir(parents=True)
   (manual / 'readme.txt').write_text('hi')
   with pytest.raises(fer2013.LayoutError) as e:
-    data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
+    data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
   message = str(e.value)
   assert 'fer2013.csv' in message and 'train/<class>/*.jpg and test/<class>/*.jpg' in message
   assert 'found readme.txt, train/' in message
   (manual / 'test').mkdir()
   (manual / 'fer2013.csv').write_text('emotion,pixels,Usage\n')
   with pytest.raises(fer2013.LayoutError, match='holds both fer2013.csv and train/ . test/'):
-    data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
+    data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(manual))
   with pytest.raises(FileNotFoundError, match='nowhere'):
-    data.prepare('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'nowhere'))
+    data.prepare_dataset('fer2013', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'nowhere'))
   assert not (tmp_path / 'd' / 'fer2013' / '1.0.0').exists()
 
 
@@ -271,25 +274,29 @@ def test_pipelines_read_the_records(both):
   batch = next(
     iter(
       data.pipeline.eval_dataset(
-        'fer2013',
-        data_dir,
-        split='publictest',
-        image_size=16,
-        per_device_batch=3,
-        num_local_devices=1,
-        recipe='none',
+        DataSpec(
+          'fer2013',
+          data_dir,
+          eval_split='publictest',
+          image_size=16,
+          per_device_batch=3,
+          num_local_devices=1,
+          recipe='none',
+        )
       )
     )
   )
   assert batch['image'].shape == (1, 3, 16, 16, 3) and batch['mask'].all()
   train = data.pipeline.train_dataset(
-    'fer2013',
-    data_dir,
-    image_size=16,
-    per_device_batch=4,
-    num_local_devices=1,
-    seed=0,
-    recipe='none',
+    DataSpec(
+      'fer2013',
+      data_dir,
+      image_size=16,
+      per_device_batch=4,
+      num_local_devices=1,
+      seed=0,
+      recipe='none',
+    )
   )
   batch = next(train)
   assert batch['image'].shape == (1, 4, 16, 16, 3)
@@ -302,9 +309,11 @@ def test_fer2013_train_recipe_keeps_faces_grey_and_is_seeded(both):
   with the very batches of an uninterrupted one."""
   _, data_dir = both[0]['csv']
   kw = dict(image_size=24, per_device_batch=4, num_local_devices=1, recipe='fer2013')
-  it = data.pipeline.train_dataset('fer2013', data_dir, seed=3, **kw)
+  it = data.pipeline.train_dataset(DataSpec('fer2013', data_dir, seed=3, **kw))
   a = [next(it) for _ in range(3)]
-  resumed = next(data.pipeline.train_dataset('fer2013', data_dir, seed=3, start_step=2, **kw))
+  resumed = next(
+    data.pipeline.train_dataset(DataSpec('fer2013', data_dir, seed=3, **kw), start_step=2)
+  )
   mean = np.asarray(augment_spec.IMAGENET_MEAN)
   std = np.asarray(augment_spec.IMAGENET_STD)
   for b in a:
@@ -322,7 +331,6 @@ def test_fer2013_train_recipe_keeps_faces_grey_and_is_seeded(both):
 
 
 def test_prepare_command(tmp_path, capsys, restore_logging):
-  # The module: `data.prepare` (the package attribute) is the function once registry is used.
   prepare = importlib.import_module('zenfer_jax.data.prepare')
   fx.make_fer2013_folders(str(tmp_path / 'm'), usages=('Training', 'PublicTest'))
   argv = ['--dataset=fer2013', f'--manual_dir={tmp_path / "m"}', f'--data_dir={tmp_path / "d"}']

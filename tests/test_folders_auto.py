@@ -48,7 +48,7 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope='module')
 def prepared(tree, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  return data.prepare('folders', data_dir, manual_dir=tree, classes='auto'), data_dir
+  return data.prepare_dataset('folders', data_dir, manual_dir=tree, classes='auto'), data_dir
 
 
 def test_auto_classes_are_the_sorted_train_folders(prepared):
@@ -77,7 +77,7 @@ def test_auto_classes_are_recorded_and_reused(prepared, tree):
     assert data.load('folders', data_dir, classes)[1].class_names == sorted(IDENTITIES)
   with pytest.raises(ValueError, match='was prepared with classes'):
     data.load('folders', data_dir, list(reversed(sorted(IDENTITIES))))
-  assert data.prepare('folders', data_dir, manual_dir=tree, classes='auto') == info
+  assert data.prepare_dataset('folders', data_dir, manual_dir=tree, classes='auto') == info
 
 
 def test_bad_files_and_unlabellable_test_identities_are_reported(prepared):
@@ -121,7 +121,7 @@ def test_thousands_of_classes(tmp_path):
   names = [f'id{i}' for i in range(2000)]
   for i, name in enumerate(names):
     fx.write_image(str(root / 'train' / name / 'a.png'), i % 8, i, (4, 4), 'PNG')
-  info = data.prepare('folders', str(tmp_path / 'd'), manual_dir=str(root), classes='auto')
+  info = data.prepare_dataset('folders', str(tmp_path / 'd'), manual_dir=str(root), classes='auto')
   assert info.num_classes == 2000 and info.class_names == sorted(names)
   assert info.class_names[:3] == ['id0', 'id1', 'id10']
   assert info.split_sizes == {'train': 2000}
@@ -130,7 +130,9 @@ def test_thousands_of_classes(tmp_path):
 def test_auto_needs_a_train_split(tmp_path):
   fx.write_image(str(tmp_path / 'm' / 'test' / 'a' / 'x.jpg'), 0, 0)
   with pytest.raises(FileNotFoundError, match="classes='auto' takes the class names"):
-    data.prepare('folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes='auto')
+    data.prepare_dataset(
+      'folders', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), classes='auto'
+    )
   with pytest.raises(ValueError, match='needs the manual_dir'):
     data.builder('folders', str(tmp_path / 'd'), 'auto')
   assert folders.AUTO == 'auto'
@@ -178,7 +180,7 @@ def test_digits_as_folders_for_the_transfer_demo(tmp_path):
   from zenfer_jax.data import digits_folders
 
   assert digits_folders.main([f'--out={tmp_path / "d"}', '--digits=7,5,9,6,8']) == 0
-  info = data.prepare(
+  info = data.prepare_dataset(
     'folders', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'd'), classes='auto'
   )
   assert info.class_names == ['5', '6', '7', '8', '9']

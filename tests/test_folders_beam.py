@@ -32,7 +32,7 @@ def tree(tmp_path_factory):
 
 
 def _prepare(tree, data_dir, **kwargs):
-  return data.prepare('folders', str(data_dir), manual_dir=tree, classes='auto', **kwargs)
+  return data.prepare_dataset('folders', str(data_dir), manual_dir=tree, classes='auto', **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -99,7 +99,7 @@ def test_beam_metadata_and_report_equal_the_plain_ones(both):
 
 def test_beam_is_refused_for_builders_without_it(tmp_path, capsys):
   with pytest.raises(ValueError, match='rafdb has no Beam preparation'):
-    data.prepare('rafdb', str(tmp_path / 'd'), manual_dir=str(tmp_path), beam=True)
+    data.prepare_dataset('rafdb', str(tmp_path / 'd'), manual_dir=str(tmp_path), beam=True)
   args = ['--dataset=rafdb', f'--data_dir={tmp_path / "d"}', f'--manual_dir={tmp_path}', '--beam']
   with pytest.raises(SystemExit) as e:
     importlib.import_module('zenfer_jax.data.prepare').main(args)

@@ -10,6 +10,7 @@ from tests import data_fixtures as fx
 from zenfer_jax import data
 from zenfer_jax.data import array_records, device_augment, grain_pipeline
 from zenfer_jax.data import augment_spec as spec
+from zenfer_jax.data.spec import DataSpec
 
 TRAIN, TEST = 1437, 360
 
@@ -18,7 +19,7 @@ TRAIN, TEST = 1437, 360
 def both_dir(tmp_path_factory) -> str:
   """Digits with TFRecord and ArrayRecord files (this module's own: digits_dir is read-only)."""
   path = str(tmp_path_factory.mktemp('digits_both'))
-  data.prepare('digits', path, file_format='both')
+  data.prepare_dataset('digits', path, file_format='both')
   return path
 
 
@@ -35,25 +36,29 @@ def _normalised(images):
   )
 
 
-def _train(data_dir, seed=0, start_step=0, per_device_batch=479, **kw):
-  return grain_pipeline.train_batches(
+def _train(data_dir, seed=0, start_step=0, per_device_batch=479, **loader_kw):
+  train = DataSpec(
     'digits',
     data_dir,
     image_size=8,
     per_device_batch=per_device_batch,
-    num_local_devices=1,
     seed=seed,
     recipe='none',  # No draws: a batch is its examples, normalised.
-    start_step=start_step,
-    **kw,
   )
+  return grain_pipeline.train_batches(train, start_step=start_step, **loader_kw)
+
+
+def _order(name, data_dir, *, local_batch, steps, **spec_kw):
+  """`train_order` of a one-device process whose batch is `local_batch`."""
+  order = DataSpec(name, data_dir, image_size=8, per_device_batch=local_batch, **spec_kw)
+  return grain_pipeline.train_order(order, steps)
 
 
 def test_every_training_example_once_per_epoch_in_a_seed_fixed_order(both_dir):
   images, labels = _records(both_dir, 'train')
   it = _train(both_dir)
   batches = [next(it) for _ in range(6)]  # Two epochs of 3 x 479 = 1437.
-  order = grain_pipeline.train_order('digits', both_dir, seed=0, local_batch=479, steps=6)
+  order = _order('digits', both_dir, seed=0, local_batch=479, steps=6)
   epochs = order.reshape(2, TRAIN)
   assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(TRAIN))  # Each once per epoch.
   assert not np.array_equal(epochs[0], epochs[1])  # A fresh permutation each epoch.
@@ -62,13 +67,13 @@ def test_every_training_example_once_per_epoch_in_a_seed_fixed_order(both_dir):
     assert b['label'].shape == (1, 479) and b['label'].dtype == np.int32
     np.testing.assert_array_equal(b['label'][0], labels[idx])
     np.testing.assert_allclose(np.asarray(b['image'][0]), _normalised(images[idx]), atol=1e-6)
-  again = grain_pipeline.train_order('digits', both_dir, seed=0, local_batch=479, steps=6)
-  other = grain_pipeline.train_order('digits', both_dir, seed=1, local_batch=479, steps=6)
+  again = _order('digits', both_dir, seed=0, local_batch=479, steps=6)
+  other = _order('digits', both_dir, seed=1, local_batch=479, steps=6)
   np.testing.assert_array_equal(again, order)
   assert not np.array_equal(other, order)
   # Two processes: disjoint shares of every class that together make the split.
   shares = [
-    grain_pipeline.train_order(
+    _order(
       'digits', both_dir, seed=0, local_batch=100, steps=7, process_index=p, process_count=2
     ).ravel()[:700]
     for p in (0, 1)
@@ -80,23 +85,18 @@ def test_every_training_example_once_per_epoch_in_a_seed_fixed_order(both_dir):
 def test_resume_from_the_saved_state_gives_the_same_batches(both_dir):
   kw = dict(seed=3, per_device_batch=32, threads=2)
   it = grain_pipeline.train_batches(
-    'digits',
-    both_dir,
-    image_size=32,
-    per_device_batch=32,
-    num_local_devices=1,
-    seed=3,
+    DataSpec('digits', both_dir, image_size=32, per_device_batch=32, num_local_devices=1, seed=3),
     threads=2,
   )  # The demo's recipe: a random shift per example, from (seed, example number).
   first = [jax.device_get(next(it)) for _ in range(5)]
   it = grain_pipeline.train_batches(
-    'digits', both_dir, image_size=32, per_device_batch=32, num_local_devices=1, seed=3
+    DataSpec('digits', both_dir, image_size=32, per_device_batch=32, num_local_devices=1, seed=3)
   )
   next(it), next(it)
   state = it.get_state()
   assert state['next_step'] == 2 and state['seed'] == 3 and state['share_size'] == TRAIN
   resumed = grain_pipeline.train_batches(
-    'digits', both_dir, image_size=32, per_device_batch=32, num_local_devices=1, seed=3
+    DataSpec('digits', both_dir, image_size=32, per_device_batch=32, num_local_devices=1, seed=3)
   )
   resumed.set_state(state)
   for want in first[2:]:
@@ -116,13 +116,15 @@ def test_evaluation_counts_each_example_once(both_dir, process_count):
   for p in range(process_count):
     batches = list(
       grain_pipeline.eval_batches(
-        'digits',
-        both_dir,
-        image_size=8,
-        per_device_batch=50,
-        num_local_devices=1,
-        process_index=p,
-        process_count=process_count,
+        DataSpec(
+          'digits',
+          both_dir,
+          image_size=8,
+          per_device_batch=50,
+          num_local_devices=1,
+          process_index=p,
+          process_count=process_count,
+        )
       )
     )
     batch_counts.add(len(batches))
@@ -136,9 +138,9 @@ def test_evaluation_counts_each_example_once(both_dir, process_count):
 
 
 def test_grain_eval_batches_match_tf_data_ones(both_dir):
-  kw = dict(split='test', image_size=32, per_device_batch=90, num_local_devices=1)
-  grain = list(grain_pipeline.eval_batches('digits', both_dir, **kw))
-  tf_data = list(data.pipeline.eval_dataset('digits', both_dir, **kw))
+  kw = dict(eval_split='test', image_size=32, per_device_batch=90, num_local_devices=1)
+  grain = list(grain_pipeline.eval_batches(DataSpec('digits', both_dir, **kw)))
+  tf_data = list(data.pipeline.eval_dataset(DataSpec('digits', both_dir, **kw)))
   assert len(grain) == len(tf_data) == 4
   for g, t in zip(grain, tf_data):
     np.testing.assert_array_equal(np.asarray(g['label']), t['label'])
@@ -150,23 +152,32 @@ def test_grain_eval_batches_match_tf_data_ones(both_dir):
 def test_bad_inputs_are_named(both_dir, tmp_path):
   with pytest.raises(ValueError, match="loader='tf.data'"):
     grain_pipeline.train_batches(
-      'digits',
-      both_dir,
-      image_size=8,
-      per_device_batch=4,
-      num_local_devices=1,
-      seed=0,
-      recipe='fer2013',
+      DataSpec(
+        'digits',
+        both_dir,
+        image_size=8,
+        per_device_batch=4,
+        num_local_devices=1,
+        seed=0,
+        recipe='fer2013',
+      )
     )
   only_tfrecord = str(tmp_path / 'tfds')
-  data.prepare('digits', only_tfrecord)
+  data.prepare_dataset('digits', only_tfrecord)
   with pytest.raises(array_records.MissingFormatError, match='file_format=both'):
     grain_pipeline.eval_batches(
-      'digits', only_tfrecord, image_size=8, per_device_batch=4, num_local_devices=1
+      DataSpec('digits', only_tfrecord, image_size=8, per_device_batch=4, num_local_devices=1)
     )
   with pytest.raises(ValueError, match="no split 'validation'"):
     grain_pipeline.eval_batches(
-      'digits', both_dir, split='validation', image_size=8, per_device_batch=4, num_local_devices=1
+      DataSpec(
+        'digits',
+        both_dir,
+        eval_split='validation',
+        image_size=8,
+        per_device_batch=4,
+        num_local_devices=1,
+      )
     )
 
 
@@ -185,8 +196,8 @@ def test_device_chain_recipe_check_is_the_same_as_device_augment():
 
 def test_host_canvas_mode_matches_the_fixed_shape_mode_where_nothing_is_resized(both_dir):
   kw = dict(image_size=8, per_device_batch=64, num_local_devices=1, seed=5, recipe='digits')
-  fixed = grain_pipeline.train_batches('digits', both_dir, fixed_shape=True, **kw)
-  canvas = grain_pipeline.train_batches('digits', both_dir, fixed_shape=False, **kw)
+  fixed = grain_pipeline.train_batches(DataSpec('digits', both_dir, **kw), fixed_shape=True)
+  canvas = grain_pipeline.train_batches(DataSpec('digits', both_dir, **kw), fixed_shape=False)
   for _ in range(2):  # The same shifts from the same keys, whichever way the images arrive.
     a, b = jax.device_get(next(fixed)), jax.device_get(next(canvas))
     np.testing.assert_array_equal(a['image'], b['image'])
@@ -198,20 +209,20 @@ def test_datasets_of_other_image_sizes_are_resized_on_the_host(tmp_path):
   fx.make_folders(manual)  # 64x48 images: not a fixed-shape family, so the host resizes.
   data_dir = str(tmp_path / 'tfds')
   classes = ['sad', 'happy', 'angry']
-  data.prepare('folders', data_dir, manual_dir=manual, classes=classes, file_format='both')
+  data.prepare_dataset('folders', data_dir, manual_dir=manual, classes=classes, file_format='both')
   kw = dict(image_size=32, per_device_batch=3, num_local_devices=1, classes=classes)
-  grain = list(grain_pipeline.eval_batches('folders', data_dir, recipe='rafdb', **kw))
-  tf_data = list(data.pipeline.eval_dataset('folders', data_dir, recipe='rafdb', **kw))
+  grain = list(grain_pipeline.eval_batches(DataSpec('folders', data_dir, recipe='rafdb', **kw)))
+  tf_data = list(data.pipeline.eval_dataset(DataSpec('folders', data_dir, recipe='rafdb', **kw)))
   assert len(grain) == len(tf_data) == 2
   for g, t in zip(grain, tf_data):
     np.testing.assert_array_equal(np.asarray(g['mask']), t['mask'])
     np.testing.assert_array_equal(np.asarray(g['label']), t['label'])
     # PIL's antialiased bicubic against TensorFlow's: a few grey levels on flat colours.
     np.testing.assert_allclose(np.asarray(g['image']), t['image'], atol=4 / 255 / 0.224)
-  it = grain_pipeline.train_batches('folders', data_dir, seed=0, recipe='rafdb', **kw)
+  it = grain_pipeline.train_batches(DataSpec('folders', data_dir, seed=0, recipe='rafdb', **kw))
   batch = jax.device_get(next(it))
   assert batch['image'].shape == (1, 3, 32, 32, 3) and np.isfinite(batch['image']).all()
-  order = grain_pipeline.train_order(
+  order = _order(
     'folders', data_dir, seed=0, local_batch=3, steps=1, recipe='rafdb', classes=classes
   )
   _, labels = zip(*[(0, int(e['label'])) for e in _folder_records(data_dir, classes)])
@@ -228,8 +239,8 @@ def test_grain_batches_equal_the_device_paths_bit_for_bit(both_dir):
   from zenfer_jax.data import device_pipeline
 
   kw = dict(image_size=16, per_device_batch=64, num_local_devices=1, seed=0)
-  grain = grain_pipeline.train_batches('digits', both_dir, **kw)
-  device = device_pipeline.train_batches('digits', both_dir, **kw)
+  grain = grain_pipeline.train_batches(DataSpec('digits', both_dir, **kw))
+  device = device_pipeline.train_batches(DataSpec('digits', both_dir, **kw))
   for _ in range(3):
     a, b = jax.device_get(next(grain)), jax.device_get(next(device))
     np.testing.assert_array_equal(a['label'], b['label'])

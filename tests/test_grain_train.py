@@ -52,7 +52,7 @@ def _finish(proc) -> None:
 
 def test_grain_run_without_tensorflow_resumes_bit_identically(tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  data.prepare('digits', data_dir, file_format='both')
+  data.prepare_dataset('digits', data_dir, file_format='both')
   blocked = tmp_path / 'blocked_imports.txt'
   env = no_tensorflow.environment(
     tmp_path / 'no_tf', subprocess_env(cache_dir=tmp_path / 'xla_cache'), log=blocked

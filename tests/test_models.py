@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zenfer_jax
+from zenfer_jax.model import zennet
 from zenfer_jax.model.layers.attention import channel_shuffle
 from zenfer_jax.model.zennet import XAVIER_GAIN, ZenNet, build_model, count_params, init_variables
 
@@ -268,18 +269,16 @@ def test_auto_impls_resolve_once_to_the_explicit_choice(tiny_sa):
     np.testing.assert_array_equal(a, b)
 
 
-def test_impl_options_fail_clearly_and_accept_the_old_spelling():
+def test_impl_options_fail_clearly_and_the_removed_spelling_says_what_to_use():
   for key in ('conv_impl', 'bn_impl'):
     with pytest.raises(
       ValueError, match=rf"{key} must be one of \('auto', 'xla', 'cpu'\), got 'fast'"
     ):
       build_model(TINY, 7, **{key: 'fast'})
-  assert build_model(TINY, 7, depthwise_impl='shift').conv_impl == 'cpu'
-  assert build_model(TINY, 7, depthwise_impl='xla').conv_impl == 'xla'
-  with pytest.raises(ValueError, match=r"depthwise_impl must be one of \('auto', 'xla', 'shift'\)"):
-    build_model(TINY, 7, depthwise_impl='cpu')
-  with pytest.raises(ValueError, match='not both'):
-    build_model(TINY, 7, conv_impl='xla', depthwise_impl='shift')
+  with pytest.raises(zennet.RemovedOptionError, match=r'depthwise_impl was removed.*conv_impl'):
+    build_model(TINY, 7, depthwise_impl='shift')
+  with pytest.raises(TypeError, match=r"unexpected keyword arguments \['conv_implementation'\]"):
+    build_model(TINY, 7, conv_implementation='xla')
 
 
 def test_backend_is_read_in_one_place():

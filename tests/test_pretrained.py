@@ -14,6 +14,7 @@ from skimage import data
 
 from tests import data_fixtures as fx
 from zenfer_jax import dataset_names
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.deploy import predict
 from zenfer_jax.rundir import model_directory, pretrained
 from zenfer_jax.rundir import workdir as workdir_lib
@@ -70,7 +71,7 @@ def test_predict_by_name_equals_evaluation_of_the_same_files(tmp_path, capsys):
   files = sorted(str(p) for p in (root / 'test').rglob('*.jpg'))
   assert files
   data_dir = str(tmp_path / 'tfds')
-  data_lib.prepare('fer2013', data_dir, manual_dir=str(root))
+  data_lib.prepare_dataset('fer2013', data_dir, manual_dir=str(root))
   rc = predict.main(['--checkpoint', NAME, '--top_k', '7', '--json', *files])
   assert rc == 0
   answers = {r['image']: r for r in json.loads(capsys.readouterr().out)}
@@ -78,13 +79,15 @@ def test_predict_by_name_equals_evaluation_of_the_same_files(tmp_path, capsys):
   variables, card = workdir_lib.load_inference(NAME)
   model = model_directory.build_from_card(card)
   batches = data_lib.pipeline.eval_dataset(
-    'fer2013',
-    data_dir,
-    split='publictest',
-    image_size=48,
-    per_device_batch=len(files),
-    num_local_devices=1,
-    recipe='fer2013',
+    DataSpec(
+      'fer2013',
+      data_dir,
+      eval_split='publictest',
+      image_size=48,
+      per_device_batch=len(files),
+      num_local_devices=1,
+      recipe='fer2013',
+    )
   )
   batch = next(iter(batches))
   probs = np.asarray(jax.nn.softmax(model.apply(variables, batch['image'][0], train=False), -1))

@@ -601,11 +601,11 @@ def test_time_limit_stops_with_a_checkpoint_and_resumes_the_same_search(tmp_path
     evolution.run_search(c, str(tmp_path / 'c'), scorer=slow, progress=False, max_seconds=0)
 
 
-def test_search_throughput_flags_take_both_spellings(tmp_path, capsys):
+def test_search_throughput_flags_parse_and_round_trip(tmp_path, capsys):
   from benchmarks import search_throughput as bench
 
   args = bench.parse_args(
-    ['--batch_size=8', '--candidates-per-step', '4', '--torch-device=cuda', '--max_seconds=5']
+    ['--batch_size=8', '--candidates_per_step', '4', '--torch_device=cuda', '--max_seconds=5']
   )
   assert (args.batch_size, args.candidates_per_step, args.torch_device, args.max_seconds) == (
     8,

@@ -69,7 +69,7 @@ def _same_tree(a, b):
 
 
 def _logits(variables, x, classes=7, use_sa=True, use_lw_att=False):
-  model = build_model(TINY, classes, use_sa=use_sa, use_lw_att=use_lw_att, depthwise_impl='xla')
+  model = build_model(TINY, classes, use_sa=use_sa, use_lw_att=use_lw_att, conv_impl='xla')
   return np.asarray(
     jax.jit(lambda v, a: model.apply(v, a, train=False))(variables, x.numpy().transpose(0, 2, 3, 1))
   )
@@ -334,7 +334,7 @@ def test_only_backbone_takes_what_matches_by_key_and_shape_like_the_original(cap
   with torch.no_grad():
     want = _original_only_backbone(sd, _fresh(7, False, 1, other), 7, False, other)(x).numpy()
   got = np.asarray(
-    build_model(other, 7, use_sa=True, depthwise_impl='xla').apply(
+    build_model(other, 7, use_sa=True, conv_impl='xla').apply(
       v, x.numpy().transpose(0, 2, 3, 1), train=False
     )
   )
@@ -411,11 +411,11 @@ def test_convert_and_export_command_lines(tmp_path, capsys):
       str(tmp_path / 'latest-params_rank0.pth'),
       '--structure',
       TINY,
-      '--num-classes',
+      '--num_classes',
       '7',
-      '--use-sa',
-      '--use-lw-att',
-      '--class-names',
+      '--use_sa',
+      '--use_lw_att',
+      '--class_names',
       'a,b,c,d,e,f,g',
       '--output',
       str(out),
@@ -469,7 +469,7 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
   data = (tmp_path / 'ok.pth').read_bytes()
   (tmp_path / 'cut.pth').write_bytes(data[: len(data) // 3])
   (tmp_path / 'readme.md').write_text('# not weights\n')
-  base = ['--use-sa', '--num-classes', '7']
+  base = ['--use_sa', '--num_classes', '7']
   cases = {
     'wrong structure': ['--checkpoint', str(tmp_path / 'ok.pth'), '--model', 'zennet_r'] + base,
     'wrong classes': [
@@ -477,8 +477,8 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
       str(tmp_path / 'ok.pth'),
       '--structure',
       TINY,
-      '--use-sa',
-      '--num-classes',
+      '--use_sa',
+      '--num_classes',
       '8',
     ],
     'truncated': ['--checkpoint', str(tmp_path / 'cut.pth'), '--structure', TINY] + base,
@@ -495,7 +495,7 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
       str(tmp_path / 'ok.pth'),
       '--structure',
       TINY,
-      '--class-names',
+      '--class_names',
       'a,b',
     ]
     + base,
@@ -553,7 +553,7 @@ def test_command_lines_run_as_modules(tmp_path):
     str(tmp_path / 'r.pth'),
     '--model',
     'zennet_r',
-    '--num-classes',
+    '--num_classes',
     '7',
     '--output',
     str(tmp_path / 'dir'),

@@ -65,7 +65,7 @@ def test_converted_tree_is_exactly_the_flax_models_tree(name):
   structure, classes, flags = _flags(name)
   model = _build(name)
   variables = load_torch_checkpoint(model.state_dict(), structure, classes, **flags)
-  flax_model = build_model(structure, classes, depthwise_impl='xla', **flags)
+  flax_model = build_model(structure, classes, conv_impl='xla', **flags)
   shapes = jax.eval_shape(lambda: init_variables(flax_model, jax.random.PRNGKey(0), 32))
   assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(dict(shapes))
   for (path, a), b in zip(

@@ -72,7 +72,7 @@ def _models(name, res, seed, calibrate=True):
   x = torch.randn(2, 3, res, res, generator=g)
   # 'xla' depthwise: the same arithmetic as the CPU default 'shift', far cheaper un-jitted.
   flax_model = build_model(
-    structure, classes, bn_momentum=1.0 - TORCH_MOMENTUM, depthwise_impl='xla', **flags
+    structure, classes, bn_momentum=1.0 - TORCH_MOMENTUM, conv_impl='xla', **flags
   )
   return ref, flax_model, x
 

@@ -9,7 +9,7 @@ def test_synthetic_rafdb_is_read_by_the_real_builder(tmp_path):
 
   e2e.write_rafdb_layout(str(tmp_path / 'manual'), train=12, test=5)
   assert (tmp_path / 'manual' / 'basic' / 'Image' / 'aligned' / 'test_0005_aligned.jpg').exists()
-  info = data.prepare('rafdb', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual'))
+  info = data.prepare_dataset('rafdb', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual'))
   assert info.split_sizes == {'train': 12, 'test': 5} and info.skipped == 0
 
 

@@ -78,7 +78,7 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(pretrained, tmp_path):
   manual = tmp_path / 'rafdb'
   fx.make_rafdb(str(manual))
   tfds_dir = tmp_path / 'tfds_rafdb'
-  data.prepare('rafdb', str(tfds_dir), manual_dir=str(manual))
+  data.prepare_dataset('rafdb', str(tfds_dir), manual_dir=str(manual))
   # A vanishing rate: the fine-tuned weights are the starting point to within 1e-9.
   config = _config(
     'rafdb_m_transfer',

@@ -6,8 +6,8 @@ zenfer_jax never imports torch_port, so `zenfer_jax.deploy.export` finds this wr
 torch_port's reference PyTorch network (key-for-key the original, held to the Flax model by the
 parity tests), an NHWC -> NCHW transpose is put in front so the file takes the Flax model's
 layout, and `torch.onnx.export(dynamo=True)` (torch.export, the maintained exporter) writes it.
-Measured, onnxruntime runs this graph 2-2.5x faster at batch 1 than the jax2onnx conversion of
-the Flax model (README "Export and deploy").
+onnxruntime runs this graph faster at batch 1 than the jax2onnx conversion of the Flax model
+(docs/deploy.md, "Why these routes").
 """
 
 from __future__ import annotations

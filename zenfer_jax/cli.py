@@ -4,8 +4,8 @@ The conventions, for `zenfer_jax.*`, `torch_port.*` and `benchmarks.*` alike:
 
 - Flags are spelt with underscores (`--num_classes`, `--data_dir`, `--top_k`), as the config
   fields (`--config.data.data_dir`) and the original PyTorch scripts (`--num_classes`,
-  `--use_sa`) spell them. Programs built on `ArgumentParser` below also take the hyphenated
-  spelling of any flag (`--num-classes`), so commands written for older versions keep working.
+  `--use_sa`) spell them, and only so: a hyphenated spelling (`--num-classes`) is an unknown
+  flag, and the error suggests the underscored one.
 - Training and search parse their flags with absl (ml_collections config files are absl
   flags); every other program with `ArgumentParser`, which `main(argv)` can call in-process.
 - Logging is absl.logging. A program's result (a table, JSON, a summary line) goes to stdout;
@@ -48,13 +48,7 @@ _OWN_DIRS = tuple(
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with the house conventions: `--verbosity`, and hyphenated flags accepted."""
-
-  def __init__(self, *args, **kwargs):
-    kwargs.setdefault(
-      'epilog', 'Any flag may also be spelt with hyphens (--data-dir for --data_dir).'
-    )
-    super().__init__(*args, **kwargs)
+  """argparse with the house conventions: `--verbosity`, one-line errors."""
 
   def _add_verbosity(self) -> None:
     """Last, so that --help lists a program's own flags first."""
@@ -70,8 +64,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
     self._add_verbosity()
-    args = sys.argv[1:] if args is None else list(args)
-    return super().parse_known_args([self._underscored(a) for a in args], namespace)
+    return super().parse_known_args(args, namespace)
 
   def format_help(self) -> str:
     self._add_verbosity()
@@ -79,17 +72,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def error(self, message: str) -> NoReturn:
     """One line, like every other user error: no usage block in front of it."""
-    self.exit(2, f'error: {message} ({self.prog} --help lists the flags)\n')
+    self.exit(
+      2, f'error: {message}{self._respelt_hint(message)} ({self.prog} --help lists the flags)\n'
+    )
 
-  def _underscored(self, arg: str) -> str:
-    """`--num-classes[=7]` -> `--num_classes[=7]` when that is a flag of this parser."""
-    if not arg.startswith('--') or arg == '--':
-      return arg
-    name, eq, value = arg.partition('=')
-    spelt = '--' + name[2:].replace('-', '_')
-    if name not in self._option_string_actions and spelt in self._option_string_actions:
-      return spelt + eq + value
-    return arg
+  def _respelt_hint(self, message: str) -> str:
+    """A hint naming the underscored spelling of each hyphenated flag (accepted until v0.1.0)."""
+    if 'unrecognized arguments' not in message:
+      return ''
+    names = [a.partition('=')[0] for a in message.split(':', 1)[-1].split() if a.startswith('--')]
+    spelt = ['--' + n[2:].replace('-', '_') for n in names if '-' in n[2:]]
+    known = [s for s in spelt if s in self._option_string_actions]
+    return f'; flags are spelt with underscores: use {", ".join(known)}' if known else ''
 
 
 def positive_int(text: str) -> int:

@@ -14,7 +14,8 @@ Two disjoint sets of scikit-learn's digits stand in for face identities and expr
 
 classes='auto' (the digit folders, sorted), the digits recipe (shift, no flip) and precise BN
 (10 batches; short runs otherwise evaluate with unconverged running averages, which would
-favour whichever run copied its statistics). README "Transfer learning" has the figures.
+favour whichever run copied its statistics). docs/training.md ("Transfer learning") has the
+results.
 """
 
 from zenfer_jax.config.files import sibling

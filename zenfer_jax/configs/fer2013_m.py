@@ -4,10 +4,9 @@ Run:
   python -m zenfer_jax.main --config=configs/fer2013_m.py --workdir=runs/fer2013_m \
       --config.data.manual_dir=/data/fer2013
 
-At 48 px ZenNet-M's stride-32 backbone ends at 2x2 (ZenNet-R's stride-8 one at 6x6). Its train
-step here runs at 106 images/s against ZenNet-R-SA's 139 (batch 64, one thread; README "Train step
-by input size"). No ZenNet-M-SA model has been trained for the repository yet: the recipe is
-ZenNet-R-SA's, not tuned for M.
+At 48 px ZenNet-M's stride-32 backbone ends at 2x2 (ZenNet-R's stride-8 one at 6x6), and its
+train step is slower than ZenNet-R-SA's on CPU (docs/performance.md, "CPU: train step by input
+size"). The recipe is ZenNet-R-SA's, not tuned for M.
 """
 
 from zenfer_jax.config.files import sibling

@@ -1,11 +1,11 @@
 """ZenNet-R-SA on FER2013 at its native 48x48 (grey faces fed as three equal channels).
 
-Run (the Kaggle folder layout or the ICML fer2013.csv, see README "Datasets"):
+Run (the Kaggle folder layout or the ICML fer2013.csv, see docs/datasets.md, "FER2013"):
   python -m zenfer_jax.main --config=configs/fer2013_r.py --workdir=runs/fer2013_r \
       --config.data.manual_dir=/data/fer2013
 
 Train on Training, select on PublicTest (`data.eval_split`); PrivateTest stays untouched.
-Recipe (pipeline.RECIPES['fer2013']): rotation +-10 deg, scale/aspect crop (area 0.64-1),
+Recipe (recipes.RECIPES['fer2013']): rotation +-10 deg, scale/aspect crop (area 0.64-1),
 flip, random erasing; no AutoAugment, no colour lighting, no mixup; label smoothing 0.1; SGD
 Nesterov with the reference's warm-up + cosine at 4x the reference learning rate (0.1 at batch
 64), 16 epochs; the reference's init with the residual branches open (`custom_open`).

@@ -1,7 +1,7 @@
 """The train recipe on the accelerator: jitted batch ops equal to the tf.data ops in `augment`.
 
-The tf.data recipe runs at about 130 images/s per CPU core, far below what one GPU trains at, so
-with `config.data.augment_on='device'` the same chain runs here, over whole batches, as part of
+A CPU core runs the tf.data recipe far slower than one GPU trains (docs/performance.md, "End to
+end"), so with `config.data.augment_on='device'` the same chain runs here, over whole batches, as part of
 the device's work: resize to the shorter side, RandomResizedCrop, horizontal flip, the
 AutoAugment ImageNet policy, PCA lighting, ImageNet normalisation and random erasing (or, for the
 recipes without augmentation, the resize and the random shift).

@@ -26,15 +26,17 @@ number), so the augmentations repeat exactly on resume too.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from zenfer_jax.data import augment, device_augment, pipeline, registry
+from zenfer_jax.data import augment, device_augment, registry, samplers, tf_stream
+from zenfer_jax.data.recipes import Recipe
 from zenfer_jax.data.samplers import ExampleSampler
+from zenfer_jax.data.spec import DataSpec
 
 __all__ = ['ExampleSampler', 'load_resident', 'train_batches']
 
@@ -42,31 +44,9 @@ RESIDENT_MAX_BYTES = 4 << 30
 STREAM_MAX_ASPECT = 1.5
 
 
-def _aug_seed(seed: int, process_index: int) -> int:
-  return pipeline._seeds(seed, process_index, 1)[0] & 0x7FFFFFFF
-
-
-def _share(info, split: str, process_index: int, process_count: int) -> list[tuple[int, int]]:
-  """This process's [start, end) range of each class (as the host path reads them)."""
-  ranges = [
-    pipeline.host_range(a, b, process_index, process_count)
-    for a, b in pipeline._class_ranges(info, split)
-  ]
-  ranges = [(a, b) for a, b in ranges if b > a]
-  if not ranges:
-    raise ValueError(
-      f'{info.name}/{split} has no examples for process {process_index} of {process_count}.'
-    )
-  return ranges
-
-
 def _decoded(builder, split: str, ranges) -> tf.data.Dataset:
-  parts = [pipeline._read(builder, split, a, b) for a, b in ranges]
-  ds = parts[0]
-  for p in parts[1:]:
-    ds = ds.concatenate(p)
-  return ds.map(
-    lambda ex: (pipeline.decode(ex['image']), tf.cast(ex['label'], tf.int32)),
+  return tf_stream.read_ranges(builder, split, ranges).map(
+    lambda ex: (tf_stream.decode(ex['image']), tf.cast(ex['label'], tf.int32)),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
@@ -116,7 +96,7 @@ def _streamed_step(aug_seed: int, params: device_augment.RecipeParams, image_siz
   return jax.pmap(augment_canvas)
 
 
-def _streamed_example(image, image_size: int, r: pipeline.Recipe, canvas: int):
+def _streamed_example(image, image_size: int, r: Recipe, canvas: int):
   """Decode-side host work: resize (to the shorter side when augmenting) onto a fixed canvas."""
   if not r.augment:
     image = augment.resize(image, image_size)
@@ -132,47 +112,24 @@ def _streamed_example(image, image_size: int, r: pipeline.Recipe, canvas: int):
 
 
 def train_batches(
-  name: str,
-  data_dir: str,
-  *,
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  seed: int,
-  recipe: str | pipeline.Recipe | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  shuffle_buffer: int = 16_384,
-  start_step: int = 0,
-  split: str = 'train',
-  prefetch: int = 2,
-  process_split: str = 'examples',
-  resident_max_bytes: int = RESIDENT_MAX_BYTES,
+  spec: DataSpec, *, start_step: int = 0, resident_max_bytes: int = RESIDENT_MAX_BYTES
 ) -> Iterator[dict]:
-  """The infinite training stream, augmented on the devices (arguments as `train_dataset`).
+  """The infinite training stream of `spec`, augmented on the devices (as `pipeline.train_dataset`).
 
   process_split='batches' with several processes: every process samples the whole split as one
   process would and augments its slice of each global batch, so the global batches do not
   depend on the number of processes (resident: each process holds the whole split).
   """
-  pipeline.hide_gpus_from_tf()
-  r = pipeline._recipe(recipe, name)
+  tf_stream.hide_gpus_from_tf()
+  r = spec.resolved_recipe
   params = device_augment.RecipeParams.of(r)
-  builder, info = registry.load(name, data_dir, classes)
-  stream, streams, by_batch = pipeline._process_stream(process_split, process_index, process_count)
-  ranges = _share(info, split, stream, streams)
-  aug_seed = _aug_seed(seed, stream)
-  local_batch = num_local_devices * per_device_batch
-  # The stream's batch, of which this process takes [first, first + local_batch).
-  stream_batch = local_batch * process_count if by_batch else local_batch
-  first = process_index * local_batch if by_batch else 0
-  devices = jax.local_devices()[:num_local_devices]
+  builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
+  plan = samplers.sampling(spec, info)
+  split, image_size = spec.train_split, spec.image_size
+  devices = jax.local_devices()[: spec.num_local_devices]
+  per_device = spec.per_device
 
-  def per_device(x):
-    return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
-
-  resident = load_resident(builder, split, ranges, resident_max_bytes)
+  resident = load_resident(builder, split, plan.ranges, resident_max_bytes)
   if resident is not None:
     images, labels = resident
     logging.info(
@@ -183,13 +140,14 @@ def train_batches(
       len(devices),
     )
     stored, stored_labels = _replicate(images, devices), _replicate(labels, devices)
-    sampler = ExampleSampler([b - a for a, b in ranges], r.balanced, seed, stream)
+    sampler = plan.example_sampler(r.balanced, spec.seed)
 
-    take_and_augment = _resident_step(aug_seed, params, image_size)
+    take_and_augment = _resident_step(plan.aug_seed, params, image_size)
 
     def resident_stream():
       step = start_step
-      mine = slice(first, first + local_batch)
+      mine = slice(plan.first, plan.first + plan.local_batch)
+      stream_batch = plan.stream_batch
       while True:
         index = per_device(sampler.indices(step, stream_batch)[mine])
         numbers = step * stream_batch + np.arange(stream_batch, dtype=np.int64)[mine]
@@ -206,16 +164,16 @@ def train_batches(
     canvas if r.augment else image_size,
     canvas if r.augment else image_size,
   )
-  ds = pipeline._sampled_examples(
-    builder, info, split, r, seed, stream, streams, shuffle_buffer
+  ds = tf_stream.sampled_examples(
+    builder, split, plan, balanced=r.balanced, seed=spec.seed, shuffle_buffer=spec.shuffle_buffer
   ).enumerate()
   if start_step:
-    ds = ds.skip(int(start_step) * stream_batch)
-  if by_batch:
-    ds = pipeline._own_slice(ds, process_index, local_batch, stream_batch)
+    ds = ds.skip(int(start_step) * plan.stream_batch)
+  if plan.by_batch:
+    ds = tf_stream.own_slice(ds, plan)
 
   def _map(number, ex):
-    image, size = _streamed_example(pipeline.decode(ex['image']), image_size, r, canvas)
+    image, size = _streamed_example(tf_stream.decode(ex['image']), image_size, r, canvas)
     return {
       'image': image,
       'size': size,
@@ -224,10 +182,10 @@ def train_batches(
     }
 
   ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
-  ds = ds.with_options(pipeline._options())
+  ds = ds.batch(plan.local_batch, drop_remainder=True).prefetch(spec.prefetch)
+  ds = ds.with_options(tf_stream.options())
 
-  augment_canvas = _streamed_step(aug_seed, params, image_size)
+  augment_canvas = _streamed_step(plan.aug_seed, params, image_size)
 
   def streamed():
     for b in ds.as_numpy_iterator():

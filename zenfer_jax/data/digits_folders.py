@@ -6,7 +6,7 @@
 writes OUT/train/<digit>/digit_<i>.png and OUT/test/<digit>/... (8x8 RGB, the `digits` dataset's
 split: image i is test when i % 5 == 0). Two disjoint sets of digits stand in for the paper's
 two stages: pretrain on one (`folders`, classes=auto), fine-tune on the other with only_backbone,
-and compare with the same fine-tuning from scratch (README, "Transfer learning").
+and compare with the same fine-tuning from scratch (docs/training.md, "Transfer learning").
 """
 
 from __future__ import annotations

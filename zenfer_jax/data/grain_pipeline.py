@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from zenfer_jax.data import array_records, device_augment, recipes, registry, samplers
+from zenfer_jax.data import array_records, device_augment, registry, samplers
 from zenfer_jax.data.recipes import Recipe
+from zenfer_jax.data.spec import DataSpec
 
 # Dataset families whose builders write images of one shape (the rest: the host-resized canvas).
 FIXED_SHAPE = frozenset({'rafdb', 'fer2013', 'digits'})
@@ -56,11 +57,11 @@ class LoaderStateError(ValueError):
   """A saved loader state that does not belong to this run's data order."""
 
 
-def _source(name: str, data_dir: str, split: str, classes):
+def _source(spec: DataSpec, split: str):
   """(data source of `split` over ArrayRecord files, dataset info); images decoded by TFDS."""
-  builder, info = registry.load(name, data_dir, classes)
+  builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
   if split not in info.split_sizes:
-    raise ValueError(f'{name} has no split {split!r}; it has {sorted(info.split_sizes)}.')
+    raise ValueError(f'{spec.name} has no split {split!r}; it has {sorted(info.split_sizes)}.')
   return array_records.data_source(builder, split), info
 
 
@@ -259,78 +260,63 @@ class TrainBatches(Iterator[dict]):
     self._it = None
 
 
-def _order_fingerprint(name, split, seed, stream, streams, process_index, total, local_batch):
+def _order_fingerprint(spec: DataSpec, plan: samplers.Sampling, total: int) -> dict:
   return {
-    'dataset': name,
-    'split': split,
-    'seed': int(seed),
-    'stream': [int(stream), int(streams)],
-    'process_index': int(process_index),
+    'dataset': spec.name,
+    'split': spec.train_split,
+    'seed': int(spec.seed),
+    'stream': [int(plan.stream), int(plan.streams)],
+    'process_index': int(spec.process_index),
     'share_size': int(total),
-    'local_batch': int(local_batch),
+    'local_batch': int(plan.local_batch),
   }
 
 
+def _read_train_steps(spec: DataSpec, r: Recipe, fixed: bool, host_resize):
+  """(the Grain map of a step to its examples, the sampling plan, the share's record count)."""
+  source, info = _source(spec, spec.train_split)
+  plan = samplers.sampling(spec, info)
+  records = plan.records()
+  read = _ReadTrainStep(
+    source,
+    records,
+    plan.example_sampler(r.balanced, spec.seed),
+    plan.stream_batch,
+    plan.first,
+    plan.local_batch,
+    f'{spec.name}/{spec.train_split}',
+    None if fixed else host_resize,
+  )
+  return read, plan, len(records)
+
+
 def train_batches(
-  name: str,
-  data_dir: str,
+  spec: DataSpec,
   *,
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  seed: int,
-  recipe: str | Recipe | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  shuffle_buffer: int = 16_384,
   start_step: int = 0,
-  split: str = 'train',
-  prefetch: int = 2,
-  process_split: str = 'examples',
   threads: int = 2,
   workers: int = 0,
   fixed_shape: bool | None = None,
 ) -> TrainBatches:
-  """The training stream over ArrayRecord files (arguments as `pipeline.train_dataset`).
+  """The training stream of `spec` over ArrayRecord files (as `pipeline.train_dataset`).
 
-  `shuffle_buffer` is accepted for the same call but unused: every epoch is a full permutation.
-  `threads`: Grain's reader threads in this process; `workers`: Grain worker processes (0: none),
-  which each read and decode whole batches. `prefetch`: batches read ahead per thread.
-  `fixed_shape`: whether the split's images share one shape (None: by dataset, `FIXED_SHAPE`).
+  `spec.shuffle_buffer` is unused: every epoch is a full permutation. `threads`: Grain's reader
+  threads in this process; `workers`: Grain worker processes (0: none), which each read and
+  decode whole batches. `spec.prefetch`: batches read ahead per thread. `fixed_shape`: whether
+  the split's images share one shape (None: by dataset, `FIXED_SHAPE`).
   """
-  del shuffle_buffer
-  r = recipes.resolve(recipe, name)
+  r = spec.resolved_recipe
   params = _device_recipe(r)
-  source, info = _source(name, data_dir, split, classes)
-  stream, streams, by_batch = samplers.process_stream(process_split, process_index, process_count)
-  ranges = [
-    samplers.host_range(a, b, stream, streams) for a, b in samplers.class_ranges(info, split)
-  ]
-  ranges = [(a, b) for a, b in ranges if b > a]
-  if not ranges:
-    raise ValueError(f'{name}/{split} has no examples for process {stream} of {streams}.')
-  records = np.concatenate([np.arange(a, b) for a, b in ranges])
-  sampler = samplers.ExampleSampler([b - a for a, b in ranges], r.balanced, seed, stream)
-  local_batch = num_local_devices * per_device_batch
-  stream_batch = local_batch * process_count if by_batch else local_batch
-  first = process_index * local_batch if by_batch else 0
-  fixed = _fixed_shape(name, fixed_shape)
+  image_size = spec.image_size
+  fixed = _fixed_shape(spec.name, fixed_shape)
   canvas = _canvas_size(r, image_size)
-  host_resize = (
-    None if fixed else functools.partial(_on_canvas, r=r, image_size=image_size, canvas=canvas)
-  )
-  read = _ReadTrainStep(
-    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}', host_resize
-  )
+  host_resize = functools.partial(_on_canvas, r=r, image_size=image_size, canvas=canvas)
+  read, plan, total = _read_train_steps(spec, r, fixed, host_resize)
   dataset = grain.MapDataset.range(_MAX_STEPS).map(read)
-  read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch)
-  aug_seed = samplers.seeds(seed, stream, 1)[0] & 0x7FFFFFFF
-  augment = _augment_step(aug_seed, params, image_size)
-  augment_canvas = _augment_canvas_step(aug_seed, params, image_size)
-
-  def per_device(x):
-    return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
+  read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=spec.prefetch)
+  augment = _augment_step(plan.aug_seed, params, image_size)
+  augment_canvas = _augment_canvas_step(plan.aug_seed, params, image_size)
+  per_device = spec.per_device
 
   def finish(batch: dict) -> dict:
     numbers = per_device(batch['number'])
@@ -340,17 +326,15 @@ def train_batches(
       image = augment_canvas(per_device(batch['image']), per_device(batch['size']), numbers)
     return {'image': image, 'label': per_device(batch['label'])}
 
-  order = _order_fingerprint(
-    name, split, seed, stream, streams, process_index, len(records), local_batch
-  )
+  order = _order_fingerprint(spec, plan, total)
   batches = TrainBatches(dataset, read_options, workers, finish, order)
   batches.set_state({**batches.get_state(), 'next_step': int(start_step)})
   logging.info(
     'Grain loader: %s/%s from ArrayRecord, %d examples in this process, %d reader thread(s), '
     '%d worker process(es); augmentation on the devices%s.',
-    name,
-    split,
-    len(records),
+    spec.name,
+    spec.train_split,
+    total,
     max(1, threads),
     workers,
     '' if fixed else f' after a host resize onto a {canvas}x{canvas} canvas',
@@ -358,30 +342,13 @@ def train_batches(
   return batches
 
 
-def train_order(
-  name: str,
-  data_dir: str,
-  *,
-  seed: int,
-  local_batch: int,
-  steps: int,
-  recipe: str | Recipe | None = None,
-  classes: Sequence[str] | None = None,
-  split: str = 'train',
-  process_index: int = 0,
-  process_count: int = 1,
-) -> np.ndarray:
+def train_order(spec: DataSpec, steps: int) -> np.ndarray:
   """Record indices [steps, local_batch] that `train_batches` reads (process_split='examples')."""
-  r = recipes.resolve(recipe, name)
-  _, info = registry.load(name, data_dir, classes)
-  ranges = [
-    samplers.host_range(a, b, process_index, process_count)
-    for a, b in samplers.class_ranges(info, split)
-  ]
-  ranges = [(a, b) for a, b in ranges if b > a]
-  records = np.concatenate([np.arange(a, b) for a, b in ranges])
-  sampler = samplers.ExampleSampler([b - a for a, b in ranges], r.balanced, seed, process_index)
-  return np.stack([records[sampler.indices(s, local_batch)] for s in range(steps)])
+  _, info = registry.load(spec.name, spec.data_dir, spec.classes)
+  plan = samplers.sampling(spec, info)
+  records = plan.records()
+  sampler = plan.example_sampler(spec.resolved_recipe.balanced, spec.seed)
+  return np.stack([records[sampler.indices(s, plan.local_batch)] for s in range(steps)])
 
 
 class _EvalBatches:
@@ -431,89 +398,39 @@ def _first_shape(source, where: str) -> tuple[int, ...]:
   return _stack_images([source[0]], where).shape[1:]
 
 
-def eval_batches(
-  name: str,
-  data_dir: str,
-  *,
-  split: str = 'test',
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  process_index: int = 0,
-  process_count: int = 1,
-  recipe: str | Recipe | None = None,
-  classes: Sequence[str] | None = None,
-  prefetch: int = 2,
-  threads: int = 2,
-  fixed_shape: bool | None = None,
-) -> _EvalBatches:
-  """Every example of `split` exactly once, padded to whole batches, with a validity mask
-  (arguments and contract as `pipeline.eval_dataset`); re-iterable."""
-  r = recipes.resolve(recipe, name)
-  source, info = _source(name, data_dir, split, classes)
+def eval_batches(spec: DataSpec, *, threads: int = 2, fixed_shape: bool | None = None):
+  """Every example of `spec.eval_split` exactly once, padded to whole batches, with a validity
+  mask (contract as `pipeline.eval_dataset`); re-iterable."""
+  r = spec.resolved_recipe
+  split, image_size = spec.eval_split, spec.image_size
+  source, info = _source(spec, split)
   n = info.split_sizes[split]
-  lo, hi = samplers.host_range(0, n, process_index, process_count)
-  local_batch = num_local_devices * per_device_batch
-  num_batches = samplers.eval_num_batches(n, local_batch, process_count)
-  where = f'{name}/{split}'
-  if _fixed_shape(name, fixed_shape):
+  lo, hi = samplers.host_range(0, n, spec.process_index, spec.process_count)
+  local_batch = spec.eval_local_batch
+  num_batches = samplers.eval_num_batches(n, local_batch, spec.process_count)
+  where = f'{spec.name}/{split}'
+  if _fixed_shape(spec.name, fixed_shape):
     read = _ReadEvalBatch(source, lo, hi, local_batch, _first_shape(source, where), where)
   else:
     resize = functools.partial(_eval_resized, r=r, image_size=image_size)
     shape = (image_size, image_size, 3)
     read = _ReadEvalBatch(source, lo, hi, local_batch, shape, where, resize)
-
-  def per_device(x):
-    return x.reshape(num_local_devices, per_device_batch, *x.shape[1:])
-
-  read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch)
+  read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=spec.prefetch)
+  per_device = functools.partial(spec.per_device, evaluation=True)
   return _EvalBatches(read, num_batches, read_options, _eval_step(r, image_size), per_device)
 
 
 def statistics_batches(
-  name: str,
-  data_dir: str,
-  *,
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  num_batches: int,
-  seed: int,
-  recipe: str | Recipe | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  shuffle_buffer: int = 16_384,
-  split: str = 'train',
-  process_split: str = 'examples',
-  threads: int = 2,
-  fixed_shape: bool | None = None,
+  spec: DataSpec, num_batches: int, *, threads: int = 2, fixed_shape: bool | None = None
 ):
   """`num_batches` training batches, sampled as training samples them and preprocessed as
   evaluation does, for precise BatchNorm (as `pipeline.statistics_dataset`): {'image'} only."""
-  del shuffle_buffer
-  r = recipes.resolve(recipe, name)
-  source, info = _source(name, data_dir, split, classes)
-  stream, streams, by_batch = samplers.process_stream(process_split, process_index, process_count)
-  ranges = [
-    samplers.host_range(a, b, stream, streams) for a, b in samplers.class_ranges(info, split)
-  ]
-  ranges = [(a, b) for a, b in ranges if b > a]
-  records = np.concatenate([np.arange(a, b) for a, b in ranges])
-  sampler = samplers.ExampleSampler([b - a for a, b in ranges], r.balanced, seed, stream)
-  local_batch = num_local_devices * per_device_batch
-  stream_batch = local_batch * process_count if by_batch else local_batch
-  first = process_index * local_batch if by_batch else 0
-  resize = None
-  if not _fixed_shape(name, fixed_shape):
-    resize = functools.partial(_eval_with_size, r=r, image_size=image_size)
-  read = _ReadTrainStep(
-    source, records, sampler, stream_batch, first, local_batch, f'{name}/{split}', resize
-  )
-  prepare = _eval_step(r, image_size)
+  r = spec.resolved_recipe
+  resize = functools.partial(_eval_with_size, r=r, image_size=spec.image_size)
+  read, _, _ = _read_train_steps(spec, r, _fixed_shape(spec.name, fixed_shape), resize)
+  prepare = _eval_step(r, spec.image_size)
   ds = grain.MapDataset.range(num_batches).map(read)
   options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=2)
-  mask = np.ones((num_local_devices, per_device_batch), bool)
+  mask = np.ones((spec.num_local_devices, spec.per_device_batch), bool)
   for b in ds.to_iter_dataset(options):
-    images = b['image'].reshape(num_local_devices, per_device_batch, *b['image'].shape[1:])
-    yield {'image': prepare(images, mask)}
+    yield {'image': prepare(spec.per_device(b['image']), mask)}

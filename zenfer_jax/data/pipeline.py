@@ -30,24 +30,29 @@ at the price of each process reading every record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zenfer_jax.data import augment, registry
+from zenfer_jax.data import augment, registry, samplers
 from zenfer_jax.data.recipes import DEFAULT_RECIPE, RECIPES, Recipe, default_recipe
-from zenfer_jax.data.recipes import resolve as _recipe
 from zenfer_jax.data.samplers import PROCESS_SPLITS, eval_num_batches, host_range
-from zenfer_jax.data.samplers import class_ranges as _class_ranges
-from zenfer_jax.data.samplers import process_stream as _process_stream
-from zenfer_jax.data.samplers import seeds as _seeds
+from zenfer_jax.data.spec import DataSpec
+from zenfer_jax.data.tf_stream import (
+  decode,
+  hide_gpus_from_tf,
+  options,
+  own_slice,
+  read,
+  sampled_examples,
+  to_devices,
+)
 
 __all__ = [
   'DEFAULT_RECIPE',
   'PROCESS_SPLITS',
   'RECIPES',
+  'DataSpec',
   'Recipe',
   'default_recipe',
   'eval_dataset',
@@ -59,21 +64,8 @@ __all__ = [
 ]
 
 
-def hide_gpus_from_tf() -> None:
-  """Keeps TensorFlow (input pipeline only) off the accelerators JAX uses."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # Already initialised: it was hidden before, or cannot be changed now.
-    pass
-
-
 # --------------------------------------------------------------------------------------------
 # Per-example preprocessing
-
-
-def decode(encoded: tf.Tensor) -> tf.Tensor:
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  return tf.ensure_shape(image, [None, None, 3])
 
 
 def _as_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -163,164 +155,65 @@ def preprocess_for_eval(image, image_size: int, recipe: str = 'rafdb'):
 
 
 # --------------------------------------------------------------------------------------------
-# Splitting and sampling
-
-
-def _read(builder, split: str, start: int, end: int) -> tf.data.Dataset:
-  return builder.as_dataset(
-    split=f'{split}[{start}:{end}]',
-    shuffle_files=False,
-    decoders={'image': tfds.decode.SkipDecoding()},
-    read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False),
-  )
-
-
-def _sampled_examples(
-  builder,
-  info,
-  split,
-  recipe: Recipe,
-  seed: int,
-  process_index: int,
-  process_count: int,
-  shuffle_buffer: int,
-) -> tf.data.Dataset:
-  ranges = [host_range(a, b, process_index, process_count) for a, b in _class_ranges(info, split)]
-  ranges = [(a, b) for a, b in ranges if b > a]
-  total = sum(b - a for a, b in ranges)
-  if total == 0:
-    raise ValueError(
-      f'{info.name}/{split} has no examples for process {process_index} of {process_count}.'
-    )
-  seeds = _seeds(seed, process_index, len(ranges) + 2)
-  if not recipe.balanced and shuffle_buffer >= total:
-    merged = []  # Adjacent class ranges (all of them, with one process) are read at once.
-    for a, b in ranges:
-      if merged and merged[-1][1] == a:
-        merged[-1] = (merged[-1][0], b)
-      else:
-        merged.append((a, b))
-    parts = [_read(builder, split, a, b) for a, b in merged]
-    ds = parts[0]
-    for p in parts[1:]:
-      ds = ds.concatenate(p)
-    return ds.shuffle(total, seed=seeds[0], reshuffle_each_iteration=True).repeat()
-  per_class_buffer = max(1, shuffle_buffer // len(ranges))
-  streams = [
-    _read(builder, split, a, b)
-    .shuffle(min(b - a, per_class_buffer), seed=seeds[2 + i], reshuffle_each_iteration=True)
-    .repeat()
-    for i, (a, b) in enumerate(ranges)
-  ]
-  sizes = np.array([b - a for a, b in ranges], np.float64)
-  weights = np.full(len(ranges), 1.0 / len(ranges)) if recipe.balanced else sizes / sizes.sum()
-  return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights), seed=seeds[1])
-
-
-def _own_slice(ds: tf.data.Dataset, process_index: int, local_batch: int, global_batch: int):
-  """(index, example) pairs of this process's `local_batch` slice of every global batch."""
-  lo = process_index * local_batch
-
-  def mine(index, _):
-    offset = index % global_batch
-    return tf.logical_and(offset >= lo, offset < lo + local_batch)
-
-  return ds.filter(mine)
-
-
-def _options() -> tf.data.Options:
-  opts = tf.data.Options()
-  opts.deterministic = True
-  opts.experimental_optimization.map_parallelization = True
-  return opts
-
-
-def _to_devices(batch: dict, devices: int, per_device: int) -> dict:
-  return {k: tf.reshape(v, [devices, per_device, *v.shape[1:]]) for k, v in batch.items()}
-
-
-# --------------------------------------------------------------------------------------------
 # Public pipelines
 
 
-def train_tf_dataset(
-  name: str,
-  data_dir: str,
-  *,
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  seed: int,
-  recipe: str | Recipe | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  shuffle_buffer: int = 16_384,
-  start_step: int = 0,
-  split: str = 'train',
-  prefetch: int = 2,
-  process_split: str = 'examples',
-) -> tf.data.Dataset:
-  """The infinite training stream as a tf.data.Dataset of {'image', 'label'} batches.
+def _training_examples(spec: DataSpec, r: Recipe):
+  """(this process's sampled (index, example) pairs, the sampling plan), before decoding."""
+  builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
+  plan = samplers.sampling(spec, info)
+  ds = sampled_examples(
+    builder,
+    spec.train_split,
+    plan,
+    balanced=r.balanced,
+    seed=spec.seed,
+    shuffle_buffer=spec.shuffle_buffer,
+  )
+  return ds.enumerate(), plan
+
+
+def train_tf_dataset(spec: DataSpec, *, start_step: int = 0) -> tf.data.Dataset:
+  """The infinite training stream of `spec` as a tf.data.Dataset of {'image', 'label'} batches.
 
   'image': float32 [num_local_devices, per_device_batch, image_size, image_size, 3];
-  'label': int32 [num_local_devices, per_device_batch]. `process_split`: see the module
-  docstring ('batches' assumes every process has `num_local_devices` devices).
+  'label': int32 [num_local_devices, per_device_batch]. `start_step` skips the batches a resumed
+  run has seen. process_split='batches' (see the module docstring) assumes every process has
+  `num_local_devices` devices.
   """
   hide_gpus_from_tf()
-  r = _recipe(recipe, name)
-  builder, info = registry.load(name, data_dir, classes)
-  local_batch = num_local_devices * per_device_batch
-  stream, streams, by_batch = _process_stream(process_split, process_index, process_count)
-  ds = _sampled_examples(builder, info, split, r, seed, stream, streams, shuffle_buffer)
-  ds = ds.enumerate()
-  stream_batch = local_batch * process_count if by_batch else local_batch
+  r = spec.resolved_recipe
+  ds, plan = _training_examples(spec, r)
   if start_step:
-    ds = ds.skip(int(start_step) * stream_batch)
-  if by_batch:
-    ds = _own_slice(ds, process_index, local_batch, stream_batch)
-  aug_seed = _seeds(seed, stream, 1)[0] & 0x7FFFFFFF
+    ds = ds.skip(int(start_step) * plan.stream_batch)
+  if plan.by_batch:
+    ds = own_slice(ds, plan)
+  image_size = spec.image_size
 
   def _map(index, ex):
-    example_seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
+    example_seed = tf.stack([tf.constant(plan.aug_seed, tf.int64), index])
     out = train_example(decode(ex['image']), image_size, r, example_seed)
     out['label'] = tf.cast(ex['label'], tf.int32)
     return out
 
   def _finish(batch):
     image = finish_train_batch(batch['image'], batch['lighting'], batch['erase'])
-    return _to_devices(
-      {'image': image, 'label': batch['label']}, num_local_devices, per_device_batch
+    return to_devices(
+      {'image': image, 'label': batch['label']}, spec.num_local_devices, spec.per_device_batch
     )
 
   ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.batch(plan.local_batch, drop_remainder=True)
   ds = ds.map(_finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(prefetch).with_options(_options())
+  return ds.prefetch(spec.prefetch).with_options(options())
 
 
-def train_dataset(name: str, data_dir: str, **kwargs):
-  """`train_tf_dataset` as an infinite iterator of NumPy batches (see there for arguments)."""
-  return iter(tfds.as_numpy(train_tf_dataset(name, data_dir, **kwargs)))
+def train_dataset(spec: DataSpec, *, start_step: int = 0):
+  """`train_tf_dataset` as an infinite iterator of NumPy batches."""
+  return iter(tfds.as_numpy(train_tf_dataset(spec, start_step=start_step)))
 
 
-def statistics_dataset(
-  name: str,
-  data_dir: str,
-  *,
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  num_batches: int,
-  seed: int,
-  recipe: str | Recipe | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  shuffle_buffer: int = 16_384,
-  split: str = 'train',
-  process_split: str = 'examples',
-):
+def statistics_dataset(spec: DataSpec, num_batches: int):
   """`num_batches` training batches for recomputing BatchNorm statistics, as NumPy {'image'}.
 
   Sampled as training samples (shuffled, class-balanced where the recipe is) but preprocessed
@@ -329,52 +222,37 @@ def statistics_dataset(
   does not depend on when it is called (a resumed run recomputes the same statistics).
   """
   hide_gpus_from_tf()
-  r = _recipe(recipe, name)
-  builder, info = registry.load(name, data_dir, classes)
-  stream, streams, by_batch = _process_stream(process_split, process_index, process_count)
-  ds = _sampled_examples(builder, info, split, r, seed, stream, streams, shuffle_buffer)
-  if by_batch:
-    local_batch = num_local_devices * per_device_batch
-    ds = _own_slice(ds.enumerate(), process_index, local_batch, local_batch * process_count)
-    ds = ds.map(lambda _, ex: ex)
+  r = spec.resolved_recipe
+  ds, plan = _training_examples(spec, r)
+  if plan.by_batch:
+    ds = own_slice(ds, plan)
   ds = ds.map(
-    lambda ex: {'image': _eval_chain(decode(ex['image']), image_size, r)},
+    lambda _, ex: {'image': _eval_chain(decode(ex['image']), spec.image_size, r)},
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
-  ds = ds.batch(num_local_devices * per_device_batch, drop_remainder=True).take(num_batches)
-  ds = ds.map(lambda b: _to_devices(b, num_local_devices, per_device_batch))
-  return tfds.as_numpy(ds.prefetch(2).with_options(_options()))
+  ds = ds.batch(plan.local_batch, drop_remainder=True).take(num_batches)
+  ds = ds.map(lambda b: to_devices(b, spec.num_local_devices, spec.per_device_batch))
+  return tfds.as_numpy(ds.prefetch(2).with_options(options()))
 
 
-def eval_tf_dataset(
-  name: str,
-  data_dir: str,
-  *,
-  split: str = 'test',
-  image_size: int,
-  per_device_batch: int,
-  num_local_devices: int,
-  process_index: int = 0,
-  process_count: int = 1,
-  recipe: str | Recipe | None = None,
-  classes: Sequence[str] | None = None,
-  prefetch: int = 2,
-) -> tf.data.Dataset:
-  """Every example of `split` exactly once, padded to whole batches, with a validity mask.
+def eval_tf_dataset(spec: DataSpec) -> tf.data.Dataset:
+  """Every example of `spec.eval_split` exactly once, padded to whole batches, with a mask.
 
-  All processes yield the same number of batches (pmap needs it); padding examples are zero
-  images with label 0 and mask False. Never drops a remainder.
+  Batches of `spec.eval_per_device_batch` per device. All processes yield the same number of
+  batches (pmap needs it); padding examples are zero images with label 0 and mask False. Never
+  drops a remainder.
   """
   hide_gpus_from_tf()
-  r = _recipe(recipe, name)
-  builder, info = registry.load(name, data_dir, classes)
+  r = spec.resolved_recipe
+  split, image_size = spec.eval_split, spec.image_size
+  builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
   if split not in info.split_sizes:
-    raise ValueError(f'{name} has no split {split!r}; it has {sorted(info.split_sizes)}.')
+    raise ValueError(f'{spec.name} has no split {split!r}; it has {sorted(info.split_sizes)}.')
   n = info.split_sizes[split]
-  lo, hi = host_range(0, n, process_index, process_count)
-  local_batch = num_local_devices * per_device_batch
-  total = eval_num_batches(n, local_batch, process_count) * local_batch
+  lo, hi = host_range(0, n, spec.process_index, spec.process_count)
+  local_batch = spec.eval_local_batch
+  total = eval_num_batches(n, local_batch, spec.process_count) * local_batch
 
   def _map(ex):
     return {
@@ -392,17 +270,17 @@ def eval_tf_dataset(
   ).repeat(total - (hi - lo))
   if hi > lo:
     ds = (
-      _read(builder, split, lo, hi)
+      read(builder, split, lo, hi)
       .map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       .concatenate(pad)
     )
   else:
     ds = pad
   ds = ds.batch(local_batch)  # `total` is a multiple of local_batch: nothing is dropped.
-  ds = ds.map(lambda b: _to_devices(b, num_local_devices, per_device_batch))
-  return ds.prefetch(prefetch).with_options(_options())
+  ds = ds.map(lambda b: to_devices(b, spec.num_local_devices, spec.eval_per_device_batch))
+  return ds.prefetch(spec.prefetch).with_options(options())
 
 
-def eval_dataset(name: str, data_dir: str, **kwargs):
-  """`eval_tf_dataset` as a re-iterable of NumPy batches (see there for arguments)."""
-  return tfds.as_numpy(eval_tf_dataset(name, data_dir, **kwargs))
+def eval_dataset(spec: DataSpec):
+  """`eval_tf_dataset` as a re-iterable of NumPy batches."""
+  return tfds.as_numpy(eval_tf_dataset(spec))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import types
 from collections.abc import Sequence
 
 from absl import logging
@@ -111,24 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   return 0
 
-
-class _PrepareModule(types.ModuleType):
-  """This module, callable as the `zenfer_jax.data.prepare` function it shadows.
-
-  Importing a submodule rebinds the package attribute of the same name to it, so after
-  `import zenfer_jax.data.prepare` (or `python -m`, or a test that runs `main`) the package's
-  `data.prepare(name, data_dir, ...)` would be this module and fail with "'module' object is not
-  callable", depending on what was imported first. Calling the module prepares, as the function
-  does.
-  """
-
-  def __call__(self, *args, **kwargs):
-    from zenfer_jax.data.registry import prepare
-
-    return prepare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _PrepareModule
 
 if __name__ == '__main__':
   sys.exit(main())

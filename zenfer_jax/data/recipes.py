@@ -13,7 +13,7 @@ from zenfer_jax import dataset_names
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """Train/eval preprocessing of one dataset family (the reference recipes; README "Datasets")."""
+  """Train/eval preprocessing of one dataset family (the reference recipes; docs/datasets.md, "Pipelines")."""
 
   name: str
   augment: bool  # The RAF-DB/AffectNet train chain; False: resize only (plus `shift`).

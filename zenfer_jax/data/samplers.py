@@ -1,12 +1,14 @@
 """Which examples each process reads and in what order: pure NumPy, shared by every loader.
 
 The tf.data path (`pipeline`), the device path (`device_pipeline`) and the Grain path
-(`grain_pipeline`) split a dataset between processes and seed their orders the same way; the
-Grain path must not import TensorFlow, so the arithmetic lives here, apart from tf.data.
+(`grain_pipeline`) split a dataset between processes and seed their orders the same way
+(`sampling` sets it up once for all three); the Grain path must not import TensorFlow, so the
+arithmetic lives here, apart from tf.data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +53,70 @@ def process_stream(
   if process_split == 'batches' and process_count > 1:
     return 0, 1, True
   return process_index, process_count, False
+
+
+def augment_seed(seed: int, stream: int) -> int:
+  """The 31-bit seed of a stream's per-example augmentation keys."""
+  return seeds(seed, stream, 1)[0] & 0x7FFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How one process walks a training split (`sampling`).
+
+  stream, streams: the sample stream this process draws (process_split='batches' with several
+    processes: every process draws stream 0 of 1, the one-process order).
+  ranges: the stream's share [start, end) of every class, empty ones left out.
+  stream_batch, first, local_batch: each step the stream yields `stream_batch` examples, of
+    which this process keeps [first, first + local_batch).
+  aug_seed: the seed of the stream's per-example augmentation keys.
+  """
+
+  stream: int
+  streams: int
+  ranges: tuple[tuple[int, int], ...]
+  stream_batch: int
+  first: int
+  local_batch: int
+  aug_seed: int
+
+  @property
+  def by_batch(self) -> bool:
+    """Whether this process keeps a slice of every stream batch (rather than all of it)."""
+    return self.stream_batch != self.local_batch
+
+  @property
+  def class_sizes(self) -> list[int]:
+    return [b - a for a, b in self.ranges]
+
+  def records(self) -> np.ndarray:
+    """The record indices of the share, class after class."""
+    return np.concatenate([np.arange(a, b) for a, b in self.ranges])
+
+  def example_sampler(self, balanced: bool, seed: int) -> ExampleSampler:
+    return ExampleSampler(self.class_sizes, balanced, seed, self.stream)
+
+
+def sampling(spec, info) -> Sampling:
+  """The `Sampling` of `spec.train_split` (a `spec.DataSpec`) of a prepared dataset's `info`."""
+  split = spec.train_split
+  stream, streams, by_batch = process_stream(
+    spec.process_split, spec.process_index, spec.process_count
+  )
+  ranges = [host_range(a, b, stream, streams) for a, b in class_ranges(info, split)]
+  ranges = tuple((a, b) for a, b in ranges if b > a)
+  if not ranges:
+    raise ValueError(f'{info.name}/{split} has no examples for process {stream} of {streams}.')
+  local_batch = spec.local_batch
+  return Sampling(
+    stream=stream,
+    streams=streams,
+    ranges=ranges,
+    stream_batch=local_batch * spec.process_count if by_batch else local_batch,
+    first=spec.process_index * local_batch if by_batch else 0,
+    local_batch=local_batch,
+    aug_seed=augment_seed(spec.seed, stream),
+  )
 
 
 def eval_num_batches(num_examples: int, local_batch: int, process_count: int) -> int:

@@ -122,12 +122,13 @@ def evaluate(
   import jax
 
   from zenfer_jax import data
+  from zenfer_jax.data.spec import DataSpec
   from zenfer_jax.rundir import model_directory
   from zenfer_jax.rundir import workdir as workdir_lib
   from zenfer_jax.training import metrics, parallel, steps
 
   variables, card = workdir_lib.load_inference(path, which)
-  info = data.prepare(name, data_dir, manual_dir=manual_dir, classes=classes)
+  info = data.prepare_dataset(name, data_dir, manual_dir=manual_dir, classes=classes)
   if info.num_classes != card['num_classes']:
     raise errors.InvalidInput(
       f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
@@ -144,18 +145,19 @@ def evaluate(
     )
   model = model_directory.build_from_card(card)
   image_size = card['image_size'] or 224
-  batches = data.pipeline.eval_dataset(
+  spec = DataSpec(
     name,
     data_dir,
-    split=split,
     image_size=image_size,
     per_device_batch=batch_size // jax.device_count(),
     num_local_devices=jax.local_device_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
     recipe=card['recipe'],
     classes=classes,
+    eval_split=split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
+  batches = data.pipeline.eval_dataset(spec)
   apply_fn = tta_lib.wrap(model.apply, tta, tta_crop_fraction)
   p_eval = parallel.pmap_eval_step(
     functools.partial(steps.eval_step, apply_fn=apply_fn, num_classes=card['num_classes'])

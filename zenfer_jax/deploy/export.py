@@ -9,12 +9,12 @@ card's size, already normalised the way evaluation normalises them, in; logits o
 batch (1 unless `--batch`): the LiteRT converter cannot lower the gathers a symbolic batch
 dimension puts in the shuffle-attention slices.
 
-Routes, each measured (README "Export and deploy"):
+Routes, each chosen by measurement (docs/deploy.md, "Why these routes", has the figures):
   * onnx: torch_port's reference PyTorch model (key-for-key the original network, checked against
     the Flax model by the parity tests) with the variables loaded strictly, exported by
     `torch.onnx.export(dynamo=True)` with an NHWC -> NCHW transpose in front. It gives
-    onnxruntime plain Conv/BatchNorm/ReLU graphs that it fuses, 2-2.5x faster at batch 1 than
-    the jax2onnx graph of the same model (which follows the CPU-specialised JAX formulation:
+    onnxruntime plain Conv/BatchNorm/ReLU graphs that it fuses, faster at batch 1 than the
+    jax2onnx graph of the same model (which follows the CPU-specialised JAX formulation:
     1x1 convs as reshapes and matmuls, unfused normalisation), and jax2onnx's current releases
     pin orbax-checkpoint below the version this project needs. Needs the `torch` extra. The
     writer is torch_port.onnx_export, found through the 'zenfer_jax.exporters' entry point,

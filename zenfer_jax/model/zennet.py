@@ -41,8 +41,10 @@ XAVIER_GAIN = 3.26033
 # branches learned from the first hundred steps. Fine for the reference's 400 epochs, costly in
 # a few dozen.
 INIT_SCHEMES = ('custom', 'custom_open', 'gaussian')
-# The older `depthwise_impl` option's values as `conv_impl` values ('shift' was the CPU depthwise).
-DEPTHWISE_IMPLS = {'auto': 'auto', 'xla': 'xla', 'shift': 'cpu'}
+
+
+class RemovedOptionError(TypeError):
+  """An option that was removed, with what to use instead."""
 
 
 def _normal(std: float):
@@ -265,8 +267,8 @@ def build_model(
   init: str = 'custom',
   conv_impl: str = 'auto',
   bn_impl: str = 'auto',
-  depthwise_impl: str | None = None,
   dtype: Any = jnp.float32,
+  **removed: Any,
 ) -> ZenNet:
   """A Flax ZenNet for `structure` (a structure string, a file path, a preset name or a Structure).
 
@@ -275,8 +277,14 @@ def build_model(
 
   conv_impl, bn_impl: 'auto' | 'xla' | 'cpu' (see `zenfer_jax.model.layers.cpu_kernels`); 'auto' is
   resolved here, once, and the model records the concrete choice.
-  depthwise_impl: the older spelling of conv_impl ('shift' is 'cpu'), kept for callers of it.
   """
+  if 'depthwise_impl' in removed:
+    raise RemovedOptionError(
+      f'build_model(depthwise_impl={removed["depthwise_impl"]!r}): depthwise_impl was removed '
+      "after v0.1.0; pass conv_impl instead ('auto', 'xla', or 'cpu' for the old 'shift')."
+    )
+  if removed:
+    raise TypeError(f'build_model() got unexpected keyword arguments {sorted(removed)}')
   s = resolve(structure)
   # Validate SA widths etc. now rather than at first trace.
   plan_lib.expand(s, use_sa=use_sa, no_bn=no_bn, no_reslink=no_reslink)
@@ -284,17 +292,6 @@ def build_model(
     raise ValueError(f'init must be one of {INIT_SCHEMES}, got {init!r}')
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
-  if depthwise_impl is not None:
-    if depthwise_impl not in DEPTHWISE_IMPLS:
-      raise ValueError(
-        f'depthwise_impl must be one of {tuple(DEPTHWISE_IMPLS)}, got {depthwise_impl!r}'
-      )
-    if conv_impl != 'auto':
-      raise ValueError(
-        f'give conv_impl or its older spelling depthwise_impl, not both '
-        f'(conv_impl={conv_impl!r}, depthwise_impl={depthwise_impl!r})'
-      )
-    conv_impl = DEPTHWISE_IMPLS[depthwise_impl]
   conv_impl = resolve_impl(conv_impl, 'conv_impl')
   bn_impl = resolve_impl(bn_impl, 'bn_impl')
   if use_lw_att and not plan_lib.sa_width_ok(s.out_channels, 8):

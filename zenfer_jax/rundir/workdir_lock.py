@@ -5,12 +5,14 @@ config.json that describes neither run's weights. So a run takes `DIR/run.lock` 
 anything and keeps it until it exits; a second run on the same directory stops at once with an
 error naming the holder (pid, host, start time, command).
 
-The lock is an advisory `flock` on the file: the kernel drops it when the holding process dies,
-however it dies, so a SIGKILLed run never leaves a lock that blocks the next one (the file may
-stay, holding the dead run's details; the next run takes it over and says so). Where `flock` is
-not available (some network file systems, Windows) the file is created exclusively instead,
-and a lock whose process is known to be dead (same host, pid gone or reused) is taken over;
-a lock held from another host cannot be checked and is reported for the user to remove.
+The lock is an advisory `flock` on the file, taken through the `filelock` library: the kernel
+drops it when the holding process dies, however it dies, so a SIGKILLed run never leaves a lock
+that blocks the next one (the file may stay, holding the dead run's details; the next run takes it
+over and says so). This module adds what `filelock` does not know: the holder's details, written
+into the lock file once it is held, and errors that name the holder. Where `flock` is not
+available (some network file systems, Windows) the file is created exclusively instead, and a
+lock whose process is known to be dead (same host, pid gone or reused) is taken over; a lock held
+from another host cannot be checked and is reported for the user to remove.
 
 Library use::
 
@@ -32,13 +34,14 @@ import socket
 import sys
 import time
 
+import filelock
 from absl import logging
 
 from zenfer_jax.errors import UserError
 
-try:
+try:  # Where `fcntl` is missing (Windows), or set to None (a test), the exclusive file is used.
   import fcntl
-except ImportError:  # Windows: exclusive creation only.
+except ImportError:
   fcntl = None
 
 __all__ = ['LOCK_NAME', 'WorkdirLocked', 'WorkdirLock', 'acquire', 'hold', 'holder']
@@ -159,12 +162,13 @@ def _locked_error(
 class WorkdirLock:
   """A held lock; `release()` (or leaving the `with` block) gives it up."""
 
-  def __init__(self, directory: str, path: str, fd: int, flock: bool, info: dict):
+  def __init__(self, directory: str, path: str, info: dict, inode: int, *, flock=None, fd=None):
     self.directory = directory
     self.path = path
     self.info = info
-    self._fd = fd
-    self._flock = flock
+    self._inode = inode  # The locked file's, so that release removes only that file.
+    self._flock = flock  # The held `filelock.FileLock`, or None ...
+    self._fd = fd  # ... and the exclusively created file's descriptor instead.
     self._count = 1
 
   @property
@@ -180,13 +184,16 @@ class WorkdirLock:
     _HELD.pop(self.directory, None)
     try:
       # Removed while still locked, so nobody can lock the old file after it is gone; a process
-      # that opened it just before sees it unlinked and locks the new one instead.
-      if _same_file(self.path, self._fd):
+      # that opened it just before finds it unlinked and tries again on the new one.
+      if _inode(self.path) == self._inode:
         os.remove(self.path)
     except OSError:
       pass
     finally:
-      os.close(self._fd)
+      if self._flock is not None:
+        self._flock.release(force=True)
+      else:
+        os.close(self._fd)
 
   def __enter__(self) -> WorkdirLock:
     return self
@@ -199,11 +206,11 @@ class WorkdirLock:
 _HELD: dict[str, WorkdirLock] = {}
 
 
-def _same_file(path: str, fd: int) -> bool:
+def _inode(path: str) -> int | None:
   try:
-    return os.stat(path).st_ino == os.fstat(fd).st_ino
+    return os.stat(path).st_ino
   except OSError:
-    return False
+    return None
 
 
 def _write_info(fd: int, info: dict) -> None:
@@ -214,33 +221,42 @@ def _write_info(fd: int, info: dict) -> None:
   os.fsync(fd)
 
 
+def _file_lock(path: str, on_acquired=None) -> filelock.FileLock:
+  """A non-blocking, process-wide `flock` on `path` (this module counts re-entries itself)."""
+  return filelock.FileLock(
+    path, timeout=0, thread_local=False, is_singleton=False, on_acquired=on_acquired
+  )
+
+
 def _acquire_flock(directory: str, path: str, info: dict, what: str) -> WorkdirLock | None:
   """The lock by flock, or None when the file system cannot flock."""
-  while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  previous, inode = {}, []
+
+  def record_holder(fd: int) -> None:  # Called by filelock once the flock is ours.
+    previous.update(_parse(os.pread(fd, 1 << 16, 0).decode('utf-8', 'replace')))
+    inode.append(os.fstat(fd).st_ino)
+    _write_info(fd, info)
+
+  for _ in range(10):
+    lock = _file_lock(path, record_holder)
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
+      lock.acquire()
+    except filelock.Timeout:
+      if not os.path.exists(path):  # The holder released and removed it meanwhile: retry.
+        continue
       raise _locked_error(directory, path, _read(path), what, flock=True) from None
     except OSError as e:
-      os.close(fd)
       if e.errno in _NO_FLOCK:
         return None
       raise
-    if not _same_file(path, fd):  # The holder released and removed it meanwhile: retry.
-      os.close(fd)
-      continue
-    with open(path, encoding='utf-8', errors='replace') as f:
-      previous = _parse(f.read())
     if previous:
       logging.warning(
         'Took over the lock of %s left by %s, which is no longer running.',
         directory,
         _describe(previous),
       )
-    _write_info(fd, info)
-    return WorkdirLock(directory, path, fd, True, info)
+    return WorkdirLock(directory, path, info, inode[-1], flock=lock)
+  raise WorkdirLocked(f'{directory}: could not take {path}; it keeps changing.', path, {})
 
 
 def _acquire_exclusive(directory: str, path: str, info: dict, what: str) -> WorkdirLock:
@@ -274,7 +290,7 @@ def _acquire_exclusive(directory: str, path: str, info: dict, what: str) -> Work
         os.remove(aside)
       continue
     _write_info(fd, info)
-    return WorkdirLock(directory, path, fd, False, info)
+    return WorkdirLock(directory, path, info, os.fstat(fd).st_ino, fd=fd)
   raise WorkdirLocked(f'{directory}: could not take {path}; it keeps changing.', path, {})
 
 
@@ -315,20 +331,16 @@ def holder(directory: str | os.PathLike) -> dict | None:
   if held is not None and held.info.get('pid') == os.getpid():
     return dict(held.info)
   if fcntl is not None:
+    probe = _file_lock(path)
     try:
-      fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-      return None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+      probe.acquire()
+    except filelock.Timeout:
       return _read(path)
     except OSError as e:
       if e.errno not in _NO_FLOCK:
         raise
     else:
+      probe.release(force=True)
       return None  # Nobody holds it: the file is a dead run's leftover.
-    finally:
-      os.close(fd)
   info = _read(path)
   return None if info and _holder_is_dead(info) else info

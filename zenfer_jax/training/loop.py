@@ -34,6 +34,7 @@ from tqdm import tqdm
 from zenfer_jax import atomic_write, data, dataset_names, errors
 from zenfer_jax.config.validation import ConfigError, class_list, validate_config
 from zenfer_jax.data import recipes
+from zenfer_jax.data import spec as data_spec
 from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
@@ -66,11 +67,11 @@ def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     kwargs['file_format'] = 'array_record'
   try:
     if jax.process_index() == 0:  # One builder on a shared file system; then the others.
-      info = data.prepare(d.name, data_dir, **kwargs)
+      info = data.prepare_dataset(d.name, data_dir, **kwargs)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('zenfer_jax: dataset prepared')
     if jax.process_index() != 0:
-      info = data.prepare(d.name, data_dir, **kwargs)
+      info = data.prepare_dataset(d.name, data_dir, **kwargs)
   except FileNotFoundError as e:
     raise FileNotFoundError(
       f'{e}\nPoint --config.data.manual_dir at the raw {d.name} files (see the layout above); '
@@ -339,15 +340,7 @@ def _resume(
 def _input_pipeline(job: _Job, start_step: int):
   """(train batches from `start_step`, eval batches, precise BN's hook): every pipeline call."""
   config, d = job.config, job.config.data
-  common = dict(
-    image_size=d.image_size,
-    num_local_devices=jax.local_device_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    recipe=d.recipe or None,
-    classes=class_list(config),
-  )
-  data_dir = os.path.expanduser(d.data_dir)
+  spec = data_spec.from_config(config)
   grain = d.get('loader', 'tf.data') == 'grain'
   if grain:  # No TensorFlow on this path (zenfer_jax/data/grain_pipeline.py).
     from zenfer_jax.data import grain_pipeline  # Here: only a Grain run pays for importing Grain.
@@ -361,26 +354,9 @@ def _input_pipeline(job: _Job, start_step: int):
     on_device = d.get('augment_on', 'host') == 'device'
     train_batches = device_pipeline.train_batches if on_device else data.pipeline.train_dataset
     eval_dataset = data.pipeline.eval_dataset
-  train_iter = train_batches(
-    d.name,
-    data_dir,
-    per_device_batch=config.batch_size // jax.device_count(),
-    seed=config.seed,
-    start_step=start_step,
-    split=d.train_split,
-    shuffle_buffer=d.shuffle_buffer,
-    process_split=d.process_split,
-    **common,
-  )
-  eval_batches = eval_dataset(
-    d.name,
-    data_dir,
-    split=d.eval_split,
-    per_device_batch=config.eval_batch_size // jax.device_count(),
-    **common,
-  )
-  num_train = job.sched.num_train
-  precise = precise_bn.for_training(config, job.model.apply, num_train, data_dir, **common)
+  train_iter = train_batches(spec, start_step=start_step)
+  eval_batches = eval_dataset(spec)
+  precise = precise_bn.for_training(config, job.model.apply, job.sched.num_train, spec)
   return train_iter, eval_batches, precise
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, eps: float) -> jax.Array:
   """One-hot targets with label smoothing: on-class 1 - eps + eps/K, off-class eps/K."""
-  on = 1.0 - eps + eps / num_classes
-  off = eps / num_classes
-  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (on - off) + off
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), eps)
 
 
 def mixup(
@@ -35,5 +34,4 @@ def mixup(
 
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean over the batch of -sum_k targets_k * log_softmax(logits)_k."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))

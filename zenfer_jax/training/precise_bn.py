@@ -30,6 +30,7 @@ from flax import traverse_util
 from jax import lax
 
 from zenfer_jax import data
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.model.layers.batchnorm import BatchNorm
 from zenfer_jax.training import parallel
 
@@ -107,13 +108,13 @@ def recompute_batch_stats(
 
 
 def for_training(
-  config, apply_fn: Callable, num_train: int, data_dir: str, **pipeline_kwargs
+  config, apply_fn: Callable, num_train: int, spec: DataSpec
 ) -> Callable[[dict], dict] | None:
   """The train loop's hook: replicated eval variables -> the same with recomputed statistics.
 
   None when `config.precise_bn_batches` is 0. Uses the training batch size per device (batch
-  statistics depend on it) and at most one pass over the training split; `pipeline_kwargs` are
-  the train loop's common pipeline arguments (image size, devices, process, recipe, classes).
+  statistics depend on it) and at most one pass over the training split; `spec` is the train
+  loop's `DataSpec`.
   """
   wanted = int(config.get('precise_bn_batches', 0))
   if wanted <= 0:
@@ -131,17 +132,7 @@ def for_training(
     statistics = data.pipeline.statistics_dataset
 
   def recompute(variables: dict) -> dict:
-    batches = statistics(
-      config.data.name,
-      data_dir,
-      per_device_batch=config.batch_size // jax.device_count(),
-      num_batches=num_batches,
-      seed=config.seed,
-      split=config.data.train_split,
-      shuffle_buffer=config.data.shuffle_buffer,
-      process_split=config.data.get('process_split', 'examples'),
-      **pipeline_kwargs,
-    )
+    batches = statistics(spec, num_batches)
     stats, used = recompute_batch_stats(
       p_moments, variables, batches, parallel.unreplicate_to_host(variables['batch_stats'])
     )

@@ -5,7 +5,8 @@ a strided conv, thin dense convs, 1x1 convs' weight gradients, BatchNorm's and t
 autodiff backward) is several times slower than the arithmetic requires. Each function here computes the same
 values as XLA's op (equal up to float32 summation order; the tests compare both, gradients
 included) in a form the CPU runs faster, most with a hand-written backward pass. They are used
-only where they were measured faster; README's performance notes have the numbers.
+only where they were measured faster; docs/performance.md ("CPU kernels: what each one is for")
+has the measurements.
 
 A model picks between XLA's plain ops and these with `conv_impl` and `bn_impl`
 ('auto' | 'xla' | 'cpu'). `resolve_impl` turns 'auto' into a concrete choice by the default
