@@ -237,48 +237,22 @@ def _label_freq(ds, batches):
 
 def test_class_balanced_sampling(folders_dir):
   light = dataclasses.replace(pipeline.RECIPES['none'], balanced=True)
-  ds = pipeline.train_dataset(
-    DataSpec(
-      'folders',
-      folders_dir,
-      image_size=4,
-      per_device_batch=600,
-      num_local_devices=2,
-      seed=0,
-      recipe=light,
-    )
+  spec = DataSpec(
+    'folders',
+    folders_dir,
+    image_size=4,
+    per_device_batch=600,
+    num_local_devices=2,
+    seed=0,
+    recipe=light,
   )
-  labels = next(ds)['label']
+  labels = next(pipeline.train_dataset(spec))['label']
   np.testing.assert_allclose(
     np.bincount(labels.ravel(), minlength=3) / labels.size, [1 / 3] * 3, atol=0.04
   )  # Class sizes are 6, 2, 3.
   # Seeded: the same seed draws the same sequence, another seed another one.
-  same = next(
-    pipeline.train_dataset(
-      DataSpec(
-        'folders',
-        folders_dir,
-        image_size=4,
-        per_device_batch=600,
-        num_local_devices=2,
-        seed=0,
-        recipe=light,
-      )
-    )
-  )['label']
-  other = next(
-    pipeline.train_dataset(
-      DataSpec(
-        'folders',
-        folders_dir,
-        image_size=4,
-        per_device_batch=600,
-        num_local_devices=2,
-        seed=1,
-        recipe=light,
-      )
-    )
-  )['label']
+  same = next(pipeline.train_dataset(spec))['label']
+  other = next(pipeline.train_dataset(dataclasses.replace(spec, seed=1)))['label']
   np.testing.assert_array_equal(labels, same)
   assert not np.array_equal(labels, other)
 
