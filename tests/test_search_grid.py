@@ -90,8 +90,11 @@ def test_the_grid_holds_every_program_and_nothing_compiles_after_the_warm_up(tmp
   for seed in (0, 1, 2):
     c = _config(seed=seed, max_iterations=40, compile_grid='on', **SMALL)
     scorer = evolution.JaxZenScorer(evolution.validate_config(c).settings)
+    before = set(prog.PROGRAMS.keys())
     state = evolution.run_search(c, str(tmp_path / f'on{seed}'), scorer=scorer, progress=False)
     grid = {('stage', spec) for spec in scorer.grid()}
+    # Nothing outside the grid was even asked for (no background completion either).
+    assert {k for k in set(prog.PROGRAMS.keys()) - before if k[0] == 'stage'} <= grid
     planned = planned or len(grid)
     assert len(grid) == planned == 15
     assert grid <= set(prog.PROGRAMS.keys())

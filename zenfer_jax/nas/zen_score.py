@@ -524,6 +524,10 @@ class ZenScorer:
     backend may refuse) is logged and left out rather than stopping the search: a candidate
     that needs it compiles it again, and fails there, as it would without the grid.
     """
+    # The grid holds every program a search can run; completing the grid of the levels seen
+    # (`_complete_grid`) would only add combinations no candidate reaches (a stage 0 narrower
+    # than its first conv), compiled mid-search.
+    self.complete_grid = False
     self._aux_programs()
     futures = [(spec, self._program(spec)) for spec in specs]
     for spec, fut in futures:
