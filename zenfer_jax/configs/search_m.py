@@ -74,4 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   # candidates into that cache, print how many and how long, and exit.
   config.search.warmup_only = False
   config.search.warmup_candidates = 256
+  # Compile every program the budgets allow before the first candidate (and in the warm-up), so
+  # none compiles mid-search: 'auto' (on accelerators, where a late compile stalls scoring for
+  # seconds; on CPU the grid costs minutes, more than the late compiles), 'on' or 'off'.
+  config.search.compile_grid = 'auto'
   return config

@@ -68,6 +68,10 @@ class SearchState:
   scoring_s: float = 0.0
   compile_s: float = 0.0
   compiled_programs: int = 0
+  # Programs compiled before the first candidate (the level grid, see evolution.grid_enabled)
+  # and the seconds that took, summed over sessions.
+  warmup_programs: int = 0
+  warmup_s: float = 0.0
   # [iteration, elapsed_s, best score, median population score], for search_progress.png.
   progress: list[list[float]] = dataclasses.field(default_factory=list)
   # The scorer's own resumable state (which padded programs it has used; see ZenScorer).

@@ -20,6 +20,8 @@ training run) on the same workdir stops at once, naming the process that holds i
   --config.search.warmup_only=True compiles the programs of the search's first
   config.search.warmup_candidates candidates into the persistent compilation cache,
   prints how many and how long, and exits (scores nothing, writes nothing to --workdir).
+  With config.search.compile_grid on (the default on accelerators) it compiles every program
+  the budgets allow, which the search itself also does before its first candidate.
 """
 
 import os
@@ -98,10 +100,13 @@ def warmup(config, setup) -> None:
   t = time.perf_counter()
   structures = evolution.warmup_structures(config, s.get('warmup_candidates', 256), setup)
   scorer = evolution.jax_scorer(setup.settings)
+  # The grid first: it sizes the weight buffer, which is part of every program's key.
+  grid = scorer.compile_grid() if evolution.grid_enabled(config) else None
   count = scorer.warmup(structures)
   _, compile_s = scorer.stats()
+  what = 'the level grid and ' if grid is not None else ''
   print(
-    f'warm-up: {count} programs for the first {len(structures)} candidates '
+    f'warm-up: {count} programs for {what}the first {len(structures)} candidates '
     f'({setup.settings["space"]}, {s.resolution} px, batch {s.batch_size}, '
     f'{setup.settings["candidates_per_step"]} per step, {jax.devices()[0].platform}) in '
     f'{time.perf_counter() - t:.1f} s ({compile_s:.1f} s compiling, summed over threads)'

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import logging
 from collections.abc import Sequence
 
 import jax
@@ -468,6 +469,80 @@ class ZenScorer:
     finally:
       self._capacity_chunks, self.max_layers = sizes
     return keys
+
+  def bound_sizes(self, max_weights: int, stage_layers: int, top_level: int) -> None:
+    """Sizes the weight buffer and the layer table for the largest structure a search's budgets
+    allow (`grid.width_bounds`), so neither ever grows mid-search: growing either changes every
+    program's key, and the whole grid would compile again. `top_level`: the widest level.
+    """
+    run = max(top_level, self.chunk, 256) * self.level_ratio**self.level_slack
+    while max_weights + run > self._capacity_chunks * _CHUNK:
+      self._capacity_chunks *= 2
+    while stage_layers > self.max_layers:
+      self.max_layers *= 2
+
+  def level_grid(self, structure: str | Structure, first_max: int, stage_max: Sequence[int]):
+    """Every stage program a search can run when no first conv is wider than `first_max` and no
+    stage holds a width over `stage_max[i]` (`grid.width_bounds`): per stage, every level of
+    the ladder up to its bound, entered from every level of the stage before.
+
+    Levels are chosen by `_plan` from the needs and the levels used before, so a used level is
+    one some candidate needed, never wider than the bounds; stage 0's level is never below its
+    first conv's (the first layer reads that width), which halves its part of the grid. A
+    `max_level_step` may raise a level to a neighbour's, so then every stage gets the widest.
+    """
+    specs = self._plan([prog.network_layout(structure)], record=False)
+    if len(specs) != len(stage_max):
+      raise ValueError(f'{len(stage_max)} stage bounds for {len(specs)} stages')
+    ratio = self.level_ratio
+
+    def ladder(width: int) -> list[int]:
+      top = prog.width_level(max(width, 8), ratio)
+      out = [8]
+      while out[-1] < top:
+        out.append(out[-1] * ratio)
+      return out
+
+    tops = list(stage_max)
+    if self.max_level_step is not None:
+      tops = [max(tops)] * len(tops)
+    grid = []
+    for i, base in enumerate(specs):
+      ins = [3] if i == 0 else ladder(tops[i - 1])
+      firsts = ladder(first_max) if i == 0 else [0]
+      for il, fl, lv in itertools.product(ins, firsts, ladder(tops[i])):
+        if i == 0 and lv < fl:
+          continue
+        grid.append(dataclasses.replace(base, in_level=il, first_level=fl, level=lv))
+    return grid
+
+  def compile_grid(self, specs: Sequence[prog.StageSpec]) -> int:
+    """Compiles `specs` (and the draw programs) on the compile threads; records no level as used,
+    so the programs a search picks, and its scores, are the same with or without this.
+
+    A grid program that fails to compile (the widest levels make very large arrays, which a
+    backend may refuse) is logged and left out rather than stopping the search: a candidate
+    that needs it compiles it again, and fails there, as it would without the grid.
+    """
+    # The grid holds every program a search can run; completing the grid of the levels seen
+    # (`_complete_grid`) would only add combinations no candidate reaches (a stage 0 narrower
+    # than its first conv), compiled mid-search.
+    self.complete_grid = False
+    self._aux_programs()
+    futures = [(spec, self._program(spec)) for spec in specs]
+    for spec, fut in futures:
+      try:
+        fut.result()
+      except Exception as e:  # any compile error: the search goes on
+        logging.getLogger(__name__).warning(
+          'level grid: stage %d at levels %d -> %d (first conv %d) did not compile: %s',
+          spec.index,
+          spec.in_level,
+          spec.level,
+          spec.first_level,
+          str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
+    return len(prog.PROGRAMS)
 
   def warmup(self, structures: Sequence[str | Structure]) -> int:
     """Compile every program scoring `structures` needs (and their level grid, when
