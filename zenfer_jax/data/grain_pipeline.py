@@ -207,15 +207,6 @@ def _eval_step(r: Recipe, image_size: int):
   return jax.pmap(prepare)
 
 
-def _device_recipe(r: Recipe) -> device_augment.RecipeParams:
-  try:
-    return device_augment.RecipeParams.of(r)
-  except ValueError as e:
-    raise ValueError(
-      f"config.data.loader='grain' augments with the device chain: {e}; use loader='tf.data'."
-    ) from None
-
-
 class TrainBatches(Iterator[dict]):
   """The infinite training stream; `get_state`/`set_state` save and restore its position."""
 
@@ -301,7 +292,7 @@ def train_batches(
   """
   del shuffle_buffer
   r = recipes.resolve(recipe, name)
-  params = _device_recipe(r)
+  params = device_augment.RecipeParams.of(r)
   source, info = _source(name, data_dir, split, classes)
   stream, streams, by_batch = samplers.process_stream(process_split, process_index, process_count)
   ranges = [
