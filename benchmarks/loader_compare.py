@@ -14,8 +14,9 @@ with an evaluation of PublicTest at its end, in a fresh process and workdir:
   tf.data_device  tf.data, augmentation as JAX ops (`augment_on='device'`; FER2013 is resident)
   grain           Grain over ArrayRecord, augmentation as JAX ops, TensorFlow never imported
 
-All three use the 'rafdb' recipe (the device chain has no FER2013 variant; see
-`device_augment.RecipeParams.of`). Reported per variant:
+--recipe picks the train recipe: 'rafdb' by default (the results in docs/grain.md were measured
+with it, before the device chain had FER2013's rotation), 'fer2013' for the config's own.
+Reported per variant:
 
   start_to_first_log_s    process start to its first log line (imports, JAX started)
   start_to_loop_s         ... to the training loop's start (data, model and state ready)
@@ -83,6 +84,7 @@ def parse_args(argv=None):
     "input's cost shows; 'zennet_r' for the config's own model",
   )
   p.add_argument('--variants', default=','.join(VARIANTS), help='comma-separated, in run order')
+  p.add_argument('--recipe', default='rafdb', help="the train recipe ('fer2013': the config's own)")
   p.add_argument('--out', required=True, help='JSON file to write')
   p.add_argument('--demo', action='store_true', help='accuracy on the demo instead (see above)')
   p.add_argument('--seeds', default='0,1,2', help='with --demo: comma-separated seeds')
@@ -179,12 +181,14 @@ def demo_accuracy(
   return results
 
 
-def run_variant(name: str, data_dir: str, steps: int, workdir: str, structure: str) -> dict:
+def run_variant(
+  name: str, data_dir: str, steps: int, workdir: str, structure: str, recipe: str = 'rafdb'
+) -> dict:
   overrides = {
     **VARIANTS[name],
     'model.structure': structure,
     'data.data_dir': os.path.abspath(data_dir),
-    'data.recipe': 'rafdb',
+    'data.recipe': recipe,
     'steps_per_epoch': steps,
     'num_epochs': 1,
     'warmup_epochs': 0,
@@ -243,12 +247,14 @@ def main(argv=None) -> int:
     'command': 'python -m benchmarks.loader_compare '
     + ' '.join(sys.argv[1:] if argv is None else argv),
     'machine': f'{os.cpu_count()} CPU cores',
-    'config': f'configs/fer2013_r.py, recipe rafdb, batch 64, 48 px, model {args.structure}',
+    'config': f'configs/fer2013_r.py, recipe {args.recipe}, batch 64, 48 px, '
+    f'model {args.structure}',
     'variants': {},
   }
   with tempfile.TemporaryDirectory(prefix='loader-compare-') as tmp:
     for name in names:
-      result = run_variant(name, args.data_dir, args.steps, os.path.join(tmp, name), args.structure)
+      workdir = os.path.join(tmp, name)
+      result = run_variant(name, args.data_dir, args.steps, workdir, args.structure, args.recipe)
       results['variants'][name] = result
       print(name, json.dumps(result), flush=True)
       with open(args.out, 'w') as f:  # After each variant: a partial run keeps its figures.

@@ -323,3 +323,132 @@ def test_chain_without_augmentation_is_resize_then_shift():
       np.zeros((1, 4), np.int32),
     )
     np.testing.assert_allclose(got, ref.numpy()[0], atol=1.0 / 255 / 0.224 + 1e-5)
+
+
+# ---- the FER2013 recipe: its own rotation, no AutoAugment, no lighting ---------------------
+
+FER2013 = D.RecipeParams.of(pipeline.RECIPES['fer2013'])
+ANGLES = np.array([10.0, -7.3, 3.25, -0.4, 45.0, 90.0], np.float32)
+
+
+def _tf_rotated(image, degrees) -> np.ndarray:
+  """`augment.random_rotate`'s warp at a given angle."""
+  return A.rotate(
+    tf.constant(image), degrees, interpolation='BILINEAR', fill_mode='NEAREST'
+  ).numpy()
+
+
+def test_rotation_equals_tf_bilinear_warp_with_edges_repeated():
+  """Float images: TensorFlow's kernel to float32 rounding, corners included (the repeated
+  edge); uint8 images: its truncating cast, at most one grey level apart."""
+  image = textured(20, 28, 3).astype(np.float32) + RNG.uniform(0, 1, (20, 28, 3)).astype(np.float32)
+  ours = np.asarray(jax.jit(D.rotate)(np.stack([image] * len(ANGLES)), ANGLES))
+  for got, degrees in zip(ours, ANGLES):
+    np.testing.assert_allclose(got, _tf_rotated(image, degrees), atol=1e-3, err_msg=str(degrees))
+  grey = IMAGES[1]
+  ours = np.asarray(jax.jit(D.rotate)(np.stack([grey] * len(ANGLES)), ANGLES))
+  assert ours.dtype == np.uint8
+  ref = np.stack([_tf_rotated(grey, d) for d in ANGLES])
+  assert_within_one_grey_level(ours, ref, max_fraction=0.01)
+
+
+def test_rotation_turns_about_the_pixel_grid_centre_and_repeats_edges():
+  """Without TensorFlow: 90 degrees is np.rot90 (centre ((w - 1) / 2, (h - 1) / 2), counter-
+  clockwise), a flat image stays flat (no black corners), and a 45-degree turn of a 9x9 image
+  fills each corner with the middle of an edge: the corner samples 1.66 px outside that edge,
+  and the clamp moves it onto the edge's pixel (a black fill would give 0 there)."""
+  image = RNG.uniform(10, 255, (1, 9, 9, 1)).astype(np.float32)
+  quarter = np.asarray(D.rotate(image, np.float32([90.0])))
+  np.testing.assert_allclose(quarter[0], np.rot90(image[0]), atol=1e-3)
+  flat = np.asarray(D.rotate(np.full((1, 12, 16, 3), 200.0, np.float32), np.float32([30.0])))
+  np.testing.assert_allclose(flat, 200.0, atol=1e-3)
+  turned = np.asarray(D.rotate(image, np.float32([45.0])))[0, ..., 0]
+  im = image[0, ..., 0]
+  corners = [turned[0, 0], turned[0, 8], turned[8, 8], turned[8, 0]]
+  np.testing.assert_allclose(corners, [im[0, 4], im[4, 8], im[8, 4], im[4, 0]], atol=1e-3)
+  np.testing.assert_allclose(turned[4, 4], im[4, 4], atol=1e-3)
+
+
+def test_rotation_of_a_canvas_is_that_of_its_valid_corner():
+  """Host-resized canvases: the centre and the clamp are those of each image's valid extent."""
+  canvas = np.zeros((2, 30, 30, 3), np.uint8)
+  canvas[0, :20, :28], canvas[1, :28, :20] = IMAGES[0], IMAGES[0].transpose(1, 0, 2)
+  sizes = np.array([[20, 28], [28, 20]], np.int32)
+  degrees = np.float32([8.5, -6.0])
+  out = np.asarray(D.rotate(canvas, degrees, sizes))
+  np.testing.assert_array_equal(out[0, :20, :28], D.rotate(IMAGES[0][None], degrees[:1])[0])
+  np.testing.assert_array_equal(
+    out[1, :28, :20], D.rotate(IMAGES[0].transpose(1, 0, 2)[None], degrees[1:])[0]
+  )
+
+
+def _fer_draws(n: int) -> dict:
+  keys = D.example_keys(13, jnp.arange(n))
+  sizes = jnp.broadcast_to(jnp.asarray([48, 48], jnp.int32), (n, 2))
+  draw = jax.jit(D.draw_params, static_argnums=(2, 3))
+  return jax.tree_util.tree_map(np.asarray, draw(keys, sizes, FER2013, 48))
+
+
+def _tf_fer_draws(n: int) -> dict:
+  r = pipeline.RECIPES['fer2013']
+
+  def one(i):
+    seed = tf.stack([tf.constant(7, tf.int64), i])
+    return {
+      'rotate': A._uniform(seed, (), -r.rotate_degrees, r.rotate_degrees),  # random_rotate's
+      'window': tf.stack(A.random_resized_crop_window(48, 48, seed, r.crop_scale)),
+      'erase': A.erasing_box(48, 48, seed, r.erasing_p, r.erasing_scale, r.erasing_ratio),
+    }
+
+  ds = tf.data.Dataset.range(n).map(one, num_parallel_calls=2).batch(n)
+  return next(iter(ds.as_numpy_iterator()))
+
+
+def test_fer2013_draws_follow_the_recipe():
+  """Angles uniform in +-10 degrees, the crop and erasing as tf.data draws them, no AutoAugment
+  and no lighting. Seeds fixed: the verdict is deterministic."""
+  assert (FER2013.autoaugment, FER2013.lighting_std, FER2013.rotate_degrees) == (False, 0.0, 10.0)
+  j, t = _fer_draws(N_DRAWS), _tf_fer_draws(N_DRAWS)
+  assert not any(k.startswith('aa_') for k in j)
+  np.testing.assert_array_equal(j['lighting'], 0.0)
+  angles = j['rotate']
+  assert angles.shape == (N_DRAWS,) and -10.0 <= angles.min() and angles.max() <= 10.0
+  assert angles.min() < -9.9 and angles.max() > 9.9
+  assert stats.kstest(angles, stats.uniform(-10, 20).cdf).pvalue > 1e-3
+  counts = np.histogram(angles, bins=10, range=(-10, 10))[0]
+  assert stats.chisquare(counts).pvalue > 1e-3, counts
+  _same_continuous(t['rotate'], angles, 'rotation')
+  area = lambda w: w[:, 2] * w[:, 3] / 48**2  # noqa: E731
+  assert 0.6 < area(j['window']).min() and area(j['window']).max() <= 1.0
+  _same_continuous(area(t['window']), area(j['window']), 'crop area')
+  _same_continuous(
+    t['window'][:, 3] / t['window'][:, 2], j['window'][:, 3] / j['window'][:, 2], 'crop aspect'
+  )
+  t_on, j_on = t['erase'][:, 2] > 0, j['erase'][:, 2] > 0
+  _same_discrete(t_on, j_on, 'erasing applied')
+  erased = lambda b: b[:, 2] * b[:, 3] / 48**2  # noqa: E731
+  _same_continuous(erased(t['erase'][t_on]), erased(j['erase'][j_on]), 'erase area')
+  # And the test can tell: half the range is rejected.
+  assert stats.kstest(angles, stats.uniform(-5, 10).cdf).pvalue < 1e-6
+
+
+def test_fer2013_chain_equals_tf_ops_on_the_device_parameters():
+  """Rotation, crop, flip, erasing on a grey face: the tf.data ops (rotation as
+  `augment.random_rotate` warps) on the device's parameters give the device's images; the
+  rotation's truncation may move a grey level, which the bicubic crop can spread to two."""
+  n, size = 12, 48
+  face = np.repeat(textured(48, 48, 5)[..., :1], 3, axis=-1)
+  out, p = _chain(FER2013, size)(np.stack([face] * n), np.arange(200, 200 + n))
+  out, p = np.asarray(out), jax.tree_util.tree_map(np.asarray, p)
+  assert len({round(float(a), 4) for a in p['rotate']}) == n
+  worst = 0.0
+  for i in range(n):
+    x = _tf_rotated(face, p['rotate'][i])
+    top, left, ch, cw = p['window'][i]
+    x = A.resize(x[top : top + ch, left : left + cw], (size, size)).numpy()
+    x = x[:, ::-1] if p['flip'][i] else x
+    ref = pipeline.finish_train_batch(x[None], np.zeros((1, 3), np.float32), p['erase'][i : i + 1])
+    diff = np.abs(out[i] - ref.numpy()[0])
+    worst = max(worst, float(diff.max()))
+    assert np.mean(diff > 1.0 / 255 / 0.225 + 1e-5) < 0.01
+  assert worst <= 2.0 / 255 / 0.224 + 1e-5, worst

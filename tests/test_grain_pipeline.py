@@ -150,18 +150,6 @@ def test_grain_eval_batches_match_tf_data_ones(both_dir):
 
 
 def test_bad_inputs_are_named(both_dir, tmp_path):
-  with pytest.raises(ValueError, match="loader='tf.data'"):
-    grain_pipeline.train_batches(
-      DataSpec(
-        'digits',
-        both_dir,
-        image_size=8,
-        per_device_batch=4,
-        num_local_devices=1,
-        seed=0,
-        recipe='fer2013',
-      )
-    )
   only_tfrecord = str(tmp_path / 'tfds')
   data.prepare_dataset('digits', only_tfrecord)
   with pytest.raises(array_records.MissingFormatError, match='file_format=both'):
@@ -181,17 +169,17 @@ def test_bad_inputs_are_named(both_dir, tmp_path):
     )
 
 
-def test_device_chain_recipe_check_is_the_same_as_device_augment():
-  # The Grain path refuses exactly the recipes the device chain cannot run.
+def test_the_device_chain_takes_every_recipe():
+  # Grain augments with the device chain, so it trains every recipe tf.data does.
   from zenfer_jax.data import recipes
 
   for name, r in recipes.RECIPES.items():
-    try:
-      device_augment.RecipeParams.of(r)
-      runs = True
-    except ValueError:
-      runs = False
-    assert runs == (name != 'fer2013'), name
+    p = device_augment.RecipeParams.of(r)
+    assert (p.autoaugment, p.rotate_degrees, p.lighting_std) == (
+      r.autoaugment,
+      r.rotate_degrees,
+      r.lighting_std,
+    ), name
 
 
 def test_host_canvas_mode_matches_the_fixed_shape_mode_where_nothing_is_resized(both_dir):
@@ -245,3 +233,42 @@ def test_grain_batches_equal_the_device_paths_bit_for_bit(both_dir):
     a, b = jax.device_get(next(grain)), jax.device_get(next(device))
     np.testing.assert_array_equal(a['label'], b['label'])
     np.testing.assert_array_equal(a['image'], b['image'])
+
+
+@pytest.fixture(scope='module')
+def fer2013_dir(tmp_path_factory) -> str:
+  """The FER2013 fixture in Kaggle's folder layout, prepared with both file formats."""
+  root = tmp_path_factory.mktemp('fer2013_both')
+  fx.make_fer2013_folders(str(root / 'manual'))
+  data.prepare_dataset(
+    'fer2013', str(root / 'tfds'), manual_dir=str(root / 'manual'), file_format='both'
+  )
+  return str(root / 'tfds')
+
+
+def test_fer2013_grain_batches_equal_the_device_paths_with_its_rotation(fer2013_dir):
+  """The FER2013 recipe (rotation, no AutoAugment, no lighting) on both device-chain loaders:
+  the same batches, and each face differently rotated."""
+  from zenfer_jax.data import device_pipeline
+
+  faces = DataSpec(
+    'fer2013',
+    fer2013_dir,
+    image_size=48,
+    per_device_batch=8,
+    num_local_devices=1,
+    seed=0,
+    recipe='fer2013',
+  )
+  grain = grain_pipeline.train_batches(faces)
+  device = device_pipeline.train_batches(faces)
+  for _ in range(2):
+    a, b = jax.device_get(next(grain)), jax.device_get(next(device))
+    np.testing.assert_array_equal(a['label'], b['label'])
+    np.testing.assert_array_equal(a['image'], b['image'])
+    assert a['image'].shape == (1, 8, 48, 48, 3)
+    # Grey faces stay grey (no colour lighting, no colour AutoAugment op) outside the erasing.
+    x = a['image'] * np.float32(spec.IMAGENET_STD) + np.float32(spec.IMAGENET_MEAN)
+    kept = ~(a['image'] == 0).all(-1)
+    for c in (1, 2):
+      np.testing.assert_allclose(x[..., c][kept], x[..., 0][kept], atol=1e-5)

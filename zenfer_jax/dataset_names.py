@@ -13,7 +13,6 @@ __all__ = [
   'DEFAULT_RECIPES',
   'FER2013_CLASSES',
   'FER2013_TO_RAFDB',
-  'HOST_ONLY_RECIPES',
   'RECIPE_NAMES',
   'class_names',
   'class_summary',
@@ -43,8 +42,6 @@ DIGITS_CLASSES = tuple(str(d) for d in range(10))
 # RAF-DB's aligned faces are resized whole, AffectNet's images resized on the shorter side and
 # centre-cropped.
 RECIPE_NAMES = ('rafdb', 'affectnet', 'fer2013', 'digits', 'none')
-# Recipes whose train chain runs in tf.data only (data.augment_on='host').
-HOST_ONLY_RECIPES = ('fer2013',)
 DEFAULT_RECIPES = {
   'rafdb': 'rafdb',
   'affectnet': 'affectnet',

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from zenfer_jax.dataset_names import ALL_DATASETS, HOST_ONLY_RECIPES, default_recipe
+from zenfer_jax.dataset_names import ALL_DATASETS
 from zenfer_jax.errors import UserError
 from zenfer_jax.model import structure, zennet
 from zenfer_jax.rundir import pretrained
@@ -126,14 +126,6 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   loader = d.get('loader', 'tf.data')
   _check(loader in ('tf.data', 'grain'), 'data.loader', loader, "'tf.data' or 'grain'")
   if loader == 'grain':
-    recipe = d.recipe or default_recipe(d.name)
-    _check(
-      recipe not in HOST_ONLY_RECIPES,
-      'data.loader',
-      loader,
-      f"'tf.data' for recipe {recipe!r} (Grain augments with the device chain, which has the "
-      'reference recipes only)',
-    )
     for key in ('grain_threads', 'grain_workers'):
       n = d.get(key, 0)
       low = 1 if key == 'grain_threads' else 0
@@ -143,14 +135,6 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
         n,
         f'an integer >= {low}',
       )
-  if where == 'device':
-    recipe = d.recipe or default_recipe(d.name)
-    _check(
-      recipe not in HOST_ONLY_RECIPES,
-      'data.augment_on',
-      where,
-      f"'host' for recipe {recipe!r} (the device chain has the reference recipes only)",
-    )
   if d.manual_dir:
     _check(
       os.path.isdir(os.path.expanduser(d.manual_dir)),

@@ -1,10 +1,11 @@
 """The train recipe on the accelerator: jitted batch ops equal to the tf.data ops in `augment`.
 
 A CPU core runs the tf.data recipe far slower than one GPU trains (docs/performance.md, "End to
-end"), so with `config.data.augment_on='device'` the same chain runs here, over whole batches, as part of
-the device's work: resize to the shorter side, RandomResizedCrop, horizontal flip, the
-AutoAugment ImageNet policy, PCA lighting, ImageNet normalisation and random erasing (or, for the
-recipes without augmentation, the resize and the random shift).
+end"), so with `config.data.augment_on='device'` the same chain runs here, over whole batches, as
+part of the device's work: resize to the shorter side, the recipe's own rotation (FER2013's:
+bilinear, edges repeated), RandomResizedCrop, horizontal flip, the AutoAugment ImageNet policy,
+PCA lighting, ImageNet normalisation and random erasing, each step where the recipe has it (or,
+for the recipes without augmentation, the resize and the random shift).
 
 Equal on equal parameters. Every op reproduces its TensorFlow counterpart: resizes build the
 exact weight matrices of TensorFlow's bicubic kernels (ResizeBicubic's table-quantised Keys
@@ -83,17 +84,12 @@ class RecipeParams:
   erasing_p: float = 0.5
   lighting_std: float = 0.1
   shift_fraction: float = 0.0
+  autoaugment: bool = True
+  rotate_degrees: float = 0.0
 
   @classmethod
   def of(cls, recipe) -> RecipeParams:
     """From a `pipeline.Recipe` (any object with the same fields)."""
-    if not getattr(recipe, 'autoaugment', True) or getattr(recipe, 'rotate_degrees', 0.0):
-      # The device chain draws the reference recipes' parameters only; a recipe without
-      # AutoAugment or with its own rotation would silently train on other augmentation.
-      raise ValueError(
-        f'recipe {recipe.name!r} runs on the host only (config.data.augment_on=host): the '
-        'device chain has no rotation-only or AutoAugment-free variant'
-      )
     return cls(
       augment=recipe.augment,
       resize_ratio=recipe.resize_ratio,
@@ -103,6 +99,8 @@ class RecipeParams:
       erasing_p=recipe.erasing_p,
       lighting_std=recipe.lighting_std,
       shift_fraction=recipe.shift_fraction,
+      autoaugment=getattr(recipe, 'autoaugment', True),
+      rotate_degrees=float(getattr(recipe, 'rotate_degrees', 0.0)),
     )
 
   def shorter_side(self, image_size: int) -> int:
@@ -243,6 +241,58 @@ def shift(images, offsets, max_shift: int):
   return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
     padded, offsets
   )
+
+
+def rotate(images, degrees, sizes=None):
+  """`augment.random_rotate`'s warp with its drawn angles [B]: bilinear, edges repeated.
+
+  TensorFlow's ImageProjectiveTransform (BILINEAR, fill_mode NEAREST) step for step, so equal
+  angles give the host's images: output pixel (x, y) samples the input at integer-indexed
+  coordinates (no half-pixel offset) rotated about ((w - 1) / 2, (h - 1) / 2), clamped into
+  [0, w - 1] x [0, h - 1] (the edge repeated into the corners), bilinear over the four
+  neighbours in the kernel's float32 order, and a uint8 result truncated as its cast truncates.
+  XLA's sin and cos may differ from TensorFlow's in the last bit: float images agree within
+  1e-3, uint8 ones within a grey level on a few pixels (tests). `sizes` [B, 2]:
+  each image's valid top-left extent on a host-resized canvas (None: the whole image); the
+  centre and the clamp are those of that extent, as the host rotates the image before padding.
+  """
+  b, h, w, c = images.shape
+  if sizes is None:
+    sizes = jnp.broadcast_to(jnp.asarray([h, w], jnp.int32), (b, 2))
+  vh = sizes[:, 0].astype(jnp.float32)[:, None, None]
+  vw = sizes[:, 1].astype(jnp.float32)[:, None, None]
+  theta = jnp.asarray(degrees, jnp.float32) * jnp.float32(math.pi / 180.0)
+  cos, sin = jnp.cos(theta)[:, None, None], jnp.sin(theta)[:, None, None]
+  cy, cx = (vh - 1.0) / 2.0, (vw - 1.0) / 2.0
+  ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+  xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+  # augment.rotate's transform [c, -s, cx - c cx + s cy, s, c, cy - s cx - c cy], evaluated as
+  # the kernel does: (t0 x + t1 y) + t2.
+  in_x = cos * xs + (-sin) * ys + (cx - cos * cx + sin * cy)
+  in_y = sin * xs + cos * ys + (cy - sin * cx - cos * cy)
+  x = jnp.clip(in_x, 0.0, vw - 1.0)
+  y = jnp.clip(in_y, 0.0, vh - 1.0)
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  x1, y1 = x0 + 1.0, y0 + 1.0
+  flat = images.reshape(b, h * w, c)
+
+  def read(yy, xx):
+    """The pixels at integer (yy, xx) [B, H, W] as float32, 0 outside the array (TF's fill;
+    such a tap only occurs with weight 0, on the clamped last row or column)."""
+    yi, xi = yy.astype(jnp.int32), xx.astype(jnp.int32)
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    index = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).reshape(b, h * w, 1)
+    value = jnp.take_along_axis(flat, index, axis=1).reshape(b, h, w, c).astype(jnp.float32)
+    return jnp.where(inside[..., None], value, 0.0)
+
+  wx0, wx1 = (x1 - x)[..., None], (x - x0)[..., None]
+  wy0, wy1 = (y1 - y)[..., None], (y - y0)[..., None]
+  top = wx0 * read(y0, x0) + wx1 * read(y0, x1)
+  bottom = wx0 * read(y1, x0) + wx1 * read(y1, x1)
+  out = wy0 * top + wy1 * bottom
+  if images.dtype == jnp.uint8:
+    return jnp.clip(jnp.floor(out), 0.0, 255.0).astype(jnp.uint8)
+  return out.astype(images.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,8 +533,11 @@ class _Uniforms:
 
 def _uniform_count(r: RecipeParams) -> int:
   n = spec.ATTEMPTS
-  # crop: 2n + 2, flip 1, AutoAugment 1 + 2 + 2, erasing 1 + 2n + 2; or the shift's 2.
-  return (4 * n + 11) if r.augment else 2
+  if not r.augment:
+    return 2  # The shift's two offsets.
+  # Crop 2n + 2, flip 1, erasing 1 + 2n + 2; AutoAugment 1 + 2 + 2; the rotation's angle 1.
+  # (A recipe's count fixes all its draws: threefry's numbers change with the vector's length.)
+  return 4 * n + 6 + (5 if r.autoaugment else 0) + (1 if r.rotate_degrees else 0)
 
 
 def _draw_one(key, height, width, r: RecipeParams, image_size: int) -> dict:
@@ -507,13 +560,17 @@ def _draw_one(key, height, width, r: RecipeParams, image_size: int) -> dict:
   )
   out['window'] = jnp.stack(window).astype(jnp.int32)
   out['flip'] = u.take() < 0.5
-  subpolicies = len(spec.IMAGENET_POLICY)
-  k = jnp.minimum(jnp.floor(u.take() * subpolicies), subpolicies - 1).astype(jnp.int32)
-  tables = tuple(jnp.asarray(t) for t in _POLICY_TABLES)
-  ops, mags, applied = spec.autoaugment_choice(JAX_OPS, tables, k, u.take(2), u.take(2))
-  out.update(aa_ops=ops, aa_magnitudes=mags, aa_applied=applied)
-  alpha = r.lighting_std * jax.random.normal(k_normal, (3,))
-  out['lighting'] = lighting_offsets(alpha[None])[0]
+  if r.autoaugment:
+    subpolicies = len(spec.IMAGENET_POLICY)
+    k = jnp.minimum(jnp.floor(u.take() * subpolicies), subpolicies - 1).astype(jnp.int32)
+    tables = tuple(jnp.asarray(t) for t in _POLICY_TABLES)
+    ops, mags, applied = spec.autoaugment_choice(JAX_OPS, tables, k, u.take(2), u.take(2))
+    out.update(aa_ops=ops, aa_magnitudes=mags, aa_applied=applied)
+  if r.lighting_std:
+    alpha = r.lighting_std * jax.random.normal(k_normal, (3,))
+    out['lighting'] = lighting_offsets(alpha[None])[0]
+  else:  # As `pipeline.train_example`: no draw, no offset.
+    out['lighting'] = jnp.zeros((3,), jnp.float32)
   box = spec.erasing_box(
     JAX_OPS,
     image_size,
@@ -526,6 +583,8 @@ def _draw_one(key, height, width, r: RecipeParams, image_size: int) -> dict:
     r.erasing_p,
   )
   out['erase'] = jnp.stack(box).astype(jnp.int32)
+  if r.rotate_degrees:  # Uniform in [-degrees, degrees), as `augment.random_rotate` draws it.
+    out['rotate'] = u.take(None, -r.rotate_degrees, r.rotate_degrees)
   assert u.used == _uniform_count(r), (u.used, _uniform_count(r))
   return out
 
@@ -535,18 +594,24 @@ def draw_params(keys, sizes, r: RecipeParams, image_size: int) -> dict:
   return jax.vmap(lambda k, s: _draw_one(k, s[0], s[1], r, image_size))(keys, sizes)
 
 
-def apply_params(images, params: dict, r: RecipeParams, image_size: int, impl: str = 'auto'):
+def apply_params(
+  images, params: dict, r: RecipeParams, image_size: int, impl: str = 'auto', sizes=None
+):
   """The chain on uint8 [B, H, W, 3] with drawn `params`; float32 [B, size, size, 3] out.
 
   With the augmenting recipe `images` are the crop source, already resized to the shorter side
-  (the windows in `params` lie inside each image's valid extent); otherwise they are already
-  image_size square and only the shift is applied.
+  (the windows in `params` lie inside each image's valid extent, `sizes` [B, 2] on a canvas,
+  else the whole image); otherwise they are already image_size square and only the shift is
+  applied. The recipe's rotation turns the crop source first, as `pipeline.train_example` does.
   """
   b = images.shape[0]
   if r.augment:
+    if r.rotate_degrees:
+      images = rotate(images, params['rotate'], sizes)
     x = resize_windows(images, params['window'], image_size)
     x = flip(x, params['flip'])
-    x = autoaugment(x, params['aa_ops'], params['aa_magnitudes'], params['aa_applied'], impl)
+    if r.autoaugment:
+      x = autoaugment(x, params['aa_ops'], params['aa_magnitudes'], params['aa_applied'], impl)
     return finish(x, params['lighting'], params['erase'])
   x = images
   m = r.max_shift(image_size)
@@ -584,5 +649,5 @@ def train_batch(
       images = resize_static(images, out_h, out_w)
     sizes = jnp.broadcast_to(jnp.asarray([out_h, out_w], jnp.int32), (b, 2))
   params = draw_params(example_keys(aug_seed, numbers), sizes, r, image_size)
-  out = apply_params(images, params, r, image_size, impl)
+  out = apply_params(images, params, r, image_size, impl, sizes)
   return (out, params) if with_params else out

@@ -208,15 +208,6 @@ def _eval_step(r: Recipe, image_size: int):
   return jax.pmap(prepare)
 
 
-def _device_recipe(r: Recipe) -> device_augment.RecipeParams:
-  try:
-    return device_augment.RecipeParams.of(r)
-  except ValueError as e:
-    raise ValueError(
-      f"config.data.loader='grain' augments with the device chain: {e}; use loader='tf.data'."
-    ) from None
-
-
 class TrainBatches(Iterator[dict]):
   """The infinite training stream; `get_state`/`set_state` save and restore its position."""
 
@@ -306,7 +297,7 @@ def train_batches(
   the split's images share one shape (None: by dataset, `FIXED_SHAPE`).
   """
   r = spec.resolved_recipe
-  params = _device_recipe(r)
+  params = device_augment.RecipeParams.of(r)
   image_size = spec.image_size
   fixed = _fixed_shape(spec.name, fixed_shape)
   canvas = _canvas_size(r, image_size)
