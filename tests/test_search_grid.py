@@ -10,7 +10,6 @@ import pytest
 from configs import search_m, search_r
 from zenfer_jax.model.structure import resolve
 from zenfer_jax.nas import evolution
-from zenfer_jax.nas import grid as grid_lib
 from zenfer_jax.nas import programs as prog
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import LOG_FILE
@@ -44,16 +43,7 @@ def _log(workdir):
 
 
 def _bounds(config):
-  s = evolution.validate_config(config).settings
-  return grid_lib.width_bounds(
-    resolve(s['init_structure']),
-    space_lib.get_space(s['space']),
-    resolution=s['resolution'],
-    num_classes=s['num_classes'],
-    budget_model_size=s['budget_model_size'],
-    budget_flops=s['budget_flops'],
-    max_layers=s['max_layers'],
-  )
+  return evolution.width_bounds(evolution.validate_config(config).settings)
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def _flax_scores(structure, seed, *, repeats, batch_size, resolution, gamma):
     init='gaussian',
     bn_momentum=0.9,
     bn_eps=1e-3,
-    depthwise_impl='xla',
+    conv_impl='xla',
   )
   # Shapes only (a real init would compile a Gaussian sampler per parameter): every conv
   # kernel is overwritten below, BatchNorm starts at scale 1, shift 0, mean 0, var 1.

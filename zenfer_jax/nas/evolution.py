@@ -265,6 +265,22 @@ def make_scorer(settings: dict[str, Any]) -> Scorer:
   return lambda s, seed: float(np.random.default_rng(seed).standard_normal())
 
 
+def width_bounds(settings: dict[str, Any]):
+  """The widest first conv and stages any candidate of a validated search can reach
+  (`nas.grid.width_bounds`), or None when its budgets bound no width."""
+  from zenfer_jax.nas import grid as grid_lib
+
+  return grid_lib.width_bounds(
+    resolve(settings['init_structure']),
+    space_lib.get_space(settings['space']),
+    resolution=settings['resolution'],
+    num_classes=settings['num_classes'],
+    budget_model_size=settings['budget_model_size'],
+    budget_flops=settings['budget_flops'],
+    max_layers=settings['max_layers'],
+  )
+
+
 class JaxZenScorer:
   """The search's fitness: the Zen-score through the bounded program set.
 
@@ -316,20 +332,10 @@ class JaxZenScorer:
   def grid(self) -> list | None:
     """Every stage program this search can run (the level grid its budgets allow), with the
     scorer's buffers sized so they never grow; None when the budgets bound no width."""
-    from zenfer_jax.nas import grid as grid_lib
     from zenfer_jax.nas import programs
 
-    s = self.settings
-    init = resolve(s['init_structure'])
-    bounds = grid_lib.width_bounds(
-      init,
-      space_lib.get_space(s['space']),
-      resolution=s['resolution'],
-      num_classes=s['num_classes'],
-      budget_model_size=s['budget_model_size'],
-      budget_flops=s['budget_flops'],
-      max_layers=s['max_layers'],
-    )
+    init = resolve(self.settings['init_structure'])
+    bounds = width_bounds(self.settings)
     if bounds is None:
       return None
     top = programs.width_level(max(bounds.first, *bounds.stages), self.scorer.level_ratio)
