@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from train_fixtures import REPO, flat, latest_state, main_command, subprocess_env
+from train_fixtures import REPO, assert_same_latest_checkpoint, main_command, subprocess_env
 
 from tests import no_tensorflow
 from zenfer_jax import data
@@ -72,14 +72,7 @@ def test_grain_run_without_tensorflow_resumes_bit_identically(tmp_path):
 
   # TensorFlow was asked for (libraries probe for it) and never imported: the runs succeeded.
   assert 'tensorflow' in blocked.read_text().split()
-  ref_state, ref_meta = latest_state(ref_dir)
-  state, meta = latest_state(run_dir)
-  assert int(state['step']) == int(ref_state['step']) == 12
-  ref_flat, got = flat(ref_state), flat(state)
-  assert sorted(got) == sorted(ref_flat)
-  for k in ref_flat:
-    np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
-  assert meta == ref_meta
+  meta = assert_same_latest_checkpoint(run_dir, ref_dir, 12)
   assert meta['loader']['next_step'] == 12 and meta['loader']['dataset'] == 'digits'
   records = workdir_lib.read_metrics(str(run_dir))
   assert records == workdir_lib.read_metrics(str(ref_dir))

@@ -15,7 +15,14 @@ import time
 
 import numpy as np
 import pytest
-from train_fixtures import REPO, flat, latest_state, main_command, run_main, subprocess_env
+from train_fixtures import (
+  REPO,
+  assert_same_latest_checkpoint,
+  flat,
+  main_command,
+  run_main,
+  subprocess_env,
+)
 
 from zenfer_jax.rundir import model_directory
 from zenfer_jax.rundir import workdir as workdir_lib
@@ -65,14 +72,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_dir):
   # The killed run and the rerun compiled nothing the first run had not (every step was found).
   assert set(os.listdir(cache)) == compiled
 
-  ref_state, ref_meta = latest_state(ref_dir)
-  state, meta = latest_state(run_dir)
-  assert int(state['step']) == int(ref_state['step']) == 12
-  ref_flat, got = flat(ref_state), flat(state)
-  assert sorted(got) == sorted(ref_flat)
-  for k in ref_flat:
-    np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
-  assert meta == ref_meta
+  assert_same_latest_checkpoint(run_dir, ref_dir, 12)
   assert workdir_lib.read_metrics(str(run_dir)) == workdir_lib.read_metrics(str(ref_dir))
   assert [r['epoch'] for r in workdir_lib.read_metrics(str(run_dir))] == [1, 2, 3]
   ref_best, _ = model_directory.load_model_dir(str(ref_dir / workdir_lib.MODEL_BEST))

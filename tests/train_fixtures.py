@@ -106,3 +106,17 @@ def latest_state(workdir) -> tuple[dict, dict]:
 
 def flat(tree: dict) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def assert_same_latest_checkpoint(run_dir, ref_dir, step: int) -> dict:
+  """Both workdirs' latest checkpoints are at `step` and equal array for array, with equal
+  metadata; returns that metadata (a resumed run against an uninterrupted one)."""
+  ref_state, ref_meta = latest_state(ref_dir)
+  state, meta = latest_state(run_dir)
+  assert int(state['step']) == int(ref_state['step']) == step
+  ref_flat, got = flat(ref_state), flat(state)
+  assert sorted(got) == sorted(ref_flat)
+  for k in ref_flat:
+    np.testing.assert_array_equal(got[k], ref_flat[k], err_msg=k)
+  assert meta == ref_meta
+  return meta
