@@ -264,9 +264,9 @@ def stage_search(a, env_info: dict, budget: Budget) -> dict:
   out = {'machine': timing.machine_info(), 'args': vars(args), 'results': [], 'not_run': {}}
   cache = os.path.join(a.cache_dir, 'search_jax_cache')  # The cold side's empty cache, then warm's.
   shutil.rmtree(cache, ignore_errors=True)
-  saved = os.environ.copy()
-  os.environ.clear()
-  os.environ.update(_child_env(a.device))
+  saved, children = os.environ.copy(), _child_env(a.device)
+  os.environ.clear()  # run_side's children inherit this process's environment.
+  os.environ.update(children)
   # The search's own cache (config.search.compilation_cache_dir) is the only one: cold is cold.
   os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
   try:
@@ -294,6 +294,7 @@ def stage_search(a, env_info: dict, budget: Budget) -> dict:
     os.environ.clear()
     os.environ.update(saved)
   return {
+    'ok': bool(out['results']),
     'file': FILES['search'],
     'sides': [r['side'] for r in out['results']],
     'not_run': out['not_run'],
@@ -344,12 +345,15 @@ def _run_child(cmd, env, budget: Budget, path: str, name: str) -> dict:
   except subprocess.TimeoutExpired as e:
     tail = (e.stderr or b'')[-2000:]
     return {
+      'ok': os.path.exists(path),  # What finished before the stop is on disk.
       'file': name,
-      'status': f'stopped at the stage budget of {budget.seconds:.0f} s',
+      'stopped': f'at the stage budget of {budget.seconds:.0f} s',
       'written': os.path.exists(path),
       'tail': tail.decode(errors='replace') if isinstance(tail, bytes) else tail,
     }
-  out = {'file': name, 'returncode': proc.returncode, 'written': os.path.exists(path)}
+  written = os.path.exists(path)
+  out = {'ok': written and not proc.returncode, 'file': name, 'returncode': proc.returncode}
+  out['written'] = written
   if proc.returncode:
     out['tail'] = (proc.stdout + proc.stderr)[-3000:]
   return out
@@ -503,6 +507,7 @@ def stage_e2e(a, env_info: dict, budget: Budget) -> dict:
         result['not_run'].append({**part, 'error': str(e)[-3000:]})
       write()
   return {
+    'ok': bool(result['runs']),
     'file': FILES['e2e'],
     'runs': len(result['runs']),
     'input_only': len(result['input_only']),
@@ -544,7 +549,8 @@ def main(argv=None) -> int:
     }
     try:
       entry.update(STAGE_FUNCTIONS[stage](a, env_info, budget))
-      entry['status'] = 'done'
+      # 'done': the stage measured something (its JSON says what was not run, and why).
+      entry['status'] = 'done' if entry.pop('ok') else 'failed'
     except Exception as e:  # The next stage still runs; the error is on record.
       entry.update(status='failed', error=f'{type(e).__name__}: {str(e)[-3000:]}')
     entry['seconds'] = round(budget.elapsed(), 1)
