@@ -66,6 +66,9 @@ CARRIED = (
   'promise',
   'immutabledict',
   'tensorflow-metadata',
+  'termcolor',
+  'toml',
+  'portpicker',
 )
 # The smoke network of the training tests (tests/train_fixtures.TINY).
 TINY_STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)'
