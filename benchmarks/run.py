@@ -72,6 +72,29 @@ def _versions() -> dict:
   return out
 
 
+class TorchSkipped(Exception):
+  """The PyTorch sides of a run that has no usable PyTorch (`Config.torch_skip` says why)."""
+
+
+def _torch_or_reason(device: str):
+  """(torch, None), or (None, why the PyTorch sides are skipped).
+
+  A bare accelerator machine can hold a PyTorch without CUDA, or none: the JAX figures are
+  still worth a run there (benchmarks.gpu_driver), so the PyTorch sides are recorded as skipped
+  with the reason instead of ending the run.
+  """
+  try:
+    import torch
+  except ImportError as e:
+    return None, f'torch is not importable: {e}'
+  if device == 'gpu' and not torch.cuda.is_available():
+    return (
+      None,
+      f'torch {torch.__version__} has no CUDA device (built for CUDA {torch.version.cuda})',
+    )
+  return torch, None
+
+
 def _measure_pair(
   cases: dict, *, reps: int, warmup: int, calls_per_rep: int, items_per_call: float
 ) -> dict:
@@ -86,6 +109,9 @@ def _measure_pair(
   )
   sides = {}
   for n, c in cases.items():
+    if isinstance(c, TorchSkipped):
+      sides[n] = {'status': 'skipped', 'reason': str(c)}
+      continue
     if isinstance(c, Exception):
       sides[n] = {
         'status': 'crashed' if 'crashed' in str(c) else 'failed',
@@ -160,7 +186,7 @@ def _measure_train(cfg, key: str, dtypes, channels_last: bool, compile: bool) ->
   """Builds the named train cases of one model (always PyTorch eager) and times them alternately."""
   from benchmarks.train_throughput import JaxTrainCase, TorchTrainCase
 
-  m = MODELS[key]
+  m = _model(cfg, key)
   kw = dict(
     structure=m['structure'],
     use_sa=m['use_sa'],
@@ -171,9 +197,13 @@ def _measure_train(cfg, key: str, dtypes, channels_last: bool, compile: bool) ->
   cases = {}
   for dt in dtypes:
     cases[f'jax_{dt}'] = _build(lambda dt=dt: JaxTrainCase(dtype=dt, **kw), f'jax_{dt}')
-  cases['torch_eager'] = _build(
-    lambda: TorchTrainCase(device=cfg.torch_device, **kw), 'torch_eager'
-  )
+  if cfg.torch_skip:
+    cases['torch_eager'] = TorchSkipped(cfg.torch_skip)
+    channels_last = compile = False
+  else:
+    cases['torch_eager'] = _build(
+      lambda: TorchTrainCase(device=cfg.torch_device, **kw), 'torch_eager'
+    )
   if channels_last:
     ckw = dict(kw, device=cfg.torch_device, channels_last=True)
     cases['torch_eager_cl'] = _build_probed(
@@ -192,8 +222,16 @@ def _measure_train(cfg, key: str, dtypes, channels_last: bool, compile: bool) ->
   )
 
 
+def _model(cfg, key: str) -> dict:
+  """MODELS[key], with --structure in place of its structure when given (smoke runs)."""
+  m = dict(MODELS[key])
+  if cfg.structure:
+    m['structure'] = cfg.structure
+  return m
+
+
 def _train_compile_wanted(cfg) -> bool:
-  return bool(cfg.torch_compile) and 'train' in cfg.torch_compile_sections
+  return bool(cfg.torch_compile) and 'train' in cfg.torch_compile_sections and not cfg.torch_skip
 
 
 def run_train(cfg, key: str) -> dict:
@@ -229,20 +267,23 @@ def run_train_extras(cfg, key: str) -> dict:
 def run_infer(cfg, key: str, batch: int, calls_per_rep: int, section: str) -> dict:
   from benchmarks.inference import JaxInferCase, TorchInferCase
 
-  m = MODELS[key]
+  m = _model(cfg, key)
   kw = dict(structure=m['structure'], use_sa=m['use_sa'], batch=batch, resolution=cfg.resolution)
   cases = {}
   for dt in cfg.infer_dtypes:
     cases[f'jax_{dt}'] = _build(lambda dt=dt: JaxInferCase(dtype=dt, **kw), f'jax_{dt}')
-  cases['torch_eager'] = _build(
-    lambda: TorchInferCase(device=cfg.torch_device, **kw), 'torch_eager'
-  )
-  if cfg.torch_channels_last:
+  if cfg.torch_skip:
+    cases['torch_eager'] = TorchSkipped(cfg.torch_skip)
+  else:
+    cases['torch_eager'] = _build(
+      lambda: TorchInferCase(device=cfg.torch_device, **kw), 'torch_eager'
+    )
+  if cfg.torch_channels_last and not cfg.torch_skip:
     ckw = dict(kw, device=cfg.torch_device, channels_last=True)
     cases['torch_eager_cl'] = _build_probed(
       'TorchInferCase', lambda: TorchInferCase(**ckw), ckw, 'torch_eager_cl'
     )
-  if cfg.torch_compile and section in cfg.torch_compile_sections:
+  if cfg.torch_compile and section in cfg.torch_compile_sections and not cfg.torch_skip:
     cases['torch_compile'] = _build(
       lambda: TorchInferCase(device=cfg.torch_device, compile=True, **kw), 'torch_compile'
     )
@@ -449,6 +490,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
     default=0,
     help='skip the sections not started after this many seconds (0: no limit)',
   )
+  p.add_argument(
+    '--torch',
+    choices=('auto', 'off'),
+    default='auto',
+    help='auto: time PyTorch where it is importable (on GPU: with CUDA), else record its sides '
+    'as skipped with the reason; off: JAX only',
+  )
+  p.add_argument(
+    '--structure',
+    default='',
+    help="a ZenNet structure string in place of each model's (smoke runs of this benchmark "
+    'on a tiny network; not for docs/performance.md)',
+  )
   p.add_argument('--resolution', type=int, default=None)
   p.add_argument('--train_batch', type=int, default=None)
   p.add_argument('--infer_batch', type=int, default=None)
@@ -531,6 +585,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
   cfg.infer_dtypes = cfg.jax_dtypes if cfg.infer_bf16 else ('float32',)
   cfg.torch_compile_sections = [x for x in cfg.torch_compile_sections.split(',') if x]
   cfg.torch_device = 'cuda' if gpu else 'cpu'
+  cfg.torch_skip = None  # Set in main: why the PyTorch sides are not run, if they are not.
   if cfg.out is None:
     cfg.out = os.path.join(
       'benchmarks', 'results', f'{cfg.device}{"_quick" if cfg.quick else ""}.json'
@@ -575,24 +630,26 @@ def main(argv: list[str] | None = None) -> dict:
     # Both frameworks share the GPU: JAX must not grab 75% of its memory up front.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax
-  import torch
 
   from zenfer_jax.model.layers.cpu_kernels import resolve_impl
 
-  torch.set_num_threads(cfg.threads)
-  if cfg.device == 'gpu':
-    torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes its own
+  torch, cfg.torch_skip = _torch_or_reason(cfg.device)
+  if cfg.torch == 'off':
+    torch, cfg.torch_skip = None, 'not run: --torch off'
+  if cfg.torch_skip:
+    _log(f'PyTorch sides skipped: {cfg.torch_skip}')
+  if torch is not None:
+    torch.set_num_threads(cfg.threads)
+    if cfg.device == 'gpu':
+      torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes its own
   if cfg.device == 'gpu':
     if jax.default_backend() != 'gpu':
       raise SystemExit(f"--device gpu but JAX's backend is {jax.default_backend()}")
-    if not torch.cuda.is_available():
-      raise SystemExit('--device gpu but torch.cuda is not available')
-    device_name = (
-      f'{jax.devices()[0].device_kind} (JAX) / {torch.cuda.get_device_name(0)} (PyTorch)'
-    )
+    torch_name = torch.cuda.get_device_name(0) if torch is not None else 'not run'
+    device_name = f'{jax.devices()[0].device_kind} (JAX) / {torch_name} (PyTorch)'
   else:
     device_name = f'CPU x{cfg.threads} ({timing.cpu_model()})'
-  pinning['torch_num_threads'] = torch.get_num_threads()
+  pinning['torch_num_threads'] = torch.get_num_threads() if torch is not None else None
 
   report = {
     'schema': 1,
@@ -622,11 +679,14 @@ def main(argv: list[str] | None = None) -> dict:
         'sections',
         'models',
         'budget_s',
+        'structure',
+        'torch_skip',
       )
     },
     'precision': (
       'fp32 on both sides; on GPU both default to TF32 for fp32 convolutions '
-      f"(XLA's default precision, torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}); torch NCHW "
+      "(XLA's default precision, torch.backends.cudnn.allow_tf32="
+      f'{torch.backends.cudnn.allow_tf32 if torch is not None else None}); torch NCHW '
       '(the reference layout), JAX NHWC'
     ),
     'loadavg_start': timing.loadavg(),

@@ -135,11 +135,15 @@ def child_command(name: str, args, cache: str | None) -> list[str]:
   return cmd
 
 
-def run_side(name: str, args, cache: str | None) -> dict:
-  """One side in a fresh process (no state shared with the others but the cache directory)."""
+def run_side(name: str, args, cache: str | None, timeout: float | None = None) -> dict:
+  """One side in a fresh process (no state shared with the others but the cache directory).
+
+  `timeout`: seconds before the side's process is killed (subprocess.TimeoutExpired), for a
+  caller that must finish within a fixed call (benchmarks.gpu_driver).
+  """
   cmd = child_command(name, args, cache)
   before = loadavg()
-  proc = subprocess.run(cmd, capture_output=True, text=True)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(f'{name} side failed:\n{proc.stderr[-4000:]}')

@@ -152,8 +152,22 @@ def _environment(device: str, cache_dir: str) -> dict:
   return env
 
 
-def train_run(args, model: str, augment_on: str, dtype: str, manual: str, records: str) -> dict:
-  """One `zenfer_jax.main` run; the figures from its timing.json."""
+def train_run(
+  args,
+  model: str,
+  augment_on: str,
+  dtype: str,
+  manual: str,
+  records: str,
+  loader: str = 'tf.data',
+  overrides: dict | None = None,
+) -> dict:
+  """One `zenfer_jax.main` run; the figures from its timing.json.
+
+  `loader`: config.data.loader ('grain' reads ArrayRecord files and imports no TensorFlow:
+  benchmarks.gpu_driver runs it so); `overrides`: further config overrides (a smoke run's tiny
+  structure).
+  """
   workdir = tempfile.mkdtemp(prefix='zenfer_e2e_')
   steps_per_epoch = -(-(args.warmup + args.steps) // args.epochs)
   steps = steps_per_epoch * args.epochs
@@ -171,6 +185,8 @@ def train_run(args, model: str, augment_on: str, dtype: str, manual: str, record
     'log_every_steps': args.warmup,
     'progress_bar': False,
     'compilation_cache_dir': '',  # The environment's cache (above), not the home directory's.
+    'data.loader': loader,
+    **(overrides or {}),
   }
   command = [
     sys.executable,
@@ -204,6 +220,7 @@ def train_run(args, model: str, augment_on: str, dtype: str, manual: str, record
   epoch = steps_per_epoch * step_seconds + eval_seconds + checkpoint_seconds
   return {
     'model': model,
+    'loader': loader,
     'augment_on': augment_on,
     'dtype': dtype,
     'image_size': args.image_size,
