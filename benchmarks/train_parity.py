@@ -214,7 +214,9 @@ def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
   """Counter-clockwise rotation about the centre, bilinear, edge pixels repeated outside.
 
   torchvision's RandomRotation would fill the corners with a constant; the JAX recipe repeats
-  the edge (no test face has a black border), so this does too.
+  the edge (no test face has a black border), so this does too. The uint8 result is truncated,
+  as TensorFlow's ImageProjectiveTransform casts it (the recipe's rotation, docs/datasets.md):
+  rounding as PIL does made the rotated faces half a grey level brighter than the JAX side's.
   """
   h, w = image.shape[:2]
   theta = math.radians(degrees)
@@ -230,7 +232,10 @@ def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
   img = image.astype(np.float64)
   top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
   bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
-  return np.clip(np.round(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+  # The 1e-6: where a pixel is copied (a right angle, say), cos and sin off by 1e-16 leave it a
+  # hair below its integer value, which truncation would turn into one grey level less.
+  value = top * (1 - fy) + bottom * fy + 1e-6
+  return np.clip(np.floor(value), 0, 255).astype(np.uint8)
 
 
 def crop_window(
