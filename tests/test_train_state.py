@@ -6,28 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
-from train_fixtures import flat, tiny_config
+from train_fixtures import flat
 
-from zenfer_jax.training import init
+# The shared fixtures config, model and fresh (imported as themselves: pytest finds them here).
+from train_fixtures import tiny_config_fixture as tiny_config_fixture
+from train_fixtures import tiny_model_fixture as tiny_model_fixture
+from train_fixtures import tiny_variables_fixture as tiny_variables_fixture
+
 from zenfer_jax.training import train_state as ts
-
-NUM_CLASSES = 10
-
-
-@pytest.fixture(scope='module')
-def config():
-  return tiny_config('/unused/data_dir')
-
-
-@pytest.fixture(scope='module')
-def model(config):
-  return init.build_model(config, NUM_CLASSES)
-
-
-@pytest.fixture(scope='module')
-def fresh(config, model):
-  return init.initial_variables(config, model, jax.random.PRNGKey(0))
 
 
 def test_state_dict_round_trip_after_a_step(config, model, fresh):

@@ -6,29 +6,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_fixtures import TINY, flat, tiny_config
+from train_fixtures import TINY, TINY_NUM_CLASSES, flat, tiny_config
+
+# The shared fixtures config, model and fresh (imported as themselves: pytest finds them here).
+from train_fixtures import tiny_config_fixture as tiny_config_fixture
+from train_fixtures import tiny_model_fixture as tiny_model_fixture
+from train_fixtures import tiny_variables_fixture as tiny_variables_fixture
 
 from zenfer_jax.model import zennet
 from zenfer_jax.model.structure import resolve
 from zenfer_jax.rundir import model_directory
 from zenfer_jax.training import init
-
-NUM_CLASSES = 10
-
-
-@pytest.fixture(scope='module')
-def config():
-  return tiny_config('/unused/data_dir')
-
-
-@pytest.fixture(scope='module')
-def model(config):
-  return init.build_model(config, NUM_CLASSES)
-
-
-@pytest.fixture(scope='module')
-def fresh(config, model):
-  return init.initial_variables(config, model, jax.random.PRNGKey(0))
 
 
 def test_build_model_takes_everything_from_config_model(config):
@@ -71,7 +59,7 @@ def _model_dir(tmp_path, variables, num_classes: int) -> str:
 
 def test_init_from_loads_everything_or_only_the_backbone(tmp_path, config, model, fresh):
   donor = jax.tree_util.tree_map(lambda x: x + 1, fresh)  # Another model's values, same tree.
-  path = _model_dir(tmp_path, donor, NUM_CLASSES)
+  path = _model_dir(tmp_path, donor, TINY_NUM_CLASSES)
 
   c = tiny_config('/unused', init_from=path)
   loaded = flat(init.initial_variables(c, model, jax.random.PRNGKey(0)))
@@ -138,4 +126,4 @@ def test_init_from_with_another_head_fails_unless_only_the_backbone_is_taken(
   merged = init.initial_variables(
     tiny_config('/unused', init_from=path, only_backbone=True), model, jax.random.PRNGKey(0)
   )
-  assert merged['params']['fc']['kernel'].shape[-1] == NUM_CLASSES
+  assert merged['params']['fc']['kernel'].shape[-1] == TINY_NUM_CLASSES

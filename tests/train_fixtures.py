@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from flax import traverse_util
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,6 +41,32 @@ def tiny_config(data_dir, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+# The tiny model and its first variables, for tests of the training modules (init, train_state).
+# A test module imports the three fixtures below to use them; each module builds its own.
+TINY_NUM_CLASSES = 10
+
+
+@pytest.fixture(scope='module', name='config')
+def tiny_config_fixture():
+  return tiny_config('/unused/data_dir')
+
+
+@pytest.fixture(scope='module', name='model')
+def tiny_model_fixture(config):
+  from zenfer_jax.training import init
+
+  return init.build_model(config, TINY_NUM_CLASSES)
+
+
+@pytest.fixture(scope='module', name='fresh')
+def tiny_variables_fixture(config, model):
+  import jax
+
+  from zenfer_jax.training import init
+
+  return init.initial_variables(config, model, jax.random.PRNGKey(0))
 
 
 def main_command(workdir, data_dir, **overrides) -> list[str]:

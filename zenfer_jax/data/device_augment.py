@@ -44,6 +44,9 @@ from zenfer_jax.data import augment_spec as spec
 from zenfer_jax.model.layers import cpu_kernels
 
 HIGHEST = jax.lax.Precision.HIGHEST
+# Host-resized train images travel on a square canvas; a long side beyond this many times the
+# short one keeps its middle (see `RecipeParams.canvas_size`).
+CANVAS_MAX_ASPECT = 1.5
 _OP = spec.OP_INDEX
 
 
@@ -105,6 +108,14 @@ class RecipeParams:
 
   def shorter_side(self, image_size: int) -> int:
     return round(image_size / self.resize_ratio)
+
+  def canvas_size(self, image_size: int) -> int:
+    """The side of the canvas that images of many sizes are resized onto on the host (Grain, and
+    the streamed device path), so that every batch has one shape; the cap on the long side keeps
+    one panorama from sizing every batch."""
+    if not self.augment:
+      return image_size
+    return max(image_size, int(np.ceil(self.shorter_side(image_size) * CANVAS_MAX_ASPECT)))
 
   def max_shift(self, image_size: int) -> int:
     return max(1, round(image_size * self.shift_fraction)) if self.shift_fraction > 0 else 0
@@ -651,3 +662,38 @@ def train_batch(
   params = draw_params(example_keys(aug_seed, numbers), sizes, r, image_size)
   out = apply_params(images, params, r, image_size, impl, sizes)
   return (out, params) if with_params else out
+
+
+def augment_local_batch(batch: dict, per_device, aug_seed: int, r: RecipeParams, image_size: int):
+  """A host batch {'image' uint8 [local_batch, H, W, 3], 'number', 'label', and 'size' [.., 2]
+  when the images are host-resized canvases} -> {'image', 'label'} over the local devices, the
+  images augmented there. The Grain loader and the streamed device path hand over the same host
+  batches; one function keeps their device side the same. `per_device`: `DataSpec.per_device`.
+  """
+  numbers = per_device(batch['number'])
+  if 'size' in batch:
+    step = _mapped_train_batch(aug_seed, r, image_size, canvas=True)
+    image = step(per_device(batch['image']), numbers, per_device(batch['size']))
+  else:
+    image = _mapped_train_batch(aug_seed, r, image_size, canvas=False)(
+      per_device(batch['image']), numbers
+    )
+  return {'image': image, 'label': per_device(batch['label'])}
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_train_batch(aug_seed: int, r: RecipeParams, image_size: int, canvas: bool):
+  """`train_batch` mapped over the local devices, one per (seed, recipe, size, kind of input:
+  decoded images of one shape, or canvases), cached so that a second stream in the same process
+  (a rerun, a test) reuses the compiled program."""
+  if canvas:
+
+    def augment_canvas(images, numbers, sizes):
+      return train_batch(images, numbers, aug_seed, r, image_size, sizes=sizes)
+
+    return jax.pmap(augment_canvas)
+
+  def augment(images, numbers):
+    return train_batch(images, numbers, aug_seed, r, image_size)
+
+  return jax.pmap(augment)

@@ -11,8 +11,8 @@
     example numbers; nothing waits on a CPU pipeline.
   * streamed: otherwise (AffectNet: 287k images of many sizes) the tf.data stream of the host
     path reads, decodes and resizes to the shorter side onto a fixed canvas (the long side is
-    cut to its middle `STREAM_MAX_ASPECT` times the short one); the crop and everything after it
-    run on the device.
+    cut to its middle `device_augment.CANVAS_MAX_ASPECT` times the short one); the crop and
+    everything after it run on the device.
 
 Sampling. Resident: each epoch of this process's share is a fresh permutation seeded by
 (seed, process, epoch), the order the host path's full shuffle buffer gives (RAF-DB's default);
@@ -41,7 +41,6 @@ from zenfer_jax.data.spec import DataSpec
 __all__ = ['ExampleSampler', 'load_resident', 'train_batches']
 
 RESIDENT_MAX_BYTES = 4 << 30
-STREAM_MAX_ASPECT = 1.5
 
 
 def _decoded(builder, split: str, ranges) -> tf.data.Dataset:
@@ -88,14 +87,6 @@ def _resident_step(aug_seed: int, params: device_augment.RecipeParams, image_siz
   return jax.pmap(take_and_augment)
 
 
-@functools.lru_cache(maxsize=8)
-def _streamed_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
-  def augment_canvas(image, size, numbers):
-    return device_augment.train_batch(image, numbers, aug_seed, params, image_size, sizes=size)
-
-  return jax.pmap(augment_canvas)
-
-
 def _streamed_example(image, image_size: int, r: Recipe, canvas: int):
   """Decode-side host work: resize (to the shorter side when augmenting) onto a fixed canvas."""
   if not r.augment:
@@ -121,56 +112,60 @@ def train_batches(
   depend on the number of processes (resident: each process holds the whole split).
   """
   tf_stream.hide_gpus_from_tf()
-  r = spec.resolved_recipe
-  params = device_augment.RecipeParams.of(r)
+  params = device_augment.RecipeParams.of(spec.resolved_recipe)
   builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
   plan = samplers.sampling(spec, info)
-  split, image_size = spec.train_split, spec.image_size
   devices = jax.local_devices()[: spec.num_local_devices]
-  per_device = spec.per_device
-
-  resident = load_resident(builder, split, plan.ranges, resident_max_bytes)
+  resident = load_resident(builder, spec.train_split, plan.ranges, resident_max_bytes)
   if resident is not None:
-    images, labels = resident
-    logging.info(
-      'Device augmentation: %d training images (%s, %.0f MB) resident on %d device(s).',
-      len(images),
-      'x'.join(map(str, images.shape[1:])),
-      images.nbytes / 2**20,
-      len(devices),
-    )
-    stored, stored_labels = _replicate(images, devices), _replicate(labels, devices)
-    sampler = plan.example_sampler(r.balanced, spec.seed)
+    return _resident_batches(spec, plan, params, devices, resident, start_step)
+  return _streamed_batches(spec, plan, params, builder, start_step, resident_max_bytes)
 
-    take_and_augment = _resident_step(plan.aug_seed, params, image_size)
 
-    def resident_stream():
-      step = start_step
-      mine = slice(plan.first, plan.first + plan.local_batch)
-      stream_batch = plan.stream_batch
-      while True:
-        index = per_device(sampler.indices(step, stream_batch)[mine])
-        numbers = step * stream_batch + np.arange(stream_batch, dtype=np.int64)[mine]
-        yield take_and_augment(stored, stored_labels, index, per_device(numbers.astype(np.uint32)))
-        step += 1
+def _resident_batches(spec: DataSpec, plan, params, devices, resident, start_step: int):
+  """The resident mode: the split is sent to every device once, so each step sends only the
+  indices and example numbers its examples are taken and augmented by."""
+  images, labels = resident
+  per_device = spec.per_device
+  logging.info(
+    'Device augmentation: %d training images (%s, %.0f MB) resident on %d device(s).',
+    len(images),
+    'x'.join(map(str, images.shape[1:])),
+    images.nbytes / 2**20,
+    len(devices),
+  )
+  stored, stored_labels = _replicate(images, devices), _replicate(labels, devices)
+  sampler = plan.example_sampler(spec.resolved_recipe.balanced, spec.seed)
+  take_and_augment = _resident_step(plan.aug_seed, params, spec.image_size)
 
-    return resident_stream()
+  def resident_stream():
+    step = start_step
+    mine = slice(plan.first, plan.first + plan.local_batch)
+    stream_batch = plan.stream_batch
+    while True:
+      index = per_device(sampler.indices(step, stream_batch)[mine])
+      numbers = step * stream_batch + np.arange(stream_batch, dtype=np.int64)[mine]
+      yield take_and_augment(stored, stored_labels, index, per_device(numbers.astype(np.uint32)))
+      step += 1
 
-  canvas = max(image_size, int(np.ceil(params.shorter_side(image_size) * STREAM_MAX_ASPECT)))
+  return resident_stream()
+
+
+def _streamed_batches(
+  spec: DataSpec, plan, params, builder, start_step: int, resident_max_bytes: int
+):
+  """The streamed mode: tf.data does only the host part (read, decode, resize onto a fixed
+  canvas, so that batches have one shape), and the devices do the rest as for Grain's batches."""
+  r, image_size = spec.resolved_recipe, spec.image_size
+  canvas = params.canvas_size(image_size)
   logging.info(
     'Device augmentation: streaming (the train split is not one shape within %.0f MB); the host '
     'decodes and resizes onto a %dx%d canvas.',
     resident_max_bytes / 2**20,
-    canvas if r.augment else image_size,
-    canvas if r.augment else image_size,
+    canvas,
+    canvas,
   )
-  ds = tf_stream.sampled_examples(
-    builder, split, plan, balanced=r.balanced, seed=spec.seed, shuffle_buffer=spec.shuffle_buffer
-  ).enumerate()
-  if start_step:
-    ds = ds.skip(int(start_step) * plan.stream_batch)
-  if plan.by_batch:
-    ds = tf_stream.own_slice(ds, plan)
+  ds = tf_stream.training_examples(builder, spec, plan, start_step)
 
   def _map(number, ex):
     image, size = _streamed_example(tf_stream.decode(ex['image']), image_size, r, canvas)
@@ -185,11 +180,10 @@ def train_batches(
   ds = ds.batch(plan.local_batch, drop_remainder=True).prefetch(spec.prefetch)
   ds = ds.with_options(tf_stream.options())
 
-  augment_canvas = _streamed_step(plan.aug_seed, params, image_size)
-
   def streamed():
     for b in ds.as_numpy_iterator():
-      image = augment_canvas(per_device(b['image']), per_device(b['size']), per_device(b['number']))
-      yield {'image': image, 'label': per_device(b['label'])}
+      yield device_augment.augment_local_batch(
+        b, spec.per_device, plan.aug_seed, params, image_size
+      )
 
   return streamed()

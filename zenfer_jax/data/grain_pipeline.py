@@ -17,8 +17,9 @@ shape (`FIXED_SHAPE`): batches go to the devices as decoded and the device chain
 there, with TensorFlow's exact kernels. Other datasets (AffectNet, folders) hold many sizes; as on
 the device path's streamed mode, the readers then resize each image on the host (PIL's bicubic,
 antialiased when shrinking: TensorFlow's kernels, within rounding) to the shorter side, keep the
-middle `CANVAS_MAX_ASPECT` times the short side of the long one, and pad to a fixed canvas; the
-crop and everything after it run on the devices. Evaluation images are resized on the host then.
+middle `device_augment.CANVAS_MAX_ASPECT` times the short side of the long one, and pad to a
+fixed canvas; the crop and everything after it run on the devices. Evaluation images are resized
+on the host then.
 
 Order. Each process reads its own share of every class (`samplers.host_range`; with
 process_split='batches' every process walks the one-process order and keeps its slice of each
@@ -47,7 +48,6 @@ from zenfer_jax.data.spec import DataSpec
 
 # Dataset families whose builders write images of one shape (the rest: the host-resized canvas).
 FIXED_SHAPE = frozenset({'rafdb', 'fer2013', 'digits'})
-CANVAS_MAX_ASPECT = 1.5
 # Steps beyond any training run: the step dataset's length (Grain's map datasets are sized).
 _MAX_STEPS = 1 << 40
 STATE_VERSION = 1
@@ -116,12 +116,6 @@ def _eval_with_size(image: np.ndarray, r: Recipe, image_size: int):
   return _eval_resized(image, r, image_size), (image_size, image_size)
 
 
-def _canvas_size(r: Recipe, image_size: int) -> int:
-  if not r.augment:
-    return image_size
-  return max(image_size, int(np.ceil(round(image_size / r.resize_ratio) * CANVAS_MAX_ASPECT)))
-
-
 class _ReadTrainStep:
   """Grain's map: a step number -> that step's decoded examples (uint8) for this process.
 
@@ -156,26 +150,6 @@ class _ReadTrainStep:
       out['image'] = _stack_images([{'image': image} for image, _ in resized], self.where)
       out['size'] = np.asarray([size for _, size in resized], np.int32)
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _augment_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
-  """The device chain over [devices, per_device, H, W, 3] uint8 batches (one per config)."""
-
-  def augment(images, numbers):
-    return device_augment.train_batch(images, numbers, aug_seed, params, image_size)
-
-  return jax.pmap(augment)
-
-
-@functools.lru_cache(maxsize=8)
-def _augment_canvas_step(aug_seed: int, params: device_augment.RecipeParams, image_size: int):
-  """The device chain over host-resized canvases, each valid in its top-left `sizes` corner."""
-
-  def augment(images, sizes, numbers):
-    return device_augment.train_batch(images, numbers, aug_seed, params, image_size, sizes=sizes)
-
-  return jax.pmap(augment)
 
 
 def _fixed_shape(name: str, fixed_shape: bool | None) -> bool:
@@ -300,22 +274,19 @@ def train_batches(
   params = device_augment.RecipeParams.of(r)
   image_size = spec.image_size
   fixed = _fixed_shape(spec.name, fixed_shape)
-  canvas = _canvas_size(r, image_size)
+  canvas = params.canvas_size(image_size)
   host_resize = functools.partial(_on_canvas, r=r, image_size=image_size, canvas=canvas)
   read, plan, total = _read_train_steps(spec, r, fixed, host_resize)
   dataset = grain.MapDataset.range(_MAX_STEPS).map(read)
   read_options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=spec.prefetch)
-  augment = _augment_step(plan.aug_seed, params, image_size)
-  augment_canvas = _augment_canvas_step(plan.aug_seed, params, image_size)
-  per_device = spec.per_device
-
-  def finish(batch: dict) -> dict:
-    numbers = per_device(batch['number'])
-    if fixed:
-      image = augment(per_device(batch['image']), numbers)
-    else:
-      image = augment_canvas(per_device(batch['image']), per_device(batch['size']), numbers)
-    return {'image': image, 'label': per_device(batch['label'])}
+  # The batches of one-shape images carry no 'size'; the canvases do.
+  finish = functools.partial(
+    device_augment.augment_local_batch,
+    per_device=spec.per_device,
+    aug_seed=plan.aug_seed,
+    r=params,
+    image_size=image_size,
+  )
 
   order = _order_fingerprint(spec, plan, total)
   batches = TrainBatches(dataset, read_options, workers, finish, order)

@@ -42,10 +42,9 @@ from zenfer_jax.data.tf_stream import (
   decode,
   hide_gpus_from_tf,
   options,
-  own_slice,
   read,
-  sampled_examples,
   to_devices,
+  training_examples,
 )
 
 __all__ = [
@@ -158,19 +157,12 @@ def preprocess_for_eval(image, image_size: int, recipe: str = 'rafdb'):
 # Public pipelines
 
 
-def _training_examples(spec: DataSpec, r: Recipe):
-  """(this process's sampled (index, example) pairs, the sampling plan), before decoding."""
+def _training_examples(spec: DataSpec, start_step: int = 0):
+  """(this process's (index, example) pairs from `start_step` on, the sampling plan), before
+  decoding (`tf_stream.training_examples`)."""
   builder, info = registry.load(spec.name, spec.data_dir, spec.classes)
   plan = samplers.sampling(spec, info)
-  ds = sampled_examples(
-    builder,
-    spec.train_split,
-    plan,
-    balanced=r.balanced,
-    seed=spec.seed,
-    shuffle_buffer=spec.shuffle_buffer,
-  )
-  return ds.enumerate(), plan
+  return training_examples(builder, spec, plan, start_step), plan
 
 
 def train_tf_dataset(spec: DataSpec, *, start_step: int = 0) -> tf.data.Dataset:
@@ -183,11 +175,7 @@ def train_tf_dataset(spec: DataSpec, *, start_step: int = 0) -> tf.data.Dataset:
   """
   hide_gpus_from_tf()
   r = spec.resolved_recipe
-  ds, plan = _training_examples(spec, r)
-  if start_step:
-    ds = ds.skip(int(start_step) * plan.stream_batch)
-  if plan.by_batch:
-    ds = own_slice(ds, plan)
+  ds, plan = _training_examples(spec, start_step)
   image_size = spec.image_size
 
   def _map(index, ex):
@@ -223,9 +211,7 @@ def statistics_dataset(spec: DataSpec, num_batches: int):
   """
   hide_gpus_from_tf()
   r = spec.resolved_recipe
-  ds, plan = _training_examples(spec, r)
-  if plan.by_batch:
-    ds = own_slice(ds, plan)
+  ds, plan = _training_examples(spec)
   ds = ds.map(
     lambda _, ex: {'image': _eval_chain(decode(ex['image']), spec.image_size, r)},
     num_parallel_calls=tf.data.AUTOTUNE,

@@ -275,51 +275,13 @@ def prepare(
     )
   data_dir = os.fspath(data_dir)
   default_manual = os.path.join(data_dir, 'downloads', 'manual')
-  b = builder(name, data_dir, classes, manual_dir=manual_dir or default_manual)
-  if not is_prepared(b) and array_records.first_format(file_format) != array_records.TFRECORD:
-    # TFDS refuses a format that differs from a prepared dataset's: named for new records only.
-    b = builder(
-      name,
-      data_dir,
-      classes,
-      manual_dir=manual_dir or default_manual,
-      file_format=array_records.first_format(file_format),
-    )
+  b = _builder_for_format(name, data_dir, classes, manual_dir or default_manual, file_format)
   if is_prepared(b) and manual_dir and name.split('/')[0] in MANUAL:
     _check_source(name, b, os.fspath(manual_dir))
   if not is_prepared(b):
-    config = {}
-    if name.split('/')[0] in MANUAL:
-      manual_dir = os.fspath(manual_dir or default_manual)
-      if not os.path.isdir(manual_dir):
-        raise FileNotFoundError(
-          f'The manual_dir {manual_dir!r} for {name} does not exist: pass manual_dir '
-          f'(--manual_dir), the dataset as downloaded. It should hold:'
-          f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}'
-        )
-      config['manual_dir'] = manual_dir
-    if beam:
-      config['beam_options'] = beam_options(beam_workers, beam_pipeline_options)
-    logging.info('Preparing %s into %s%s', name, b.data_dir, ' with Beam' if beam else '')
-    # TFDS prints that it is 'downloading' (nothing is: the files are local) to stdout, which
-    # belongs to a program's result; its lines go to the log instead.
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-      b.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config
-        )
-      )
-    for line in printed.getvalue().splitlines():
-      logging.debug('tfds: %s', line)
-    images.write_report(
-      os.path.join(os.fspath(b.data_dir), REPORT_NAME), name, dict(b.info.metadata)
-    )
-  missing = array_records.wanted(file_format) - array_records.available(b)
-  if array_records.ARRAY_RECORD in missing:
-    logging.info('Writing ArrayRecord copies of the %s records in %s', name, b.data_dir)
-    array_records.add_array_records(b)
-  elif missing:
-    array_records.require(b, array_records.TFRECORD, 'tf.data')
+    beam_args = (beam_workers, beam_pipeline_options) if beam else None
+    _build_records(name, b, os.fspath(manual_dir or default_manual), beam_args)
+  _add_wanted_formats(name, b, file_format)
   info = info_of(name, b)
   logging.info(
     '%s: %d classes %s, split sizes %s, %d skipped (report: %s)',
@@ -331,3 +293,62 @@ def prepare(
     info.report_path,
   )
   return info
+
+
+def _builder_for_format(name: str, data_dir: str, classes, manual_dir: str, file_format: str):
+  """The builder, asking for the wanted record format only when nothing is prepared yet: TFDS
+  refuses a format that differs from a prepared dataset's, and prepared TFRecords get their
+  ArrayRecord copy from `_add_wanted_formats` instead."""
+  b = builder(name, data_dir, classes, manual_dir=manual_dir)
+  if not is_prepared(b) and array_records.first_format(file_format) != array_records.TFRECORD:
+    b = builder(
+      name,
+      data_dir,
+      classes,
+      manual_dir=manual_dir,
+      file_format=array_records.first_format(file_format),
+    )
+  return b
+
+
+def _build_records(name: str, b, manual_dir: str, beam_args) -> None:
+  """Runs TFDS's preparation and writes the report of skipped files beside the records. A
+  missing manual_dir raises here, before Beam is imported or TFDS writes anything, with what it
+  should hold. `beam_args`: `beam_options`' (workers, pipeline options), or None without Beam."""
+  config = {}
+  if name.split('/')[0] in MANUAL:
+    if not os.path.isdir(manual_dir):
+      raise FileNotFoundError(
+        f'The manual_dir {manual_dir!r} for {name} does not exist: pass manual_dir '
+        f'(--manual_dir), the dataset as downloaded. It should hold:'
+        f'{type(b).MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
+    config['manual_dir'] = manual_dir
+  if beam_args is not None:
+    config['beam_options'] = beam_options(*beam_args)
+  logging.info(
+    'Preparing %s into %s%s', name, b.data_dir, '' if beam_args is None else ' with Beam'
+  )
+  # TFDS prints that it is 'downloading' (nothing is: the files are local) to stdout, which
+  # belongs to a program's result; its lines go to the log instead.
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    b.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **config
+      )
+    )
+  for line in printed.getvalue().splitlines():
+    logging.debug('tfds: %s', line)
+  images.write_report(os.path.join(os.fspath(b.data_dir), REPORT_NAME), name, dict(b.info.metadata))
+
+
+def _add_wanted_formats(name: str, b, file_format: str) -> None:
+  """Records prepared in one format serve a request for both: an ArrayRecord copy is written
+  from the TFRecords, while TFRecords missing beside ArrayRecords raise (they cannot be derived
+  here), naming the loader that needs them."""
+  missing = array_records.wanted(file_format) - array_records.available(b)
+  if array_records.ARRAY_RECORD in missing:
+    logging.info('Writing ArrayRecord copies of the %s records in %s', name, b.data_dir)
+    array_records.add_array_records(b)
+  elif missing:
+    array_records.require(b, array_records.TFRECORD, 'tf.data')

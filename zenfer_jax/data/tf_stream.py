@@ -23,6 +23,7 @@ __all__ = [
   'read_ranges',
   'sampled_examples',
   'to_devices',
+  'training_examples',
 ]
 
 
@@ -84,6 +85,25 @@ def sampled_examples(
   sizes = np.array([b - a for a, b in ranges], np.float64)
   weights = np.full(len(ranges), 1.0 / len(ranges)) if balanced else sizes / sizes.sum()
   return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights), seed=stream_seeds[1])
+
+
+def training_examples(builder, spec, plan: Sampling, start_step: int = 0) -> tf.data.Dataset:
+  """This process's (example number, example) pairs of `spec`'s train split from `start_step`
+  on, images still encoded. Both TensorFlow paths (and precise BN's batches) number and slice the
+  stream here, so that they agree on which example, with which number, a step takes."""
+  ds = sampled_examples(
+    builder,
+    spec.train_split,
+    plan,
+    balanced=spec.resolved_recipe.balanced,
+    seed=spec.seed,
+    shuffle_buffer=spec.shuffle_buffer,
+  ).enumerate()
+  if start_step:
+    ds = ds.skip(int(start_step) * plan.stream_batch)
+  if plan.by_batch:
+    ds = own_slice(ds, plan)
+  return ds
 
 
 def own_slice(ds: tf.data.Dataset, plan: Sampling) -> tf.data.Dataset:

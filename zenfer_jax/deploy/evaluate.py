@@ -111,14 +111,7 @@ def evaluate(
   (also the corner and centre crops of side tta_crop_fraction, and their mirrors).
   flip_tta: the same as tta='flip'.
   """
-  if flip_tta:
-    if tta not in ('none', 'flip'):
-      raise errors.InvalidInput(f'flip_tta and tta={tta!r} name two test-time augmentations.')
-    tta = 'flip'
-  try:
-    tta_lib.check(tta, tta_crop_fraction)
-  except ValueError as e:
-    raise errors.InvalidInput(str(e)) from None
+  tta = _checked_tta(flip_tta, tta, tta_crop_fraction)
   import jax
 
   from zenfer_jax import data
@@ -129,16 +122,7 @@ def evaluate(
 
   variables, card = workdir_lib.load_inference(path, which)
   info = data.prepare_dataset(name, data_dir, manual_dir=manual_dir, classes=classes)
-  if info.num_classes != card['num_classes']:
-    raise errors.InvalidInput(
-      f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
-      f'({info.class_names}).'
-    )
-  if card['class_names'] and list(card['class_names']) != list(info.class_names):
-    raise errors.InvalidInput(
-      f'The model was trained on the classes {card["class_names"]}, {name} has '
-      f'{info.class_names} (same order required).'
-    )
+  _check_classes(card, info, name)
   if batch_size % jax.device_count():
     raise errors.InvalidInput(
       f'--batch_size {batch_size} is not a multiple of {jax.device_count()} devices.'
@@ -179,6 +163,35 @@ def evaluate(
     }
   )
   return result
+
+
+def _checked_tta(flip_tta: bool, tta: str, tta_crop_fraction: float) -> str:
+  """The one test-time augmentation asked for, checked before JAX or the data are loaded, so a
+  wrong option fails at once; `flip_tta` is kept as the older spelling of tta='flip'."""
+  if flip_tta:
+    if tta not in ('none', 'flip'):
+      raise errors.InvalidInput(f'flip_tta and tta={tta!r} name two test-time augmentations.')
+    tta = 'flip'
+  try:
+    tta_lib.check(tta, tta_crop_fraction)
+  except ValueError as e:
+    raise errors.InvalidInput(str(e)) from None
+  return tta
+
+
+def _check_classes(card: dict, info, name: str) -> None:
+  """A model evaluated on other classes (or the same in another order) would give metrics that
+  look plausible and mean nothing, so the mismatch is refused."""
+  if info.num_classes != card['num_classes']:
+    raise errors.InvalidInput(
+      f'The model has {card["num_classes"]} classes, {name} has {info.num_classes} '
+      f'({info.class_names}).'
+    )
+  if card['class_names'] and list(card['class_names']) != list(info.class_names):
+    raise errors.InvalidInput(
+      f'The model was trained on the classes {card["class_names"]}, {name} has '
+      f'{info.class_names} (same order required).'
+    )
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str) -> None:

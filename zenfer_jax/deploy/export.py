@@ -278,47 +278,9 @@ def export(
   Returns a report: {'path', 'card_path', 'card', 'relative_error', 'runtime'}. Every option is
   checked before any work starts; the file and its card appear together at the end or not at all.
   """
-  from zenfer_jax.data.pipeline import RECIPES
-  from zenfer_jax.rundir import model_directory
-
-  if fmt not in FORMATS:
-    raise ExportError(f'--format {fmt!r}: expected one of {", ".join(FORMATS)}')
-  if batch is not None and batch < 1:
-    raise ExportError(f'--batch must be a positive integer, got {batch}')
-  if quantize not in (None, 'int8'):
-    raise ExportError(f'--quantize {quantize!r}: only int8 is supported')
-  if quantize and fmt != 'tflite':
-    raise ExportError(f'--quantize applies to --format tflite only, not {fmt}')
-  if quantize and not representative:
-    raise ExportError('--quantize int8 needs a representative set: pass --dataset and --data_dir')
-  if recipe is not None and recipe not in RECIPES:
-    raise ExportError(f'--recipe {recipe!r}: expected one of {", ".join(RECIPES)}')
+  _check_options(fmt, batch, quantize, representative, recipe)
   output = _check_output(output, fmt, overwrite)
-
-  from zenfer_jax.rundir import pretrained
-  from zenfer_jax.rundir import workdir as workdir_lib
-
-  checkpoint = pretrained.resolve(checkpoint)
-  if not os.path.isdir(checkpoint):
-    raise ExportError(
-      f'--checkpoint {checkpoint!r} is not a directory: give a model directory '
-      '(torch_port.convert output, WORKDIR/model_best) or a training workdir'
-    )
-  try:
-    variables, card = workdir_lib.load_inference(checkpoint)
-  except (model_directory.ModelDirError, FileNotFoundError, ValueError) as e:
-    raise ExportError(f'--checkpoint {checkpoint}: {e}') from None
-  size = image_size or card.get('image_size')
-  if not size:
-    raise ExportError(
-      f'the card of {checkpoint} has no image_size; pass --image_size (the size it was trained at)'
-    )
-  if recipe is not None:
-    card = dict(card, recipe=recipe)
-  variables = {c: variables[c] for c in ('params', 'batch_stats') if c in variables}
-  # XLA's plain ops, never the CPU backend's formulations: native (depthwise) convolutions
-  # become CONV_2D / DEPTHWISE_CONV_2D / grouped Conv in the files, and every runtime reads them.
-  model = model_directory.build_from_card(card, conv_impl='xla', bn_impl='xla')
+  model, variables, card, size = _load_model(checkpoint, image_size, recipe)
   full_card = export_card(card, fmt, batch, size, quantize)
 
   directory = os.path.dirname(output)
@@ -348,6 +310,55 @@ def export(
   finally:
     shutil.rmtree(tmpdir, ignore_errors=True)
   return report
+
+
+def _check_options(fmt: str, batch, quantize, representative, recipe) -> None:
+  """The options that need no file are checked first, so a wrong flag fails in a moment rather
+  than after the checkpoint is loaded."""
+  from zenfer_jax.data.pipeline import RECIPES
+
+  if fmt not in FORMATS:
+    raise ExportError(f'--format {fmt!r}: expected one of {", ".join(FORMATS)}')
+  if batch is not None and batch < 1:
+    raise ExportError(f'--batch must be a positive integer, got {batch}')
+  if quantize not in (None, 'int8'):
+    raise ExportError(f'--quantize {quantize!r}: only int8 is supported')
+  if quantize and fmt != 'tflite':
+    raise ExportError(f'--quantize applies to --format tflite only, not {fmt}')
+  if quantize and not representative:
+    raise ExportError('--quantize int8 needs a representative set: pass --dataset and --data_dir')
+  if recipe is not None and recipe not in RECIPES:
+    raise ExportError(f'--recipe {recipe!r}: expected one of {", ".join(RECIPES)}')
+
+
+def _load_model(checkpoint: str, image_size: int | None, recipe: str | None):
+  """(model, variables, card, image size) of `checkpoint`, with the loaders' errors turned into
+  ExportErrors that name the flag to fix, since the command line shows only those."""
+  from zenfer_jax.rundir import model_directory, pretrained
+  from zenfer_jax.rundir import workdir as workdir_lib
+
+  checkpoint = pretrained.resolve(checkpoint)
+  if not os.path.isdir(checkpoint):
+    raise ExportError(
+      f'--checkpoint {checkpoint!r} is not a directory: give a model directory '
+      '(torch_port.convert output, WORKDIR/model_best) or a training workdir'
+    )
+  try:
+    variables, card = workdir_lib.load_inference(checkpoint)
+  except (model_directory.ModelDirError, FileNotFoundError, ValueError) as e:
+    raise ExportError(f'--checkpoint {checkpoint}: {e}') from None
+  size = image_size or card.get('image_size')
+  if not size:
+    raise ExportError(
+      f'the card of {checkpoint} has no image_size; pass --image_size (the size it was trained at)'
+    )
+  if recipe is not None:
+    card = dict(card, recipe=recipe)
+  variables = {c: variables[c] for c in ('params', 'batch_stats') if c in variables}
+  # XLA's plain ops, never the CPU backend's formulations: native (depthwise) convolutions
+  # become CONV_2D / DEPTHWISE_CONV_2D / grouped Conv in the files, and every runtime reads them.
+  model = model_directory.build_from_card(card, conv_impl='xla', bn_impl='xla')
+  return model, variables, card, size
 
 
 def _verify(path, model, variables, batch, size, tolerance, quantize, seed) -> dict:

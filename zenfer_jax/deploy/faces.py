@@ -28,8 +28,10 @@ __all__ = [
   'BOX_MARGIN',
   'LANDMARK_NAMES',
   'TEMPLATE',
+  'ALIGNMENTS',
   'Face',
   'FaceDetector',
+  'add_options',
   'align',
   'annotate',
   'box_crop',
@@ -46,6 +48,28 @@ TEMPLATE = np.array(
 )
 BOX_MARGIN = 0.15
 MIN_CONFIDENCE = 0.9
+ALIGNMENTS = ('landmarks', 'box')
+
+
+def add_options(parser, *, help_prefix: str = '', align_note: str = '') -> None:
+  """Adds --align and --min_face_confidence to a command's parser. Every command that finds
+  faces (predict, zenfer-serve) takes them; one definition keeps their names, choices, defaults
+  and checks the same. `help_prefix` / `align_note` frame the help for each command.
+  """
+  from zenfer_jax import cli
+
+  parser.add_argument(
+    '--align',
+    choices=ALIGNMENTS,
+    default='landmarks',
+    help=f'{help_prefix}five-landmark similarity transform, or the box with a margin{align_note}',
+  )
+  parser.add_argument(
+    '--min_face_confidence',
+    type=cli.probability,
+    default=MIN_CONFIDENCE,
+    help=f'{help_prefix}detector threshold',
+  )
 
 
 @dataclasses.dataclass

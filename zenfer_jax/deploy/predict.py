@@ -37,6 +37,8 @@ from zenfer_jax.deploy import tta as tta_lib
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  from zenfer_jax.deploy import faces as faces_lib
+
   p = cli.ArgumentParser(
     prog='python -m zenfer_jax.deploy.predict',
     description=__doc__,
@@ -73,18 +75,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument(
     '--detect_faces', action='store_true', help='find, align and classify every face in photos'
   )
-  p.add_argument(
-    '--align',
-    choices=('landmarks', 'box'),
-    default='landmarks',
-    help='--detect_faces: five-landmark similarity transform, or the box with a margin',
-  )
-  p.add_argument(
-    '--min_face_confidence',
-    type=cli.probability,
-    default=0.9,
-    help='--detect_faces: detector threshold',
-  )
+  faces_lib.add_options(p, help_prefix='--detect_faces: ')
   p.add_argument('--video', help='a video file: faces found and classified frame by frame')
   p.add_argument(
     '--annotate',

@@ -298,70 +298,85 @@ def parse(text: str) -> Structure:
   blocks = []
   layers = 0
   pos = 0
-  n = len(body)
 
   def err(msg: str, at: int):
     raise StructureError(msg, lead + at, text)
 
-  while pos < n:
+  while pos < len(body):
     start = pos
-    m = _NAME_RE.match(body, pos)
-    if not m:
-      err(f'expected a block name, found {body[pos]!r}', pos)
-    type_name = m.group(0)
-    if type_name not in BLOCK_TYPES:
-      err(
-        f'unknown block {type_name!r}; expected one of SuperConvK{{1,3,5,7}}BNRELU, SuperResK{{3,5,7}}K{{3,5,7}} '
-        f'(same kernel twice), SuperResK1K{{3,5,7}}K1, SuperResIDWE{{1,2,4,6}}K{{3,5,7}}',
-        pos,
-      )
-    spec = BLOCK_TYPES[type_name]
-    pos = m.end()
-    if pos >= n or body[pos] != '(':
-      err(f"expected '(' after {type_name}", pos)
-    pos += 1
-    close = body.find(')', pos)
-    if close < 0:
-      err(f"expected ')' to close {type_name}(", pos)
-    inner = body[pos:close]
-    block_name = None
-    if '|' in inner:
-      bar = inner.index('|')
-      block_name = inner[:bar]
-      if not block_name or not _BLOCKNAME_RE.fullmatch(block_name) or '(' in block_name:
-        err("expected a block name before '|'", pos)
-      pos += bar + 1
-      inner = inner[bar + 1 :]
-    if '(' in inner:
-      err("expected ')' before a nested '('", pos + inner.index('('))
-    parts = inner.split(',')
-    if len(parts) != spec.num_args:
-      expected = (
-        '(in,out,stride,sub_layers)'
-        if spec.family == _CONV
-        else '(in,out,stride,bottleneck,sub_layers)'
-      )
-      err(f'{type_name} takes {spec.num_args} arguments {expected}, got {len(parts)}', pos)
-    values = []
-    arg_pos = pos
-    for part in parts:
-      if not _INT_RE.fullmatch(part):
-        err(f'expected an integer argument, got {part!r}', arg_pos)
-      values.append(int(part))
-      arg_pos += len(part) + 1
-    if spec.family == _CONV:
-      c_in, c_out, stride, subl = values
-      btl = None
-    else:
-      c_in, c_out, stride, btl, subl = values
-    block = Block(type_name, c_in, c_out, stride, subl, btl, block_name)
+    block, pos = _parse_block(body, pos, err)
     # Validate as we go so the error points at the first bad block, and so a huge string stops
     # at the first block past a limit; each check is constant work (the parse is linear).
     _validate_block(len(blocks), block, blocks[-1] if blocks else None, lead + start, text)
     layers = _check_totals(len(blocks), block, layers, lead + start, text)
     blocks.append(block)
-    pos = close + 1
   return Structure(tuple(blocks))
+
+
+def _parse_block(body: str, pos: int, err) -> tuple[Block, int]:
+  """(the block at `pos`, the position after it). One block at a time, so `parse` can check
+  each block before reading the next; `err(message, position)` raises with the position."""
+  m = _NAME_RE.match(body, pos)
+  if not m:
+    err(f'expected a block name, found {body[pos]!r}', pos)
+  type_name = m.group(0)
+  if type_name not in BLOCK_TYPES:
+    err(
+      f'unknown block {type_name!r}; expected one of SuperConvK{{1,3,5,7}}BNRELU, SuperResK{{3,5,7}}K{{3,5,7}} '
+      f'(same kernel twice), SuperResK1K{{3,5,7}}K1, SuperResIDWE{{1,2,4,6}}K{{3,5,7}}',
+      pos,
+    )
+  spec = BLOCK_TYPES[type_name]
+  pos = m.end()
+  if pos >= len(body) or body[pos] != '(':
+    err(f"expected '(' after {type_name}", pos)
+  pos += 1
+  close = body.find(')', pos)
+  if close < 0:
+    err(f"expected ')' to close {type_name}(", pos)
+  block_name, inner, pos = _block_label(body[pos:close], pos, err)
+  values = _block_args(inner, pos, type_name, spec, err)
+  if spec.family == _CONV:
+    c_in, c_out, stride, subl = values
+    btl = None
+  else:
+    c_in, c_out, stride, btl, subl = values
+  return Block(type_name, c_in, c_out, stride, subl, btl, block_name), close + 1
+
+
+def _block_label(inner: str, pos: int, err):
+  """(block name or None, the arguments after it, their position). The optional 'name|' prefix
+  is split off before the arguments so that their error positions stay exact."""
+  if '|' not in inner:
+    return None, inner, pos
+  bar = inner.index('|')
+  block_name = inner[:bar]
+  if not block_name or not _BLOCKNAME_RE.fullmatch(block_name) or '(' in block_name:
+    err("expected a block name before '|'", pos)
+  return block_name, inner[bar + 1 :], pos + bar + 1
+
+
+def _block_args(inner: str, pos: int, type_name: str, spec, err) -> list[int]:
+  """The block's integer arguments; each error points at the argument at fault, which a long
+  structure string needs to be fixable by hand."""
+  if '(' in inner:
+    err("expected ')' before a nested '('", pos + inner.index('('))
+  parts = inner.split(',')
+  if len(parts) != spec.num_args:
+    expected = (
+      '(in,out,stride,sub_layers)'
+      if spec.family == _CONV
+      else '(in,out,stride,bottleneck,sub_layers)'
+    )
+    err(f'{type_name} takes {spec.num_args} arguments {expected}, got {len(parts)}', pos)
+  values = []
+  arg_pos = pos
+  for part in parts:
+    if not _INT_RE.fullmatch(part):
+      err(f'expected an integer argument, got {part!r}', arg_pos)
+    values.append(int(part))
+    arg_pos += len(part) + 1
+  return values
 
 
 PRESETS = {'zennet_m': 'zennet_m.txt', 'zennet_r': 'zennet_r.txt'}

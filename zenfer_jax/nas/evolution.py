@@ -126,6 +126,8 @@ def _get(search, key, default=None):
 
 def validate_config(config) -> SearchSetup:
   """Check a search config before anything is scored; raise SearchConfigError saying what to change."""
+  # Over 80 lines on purpose: a flat list of independent checks, each with its own message, and
+  # the settings they admit; split up, it would only be harder to find a field's check.
   if 'search' not in config:
     raise SearchConfigError('the config has no `search` section; start from configs/search_m.py')
   s = config.search
@@ -549,77 +551,115 @@ def run_search(
 
 
 def _run_search(config, setup, workdir, scorer, progress, stop_after, max_seconds) -> SearchState:
+  """The search under the workdir lock, in parts: a call with nothing left to do writes the
+  outputs without building a scorer (a JAX start-up), and the loop's shared state lives in one
+  `_Session`."""
   settings = setup.settings
-  s = config.search
   os.makedirs(workdir, exist_ok=True)
-
-  state = load_state(workdir)
-  if state is None:
-    state = SearchState(settings=settings)
-  else:
-    _check_resume(state, setup, workdir)
+  state = _load_or_new_state(workdir, setup)
   rng = np.random.Generator(np.random.PCG64(settings['seed']))
   if state.rng_state is not None:
     rng.bit_generator.state = state.rng_state
-
-  per_step = settings['candidates_per_step']
-  max_iterations = s.max_iterations
-  checkpoint_every = s.checkpoint_every
-  end = max_iterations
-  if stop_after is not None:
-    end = min(max_iterations, -(-(state.next_iteration + stop_after) // per_step) * per_step)
+  end = _end_iteration(state, config.search.max_iterations, settings, stop_after)
   if state.next_iteration >= end:
     _write_outputs(workdir, state, settings)
     return state
+  scorer = _ready_scorer(scorer, settings, config.search, state)
+  session = _Session(config, setup, workdir, state, rng, scorer, progress, end, max_seconds)
+  if hasattr(scorer, 'compile_grid') and grid_enabled(config):
+    session.compile_grid()
+  session.run()
+  return state
 
+
+def _load_or_new_state(workdir: str, setup: SearchSetup) -> SearchState:
+  """A workdir's checkpoint is only resumed under the settings it was made with, since any other
+  setting would make the rest of the search a different search than its first part."""
+  state = load_state(workdir)
+  if state is None:
+    return SearchState(settings=setup.settings)
+  _check_resume(state, setup, workdir)
+  return state
+
+
+def _end_iteration(state: SearchState, max_iterations: int, settings, stop_after) -> int:
+  """Where this call stops: `stop_after` is rounded up to a whole step, so a search stopped and
+  resumed takes the same steps as one that ran through."""
+  if stop_after is None:
+    return max_iterations
+  per_step = settings['candidates_per_step']
+  return min(max_iterations, -(-(state.next_iteration + stop_after) // per_step) * per_step)
+
+
+def _ready_scorer(scorer, settings, s, state: SearchState):
+  """The default scorer is built only once there is work to do (it costs a JAX start-up), and
+  any scorer resumes its saved state so that resumed scores equal uninterrupted ones."""
   if scorer is None:
     if settings['proxy'] == 'zen':
       compilation_cache.enable(_get(s, 'compilation_cache_dir', '') or '')
     scorer = make_scorer(settings)
   if hasattr(scorer, 'restore'):
     scorer.restore(state.scorer_state)
-  stats = getattr(scorer, 'stats', lambda: (0, 0.0))
-  programs_before, compile_before = stats()
-  log_file = _open_log(workdir, state)
-  known = _read_scores(workdir, state.log_bytes)
-  latencies: dict[str, float] = {}
-  # Record the progress curve at most ~2,000 times over the whole search.
-  progress_every = max(1, max_iterations // 2000)
+  return scorer
 
-  bar = None
-  if progress:
-    from tqdm import tqdm
 
-    bar = tqdm(
-      total=max_iterations,
-      initial=state.next_iteration,
-      desc='search',
-      unit='it',
-      dynamic_ncols=True,
-    )
-  scored_here = 0
-  last_plot = -float('inf')
-  start = time.perf_counter()
-  deadline = None if max_seconds is None else start + float(max_seconds)
-  session = dict(
-    elapsed=state.elapsed_s,
-    scoring=state.scoring_s,
-    compile=state.compile_s,
-    programs=state.compiled_programs,
+def _progress_bar(max_iterations: int, initial: int):
+  """tqdm is imported only when a bar is asked for, so quiet runs (tests, jobs) do without it."""
+  from tqdm import tqdm
+
+  return tqdm(
+    total=max_iterations,
+    initial=initial,
+    desc='search',
+    unit='it',
+    dynamic_ncols=True,
   )
 
-  def totals():
-    programs, compile_s = stats()
-    return (
-      session['programs'] + programs - programs_before,
-      session['compile'] + compile_s - compile_before,
-      session['elapsed'] + time.perf_counter() - start,
+
+class _Session:
+  """One call's run of the search loop. Its steps share the scorer, the open log, the known
+  scores and the clocks that the saved totals add this call's share to; one object holds them so
+  that each part of a step can be read, and tested, on its own."""
+
+  def __init__(self, config, setup, workdir, state, rng, scorer, progress, end, max_seconds):
+    self.s = config.search
+    self.setup, self.settings = setup, setup.settings
+    self.workdir, self.state, self.rng, self.scorer, self.end = workdir, state, rng, scorer, end
+    self.per_step = self.settings['candidates_per_step']
+    self.stats = getattr(scorer, 'stats', lambda: (0, 0.0))
+    self.programs_before, self.compile_before = self.stats()
+    self.log_file = _open_log(workdir, state)
+    self.known = _read_scores(workdir, state.log_bytes)
+    self.latencies: dict[str, float] = {}
+    # Record the progress curve at most ~2,000 times over the whole search.
+    self.progress_every = max(1, self.s.max_iterations // 2000)
+    self.bar = _progress_bar(self.s.max_iterations, state.next_iteration) if progress else None
+    self.scored_here = 0
+    self.last_plot = -float('inf')
+    self.start = time.perf_counter()
+    self.deadline = None if max_seconds is None else self.start + float(max_seconds)
+    self.saved = dict(
+      elapsed=state.elapsed_s,
+      scoring=state.scoring_s,
+      compile=state.compile_s,
+      programs=state.compiled_programs,
     )
 
-  if hasattr(scorer, 'compile_grid') and grid_enabled(config):
-    # Before the first candidate, and inside the search's elapsed time: what a user waits for.
+  def totals(self):
+    """(programs, compile seconds, elapsed seconds) over every call so far, not just this one,
+    so that the log and the summary describe the whole search however often it was resumed."""
+    programs, compile_s = self.stats()
+    return (
+      self.saved['programs'] + programs - self.programs_before,
+      self.saved['compile'] + compile_s - self.compile_before,
+      self.saved['elapsed'] + time.perf_counter() - self.start,
+    )
+
+  def compile_grid(self) -> None:
+    """Before the first candidate, and inside the search's elapsed time: what a user waits for."""
+    state, stats = self.state, self.stats
     t, before = time.perf_counter(), stats()[0]
-    if scorer.compile_grid() is None:
+    if self.scorer.compile_grid() is None:
       log.warning(
         'config.search.compile_grid: without a parameter or FLOP budget and a layer budget '
         'nothing bounds the widths, so there is no level grid to compile up front'
@@ -632,87 +672,128 @@ def _run_search(config, setup, workdir, scorer, progress, stop_after, max_second
         stats()[0] - before,
         time.perf_counter() - t,
       )
-  try:
-    while state.next_iteration < end:
-      it = state.next_iteration
-      n = min(per_step - it % per_step, end - it)
-      state.trim(s.population_size)
-      proposals = []
-      for j in range(n):
-        candidate = _propose(state, setup, rng)
-        proposals.append((it + j, candidate, _screen(candidate, settings, latencies, it + j)))
-      fresh: dict[str, Structure] = {}
-      for _, candidate, record in proposals:
-        if record is not None and record['structure'] not in known:
-          fresh.setdefault(record['structure'], candidate)
-      t = time.perf_counter()
-      if fresh:
-        texts = list(fresh)
-        seeds = [structure_seed(text, settings['seed']) for text in texts]
-        if hasattr(scorer, 'score_many'):
-          values = scorer.score_many([fresh[x] for x in texts], seeds)
-        else:
-          values = [scorer(fresh[x], seed) for x, seed in zip(texts, seeds)]
-        for text, value in zip(texts, values):
-          known[text] = float(value)
-      score_s = time.perf_counter() - t
-      state.scoring_s += score_s
-      accepted = [p for p in proposals if p[2] is not None]
-      programs, _, elapsed = totals()
-      for _, _, record in accepted:
-        text = record['structure']
-        record.update(
-          score=known[text],
-          cached=text not in fresh,
-          score_s=round(score_s / len(accepted), 4),
-          compiled_programs=programs,
-          elapsed_s=round(elapsed, 3),
-        )
-        fresh.pop(text, None)
-        line = (json.dumps(record) + '\n').encode()
-        log_file.write(line)
-        state.log_bytes += len(line)
-        state.population.append((text, record['score']))
-        state.num_scored += 1
-        scored_here += 1
-      log_file.flush()
-      state.next_iteration = it + n
-      if state.population and (
-        state.next_iteration // progress_every != it // progress_every
-        or state.next_iteration == end
-      ):
-        best = state.best()
-        state.progress.append([state.next_iteration, round(elapsed, 3), best[1], state.median()])
-      if bar is not None:
-        rate = scored_here / max(time.perf_counter() - start, 1e-9)
-        best = state.best()
-        bar.set_postfix(
-          cand_per_s=f'{rate:.2f}', best=f'{best[1]:.3f}' if best else '-', refresh=False
-        )
-        bar.update(n)
-      out_of_time = deadline is not None and time.perf_counter() >= deadline
-      crossed = state.next_iteration // checkpoint_every != it // checkpoint_every
-      if crossed or state.next_iteration == end or out_of_time:
-        os.fsync(log_file.fileno())
-        state.rng_state = rng.bit_generator.state
-        state.compiled_programs, state.compile_s, state.elapsed_s = totals()
-        if hasattr(scorer, 'state'):
-          state.scorer_state = scorer.state()
-        save_state(workdir, state)
-        final = state.next_iteration == end or out_of_time
-        plot = final or time.perf_counter() - last_plot >= PLOT_EVERY_S
-        _write_outputs(workdir, state, settings, plot=plot)
-        if plot:
-          last_plot = time.perf_counter()
-      if out_of_time:
-        break
-  finally:
-    log_file.close()
-    if bar is not None:
-      bar.close()
-    if hasattr(scorer, 'close'):
-      scorer.close()
-  return state
+
+  def run(self) -> None:
+    """Steps until the end or the deadline; the log, the bar and the scorer are closed however
+    the loop ends, so an interrupted search leaves no half-written line or live workers."""
+    state = self.state
+    try:
+      while state.next_iteration < self.end:
+        it = state.next_iteration
+        n = min(self.per_step - it % self.per_step, self.end - it)
+        if self._step(it, n):
+          break
+    finally:
+      self.log_file.close()
+      if self.bar is not None:
+        self.bar.close()
+      if hasattr(self.scorer, 'close'):
+        self.scorer.close()
+
+  def _step(self, it: int, n: int) -> bool:
+    """Iterations [it, it + n): one step, checkpointed where due. True when out of time: the
+    deadline is checked only between steps, so a stopped search stops at a step boundary."""
+    state = self.state
+    state.trim(self.s.population_size)
+    proposals = []
+    for j in range(n):
+      candidate = _propose(state, self.setup, self.rng)
+      record = _screen(candidate, self.settings, self.latencies, it + j)
+      proposals.append((it + j, candidate, record))
+    fresh: dict[str, Structure] = {}
+    for _, candidate, record in proposals:
+      if record is not None and record['structure'] not in self.known:
+        fresh.setdefault(record['structure'], candidate)
+    score_s = self._score(fresh)
+    state.scoring_s += score_s
+    elapsed = self._log_accepted([p for p in proposals if p[2] is not None], fresh, score_s)
+    state.next_iteration = it + n
+    self._note_progress(it, elapsed)
+    self._update_bar(n)
+    out_of_time = self.deadline is not None and time.perf_counter() >= self.deadline
+    crossed = state.next_iteration // self.s.checkpoint_every != it // self.s.checkpoint_every
+    if crossed or state.next_iteration == self.end or out_of_time:
+      self._checkpoint(out_of_time)
+    return out_of_time
+
+  def _score(self, fresh: dict[str, Structure]) -> float:
+    """Scores the step's new structures in one call where the scorer can (one batch on the
+    device), each seeded by its text so a structure's score does not depend on its neighbours;
+    returns the seconds it took."""
+    t = time.perf_counter()
+    if fresh:
+      texts = list(fresh)
+      seeds = [structure_seed(text, self.settings['seed']) for text in texts]
+      if hasattr(self.scorer, 'score_many'):
+        values = self.scorer.score_many([fresh[x] for x in texts], seeds)
+      else:
+        values = [self.scorer(fresh[x], seed) for x, seed in zip(texts, seeds)]
+      for text, value in zip(texts, values):
+        self.known[text] = float(value)
+    return time.perf_counter() - t
+
+  def _log_accepted(self, accepted, fresh: dict[str, Structure], score_s: float) -> float:
+    """Appends the step's accepted candidates to the log and the population in proposal order
+    (what the reference's sequential loop would do); a structure repeated within the step is
+    marked cached after its first row. Returns the elapsed total the rows carry."""
+    state = self.state
+    programs, _, elapsed = self.totals()
+    for _, _, record in accepted:
+      text = record['structure']
+      record.update(
+        score=self.known[text],
+        cached=text not in fresh,
+        score_s=round(score_s / len(accepted), 4),
+        compiled_programs=programs,
+        elapsed_s=round(elapsed, 3),
+      )
+      fresh.pop(text, None)
+      line = (json.dumps(record) + '\n').encode()
+      self.log_file.write(line)
+      state.log_bytes += len(line)
+      state.population.append((text, record['score']))
+      state.num_scored += 1
+      self.scored_here += 1
+    self.log_file.flush()
+    return elapsed
+
+  def _note_progress(self, it: int, elapsed: float) -> None:
+    """Adds a point to the progress curve only every `progress_every` iterations (and at the
+    end), so a million-iteration search's checkpoint stays small."""
+    state, every = self.state, self.progress_every
+    if state.population and (
+      state.next_iteration // every != it // every or state.next_iteration == self.end
+    ):
+      best = state.best()
+      state.progress.append([state.next_iteration, round(elapsed, 3), best[1], state.median()])
+
+  def _update_bar(self, n: int) -> None:
+    """The rate shown is this call's, which is what a user watching the bar can act on."""
+    if self.bar is None:
+      return
+    rate = self.scored_here / max(time.perf_counter() - self.start, 1e-9)
+    best = self.state.best()
+    self.bar.set_postfix(
+      cand_per_s=f'{rate:.2f}', best=f'{best[1]:.3f}' if best else '-', refresh=False
+    )
+    self.bar.update(n)
+
+  def _checkpoint(self, out_of_time: bool) -> None:
+    """The log is fsynced before the checkpoint that vouches for its bytes, so a resume never
+    finds the checkpoint ahead of the log; plots are redrawn at most every PLOT_EVERY_S (a
+    redraw can cost more than the scoring) and at the end."""
+    state = self.state
+    os.fsync(self.log_file.fileno())
+    state.rng_state = self.rng.bit_generator.state
+    state.compiled_programs, state.compile_s, state.elapsed_s = self.totals()
+    if hasattr(self.scorer, 'state'):
+      state.scorer_state = self.scorer.state()
+    save_state(self.workdir, state)
+    final = state.next_iteration == self.end or out_of_time
+    plot = final or time.perf_counter() - self.last_plot >= PLOT_EVERY_S
+    _write_outputs(self.workdir, state, self.settings, plot=plot)
+    if plot:
+      self.last_plot = time.perf_counter()
 
 
 def _screen(candidate: Structure, settings, latencies, iteration: int):

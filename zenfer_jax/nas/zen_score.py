@@ -309,6 +309,50 @@ class ZenScorer:
     for lay in layouts[1:]:
       if lay.signature(self.resolution) != sig:
         raise ValueError('candidates scored together must share strides and plain convs')
+    fams, ks = self._layer_kinds(layouts)
+    plans = [prog.stage_levels(lay, self.level_ratio, self.max_level_step) for lay in layouts]
+    first_need = max(p[0] for p in plans)
+    needs = [max(p[2][i] for p in plans) for i in range(len(layouts[0].stages))]
+    self._grow_capacity(layouts, max(first_need, *needs))
+    first, stages, last = sig
+    specs, in_level = [], 3
+    for i, (h_in, entry, has_layers) in enumerate(stages):
+      base = prog.StageSpec(
+        index=i,
+        h_in=h_in,
+        entry_stride=entry,
+        has_layers=has_layers,
+        first=first if i == 0 else None,
+        last=last if i == len(stages) - 1 else None,
+        in_level=0,
+        first_level=0,
+        level=0,
+        families=fams,
+        kmax=max(ks),
+        chunk=self.chunk,
+        last_chunk=max(self.chunk, 256),
+        instances=self.instances,
+        shared_structure=self.candidates == 1,
+        batch_size=self.batch_size,
+        max_layers=self.max_layers,
+        capacity=self._capacity_chunks * _CHUNK,
+        bn_variance=self.bn_variance,
+        depthwise_impl=self.depthwise_impl,
+      )
+      level, first_level = self._reused_levels(i, in_level, first_need if i == 0 else 0, needs[i])
+      if record:
+        self._record_levels(base, i, in_level, first_level, level)
+      specs.append(
+        dataclasses.replace(base, in_level=in_level, first_level=first_level, level=level)
+      )
+      in_level = level
+    return specs
+
+  def _layer_kinds(self, layouts: Sequence[prog.Layout]):
+    """(families, kernel sizes) the programs support: the scorer's own when a search gave them,
+    so that every candidate of the search runs on the same programs; else those of these
+    candidates. Grows `max_layers` (by doubling) for a stage longer than it, since the layer
+    count is part of the programs' shapes."""
     all_layers = [layer for lay in layouts for st in lay.stages for layer in st]
     fams = (
       self.families
@@ -326,69 +370,45 @@ class ZenScorer:
             )
         while len(st) > self.max_layers:
           self.max_layers *= 2
-    plans = [prog.stage_levels(lay, self.level_ratio, self.max_level_step) for lay in layouts]
-    first_need = max(p[0] for p in plans)
-    needs = [max(p[2][i] for p in plans) for i in range(len(layouts[0].stages))]
-    # A margin past the last weight: kernels are read in contiguous runs of up to a level's
-    # width or a chunk (programs._rows), and no run that starts at a real weight may reach the
-    # end (dynamic_slice would clamp it and read shifted weights). A reused level is at most
-    # level_ratio ** level_slack wider than the one needed.
-    run = max(first_need, *needs, self.chunk, 256) * self.level_ratio**self.level_slack
+    return fams, ks
+
+  def _grow_capacity(self, layouts: Sequence[prog.Layout], widest_need: int) -> None:
+    """Doubles the weight buffer until every candidate's weights fit with a margin past the last
+    weight: kernels are read in contiguous runs of up to a level's width or a chunk
+    (programs._rows), and no run that starts at a real weight may reach the end (dynamic_slice
+    would clamp it and read shifted weights). A reused level is at most
+    level_ratio ** level_slack wider than the one needed."""
+    run = max(widest_need, self.chunk, 256) * self.level_ratio**self.level_slack
     while max(lay.num_weights for lay in layouts) + run > self._capacity_chunks * _CHUNK:
       self._capacity_chunks *= 2
-    (fk, fs, frelu), stages, (lk, ls, lrelu) = sig
-    specs, in_level = [], 3
-    for i, (h_in, entry, has_layers) in enumerate(stages):
-      base = prog.StageSpec(
-        index=i,
-        h_in=h_in,
-        entry_stride=entry,
-        has_layers=has_layers,
-        first=(fk, fs, frelu) if i == 0 else None,
-        last=(lk, ls, lrelu) if i == len(stages) - 1 else None,
-        in_level=0,
-        first_level=0,
-        level=0,
-        families=fams,
-        kmax=max(ks),
-        chunk=self.chunk,
-        last_chunk=max(self.chunk, 256),
-        instances=self.instances,
-        shared_structure=self.candidates == 1,
-        batch_size=self.batch_size,
-        max_layers=self.max_layers,
-        capacity=self._capacity_chunks * _CHUNK,
-        bn_variance=self.bn_variance,
-        depthwise_impl=self.depthwise_impl,
-      )
-      first_level = first_need if i == 0 else 0
-      level = needs[i]
-      # Reuse levels this scorer has used before (at most `level_slack` ladder steps wider)
-      # rather than compiling a new program: padding is exact, and a compile costs as much as
-      # scoring dozens of candidates. The choice depends only on `self.levels_used` (which a
-      # search saves with its checkpoints), so a resumed search makes the same choices.
-      bound = self.level_ratio**self.level_slack
-      fits = [
-        (lv, fl)
-        for si, il, fl, lv in self.levels_used
-        if si == i
-        and il == in_level
-        and first_level <= fl <= first_level * bound
-        and level <= lv <= level * bound
-      ]
-      if self.level_slack and fits and (level, first_level) not in fits:
-        level, first_level = min(fits)
-      if record:
-        self.levels_used.add((i, in_level, first_level, level))
-        seen = self._seen.setdefault(base, (set(), set(), set()))
-        seen[0].add(in_level)
-        seen[1].add(first_level)
-        seen[2].add(level)
-      specs.append(
-        dataclasses.replace(base, in_level=in_level, first_level=first_level, level=level)
-      )
-      in_level = level
-    return specs
+
+  def _reused_levels(self, i: int, in_level: int, first_level: int, level: int):
+    """(level, first_level) of stage `i`: levels this scorer has used before (at most
+    `level_slack` ladder steps wider) rather than compiling a new program, since padding is
+    exact and a compile costs as much as scoring dozens of candidates. The choice depends only
+    on `self.levels_used` (which a search saves with its checkpoints), so a resumed search makes
+    the same choices."""
+    bound = self.level_ratio**self.level_slack
+    fits = [
+      (lv, fl)
+      for si, il, fl, lv in self.levels_used
+      if si == i
+      and il == in_level
+      and first_level <= fl <= first_level * bound
+      and level <= lv <= level * bound
+    ]
+    if self.level_slack and fits and (level, first_level) not in fits:
+      level, first_level = min(fits)
+    return level, first_level
+
+  def _record_levels(self, base, i: int, in_level: int, first_level: int, level: int) -> None:
+    """Remembers the levels a stage ran at: later stages and candidates reuse them
+    (`_reused_levels`), and `_complete_grid` compiles their combinations ahead of need."""
+    self.levels_used.add((i, in_level, first_level, level))
+    seen = self._seen.setdefault(base, (set(), set(), set()))
+    seen[0].add(in_level)
+    seen[1].add(first_level)
+    seen[2].add(level)
 
   def _tables(self, layouts, specs):
     """Per candidate and stage: (layer rows, layer count, first-conv row, last-conv row)."""

@@ -21,6 +21,7 @@ class PortInUse(OSError, errors.UserError):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  from zenfer_jax.deploy import faces
   from zenfer_jax.serve.app import Limits
 
   limits = Limits()
@@ -45,15 +46,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument(
     '--image_size', type=cli.positive_int, help='input size when the card records none'
   )
-  p.add_argument(
-    '--align',
-    choices=('landmarks', 'box'),
-    default='landmarks',
-    help='five-landmark similarity transform, or the box with a margin (as predict)',
-  )
-  p.add_argument(
-    '--min_face_confidence', type=cli.probability, default=0.9, help='detector threshold'
-  )
+  faces.add_options(p, align_note=' (as predict)')
   p.add_argument(
     '--max_upload_mb',
     type=cli.positive_float,
