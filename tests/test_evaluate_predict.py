@@ -213,3 +213,47 @@ def test_predict_top_k_json_and_per_image_errors(model_dir, test_images, tmp_pat
   assert predict.main(['--checkpoint', str(model_dir), test_images[2], '--top_k', '2']) == 0
   line = capsys.readouterr().out.strip()
   assert line.startswith(test_images[2] + ': ') and line.count('%') == 2
+
+
+@pytest.mark.slow  # A subprocess with TensorFlow blocked.
+def test_evaluate_with_grain_runs_without_tensorflow_and_counts_as_tf_data(model_dir, tmp_path):
+  """A bare accelerator image has no TensorFlow: `--loader grain` evaluates a model there, over
+  the same examples with the same preprocessing, so its confusion matrix is tf.data's."""
+  import os
+  import subprocess
+  import sys
+
+  from train_fixtures import REPO
+
+  from tests import no_tensorflow
+  from zenfer_jax import data
+
+  data_dir = str(tmp_path / 'tfds')
+  data.prepare_dataset('digits', data_dir, file_format='both')
+  want = evaluate.evaluate(
+    str(model_dir), name='digits', data_dir=data_dir, split='test', batch_size=64
+  )
+  blocked = tmp_path / 'blocked_imports.txt'
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env = no_tensorflow.environment(tmp_path / 'no_tf', env, log=blocked)
+  out = tmp_path / 'eval_grain'
+  cmd = [sys.executable, '-m', 'zenfer_jax.deploy.evaluate', '--checkpoint', str(model_dir)]
+  cmd += ['--dataset=digits', f'--data_dir={data_dir}', '--split=test', '--batch_size=64']
+  cmd += ['--loader=grain', f'--output_dir={out}']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  got = json.loads((out / 'metrics.json').read_text())
+  assert got['loader'] == 'grain' and want['loader'] == 'tf.data'
+  assert got['num_examples'] == want['num_examples'] == 360
+  assert got['confusion_matrix'] == want['confusion_matrix']
+  assert got['top1'] == pytest.approx(want['top1'])
+  # Libraries probed for TensorFlow and went on without it.
+  assert 'tensorflow' in blocked.read_text().split()
+
+
+def test_evaluate_refuses_an_unknown_loader(model_dir, digits_dir):
+  with pytest.raises(ValueError, match="loader 'torch': expected one of tf.data, grain"):
+    evaluate.evaluate(
+      str(model_dir), name='digits', data_dir=digits_dir, split='test', loader='torch'
+    )
