@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write, cli, errors
+from zenfer_jax import atomic_write, cli, data, errors
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.deploy import tta as tta_lib
 
 
@@ -71,7 +72,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _dataset_args(args, path: str) -> dict[str, Any]:
-  from zenfer_jax.rundir import workdir as workdir_lib
+  from zenfer_jax.rundir import workdir as workdir_lib  # JAX and Orbax: kept out of --help.
 
   cfg = workdir_lib.read_config(path) if workdir_lib.is_workdir(path) else None
   name = args.dataset or (cfg.data.name if cfg else None)
@@ -114,8 +115,7 @@ def evaluate(
   tta = _checked_tta(flip_tta, tta, tta_crop_fraction)
   import jax
 
-  from zenfer_jax import data
-  from zenfer_jax.data.spec import DataSpec
+  # Here: JAX, Flax and Orbax (~2 s), kept out of --help.
   from zenfer_jax.rundir import model_directory
   from zenfer_jax.rundir import workdir as workdir_lib
   from zenfer_jax.training import metrics, parallel, steps
@@ -255,7 +255,7 @@ def _check_output_dir(out: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
-  from zenfer_jax.rundir import pretrained
+  from zenfer_jax.rundir import pretrained  # JAX: kept out of --help.
 
   given = args.workdir or args.checkpoint
   path = pretrained.resolve(given)
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       'model_best, torch_port.convert output), or the name of a shipped model '
       f'({", ".join(pretrained.names())}).'
     )
-  from zenfer_jax.data.pipeline import hide_gpus_from_tf
+  from zenfer_jax.data.pipeline import hide_gpus_from_tf  # TensorFlow: after setup_logging.
 
   hide_gpus_from_tf()
   ds = _dataset_args(args, path)
