@@ -16,6 +16,7 @@ to be given its floor here.
 from __future__ import annotations
 
 import ast
+import json
 import pathlib
 import subprocess
 import sys
@@ -261,3 +262,76 @@ def test_convert_class_names_without_tensorflow():
     "print(','.join(names), 'tensorflow' in sys.modules)\n"
   )
   assert out.split() == ['neutral,happy,sad,surprise,fear,disgust,anger', 'False']
+
+
+# What each command imports to answer `--help`, in a fresh interpreter: the heavy libraries
+# among them. The deferred imports listed in docs/architecture.md ("Deferred imports") keep
+# these lists short; a hoisted import that drags TensorFlow or JAX into a command's start-up
+# fails here.
+HEAVY = (
+  'tensorflow',
+  'tensorflow_datasets',
+  'torch',
+  'jax',
+  'flax',
+  'orbax',
+  'grain',
+  'apache_beam',
+  'cv2',
+  'onnxruntime',
+  'ai_edge_litert',
+)
+HELP_IMPORTS = {
+  'zenfer_jax.deploy.predict': [],
+  'zenfer_jax.deploy.evaluate': [],
+  'zenfer_jax.deploy.export': [],
+  'zenfer_jax.serve.server': [],
+  'zenfer_jax.data.prepare': [],
+  'zenfer_jax.data.digits_folders': [],
+  'zenfer_jax.main': [],
+  # The nas package imports the Zen-score, and with it JAX and Flax (zenfer_jax/nas/__init__.py).
+  'zenfer_jax.nas.search': ['jax', 'flax'],
+}
+ABSL_COMMANDS = ('zenfer_jax.main', 'zenfer_jax.nas.search')  # `run()` parses sys.argv.
+
+_HELP_PROBE = """
+import contextlib, importlib, io, json, sys
+heavy, absl_commands, found = {heavy!r}, {absl!r}, {{}}
+for name in {names!r}:
+  module = importlib.import_module(name)
+  text = io.StringIO()
+  with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+    try:
+      if name in absl_commands:
+        sys.argv = [name, '--help']
+        module.run()
+      else:
+        module.main(['--help'])
+    except SystemExit:
+      pass
+  assert '--help' in text.getvalue(), (name, text.getvalue()[-500:])
+  # Cumulative: the commands run in order, so the first one to import a library shows it.
+  found[name] = [h for h in heavy if h in sys.modules]
+print(json.dumps(found))
+"""
+
+
+def test_help_of_each_command_leaves_tensorflow_and_jax_unimported():
+  # Two interpreters side by side: zenfer_jax.main and nas.search define the same absl flags.
+  groups = [[n for n in HELP_IMPORTS if n != 'zenfer_jax.nas.search'], ['zenfer_jax.nas.search']]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _HELP_PROBE.format(heavy=HEAVY, absl=ABSL_COMMANDS, names=group)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      cwd=ROOT,
+    )
+    for group in groups
+  ]
+  found = {}
+  for p in procs:
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    found.update(json.loads(out.splitlines()[-1]))
+  assert found == HELP_IMPORTS

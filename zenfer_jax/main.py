@@ -96,7 +96,8 @@ def main(argv):
       _lock(workdir)
     else:
       cli.terminal_warnings_only()
-  from zenfer_jax.config.validation import validate_config  # Imports JAX: after the logging.
+  # Imports JAX and Flax: after the logging, and out of --help.
+  from zenfer_jax.config.validation import validate_config
 
   # The run's one check (the loop takes it as done): a bad value is the only line shown.
   validate_config(FLAGS.config, jax.device_count())
@@ -116,7 +117,8 @@ def main(argv):
     cache or jax.config.jax_compilation_cache_dir or 'off',
     extra={'terminal': False},  # The log file's; the terminal keeps its fixed start-up lines.
   )
-  from zenfer_jax.training import loop  # Imports JAX (and TensorFlow): after the logging.
+  # Imports JAX, Optax and Orbax: after the logging, and out of --help.
+  from zenfer_jax.training import loop
 
   watchdog = distributed.Watchdog(FLAGS.peer_timeout_s, workdir=workdir).start()
   ok = False

@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from zenfer_jax.data.recipes import RECIPES
+from zenfer_jax.data.samplers import PROCESS_SPLITS
 from zenfer_jax.dataset_names import ALL_DATASETS
 from zenfer_jax.errors import UserError
 from zenfer_jax.model import structure, zennet
@@ -53,9 +55,6 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   """Raises ConfigError for the first bad value found."""
   # Over 80 lines on purpose: a flat list of independent checks in the config's own order, read
   # top to bottom beside configs/default.py; split up, it would only be harder to find a field.
-  from zenfer_jax.data.recipes import RECIPES
-  from zenfer_jax.data.samplers import PROCESS_SPLITS
-
   m, d = config.model, config.data
   try:
     structure.resolve(m.structure)

@@ -22,6 +22,7 @@ def write_tree(out: str, digits: Sequence[int]) -> dict[str, int]:
   """Writes the tree; returns the number of images per split."""
   from PIL import Image
 
+  # Here: TensorFlow Datasets (the digits builder's module), kept out of --help.
   from zenfer_jax.data.builders.digits import digit_images, split_of
 
   images, labels = digit_images()

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from zenfer_jax import atomic_write, cli, errors
+from zenfer_jax import atomic_write, cli, data, errors
+from zenfer_jax.data.spec import DataSpec
 from zenfer_jax.deploy import tta as tta_lib
 
 LOADERS = ('tf.data', 'grain')
@@ -80,7 +81,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _dataset_args(args, path: str) -> dict[str, Any]:
-  from zenfer_jax.rundir import workdir as workdir_lib
+  from zenfer_jax.rundir import workdir as workdir_lib  # JAX and Orbax: kept out of --help.
 
   cfg = workdir_lib.read_config(path) if workdir_lib.is_workdir(path) else None
   name = args.dataset or (cfg.data.name if cfg else None)
@@ -128,8 +129,7 @@ def evaluate(
   tta = _checked_tta(flip_tta, tta, tta_crop_fraction)
   import jax
 
-  from zenfer_jax import data
-  from zenfer_jax.data.spec import DataSpec
+  # Here: JAX, Flax and Orbax (~2 s), kept out of --help.
   from zenfer_jax.rundir import model_directory
   from zenfer_jax.rundir import workdir as workdir_lib
   from zenfer_jax.training import metrics, parallel, steps
@@ -278,7 +278,7 @@ def _check_output_dir(out: str) -> None:
 @cli.command
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from zenfer_jax.rundir import pretrained
+  from zenfer_jax.rundir import pretrained  # JAX: kept out of --help.
 
   given = args.workdir or args.checkpoint
   path = pretrained.resolve(given)
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
   ds = _dataset_args(args, path)
   cli.setup_logging(args.verbosity, uses_tensorflow=ds['loader'] != 'grain')
-  if ds['loader'] != 'grain':  # Imported here: data.pipeline imports TensorFlow.
+  if ds['loader'] != 'grain':  # TensorFlow: after setup_logging, and only for tf.data.
     from zenfer_jax.data.pipeline import hide_gpus_from_tf
 
     hide_gpus_from_tf()

@@ -45,6 +45,9 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from zenfer_jax import atomic_write, cli, errors
+from zenfer_jax.data.augment_spec import IMAGENET_MEAN, IMAGENET_STD
+from zenfer_jax.data.recipes import RECIPES
+from zenfer_jax.deploy import runtimes
 
 __all__ = [
   'FORMATS',
@@ -84,8 +87,6 @@ def export_card(
   card: dict, fmt: str, batch: int | None, image_size: int, quantize: str | None
 ) -> dict:
   """The model directory's card plus what a runtime needs to feed the exported graph."""
-  from zenfer_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
   out = dict(card)
   out['image_size'] = image_size
   out['export'] = {
@@ -208,7 +209,7 @@ def representative_images(
   """`count` train-split images preprocessed as evaluation does (no augmentation), shuffled."""
   import tensorflow_datasets as tfds
 
-  from zenfer_jax.data import pipeline, registry
+  from zenfer_jax.data import pipeline, registry  # Here: TensorFlow, kept out of --help.
 
   try:
     builder, _ = registry.load(dataset, data_dir)
@@ -315,8 +316,6 @@ def export(
 def _check_options(fmt: str, batch, quantize, representative, recipe) -> None:
   """The options that need no file are checked first, so a wrong flag fails in a moment rather
   than after the checkpoint is loaded."""
-  from zenfer_jax.data.pipeline import RECIPES
-
   if fmt not in FORMATS:
     raise ExportError(f'--format {fmt!r}: expected one of {", ".join(FORMATS)}')
   if batch is not None and batch < 1:
@@ -334,6 +333,7 @@ def _check_options(fmt: str, batch, quantize, representative, recipe) -> None:
 def _load_model(checkpoint: str, image_size: int | None, recipe: str | None):
   """(model, variables, card, image size) of `checkpoint`, with the loaders' errors turned into
   ExportErrors that name the flag to fix, since the command line shows only those."""
+  # Here: they import JAX, Flax and Orbax (~2 s), kept out of --help.
   from zenfer_jax.rundir import model_directory, pretrained
   from zenfer_jax.rundir import workdir as workdir_lib
 
@@ -364,8 +364,6 @@ def _load_model(checkpoint: str, image_size: int | None, recipe: str | None):
 def _verify(path, model, variables, batch, size, tolerance, quantize, seed) -> dict:
   """Run the written file in its own runtime beside the Flax model; fail past `tolerance`."""
   import jax
-
-  from zenfer_jax.deploy import runtimes
 
   n = batch or 2
   x = np.random.default_rng(seed).standard_normal((n, size, size, 3), np.float32)
@@ -420,7 +418,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
-  from zenfer_jax.data.pipeline import hide_gpus_from_tf
+  from zenfer_jax.data.pipeline import hide_gpus_from_tf  # TensorFlow: after setup_logging.
 
   hide_gpus_from_tf()
   try:
@@ -428,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quantize:
       if not (args.dataset and args.data_dir):
         raise ExportError('--quantize int8 needs --dataset and --data_dir (the calibration set)')
-      from zenfer_jax.rundir import model_directory
+      from zenfer_jax.rundir import model_directory  # JAX: kept out of --help.
 
       card = model_directory.load_card(args.checkpoint)
       recipe = args.recipe or card.get('recipe')

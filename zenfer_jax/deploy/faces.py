@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from zenfer_jax import cli
+
 __all__ = [
   'ALIGNED_SIZE',
   'BOX_MARGIN',
@@ -56,8 +58,6 @@ def add_options(parser, *, help_prefix: str = '', align_note: str = '') -> None:
   faces (predict, zenfer-serve) takes them; one definition keeps their names, choices, defaults
   and checks the same. `help_prefix` / `align_note` frame the help for each command.
   """
-  from zenfer_jax import cli
-
   parser.add_argument(
     '--align',
     choices=ALIGNMENTS,

@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from zenfer_jax import cli, errors
+from zenfer_jax.data import images as images_lib
+from zenfer_jax.deploy import faces as faces_lib
+from zenfer_jax.deploy import runtimes
 from zenfer_jax.deploy import tta as tta_lib
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  from zenfer_jax.deploy import faces as faces_lib
-
   p = cli.ArgumentParser(
     prog='python -m zenfer_jax.deploy.predict',
     description=__doc__,
@@ -103,13 +104,13 @@ def load_image(path: str, image_size: int, recipe: str) -> np.ndarray:
   """
   import tensorflow as tf
 
-  from zenfer_jax.data import images, pipeline
+  from zenfer_jax.data import pipeline  # Here: TensorFlow, kept out of --help.
 
   try:
-    encoded = images.read_image(path)
+    encoded = images_lib.read_image(path)
     image = pipeline.decode(tf.constant(encoded)).numpy()
     return np.asarray(pipeline.preprocess_for_eval(image, image_size, recipe), np.float32)
-  except images.BadImage as e:
+  except images_lib.BadImage as e:
     raise ValueError(f'cannot read image: {e}') from None
   except (OSError, tf.errors.OpError, ValueError, MemoryError) as e:
     raise ValueError(f'cannot read image: {_short(e)}') from None
@@ -139,8 +140,6 @@ class Predictor:
     tta: str = 'none',
     tta_crop_fraction: float = tta_lib.DEFAULT_CROP_FRACTION,
   ):
-    from zenfer_jax.deploy import runtimes
-
     tta_lib.check(tta, tta_crop_fraction)
     self.tta = tta
     if runtimes.is_exported(path) and tta != 'none':
@@ -161,6 +160,7 @@ class Predictor:
     else:
       import jax
 
+      # Here: JAX, Flax and Orbax (~2 s), kept out of --help.
       from zenfer_jax.rundir import model_directory
       from zenfer_jax.rundir import workdir as workdir_lib
 
@@ -258,10 +258,8 @@ class FaceClassifier:
     min_confidence: float = 0.9,
     pad_to: int = 8,
   ):
-    from zenfer_jax.deploy import faces
-
     self.predictor = predictor
-    self.detector = faces.FaceDetector(min_confidence=min_confidence)
+    self.detector = faces_lib.FaceDetector(min_confidence=min_confidence)
     self.align = align
     self.top_k = top_k
     # JAX compiles once per batch shape: faces are classified in padded batches of one size.
@@ -269,8 +267,7 @@ class FaceClassifier:
 
   def __call__(self, rgb: np.ndarray) -> tuple[list, list[dict[str, Any]]]:
     """(faces, one JSON-ready dict per face: box, confidence, landmarks, predictions)."""
-    from zenfer_jax.data import pipeline
-    from zenfer_jax.deploy import faces as faces_lib
+    from zenfer_jax.data import pipeline  # Here: TensorFlow, kept out of --help.
 
     found = self.detector.detect(rgb)
     if not found:
@@ -306,11 +303,11 @@ def _read_rgb(path: str) -> np.ndarray:
   """uint8 RGB [H, W, 3] with the same reader and decoder as `load_image`."""
   import tensorflow as tf
 
-  from zenfer_jax.data import images, pipeline
+  from zenfer_jax.data import pipeline  # Here: TensorFlow, kept out of --help.
 
   try:
-    return pipeline.decode(tf.constant(images.read_image(path))).numpy()
-  except images.BadImage as e:
+    return pipeline.decode(tf.constant(images_lib.read_image(path))).numpy()
+  except images_lib.BadImage as e:
     raise ValueError(f'cannot read image: {e}') from None
   except (OSError, tf.errors.OpError, ValueError, MemoryError) as e:
     raise ValueError(f'cannot read image: {_short(e)}') from None
@@ -348,8 +345,6 @@ def predict_faces(
 ) -> list[dict[str, Any]]:
   """One result per photo: {'image', 'faces': [...]} (+ 'message' when none, 'annotated'),
   or {'image', 'error'}."""
-  from zenfer_jax.deploy import faces as faces_lib
-
   several = len(images) > 1
   results = []
   for path in images:
@@ -383,8 +378,6 @@ def predict_video(
   """
   import collections
   import time
-
-  from zenfer_jax.deploy import faces as faces_lib
 
   frames, fps, size = faces_lib.read_video(video)
   writer = faces_lib.VideoWriter(annotate, fps, size) if annotate else None
@@ -436,11 +429,10 @@ def _print_faces(results: list[dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(args.verbosity, uses_tensorflow=True)
-  from zenfer_jax.data.pipeline import hide_gpus_from_tf
+  from zenfer_jax.data.pipeline import hide_gpus_from_tf  # TensorFlow: after setup_logging.
 
   hide_gpus_from_tf()
-  from zenfer_jax.deploy import runtimes
-  from zenfer_jax.rundir import model_directory
+  from zenfer_jax.rundir import model_directory  # JAX: kept out of --help.
 
   try:
     predictor = Predictor(

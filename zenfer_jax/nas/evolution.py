@@ -45,6 +45,9 @@ from zenfer_jax.model.structure import (
   check_resolution,
   resolve,
 )
+from zenfer_jax.model.zennet import build_model
+from zenfer_jax.nas import grid as grid_lib
+from zenfer_jax.nas import programs as prog
 from zenfer_jax.nas import space as space_lib
 from zenfer_jax.nas.population import (
   BEST_FILE,
@@ -56,6 +59,7 @@ from zenfer_jax.nas.population import (
   load_state,
   save_state,
 )
+from zenfer_jax.nas.zen_score import ZenScorer, compile_seconds, compiled_programs
 from zenfer_jax.rundir import compilation_cache, workdir_lock
 
 __all__ = [
@@ -270,8 +274,6 @@ def make_scorer(settings: dict[str, Any]) -> Scorer:
 def width_bounds(settings: dict[str, Any]):
   """The widest first conv and stages any candidate of a validated search can reach
   (`nas.grid.width_bounds`), or None when its budgets bound no width."""
-  from zenfer_jax.nas import grid as grid_lib
-
   return grid_lib.width_bounds(
     resolve(settings['init_structure']),
     space_lib.get_space(settings['space']),
@@ -291,8 +293,6 @@ class JaxZenScorer:
   """
 
   def __init__(self, settings: dict[str, Any]):
-    from zenfer_jax.nas.zen_score import ZenScorer
-
     self.settings = settings
     space = space_lib.get_space(settings['space'])
     types = [t for group in space.groups for t in group]
@@ -317,8 +317,6 @@ class JaxZenScorer:
 
   def stats(self) -> tuple[int, float]:
     """(programs compiled, compile seconds) in this process so far."""
-    from zenfer_jax.nas.zen_score import compile_seconds, compiled_programs
-
     return compiled_programs(), compile_seconds()
 
   def state(self) -> dict[str, Any]:
@@ -334,13 +332,11 @@ class JaxZenScorer:
   def grid(self) -> list | None:
     """Every stage program this search can run (the level grid its budgets allow), with the
     scorer's buffers sized so they never grow; None when the budgets bound no width."""
-    from zenfer_jax.nas import programs
-
     init = resolve(self.settings['init_structure'])
     bounds = width_bounds(self.settings)
     if bounds is None:
       return None
-    top = programs.width_level(max(bounds.first, *bounds.stages), self.scorer.level_ratio)
+    top = prog.width_level(max(bounds.first, *bounds.stages), self.scorer.level_ratio)
     self.scorer.bound_sizes(bounds.max_weights, bounds.stage_layers, top)
     return self.scorer.level_grid(init, bounds.first, bounds.stages)
 
@@ -351,9 +347,7 @@ class JaxZenScorer:
 
   def close(self) -> None:
     """Drops the background compiles not started yet (the process need not wait for them)."""
-    from zenfer_jax.nas import programs
-
-    programs.PROGRAMS.cancel_background()
+    prog.PROGRAMS.cancel_background()
 
 
 def warmup_structures(config, count: int, setup: SearchSetup | None = None) -> list[Structure]:
@@ -417,8 +411,6 @@ def measure_latency(
   """Seconds per forward pass of the real network (residual links on, no SA) on the default device."""
   import jax
   import jax.numpy as jnp
-
-  from zenfer_jax.model.zennet import build_model
 
   model = build_model(structure, num_classes)
   x = jnp.zeros((batch_size, resolution, resolution, 3), jnp.float32)

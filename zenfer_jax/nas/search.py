@@ -30,8 +30,10 @@ import time
 from absl import app, flags, logging
 
 from zenfer_jax import cli
+from zenfer_jax.config import validation
 from zenfer_jax.config.files import define_config_flag
 from zenfer_jax.errors import InvalidInput
+from zenfer_jax.nas import evolution
 from zenfer_jax.rundir import compilation_cache, workdir_lock
 
 FLAGS = flags.FLAGS
@@ -59,9 +61,6 @@ def main(argv):
     show_own_info=True,
     log_file_follows=not warmup_only,  # Warm-up writes nothing to the workdir.
   )
-  from zenfer_jax.config import validation
-  from zenfer_jax.nas import evolution
-
   # The user's mistakes first, before the workdir is created or anything is compiled.
   validation.check_search_iterations(config)
   setup = evolution.validate_config(config)
@@ -89,8 +88,6 @@ def main(argv):
 def warmup(config, setup) -> None:
   """Compiles the first candidates' programs into the persistent cache; prints how many."""
   import jax
-
-  from zenfer_jax.nas import evolution
 
   s = config.search
   if setup.settings['proxy'] != 'zen':

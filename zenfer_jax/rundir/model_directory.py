@@ -22,16 +22,16 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
 from zenfer_jax import atomic_write
+from zenfer_jax.dataset_names import RECIPE_NAMES
 from zenfer_jax.errors import UserError
-
-if TYPE_CHECKING:
-  from zenfer_jax.model.structure import Structure
+from zenfer_jax.model.structure import Structure, StructureError, parse, resolve
+from zenfer_jax.model.zennet import build_model
 
 __all__ = [
   'CARD_NAME',
@@ -175,8 +175,6 @@ def make_card(
   """A validated card; `structure` is anything `build_model` takes (string, preset name such
   as 'zennet_m', file path, Structure), stored as the full structure string so the card alone
   rebuilds the model."""
-  from zenfer_jax.model.structure import StructureError, resolve
-
   try:
     structure = resolve(structure)
   except (StructureError, OSError) as e:
@@ -226,15 +224,11 @@ def validate_card(card: Mapping, where: str = 'model card') -> dict:
         )
     if out.get('image_size') is not None and out['image_size'] < 1:
       problems.append(f"field 'image_size' must be positive, got {out['image_size']}")
-    from zenfer_jax.dataset_names import RECIPE_NAMES
-
     if out.get('recipe') is not None and out['recipe'] not in RECIPE_NAMES:
       problems.append(
         f"field 'recipe' must be one of {list(RECIPE_NAMES)} or null, got {out['recipe']!r}"
       )
     try:
-      from zenfer_jax.model.structure import parse
-
       out['structure'] = str(parse(out['structure']))
     except ValueError as e:
       problems.append(f"field 'structure' is not a valid structure: {e}")
@@ -398,8 +392,6 @@ def load_model_dir(directory: str | os.PathLike) -> tuple[dict, dict]:
 
 def build_from_card(card: Mapping, **model_kwargs: Any):
   """The Flax model a card describes (extra keyword arguments go to build_model)."""
-  from zenfer_jax.model.zennet import build_model
-
   return build_model(
     card['structure'],
     card['num_classes'],

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from zenfer_jax import cli, errors
+from zenfer_jax.deploy import faces
+from zenfer_jax.serve import app as app_lib
 
 
 class PortInUse(OSError, errors.UserError):
@@ -21,10 +23,7 @@ class PortInUse(OSError, errors.UserError):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  from zenfer_jax.deploy import faces
-  from zenfer_jax.serve.app import Limits
-
-  limits = Limits()
+  limits = app_lib.Limits()
   p = cli.ArgumentParser(
     prog='zenfer-serve',
     description='A local web page that reads the expressions of faces in photos and from the '
@@ -114,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging(args.verbosity, uses_tensorflow=True)
     import uvicorn
 
+    # Here, after the port is bound and the logging set up: TensorFlow, and JAX (~2 s) for a
+    # model dir.
     from zenfer_jax.data.pipeline import hide_gpus_from_tf
-    from zenfer_jax.serve import app as app_lib
     from zenfer_jax.serve import model
 
     hide_gpus_from_tf()

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zenfer_jax.serve import server as server_lib
+
 # Debian's paths; elsewhere, point these variables at a Chromium and its matching chromedriver.
 CHROMIUM = os.environ.get('ZENFER_CHROMIUM', '/usr/bin/chromium')
 CHROMEDRIVER = os.environ.get('ZENFER_CHROMEDRIVER', '/usr/bin/chromedriver')
@@ -61,8 +63,6 @@ class ServerThread:
 
   def __init__(self, app, port: int = 0):
     import uvicorn
-
-    from zenfer_jax.serve import server as server_lib
 
     self.socket = server_lib.bind('127.0.0.1', port)
     self.url = server_lib.url(self.socket).rstrip('/')

@@ -118,7 +118,7 @@ class Folders(common.ImageBuilder):
   def _process_pipeline_result(self, pipeline_result) -> None:
     # After the Beam pipeline has run, before TFDS saves the metadata: the per-split counts and
     # skips the workers wrote beside the records go into it as the plain path puts them.
-    from zenfer_jax.data.builders import beam_split
+    from zenfer_jax.data.builders import beam_split  # Here: Beam only on the Beam path.
 
     beam_split.collect_reports(self, self._beam_reports)
 
@@ -168,7 +168,7 @@ class Folders(common.ImageBuilder):
     if not present:
       raise ValueError(f'{self.name}: no split of {root!r} holds a folder of the class list.')
     if self._uses_beam:
-      from zenfer_jax.data.builders import beam_split
+      from zenfer_jax.data.builders import beam_split  # Here: Beam only on the Beam path.
 
       return {
         split: beam_split.grouped_split(
