@@ -362,26 +362,6 @@ def _run_child(cmd, env, budget: Budget, path: str, name: str) -> dict:
   return out
 
 
-_GRAIN_INPUT = r"""
-import json, sys, time
-import jax
-from zenfer_jax.data import grain_pipeline
-from zenfer_jax.data.spec import DataSpec
-records, size, batch, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-it = grain_pipeline.train_batches(DataSpec('rafdb', records, image_size=size, per_device_batch=batch))
-start = time.perf_counter()
-jax.block_until_ready(next(it))
-first = time.perf_counter() - start
-start = time.perf_counter()
-for _ in range(n):
-  b = next(it)
-jax.block_until_ready(b)
-seconds = time.perf_counter() - start
-print(json.dumps({'augment_on': 'device', 'loader': 'grain', 'first_batch_seconds': first,
-                  'batch_seconds': seconds / n, 'images_per_second': n * batch / seconds}))
-"""
-
-
 def ensure_dataset(cache_dir: str, train: int, test: int) -> dict:
   """A generated RAF-DB of `train` + `test` images in its official layout, prepared as ArrayRecord
   files by the project's own builder (TFDS writes ArrayRecord without TensorFlow); written once
@@ -466,7 +446,7 @@ def stage_e2e(a, env_info: dict, budget: Budget) -> dict:
   env = e2e._environment(device, a.cache_dir)
   env['PYTHONPATH'] = _child_env(device)['PYTHONPATH']
   if budget.left() >= MIN_PART_S:
-    cmd = [sys.executable, '-c', _GRAIN_INPUT, dataset['data_dir']]
+    cmd = [sys.executable, '-c', e2e.INPUT_ONLY_SCRIPT, dataset['data_dir'], 'grain']
     cmd += [str(v) for v in (run.image_size, run.batch, run.input_batches)]
     try:
       proc = subprocess.run(

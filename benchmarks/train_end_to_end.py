@@ -246,13 +246,19 @@ def train_run(
   }
 
 
-_INPUT_ONLY = r"""
+# argv: records, 'host' | 'device' | 'grain', image size, batch, batches. Each loader is imported
+# only when asked for: 'grain' must run where TensorFlow is not installed.
+INPUT_ONLY_SCRIPT = r"""
 import json, sys, time
-import jax, numpy as np
-from zenfer_jax.data import device_pipeline, pipeline
+import jax
 from zenfer_jax.data.spec import DataSpec
 records, on, size, batch, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-make = device_pipeline.train_batches if on == 'device' else pipeline.train_dataset
+if on == 'grain':
+  from zenfer_jax.data.grain_pipeline import train_batches as make
+elif on == 'device':
+  from zenfer_jax.data.device_pipeline import train_batches as make
+else:
+  from zenfer_jax.data.pipeline import train_dataset as make
 it = make(DataSpec('rafdb', records, image_size=size, per_device_batch=batch))
 start = time.perf_counter()
 jax.block_until_ready(next(it))
@@ -262,15 +268,16 @@ for _ in range(n):
   b = next(it)
 jax.block_until_ready(b)
 seconds = time.perf_counter() - start
-print(json.dumps({'augment_on': on, 'first_batch_seconds': first, 'batch_seconds': seconds / n,
-                  'images_per_second': n * batch / seconds}))
+print(json.dumps({'augment_on': 'device' if on == 'grain' else on,
+                  'loader': 'grain' if on == 'grain' else 'tf.data', 'first_batch_seconds': first,
+                  'batch_seconds': seconds / n, 'images_per_second': n * batch / seconds}))
 """
 
 
 def input_only(args, augment_on: str, records: str) -> dict:
   """The input path alone, in a fresh process on the chosen device: no model, no training."""
   proc = subprocess.run(
-    [sys.executable, '-c', _INPUT_ONLY, records, augment_on]
+    [sys.executable, '-c', INPUT_ONLY_SCRIPT, records, augment_on]
     + [str(v) for v in (args.image_size, args.batch, args.input_batches)],
     cwd=REPO,
     env=_environment(args.device, args.cache_dir),
