@@ -127,6 +127,8 @@ def evaluate(
   the same examples, each once, with the same preprocessing (tested equal).
   """
   tta = _checked_tta(flip_tta, tta, tta_crop_fraction)
+  if loader not in LOADERS:
+    raise errors.InvalidInput(f'loader {loader!r}: expected one of {", ".join(LOADERS)}.')
   import jax
 
   # Here: JAX, Flax and Orbax (~2 s), kept out of --help.
@@ -135,8 +137,6 @@ def evaluate(
   from zenfer_jax.training import metrics, parallel, steps
 
   variables, card = workdir_lib.load_inference(path, which)
-  if loader not in LOADERS:
-    raise errors.InvalidInput(f'loader {loader!r}: expected one of {", ".join(LOADERS)}.')
   grain = loader == 'grain'
   formats = {'file_format': 'array_record'} if grain else {}  # Grain reads ArrayRecord files.
   info = data.prepare_dataset(name, data_dir, manual_dir=manual_dir, classes=classes, **formats)
