@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zenfer_jax.model.layers import cpu_kernels
 from zenfer_jax.model.layers.batchnorm import BatchNorm
 from zenfer_jax.model.layers.cpu_kernels import batch_norm_forward, batch_norm_train, resolve_impl
 
@@ -139,3 +140,33 @@ def test_unknown_bn_impl_names_the_allowed_values():
     BatchNorm(impl='closed_form').init(
       jax.random.PRNGKey(0), jnp.ones((2, 3, 3, 4)), use_running_average=False
     )
+
+
+@pytest.mark.parametrize(
+  'shape, axes',
+  [
+    ((4, 12, 12, 8), (0, 1, 2)),  # folded 16 ways
+    ((3, 5, 7, 8), (0, 1, 2)),  # 105 rows: no power of two divides, summed as is
+    ((2, 6, 6, 48), (0, 1, 2)),  # 128 // 48 = 2 lanes of channels
+    ((2, 3, 3, 256), (0, 1, 2)),  # wider than the lanes: summed as is
+    ((4, 12, 12, 8), (1, 2)),  # per sample, as the SA gates reduce
+    ((5, 6, 10, 16), (1, 2)),
+  ],
+)
+def test_channel_sum_equals_plain_sum(shape, axes):
+  """The lane-folded channel reduction sums the same numbers as jnp.sum, in another order."""
+  x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+  got = jax.jit(lambda t: cpu_kernels._channel_sum(t, axes))(jnp.asarray(x))
+  want = x.astype(np.float64).sum(axis=axes)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+
+
+def test_forward_moments_equal_numpy():
+  x, scale, bias, _ = _data((8, 12, 12, 8))
+  y, mean, var, r = batch_norm_forward(x, scale, bias, EPS, None)
+  xn = np.asarray(x, np.float64)
+  np.testing.assert_allclose(mean, xn.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(var, xn.var(axis=(0, 1, 2)), rtol=1e-5)
+  want = (xn - xn.mean((0, 1, 2))) / np.sqrt(xn.var((0, 1, 2)) + EPS) * scale + bias
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
