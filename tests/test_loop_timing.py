@@ -42,3 +42,16 @@ def test_no_mark_no_sustained_figures():
   timer = LoopTimer(start_step=5)
   out = timer.summary(step=5, global_batch=8)
   assert out['sustained'] is None and out['warmup'] is None and out['start_step'] == 5
+
+
+def test_rate_since_last_is_the_current_speed_without_evaluation_and_checkpoints():
+  timer = LoopTimer(start_step=100)
+  t0 = timer.start
+  # 10 steps of 8 images in 2 s since the start (a resumed run counts from its start step).
+  assert timer.rate_since_last(110, 8, now=t0 + 2.0) == pytest.approx(40.0)
+  timer.totals['eval'] += 3.0  # An evaluation and a checkpoint inside the next interval ...
+  timer.totals['checkpoint'] += 1.0
+  # ... are left out: 20 steps of 8 in 9 - 2 - 4 = 3 s.
+  assert timer.rate_since_last(130, 8, now=t0 + 9.0) == pytest.approx(160 / 3)
+  assert timer.rate_since_last(130, 8, now=t0 + 10.0) is None  # no step since the last call
+  assert timer.rate_since_last(140, 8, now=t0 + 12.0) == pytest.approx(40.0)

@@ -500,15 +500,15 @@ def _log_train(run: _Run, done: int) -> None:
   fetched = _flush(run)
   run.timer.mark(done)
   loss = float(np.mean([m['loss'] for m in fetched]))
-  run.writer.write_scalars(
-    done,
-    {
-      'train/loss': loss,
-      'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-      'train/learning_rate': float(fetched[-1]['learning_rate']),
-      'train/images_per_second': run.images_seen / (time.time() - run.t0),
-    },
-  )
+  scalars = {
+    'train/loss': loss,
+    'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
+    'train/learning_rate': float(fetched[-1]['learning_rate']),
+  }
+  rate = run.timer.rate_since_last(done, run.job.sched.global_batch)
+  if rate is not None:
+    scalars['train/images_per_second'] = rate
+  run.writer.write_scalars(done, scalars)
   run.progress.update(0, loss=f'{loss:.4f}')
 
 

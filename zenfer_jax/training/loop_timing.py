@@ -27,6 +27,7 @@ class LoopTimer:
     self.counts: dict[str, int] = collections.defaultdict(int)
     self.last: dict[str, float] = {}
     self.warm: dict | None = None
+    self._rate_mark: tuple[float, int, float] | None = None
 
   @contextlib.contextmanager
   def phase(self, name: str):
@@ -48,6 +49,23 @@ class LoopTimer:
     """Call right after a blocking metrics fetch; the first call ends the warm-up."""
     if self.warm is None:
       self.warm = self._snapshot(step)
+
+  def rate_since_last(self, step: int, global_batch: int, now: float | None = None) -> float | None:
+    """Training images/s since the previous call (the first: since the start), evaluation and
+    checkpoint time in between left out.
+
+    The training log shows this, the current speed: an average since the process started
+    (compilation, every evaluation and pause included) moves ever more slowly, so it hid for
+    half an hour that a run was back at full speed. Call right after a blocking metrics fetch.
+    """
+    now = time.perf_counter() if now is None else now
+    other = self.totals['eval'] + self.totals['checkpoint']
+    prev_t, prev_step, prev_other = self._rate_mark or (self.start, self.start_step, 0.0)
+    self._rate_mark = (now, step, other)
+    seconds = now - prev_t - (other - prev_other)
+    if step <= prev_step or seconds <= 0:
+      return None
+    return (step - prev_step) * global_batch / seconds
 
   def summary(self, step: int, global_batch: int) -> dict:
     """Totals, the warm-up, and the sustained rate after it (None without a mark before the end)."""
