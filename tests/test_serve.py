@@ -18,6 +18,7 @@ import pytest
 
 from tests import serve_fixtures as fx
 from zenfer_jax.deploy import predict
+from zenfer_jax.rundir import model_directory, pretrained
 from zenfer_jax.serve import app as app_lib
 from zenfer_jax.serve import testing
 
@@ -53,7 +54,8 @@ def test_model_describes_the_shipped_model_and_the_limits(server):
   assert status == 200
   assert info['model'] == 'fer2013_r'
   assert info['classes'] == FER2013_CLASSES
-  assert (info['image_size'], info['recipe']) == (48, 'fer2013')
+  card = model_directory.load_card(pretrained.resolve('fer2013_r'))
+  assert (info['image_size'], info['recipe']) == (card['image_size'], 'fer2013')
   assert info['limits'] == {'max_upload_bytes': 1 << 20, 'max_pixels': 2_000_000, 'max_pending': 4}
   assert "default-src 'self'" in headers['content-security-policy']
 
