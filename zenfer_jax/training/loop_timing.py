@@ -27,7 +27,7 @@ class LoopTimer:
     self.counts: dict[str, int] = collections.defaultdict(int)
     self.last: dict[str, float] = {}
     self.warm: dict | None = None
-    self._rate_mark: tuple[float, int, float] | None = None
+    self._rate_mark: dict | None = None  # The snapshot of rate_since_last's previous call.
 
   @contextlib.contextmanager
   def phase(self, name: str):
@@ -40,8 +40,9 @@ class LoopTimer:
       self.counts[name] += 1
       self.last[name] = seconds
 
-  def _snapshot(self, step: int) -> dict:
-    out = {'step': step, 'seconds': time.perf_counter() - self.start}
+  def _snapshot(self, step: int, now: float | None = None) -> dict:
+    now = time.perf_counter() if now is None else now
+    out = {'step': step, 'seconds': now - self.start}
     out.update({f'{p}_seconds': self.totals[p] for p in PHASES})
     return out
 
@@ -58,14 +59,12 @@ class LoopTimer:
     (compilation, every evaluation and pause included) moves ever more slowly, so it hid for
     half an hour that a run was back at full speed. Call right after a blocking metrics fetch.
     """
-    now = time.perf_counter() if now is None else now
-    other = self.totals['eval'] + self.totals['checkpoint']
-    prev_t, prev_step, prev_other = self._rate_mark or (self.start, self.start_step, 0.0)
-    self._rate_mark = (now, step, other)
-    seconds = now - prev_t - (other - prev_other)
-    if step <= prev_step or seconds <= 0:
+    start = self._rate_mark or {'step': self.start_step, 'seconds': 0.0}
+    self._rate_mark = end = self._snapshot(step, now)
+    d = _between(start, end)
+    if d['step'] <= 0 or d['train_seconds'] <= 0:
       return None
-    return (step - prev_step) * global_batch / seconds
+    return d['step'] * global_batch / d['train_seconds']
 
   def summary(self, step: int, global_batch: int) -> dict:
     """Totals, the warm-up, and the sustained rate after it (None without a mark before the end)."""
@@ -80,8 +79,8 @@ class LoopTimer:
       'sustained': None,
     }
     if self.warm is not None and end['step'] > self.warm['step']:
-      d = {k: end[k] - self.warm[k] for k in end}
-      train = d['seconds'] - d['eval_seconds'] - d['checkpoint_seconds']
+      d = _between(self.warm, end)
+      train = d['train_seconds']
       out['sustained'] = {
         'steps': d['step'],
         'train_seconds': train,
@@ -91,3 +90,11 @@ class LoopTimer:
         'checkpoint_seconds': d['checkpoint_seconds'],
       }
     return out
+
+
+def _between(start: dict, end: dict) -> dict:
+  """`end` - `start` (snapshots; a phase missing from `start` counts from 0), with the training
+  time in between: the wall time less evaluation and checkpoints."""
+  d = {k: end[k] - start.get(k, 0.0) for k in end}
+  d['train_seconds'] = d['seconds'] - d['eval_seconds'] - d['checkpoint_seconds']
+  return d
