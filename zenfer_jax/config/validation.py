@@ -193,6 +193,26 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
       'a model directory (torch_port.convert output), a training workdir or a shipped model '
       f'({", ".join(pretrained.names())})',
     )
+  if config.get('distill_from', ''):
+    _check(
+      os.path.isdir(pretrained.resolve(os.path.expanduser(config.distill_from))),
+      'distill_from',
+      config.distill_from,
+      'a training workdir, a model directory or a shipped model '
+      f'({", ".join(pretrained.names())}) to learn from',
+    )
+  _check(
+    0 < config.get('distill_weight', 0.5) <= 1,
+    'distill_weight',
+    config.get('distill_weight', 0.5),
+    "in (0, 1]: the teacher's share of the loss",
+  )
+  _check(
+    config.get('distill_temperature', 2.0) > 0,
+    'distill_temperature',
+    config.get('distill_temperature', 2.0),
+    'a positive temperature',
+  )
   for key in ('only_backbone', 'freeze_backbone'):
     _check(
       not config[key] or bool(config.init_from),

@@ -82,6 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''
   config.only_backbone = False  # Load the backbone only; the head starts fresh.
   config.freeze_backbone = False  # Train only the classifier.
+  # Knowledge distillation: a teacher (a workdir, a model directory or a shipped model's name,
+  # predicting the same classes) whose outputs at distill_temperature the model also learns
+  # from, with distill_weight of the loss; '' turns it off. zenfer_jax/training/distill.py.
+  config.distill_from = ''
+  config.distill_weight = 0.5
+  config.distill_temperature = 2.0
 
   config.eval_every_epochs = 1
   # Precise BatchNorm: before each evaluation (and so before the best model is saved and

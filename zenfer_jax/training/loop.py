@@ -39,7 +39,16 @@ from zenfer_jax.model import zennet
 from zenfer_jax.rundir import model_directory, workdir_lock
 from zenfer_jax.rundir import workdir as workdir_lib
 from zenfer_jax.rundir.event_writer import EventWriter
-from zenfer_jax.training import init, loop_timing, metrics, optim, parallel, precise_bn, steps
+from zenfer_jax.training import (
+  distill,
+  init,
+  loop_timing,
+  metrics,
+  optim,
+  parallel,
+  precise_bn,
+  steps,
+)
 from zenfer_jax.training import train_state as ts
 
 # Per-class test accuracy goes to TensorBoard for up to this many classes (metrics.jsonl always
@@ -242,6 +251,7 @@ class _Job:
   model: zennet.ZenNet
   card: dict
   ckpts: workdir_lib.Checkpoints
+  teacher: distill.Teacher | None = None
 
   @property
   def num_classes(self) -> int:
@@ -270,6 +280,14 @@ def _job(config: ml_collections.ConfigDict, workdir: str) -> _Job:
     jax.device_count(),
     sched.lr,
   )
+  teacher = distill.load_teacher(config, info.num_classes, info.class_names)
+  card = model_card(config, model, info)
+  if teacher is not None:
+    card['distillation'] = {
+      **teacher.describe(),
+      'weight': config.distill_weight,
+      'temperature': config.distill_temperature,
+    }
   return _Job(
     config,
     workdir,
@@ -277,8 +295,9 @@ def _job(config: ml_collections.ConfigDict, workdir: str) -> _Job:
     info,
     sched,
     model,
-    model_card(config, model, info),
+    card,
     workdir_lib.Checkpoints(workdir),
+    teacher,
   )
 
 
@@ -298,7 +317,8 @@ def _restore_or_init(
     if restored is not None
     else init.initial_variables(config, model, init_rng, init_report)
   )
-  state = ts.create_train_state(config, model, variables, lr_fn)
+  teacher = job.teacher.variables if job.teacher is not None else None
+  state = ts.create_train_state(config, model, variables, lr_fn, teacher=teacher)
   book, meta = Bookkeeping(), None
   if restored is not None:
     state, book = _resume(job, state, *restored)
@@ -382,6 +402,15 @@ def _compile_steps(job: _Job, lr_fn):
       label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       learning_rate_fn=lr_fn,
+      **(
+        {
+          'teacher_apply_fn': job.teacher.model.apply,
+          'distill_weight': config.distill_weight,
+          'distill_temperature': config.distill_temperature,
+        }
+        if job.teacher is not None
+        else {}
+      ),
     )
   )
   p_eval = parallel.pmap_eval_step(
@@ -505,6 +534,8 @@ def _log_train(run: _Run, done: int) -> None:
     'train/accuracy': float(np.mean([m['accuracy'] for m in fetched])),
     'train/learning_rate': float(fetched[-1]['learning_rate']),
   }
+  if 'distill_loss' in fetched[-1]:
+    scalars['train/distill_loss'] = float(np.mean([m['distill_loss'] for m in fetched]))
   rate = run.timer.rate_since_last(done, run.job.sched.global_batch)
   if rate is not None:
     scalars['train/images_per_second'] = rate

@@ -2,7 +2,8 @@
 
 The reference builds smoothed one-hot targets first and mixes them afterwards, so a mixed
 target is lam * smooth(y) + (1 - lam) * smooth(y[perm]); the loss is the cross-entropy against
-that soft distribution, averaged over the batch.
+that soft distribution, averaged over the batch. With a teacher (`config.distill_from`) a share
+of the loss is the distillation term below instead.
 """
 
 from __future__ import annotations
@@ -35,3 +36,18 @@ def mixup(
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean over the batch of -sum_k targets_k * log_softmax(logits)_k."""
   return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+
+
+def distillation(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+  """Hinton et al.'s knowledge-distillation loss: T^2 * KL(teacher_T || student_T), batch mean.
+
+  Both distributions are softened by the temperature T so that the teacher's ranking of the
+  wrong classes (which faces a fear looks like) carries signal; the T^2 keeps the gradient's
+  scale independent of T (its gradient is T * (softmax(s/T) - softmax(t/T)) / batch).
+  """
+  t = temperature
+  target = jax.nn.softmax(teacher_logits.astype(jnp.float32) / t)
+  log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+  return t * t * jnp.mean(optax.losses.kl_divergence(log_student, target))

@@ -30,11 +30,17 @@ def train_step(
   label_smoothing: float,
   mixup_alpha: float,
   learning_rate_fn,
+  teacher_apply_fn=None,
+  distill_weight: float = 0.0,
+  distill_temperature: float = 1.0,
 ) -> tuple[TrainState, dict]:
   """One SGD step on this device's shard; gradients averaged over all devices.
 
   rng is the same on every device: folded with the step it gives one mixup lambda for the whole
   global batch; folded further with the device index it gives each shard its own partners.
+  With `distill_weight` > 0 the teacher (`state.teacher`, applied in inference mode to the same,
+  mixed images) gives the distillation term, weighted `distill_weight` against the
+  cross-entropy's 1 - `distill_weight`.
   """
   images, labels = batch['image'], batch['label']
   targets = losses.smooth_one_hot(labels, num_classes, label_smoothing)
@@ -43,6 +49,9 @@ def train_step(
     lam_key, perm_key = jax.random.split(rng)
     perm_key = jax.random.fold_in(perm_key, lax.axis_index(AXIS_NAME))
     images, targets = losses.mixup(lam_key, perm_key, images, targets, mixup_alpha)
+  distill = distill_weight > 0
+  if distill:
+    teacher_logits = lax.stop_gradient(teacher_apply_fn(state.teacher, images, train=False))
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -51,9 +60,16 @@ def train_step(
       train=True,
       mutable=['batch_stats'],
     )
-    return losses.soft_cross_entropy(logits, targets), (logits, updates['batch_stats'])
+    loss = losses.soft_cross_entropy(logits, targets)
+    parts = {}
+    if distill:
+      parts['distill_loss'] = losses.distillation(logits, teacher_logits, distill_temperature)
+      loss = (1.0 - distill_weight) * loss + distill_weight * parts['distill_loss']
+    return loss, (logits, updates['batch_stats'], parts)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params
+  )
   grads = lax.pmean(grads, AXIS_NAME)
   # Running averages are linear in the batch statistics, so averaging them every step equals
   # averaging per-device running averages at the end; it keeps the replicas identical.
@@ -64,6 +80,7 @@ def train_step(
     'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS_NAME),
     'learning_rate': learning_rate_fn(state.step),
     'grad_norm': optax.global_norm(grads),
+    **{k: lax.pmean(v, AXIS_NAME) for k, v in parts.items()},
   }
   return new_state, step_metrics
 

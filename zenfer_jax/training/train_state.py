@@ -24,6 +24,10 @@ from zenfer_jax.training import optim
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  # A distillation teacher's variables (`zenfer_jax.training.distill`), fixed for the whole run:
+  # replicated and carried through the mapped step with the state, never checkpointed (a
+  # resumed run loads them again from `config.distill_from`).
+  teacher: Any = None
 
 
 class ResumeMismatchError(ValueError, UserError):
@@ -35,12 +39,20 @@ CARD_IDENTITY = ('structure', 'num_classes', 'use_sa', 'use_lw_att', 'class_name
 
 
 def create_train_state(
-  config: ml_collections.ConfigDict, model: zennet.ZenNet, variables: dict, schedule
+  config: ml_collections.ConfigDict,
+  model: zennet.ZenNet,
+  variables: dict,
+  schedule,
+  teacher: dict | None = None,
 ) -> TrainState:
   params = variables['params']
   tx = optim.make_optimizer(config, params, schedule)
   return TrainState.create(
-    apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get('batch_stats', {})
+    apply_fn=model.apply,
+    params=params,
+    tx=tx,
+    batch_stats=variables.get('batch_stats', {}),
+    teacher=teacher,
   )
 
 
