@@ -26,11 +26,11 @@ Ratios are rate / PyTorch eager rate: above 1 is faster than PyTorch eager.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 import tempfile
 
+from benchmarks import report as report_lib
 from zenfer_jax import cli
 
 MODELS = {
@@ -218,12 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
       }
   report['loadavg_end'] = timing.loadavg()
   table = markdown(report)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-    f.write('\n')
-  with open(os.path.splitext(args.out)[0] + '.md', 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
+  report_lib.write_with_table(args.out, report, table, indent=2)
   print(table)
   print(
     f'{args.resolution}px, {args.threads} thread(s) on CPUs {cpus}; load average '

@@ -19,12 +19,11 @@ step these layers take on each side.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
 
-from benchmarks import timing
+from benchmarks import report, timing
 from zenfer_jax import cli
 
 SIDES = ('jax_auto', 'jax_xla', 'torch_nchw', 'torch_channels_last')
@@ -313,12 +312,8 @@ def main(argv=None) -> int:
     'rows': measured,
     'per_step_ms': summarize_rows(measured),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)) or '.', exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(rep, f, indent=2)
   md = markdown(rep)
-  with open(os.path.splitext(args.out)[0] + '.md', 'w', encoding='utf-8') as f:
-    f.write(md)
+  report.write_with_table(args.out, rep, md, indent=2)
   print(md)
   return 0
 

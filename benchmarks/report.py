@@ -260,14 +260,20 @@ def merge_reports(reports: list[dict]) -> dict:
   return merged
 
 
+def write_with_table(path: str, result: dict, table: str, indent: int = 1) -> None:
+  """Any benchmark's result as JSON at `path` and its markdown table beside it (.md), each
+  written whole or not at all, so a killed benchmark never leaves half a results file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic_write.write_json(path, result, indent=indent, default=str)
+  atomic_write.write_text(
+    os.path.splitext(path)[0] + '.md', table if table.endswith('\n') else table + '\n'
+  )
+
+
 def write(report: dict, path: str) -> None:
   """The report as JSON at `path` (ratios recomputed) and its markdown table beside it (.md)."""
-  d = os.path.dirname(path)
-  if d:
-    os.makedirs(d, exist_ok=True)
   report = dict(report, ratios=compute_ratios(report['results']))
-  atomic_write.write_json(path, report, indent=1, default=str)
-  atomic_write.write_text(os.path.splitext(path)[0] + '.md', to_markdown(report))
+  write_with_table(path, report, to_markdown(report))
 
 
 def read(path: str) -> dict:

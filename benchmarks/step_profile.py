@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks import report
 from zenfer_jax import cli
 
 # Trace events that are not one compiled op: the runtime's C++ scopes (`ThunkExecutor::Execute`,
@@ -169,12 +170,8 @@ def main(argv=None) -> int:
   if args.threads:
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
   rep = profile(args)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)) or '.', exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(rep, f, indent=2)
   md = markdown(rep)
-  with open(os.path.splitext(args.out)[0] + '.md', 'w', encoding='utf-8') as f:
-    f.write(md)
+  report.write_with_table(args.out, rep, md, indent=2)
   print(md)
   return 0
 

@@ -45,6 +45,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from benchmarks import report as report_lib
 from zenfer_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -375,11 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def write():
     result['environment']['load_average_after'] = _load()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
-    with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-      f.write(markdown(result))
+    report_lib.write_with_table(args.out, result, markdown(result))
 
   places = [p for p in args.augment_on.split(',') if p]
   for place in places:

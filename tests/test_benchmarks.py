@@ -129,6 +129,14 @@ def test_markdown_and_json(tmp_path):
   assert (tmp_path / 'r.md').read_text(encoding='utf-8') == md  # UTF-8 in any locale.
 
 
+def test_any_benchmark_writes_its_json_and_table_beside_it(tmp_path):
+  path = tmp_path / 'deep' / 'x.json'  # Folders are made.
+  report.write_with_table(str(path), {'a': [1, 2], 'when': 3.5}, '| a |\n|---|', indent=2)
+  assert json.loads(path.read_text(encoding='utf-8')) == {'a': [1, 2], 'when': 3.5}
+  assert (tmp_path / 'deep' / 'x.md').read_text(encoding='utf-8') == '| a |\n|---|\n'
+  assert sorted(p.name for p in (tmp_path / 'deep').iterdir()) == ['x.json', 'x.md']
+
+
 def test_cli_defaults():
   cfg = run.parse_args(['--quick', '--out', 'x.json'])
   assert (
