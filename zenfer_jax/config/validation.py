@@ -213,6 +213,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
     config.get('distill_temperature', 2.0),
     'a positive temperature',
   )
+  _check(
+    0 <= config.get('ema_decay', 0.0) < 1,
+    'ema_decay',
+    config.get('ema_decay', 0.0),
+    'in [0, 1) (0 turns the weight average off)',
+  )
   for key in ('only_backbone', 'freeze_backbone'):
     _check(
       not config[key] or bool(config.init_from),

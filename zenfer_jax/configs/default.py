@@ -89,6 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill_weight = 0.5
   config.distill_temperature = 2.0
 
+  # Exponential moving average of the weights and BatchNorm statistics, updated every step by
+  # 1 - ema_decay (0.999: a horizon of about 1,000 steps); evaluation, the best checkpoint and
+  # the export then use the average. 0 turns it off (the reference recipe).
+  config.ema_decay = 0.0
+
   config.eval_every_epochs = 1
   # Precise BatchNorm: before each evaluation (and so before the best model is saved and
   # exported), recompute BatchNorm statistics over up to this many training batches (never more

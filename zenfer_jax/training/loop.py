@@ -402,6 +402,7 @@ def _compile_steps(job: _Job, lr_fn):
       label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       learning_rate_fn=lr_fn,
+      ema_decay=config.get('ema_decay', 0.0),
       **(
         {
           'teacher_apply_fn': job.teacher.model.apply,
@@ -562,7 +563,7 @@ def _end_epoch(run: _Run, epoch: int) -> None:
 def _evaluate(run: _Run, epoch: int, done: int, train_loss: float, train_acc: float) -> dict:
   """Evaluates, records the epoch and keeps the best variables; returns the test scalars."""
   job, book = run.job, run.book
-  variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+  variables = ts.eval_variables(run.state)
   with run.timer.phase('eval'):
     if run.precise is not None:  # Also what the best checkpoint and the export hold.
       variables = run.precise(variables)

@@ -33,6 +33,7 @@ def train_step(
   teacher_apply_fn=None,
   distill_weight: float = 0.0,
   distill_temperature: float = 1.0,
+  ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict]:
   """One SGD step on this device's shard; gradients averaged over all devices.
 
@@ -40,7 +41,8 @@ def train_step(
   global batch; folded further with the device index it gives each shard its own partners.
   With `distill_weight` > 0 the teacher (`state.teacher`, applied in inference mode to the same,
   mixed images) gives the distillation term, weighted `distill_weight` against the
-  cross-entropy's 1 - `distill_weight`.
+  cross-entropy's 1 - `distill_weight`. With `ema_decay` > 0 the moving average of the weights
+  and batch statistics (`state.ema`) moves towards the updated ones by 1 - `ema_decay`.
   """
   images, labels = batch['image'], batch['label']
   targets = losses.smooth_one_hot(labels, num_classes, label_smoothing)
@@ -75,6 +77,11 @@ def train_step(
   # averaging per-device running averages at the end; it keeps the replicas identical.
   batch_stats = lax.pmean(batch_stats, AXIS_NAME)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay > 0:
+    current = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
+    new_state = new_state.replace(
+      ema=optax.incremental_update(current, state.ema, step_size=1.0 - ema_decay)
+    )
   step_metrics = {
     'loss': lax.pmean(loss, AXIS_NAME),
     'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS_NAME),

@@ -28,6 +28,9 @@ class TrainState(train_state.TrainState):
   # replicated and carried through the mapped step with the state, never checkpointed (a
   # resumed run loads them again from `config.distill_from`).
   teacher: Any = None
+  # The exponential moving average of {'params', 'batch_stats'} (`config.ema_decay` > 0), or
+  # None: what evaluation, the best checkpoint and the export then use. Checkpointed.
+  ema: Any = None
 
 
 class ResumeMismatchError(ValueError, UserError):
@@ -47,41 +50,53 @@ def create_train_state(
 ) -> TrainState:
   params = variables['params']
   tx = optim.make_optimizer(config, params, schedule)
+  batch_stats = variables.get('batch_stats', {})
+  ema = None
+  if config.get('ema_decay', 0.0) > 0:  # The average starts at the first weights.
+    ema = {'params': params, 'batch_stats': batch_stats}
   return TrainState.create(
     apply_fn=model.apply,
     params=params,
     tx=tx,
-    batch_stats=variables.get('batch_stats', {}),
+    batch_stats=batch_stats,
     teacher=teacher,
+    ema=ema,
   )
 
 
-def to_state_dict(state: TrainState) -> dict:
-  """The checkpointed part of the state as nested dicts of arrays (no functions)."""
-  return flax.serialization.to_state_dict(
-    {
-      'step': state.step,
-      'params': state.params,
-      'opt_state': state.opt_state,
-      'batch_stats': state.batch_stats,
-    }
-  )
-
-
-def from_state_dict(state: TrainState, restored: dict) -> TrainState:
-  target = {
+def _checkpointed(state: TrainState) -> dict:
+  tree = {
     'step': state.step,
     'params': state.params,
     'opt_state': state.opt_state,
     'batch_stats': state.batch_stats,
   }
-  tree = flax.serialization.from_state_dict(target, restored)
+  if state.ema is not None:
+    tree['ema'] = state.ema
+  return tree
+
+
+def to_state_dict(state: TrainState) -> dict:
+  """The checkpointed part of the state as nested dicts of arrays (no functions)."""
+  return flax.serialization.to_state_dict(_checkpointed(state))
+
+
+def from_state_dict(state: TrainState, restored: dict) -> TrainState:
+  tree = flax.serialization.from_state_dict(_checkpointed(state), restored)
   return state.replace(
     step=tree['step'],
     params=tree['params'],
     opt_state=tree['opt_state'],
     batch_stats=tree['batch_stats'],
+    ema=tree.get('ema'),
   )
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The weights a run evaluates, keeps as its best and exports: the average when kept."""
+  if state.ema is not None:
+    return state.ema
+  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def _shapes(tree: dict) -> dict[str, tuple]:
@@ -116,7 +131,18 @@ def check_resumable(
     for k in want
     if k in have and have[k] != want[k]
   ]
-  if arrays:
+  only_ema = (
+    arrays
+    and all(k.startswith('ema/') for k in [*want, *have] if (k in want) != (k in have))
+    and all(want[k] == have[k] for k in want if k in have)
+  )
+  if only_ema:
+    saved = 'with' if any(k.startswith('ema/') for k in have) else 'without'
+    problems.append(
+      f'the checkpoint was saved {saved} the weight average (config.ema_decay); '
+      'resume with the ema_decay it was trained with'
+    )
+  elif arrays:
     shown = '; '.join(arrays[:4]) + (f'; and {len(arrays) - 4} more' if len(arrays) > 4 else '')
     problems.append(f'{len(arrays)} arrays differ ({shown})')
   if problems:
