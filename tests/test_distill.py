@@ -3,17 +3,15 @@ step written out by hand, the teacher's class check, and a real run that distils
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_fixtures import flat, tiny_config
+from train_fixtures import flat, mapped_train_step, step_inputs, tiny_config
 
 from zenfer_jax.rundir import model_directory
 from zenfer_jax.rundir import workdir as workdir_lib
-from zenfer_jax.training import distill, init, loop, losses, parallel, steps
+from zenfer_jax.training import distill, init, loop, losses, parallel
 from zenfer_jax.training import train_state as ts
 
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperConvK3BNRELU(8,16,2,1)'
@@ -45,37 +43,22 @@ def test_distillation_loss_is_t_squared_kl_and_its_gradient(temperature):
 
 @pytest.fixture(scope='module')
 def setup():
-  config = tiny_config('/unused', **{'model.structure': STRUCTURE, 'model.use_sa': False})
-  model = init.build_model(config, NUM_CLASSES)
-  variables = init.initial_variables(config, model, jax.random.PRNGKey(0))
-  tconfig = tiny_config('/unused', **{'model.structure': TEACHER, 'model.use_sa': False})
-  teacher_model = init.build_model(tconfig, NUM_CLASSES)
-  teacher = init.initial_variables(tconfig, teacher_model, jax.random.PRNGKey(1))
+  config, model, variables, batch = step_inputs(STRUCTURE, NUM_CLASSES)
+  _, teacher_model, teacher, _ = step_inputs(TEACHER, NUM_CLASSES, seed=1)
   # Running statistics other than the initial (0, 1): the teacher must use them.
   teacher['batch_stats'] = jax.tree_util.tree_map(
     lambda v: np.asarray(v) + 0.3, teacher['batch_stats']
   )
-  n = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(n, 8, 16, 16, 3)).astype(np.float32),
-    'label': rng.integers(0, NUM_CLASSES, (n, 8)).astype(np.int32),
-  }
   return config, model, variables, teacher_model, teacher, batch
 
 
 def _step(teacher_model, weight, temperature):
-  return parallel.pmap_train_step(
-    functools.partial(
-      steps.train_step,
-      num_classes=NUM_CLASSES,
-      label_smoothing=0.1,
-      mixup_alpha=0.0,
-      learning_rate_fn=lambda s: 0.05,
-      teacher_apply_fn=teacher_model.apply,
-      distill_weight=weight,
-      distill_temperature=temperature,
-    )
+  return mapped_train_step(
+    NUM_CLASSES,
+    0.05,
+    teacher_apply_fn=teacher_model.apply,
+    distill_weight=weight,
+    distill_temperature=temperature,
   )
 
 

@@ -3,16 +3,14 @@ resume check, and a real run whose evaluation and export are the average."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import pytest
-from train_fixtures import flat, latest_state, tiny_config
+from train_fixtures import flat, latest_state, mapped_train_step, step_inputs, tiny_config
 
 from zenfer_jax.rundir import model_directory
 from zenfer_jax.rundir import workdir as workdir_lib
-from zenfer_jax.training import init, loop, parallel, steps
+from zenfer_jax.training import loop, parallel
 from zenfer_jax.training import train_state as ts
 
 STRUCTURE = 'SuperConvK3BNRELU(3,8,2,1)SuperConvK3BNRELU(8,16,2,1)'
@@ -21,31 +19,11 @@ NUM_CLASSES = 10
 
 @pytest.fixture(scope='module')
 def setup():
-  config = tiny_config(
-    '/unused', **{'model.structure': STRUCTURE, 'model.use_sa': False, 'ema_decay': 0.9}
-  )
-  model = init.build_model(config, NUM_CLASSES)
-  variables = init.initial_variables(config, model, jax.random.PRNGKey(0))
-  n = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(n, 8, 16, 16, 3)).astype(np.float32),
-    'label': rng.integers(0, NUM_CLASSES, (n, 8)).astype(np.int32),
-  }
-  return config, model, variables, batch
+  return step_inputs(STRUCTURE, NUM_CLASSES, ema_decay=0.9)
 
 
 def _step(ema_decay):
-  return parallel.pmap_train_step(
-    functools.partial(
-      steps.train_step,
-      num_classes=NUM_CLASSES,
-      label_smoothing=0.1,
-      mixup_alpha=0.0,
-      learning_rate_fn=lambda s: 0.1,
-      ema_decay=ema_decay,
-    )
-  )
+  return mapped_train_step(NUM_CLASSES, 0.1, ema_decay=ema_decay)
 
 
 def test_the_average_moves_by_one_minus_decay_and_training_is_unchanged(setup):

@@ -69,6 +69,46 @@ def tiny_variables_fixture(config, model):
   return init.initial_variables(config, model, jax.random.PRNGKey(0))
 
 
+def step_inputs(structure: str, num_classes: int = TINY_NUM_CLASSES, seed: int = 0, **overrides):
+  """(config, model, first variables, one random batch per local device, 8 images of 16x16 each):
+  what the train-step tests feed `steps.train_step` under pmap."""
+  import jax
+
+  from zenfer_jax.training import init
+
+  config = tiny_config(
+    '/unused', **{'model.structure': structure, 'model.use_sa': False, **overrides}
+  )
+  model = init.build_model(config, num_classes)
+  variables = init.initial_variables(config, model, jax.random.PRNGKey(seed))
+  n = jax.local_device_count()
+  rng = np.random.default_rng(0)
+  batch = {
+    'image': rng.normal(size=(n, 8, 16, 16, 3)).astype(np.float32),
+    'label': rng.integers(0, num_classes, (n, 8)).astype(np.int32),
+  }
+  return config, model, variables, batch
+
+
+def mapped_train_step(num_classes: int = TINY_NUM_CLASSES, lr: float = 0.05, **step_kwargs):
+  """`steps.train_step` pmapped with label smoothing 0.1, no mixup and a constant rate, and
+  `step_kwargs` (distillation, the weight average) bound."""
+  import functools
+
+  from zenfer_jax.training import parallel, steps
+
+  return parallel.pmap_train_step(
+    functools.partial(
+      steps.train_step,
+      num_classes=num_classes,
+      label_smoothing=0.1,
+      mixup_alpha=0.0,
+      learning_rate_fn=lambda s: lr,
+      **step_kwargs,
+    )
+  )
+
+
 def main_command(workdir, data_dir, **overrides) -> list[str]:
   """`python -m zenfer_jax.main --config=configs/demo.py ...` with the tiny overrides."""
   args = [
