@@ -185,22 +185,21 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int = 1) ->
   _check(0 <= config.label_smoothing < 1, 'label_smoothing', config.label_smoothing, 'in [0, 1)')
   _check(config.mixup_alpha >= 0, 'mixup_alpha', config.mixup_alpha, '>= 0 (0 turns mixup off)')
 
-  if config.init_from:
-    _check(
-      os.path.isdir(pretrained.resolve(os.path.expanduser(config.init_from))),
+  shipped = ', '.join(pretrained.names())
+  for key, expected in (
+    (
       'init_from',
-      config.init_from,
       'a model directory (torch_port.convert output), a training workdir or a shipped model '
-      f'({", ".join(pretrained.names())})',
-    )
-  if config.get('distill_from', ''):
-    _check(
-      os.path.isdir(pretrained.resolve(os.path.expanduser(config.distill_from))),
+      f'({shipped})',
+    ),
+    (
       'distill_from',
-      config.distill_from,
-      'a training workdir, a model directory or a shipped model '
-      f'({", ".join(pretrained.names())}) to learn from',
-    )
+      f'a training workdir, a model directory or a shipped model ({shipped}) to learn from',
+    ),
+  ):
+    source = config.get(key, '')
+    if source:
+      _check(os.path.isdir(pretrained.resolve(os.path.expanduser(source))), key, source, expected)
   _check(
     0 < config.get('distill_weight', 0.5) <= 1,
     'distill_weight',
