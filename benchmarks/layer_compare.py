@@ -19,11 +19,12 @@ step these layers take on each side.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import time
+import types
 
 from benchmarks import report, timing
+from benchmarks import run as run_lib
 from zenfer_jax import cli
 
 SIDES = ('jax_auto', 'jax_xla', 'torch_nchw', 'torch_channels_last')
@@ -120,10 +121,12 @@ def _conv_cases(row: dict, seed: int) -> dict:
       def fwd(kernel, x):
         return mod.apply({'params': {'kernel': kernel}}, x)
 
-      if row['input_grad']:
-        y, pull = jax.vjp(fwd, kernel, x)
-        return y, pull(ct)
-      y, pull = jax.vjp(lambda kernel: fwd(kernel, x), kernel)
+      # The first cotangent is the kernel's either way.
+      y, pull = (
+        jax.vjp(fwd, kernel, x)
+        if row['input_grad']
+        else jax.vjp(lambda kernel: fwd(kernel, x), kernel)
+      )
       return y, pull(ct)
 
     fn = jax.jit(f)
@@ -214,13 +217,12 @@ def measure(row: dict, *, reps: int, min_rep_ms: float, seed: int = 0) -> dict:
   import numpy as np
 
   cases = (_conv_cases if row['kind'] == 'conv' else _batchnorm_cases)(row, seed)
+  # Each gradient runs its side once: the compile, and oneDNN's choice of kernels, happen here.
   grads = {name: grad() for name, (_, grad) in cases.items()}
   ref = grads[SIDES[0]]
   scale = float(np.abs(ref).max()) or 1.0
   diff = {name: float(np.abs(g - ref).max()) / scale for name, g in grads.items()}
   runs = {name: run for name, (run, _) in cases.items()}
-  for run in runs.values():  # Compile, and let oneDNN pick its kernels.
-    run()
   t0 = time.perf_counter()
   runs[SIDES[0]]()
   calls = max(1, int(min_rep_ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
@@ -287,12 +289,9 @@ def markdown(rep: dict) -> str:
 @cli.command
 def main(argv=None) -> int:
   args = parse_args(argv)
-  avail = sorted(os.sched_getaffinity(0))
-  threads = args.threads or len(avail)
-  if threads > len(avail):
-    sys.exit(f'--threads {threads} > {len(avail)} CPUs available')
-  # Before JAX and PyTorch start: XLA sizes its pool from the affinity, PyTorch from the call.
-  os.sched_setaffinity(0, set(avail[:threads]))
+  # Before JAX and PyTorch start, as benchmarks.run pins its sides.
+  pinning = run_lib._pin_threads(types.SimpleNamespace(threads=args.threads))
+  threads = pinning['threads']
   import jax
   import torch
 
@@ -307,6 +306,7 @@ def main(argv=None) -> int:
     + ' '.join(sys.argv[1:] if argv is None else argv),
     'settings': {k: v for k, v in vars(args).items() if k != 'out'},
     'threads': threads,
+    'threading': pinning,
     'machine': timing.machine_info(),
     'versions': {'jax': jax.__version__, 'torch': torch.__version__},
     'rows': measured,
