@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 
+from benchmarks import pinning as pinning_lib
 from benchmarks import report as report_lib
 from zenfer_jax import cli
 
@@ -50,18 +51,6 @@ def _parser() -> cli.ArgumentParser:
   p.add_argument('--quick', action='store_true', help='64 px, batch 8, 3 reps: a smoke run')
   p.add_argument('--out', default=os.path.join('benchmarks', 'results', 'deploy_cpu.json'))
   return p
-
-
-def _pin(threads: int) -> list[int]:
-  avail = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else [0]
-  if threads > len(avail):
-    raise SystemExit(f'--threads {threads} > {len(avail)} CPUs available')
-  if hasattr(os, 'sched_setaffinity'):
-    os.sched_setaffinity(0, avail[:threads])
-  for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
-    os.environ[var] = str(threads)
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  return avail[:threads]
 
 
 def _model_dir(root: str, name: str, res: int) -> str:
@@ -186,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
   cli.setup_logging(args.verbosity, show_own_info=True)
   if args.quick:
     args.resolution, args.batch, args.reps = 64, 8, 3
-  cpus = _pin(args.threads)
+  cpus = pinning_lib.pin_threads(args.threads)['cpus']
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   import torch
   from absl import logging
 

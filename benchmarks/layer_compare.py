@@ -21,10 +21,9 @@ from __future__ import annotations
 import collections
 import sys
 import time
-import types
 
+from benchmarks import pinning as pinning_lib
 from benchmarks import report, timing
-from benchmarks import run as run_lib
 from zenfer_jax import cli
 
 SIDES = ('jax_auto', 'jax_xla', 'torch_nchw', 'torch_channels_last')
@@ -290,7 +289,7 @@ def markdown(rep: dict) -> str:
 def main(argv=None) -> int:
   args = parse_args(argv)
   # Before JAX and PyTorch start, as benchmarks.run pins its sides.
-  pinning = run_lib._pin_threads(types.SimpleNamespace(threads=args.threads))
+  pinning = pinning_lib.pin_threads(args.threads)
   threads = pinning['threads']
   import jax
   import torch

@@ -47,6 +47,7 @@ import time
 
 from absl import logging
 
+from benchmarks import pinning as pinning_lib
 from benchmarks import report as report_lib
 from benchmarks import timing
 from benchmarks.report import MODELS
@@ -593,37 +594,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
   return cfg
 
 
-def _pin_threads(cfg: Config) -> dict:
-  """Before JAX/PyTorch are imported: same CPU set and thread count for both frameworks."""
-  avail = (
-    sorted(os.sched_getaffinity(0))
-    if hasattr(os, 'sched_getaffinity')
-    else list(range(os.cpu_count()))
-  )
-  n = cfg.threads or len(avail)
-  if n > len(avail):
-    raise SystemExit(f'--threads {n} > {len(avail)} CPUs available')
-  if hasattr(os, 'sched_setaffinity') and n < len(avail):
-    os.sched_setaffinity(0, avail[:n])
-  for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
-    os.environ[var] = str(n)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  cfg.threads = n
-  return {
-    'cpus': avail[:n],
-    'threads': n,
-    'method': 'process affinity set to these CPUs before import (XLA sizes its intra-op pool '
-    'from it); torch.set_num_threads(threads); OMP/MKL_NUM_THREADS=threads',
-  }
-
-
 def main(argv: list[str] | None = None) -> dict:
   args = sys.argv[1:] if argv is None else argv
   if args[:1] == ['--merge']:  # The older spelling of `python -m benchmarks.report --merge`.
     return report_lib.main(args)
   cfg = parse_args(argv)
   cli.setup_logging(cfg.verbosity, show_own_info=True)
-  pinning = _pin_threads(cfg)
+  pinning = pinning_lib.pin_threads(cfg.threads)
+  cfg.threads = pinning['threads']
   if cfg.device == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   else:

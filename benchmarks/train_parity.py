@@ -68,9 +68,10 @@ import os
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
+
+from benchmarks import pinning as pinning_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, 'configs', 'fer2013_r.py')
@@ -698,13 +699,6 @@ def write_fer2013_subset(
   return len(pick)
 
 
-def _pin(threads: int) -> dict:
-  """benchmarks.run's pinning (before JAX or PyTorch is imported); children inherit it."""
-  from benchmarks import run as run_lib
-
-  return run_lib._pin_threads(types.SimpleNamespace(threads=threads))
-
-
 def _child_env() -> dict:
   env = dict(os.environ)
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
@@ -870,7 +864,9 @@ def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   from zenfer_jax import cli
 
-  threading = _pin(args.threads)  # Before TensorFlow, JAX or PyTorch is imported.
+  threading = pinning_lib.pin_threads(
+    args.threads
+  )  # Before TensorFlow, JAX or PyTorch is imported.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   cli.setup_logging(args.verbosity, show_own_info=True, uses_tensorflow=True)
 
