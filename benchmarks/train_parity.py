@@ -864,9 +864,8 @@ def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   from zenfer_jax import cli
 
-  threading = pinning_lib.pin_threads(
-    args.threads
-  )  # Before TensorFlow, JAX or PyTorch is imported.
+  # Before TensorFlow, JAX or PyTorch is imported.
+  threading = pinning_lib.pin_threads(args.threads)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   cli.setup_logging(args.verbosity, show_own_info=True, uses_tensorflow=True)
 
