@@ -2,6 +2,7 @@
 traced back to the layers that made them."""
 
 import json
+import os
 
 import pytest
 
@@ -44,9 +45,25 @@ def test_layer_names_the_block_and_the_direction():
 
 
 @pytest.mark.slow
-def test_profile_of_a_real_step(tmp_path):
+def test_profile_of_a_real_step(tmp_path, monkeypatch):
+  # main() pins threads through the environment; restore it for the tests after this one.
+  for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'TF_CPP_MIN_LOG_LEVEL'):
+    monkeypatch.setenv(var, os.environ.get(var, ''))
   out = tmp_path / 'p.json'
-  args = ['--structure', TINY, '--resolution', '16', '--batch', '2', '--steps', '2', '--top', '5']
+  # Every op, not the slowest few: at a 2 ms step which ops are slowest is noise, and the
+  # check below needs one that a block made.
+  args = [
+    '--structure',
+    TINY,
+    '--resolution',
+    '16',
+    '--batch',
+    '2',
+    '--steps',
+    '2',
+    '--top',
+    '1000',
+  ]
   assert step_profile.main([*args, '--out', str(out)]) == 0
   rep = json.loads(out.read_text(encoding='utf-8'))
   kinds = rep['by_kind']
@@ -57,7 +74,10 @@ def test_profile_of_a_real_step(tmp_path):
   )
   # The ops run inside the step: their sum cannot exceed the traced steps' wall time by much.
   assert rep['ops_ms_per_step'] < 3 * rep['step_ms_untraced'] + 50
-  assert len(rep['top_ops']) == 5
+  assert len(kinds) <= len(rep['top_ops']) < 1000  # each kind has an op; none cut off
+  top_ms = [o['ms_per_step'] for o in rep['top_ops']]
+  assert top_ms == sorted(top_ms, reverse=True)
+  assert sum(top_ms) == pytest.approx(rep['ops_ms_per_step'], rel=1e-6)
   assert all(o['shape'] for o in rep['top_ops'])
   assert any(
     layer.split(' ')[-1].startswith('block') for o in rep['top_ops'] for layer in o['layers']
